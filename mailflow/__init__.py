@@ -1,0 +1,1 @@
+"""mailflow: Hot Team accountability partnerships by email."""
