@@ -1,0 +1,690 @@
+"""Command line: parse arguments (click), call the domain, print results.
+
+Every failure a user can cause ends as one `error:` line on stderr and exit status 1 (2 for
+usage mistakes); `main()` is the single place that turns exceptions into that line, so no
+command prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
+
+import click
+
+from mailflow import partnerships as pships
+from mailflow.config import Config, ConfigError, load
+from mailflow.models import Partnership, Person
+from mailflow.people import (
+    CSV_COLUMNS,
+    DomainError,
+    check_new_people,
+    make_person,
+    normalize_email,
+    normalize_skill,
+    offer_directory,
+    read_csv,
+    split_offers,
+)
+from mailflow.store import Store, StoreError
+
+PROGRESS_BAR_ROWS = 500
+
+
+class CliError(Exception):
+    """Raised by commands: printed as one `error:` line, exit 1."""
+
+
+class App:
+    """What a command needs, built lazily so `--help` works without a config."""
+
+    def __init__(self, config_path: Path | None, clock: Callable[[], datetime]) -> None:
+        self.config_path = config_path
+        self.clock = clock
+        self._config: Config | None = None
+        self._store: Store | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load(self.config_path)
+        return self._config
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.config.service.data_dir)
+            self._store.init()
+        return self._store
+
+    def now(self) -> datetime:
+        return self.clock()
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML config file (default: $MAILFLOW_CONFIG, else built-in defaults).",
+)
+@click.version_option(package_name="mailflow")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None) -> None:
+    """Hot Team accountability partnerships by email."""
+    if config_path is None and os.environ.get("MAILFLOW_CONFIG"):
+        config_path = Path(os.environ["MAILFLOW_CONFIG"])
+    ctx.obj = App(config_path, clock=lambda: datetime.now(UTC))
+
+
+# -- people ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def people() -> None:
+    """Add, list and import people."""
+
+
+def _person_json(p: Person) -> dict[str, Any]:
+    return p.to_doc()
+
+
+@people.command("add")
+@click.argument("email")
+@click.option("--name", required=True)
+@click.option("--department", required=True)
+@click.option("--manager", default=None, help="The manager's email (must already exist).")
+@click.option("--timezone", default=None, help="IANA zone, e.g. Europe/Berlin.")
+@click.option("--offers", multiple=True, help="A skill this person offers (repeatable).")
+@pass_app
+def people_add(
+    app: App,
+    email: str,
+    name: str,
+    department: str,
+    manager: str | None,
+    timezone: str | None,
+    offers: tuple[str, ...],
+) -> None:
+    """Add one person."""
+    person = make_person(
+        email, name, department, manager, timezone, offers, app.config.service.timezone
+    )
+    with app.store.core_tx() as core:
+        existing = {p.email: p for p in core.people()}
+        problems = check_new_people([person], existing)
+        if problems:
+            fail(problems[0].split(": ", 1)[1])
+        core.put_person(person)
+    click.echo(f"added {person.email}")
+
+
+@people.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--offers", "skill", default=None, help="Only people who offer this skill.")
+@pass_app
+def people_list(app: App, as_json: bool, skill: str | None) -> None:
+    """List people (or who offers a skill, least busy first)."""
+    core = app.store.core()
+    everyone = sorted(core.people(), key=lambda p: p.email)
+    if skill is not None:
+        found = offer_directory(normalize_skill(skill), everyone, core.partnerships())
+        if as_json:
+            emit_json([{**_person_json(p), "partnerships": n} for p, n in found])
+            return
+        if not found:
+            click.echo(f"nobody offers {normalize_skill(skill)!r}")
+            return
+        _table(
+            ["EMAIL", "NAME", "DEPARTMENT", "PARTNERSHIPS"],
+            [[p.email, p.name, p.department, str(n)] for p, n in found],
+        )
+        return
+    if as_json:
+        emit_json([_person_json(p) for p in everyone])
+        return
+    _table(
+        ["EMAIL", "NAME", "DEPARTMENT", "MANAGER", "TIMEZONE", "OFFERS"],
+        [
+            [
+                p.email,
+                p.name,
+                p.department,
+                p.manager or "-",
+                p.timezone,
+                ", ".join(p.offers) or "-",
+            ]
+            for p in everyone
+        ],
+    )
+
+
+@people.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_app
+def people_import(app: App, file: Path) -> None:
+    """Import people from a CSV (email,name,department,manager,timezone,offers).
+
+    All or nothing: every bad row is reported with its line number and none is imported.
+    Several offers in one cell are separated by ';'.
+    """
+    try:
+        text = file.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        fail(f"{file}: cannot read: {exc.strerror}")
+    except UnicodeDecodeError:
+        fail(f"{file}: not UTF-8 text")
+    rows, problems = read_csv(text)
+    new: list[Person] = []
+    lines: list[int] = []
+    default_tz = app.config.service.timezone
+    items = (
+        click.progressbar(rows, label="checking rows", file=sys.stderr)
+        if len(rows) >= PROGRESS_BAR_ROWS
+        else _null_bar(rows)
+    )
+    with items as bar:
+        for row in bar:
+            f = row.fields
+            try:
+                new.append(
+                    make_person(
+                        f.get("email", ""),
+                        f.get("name", ""),
+                        f.get("department", ""),
+                        f.get("manager") or None,
+                        f.get("timezone") or None,
+                        split_offers(f.get("offers", "")),
+                        default_tz,
+                    )
+                )
+                lines.append(row.line)
+            except DomainError as exc:
+                problems.append(f"{row.line}: {exc}")
+    with app.store.core_tx() as core:
+        existing = {p.email: p for p in core.people()}
+        for problem in check_new_people(new, existing):
+            index, message = problem.split(": ", 1)
+            problems.append(f"{lines[int(index)]}: {message}")
+        if problems:
+            problems.sort(key=lambda s: int(s.split(":", 1)[0]))
+            for problem in problems:
+                click.echo(f"error: {file}:{problem}", err=True)
+            fail(f"{file}: {len(problems)} problem(s); nothing imported")
+        if not new:
+            fail(f"{file}: no rows to import (expected columns: {','.join(CSV_COLUMNS)})")
+        for person in new:
+            core.put_person(person)
+    click.echo(f"imported {len(new)} people")
+
+
+class _null_bar:  # noqa: N801 - stands in for click.progressbar
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = items
+
+    def __enter__(self) -> Sequence[Any]:
+        return self.items
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    for line in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+# -- partnerships -----------------------------------------------------------------------------
+
+
+@cli.group()
+def partnerships() -> None:
+    """Create and manage partnerships."""
+
+
+def partnership_json(p: Partnership) -> dict[str, Any]:
+    doc = p.to_doc()
+    doc["goals"] = [g.to_doc() for g in p.goals]
+    return doc
+
+
+@partnerships.command("add")
+@click.option("--member", required=True)
+@click.option("--partner", required=True)
+@click.option("--skill", required=True)
+@click.option("--goal", "goals", multiple=True, help='"YYYY-MM-DD TEXT" (repeatable).')
+@click.option("--why", required=True, help="Why the goals matter.")
+@click.option("--saddle", required=True, help="What the partner says after a setback.")
+@click.option("--checkin-day", default=None)
+@click.option("--checkin-time", default=None, help="HH:MM in the member's time zone.")
+@click.option("--start", default=None, help="YYYY-MM-DD (default: today).")
+@click.option(
+    "--allow-same-line", is_flag=True, help="Allow same department or reporting line (recorded)."
+)
+@pass_app
+def partnerships_add(
+    app: App,
+    member: str,
+    partner: str,
+    skill: str,
+    goals: tuple[str, ...],
+    why: str,
+    saddle: str,
+    checkin_day: str | None,
+    checkin_time: str | None,
+    start: str | None,
+    allow_same_line: bool,
+) -> None:
+    """Create a partnership; prints its id as the last line."""
+    member = normalize_email(member, "member")
+    partner = normalize_email(partner, "partner")
+    with app.store.core_tx() as core:
+        people_by_email = {p.email: p for p in core.people()}
+        p = pships.new_partnership(
+            pid=core.next_partnership_id(),
+            member=member,
+            partner=partner,
+            skill=skill,
+            goals=goals,
+            why=why,
+            saddle=saddle,
+            people=people_by_email,
+            existing=core.partnerships(),
+            now=app.now(),
+            checkin_day=checkin_day,
+            checkin_time=checkin_time,
+            start=start,
+            allow_same_line=allow_same_line,
+        )
+        core.put_partnership(p)
+    if p.allow_same_line:
+        click.echo("note: same department or reporting line allowed by --allow-same-line")
+    click.echo(p.id)
+
+
+def _get_partnership(app: App, pid: str) -> Partnership:
+    try:
+        number = int(pid)
+    except ValueError:
+        fail(f'partnership id must be a number, got "{pid}"')
+    p = app.store.core().partnership(number)
+    if p is None:
+        fail(f"no partnership {number}")
+    return p
+
+
+@partnerships.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def partnerships_list(app: App, as_json: bool) -> None:
+    """List partnerships."""
+    items = app.store.core().partnerships()
+    if as_json:
+        emit_json([partnership_json(p) for p in items])
+        return
+    _table(
+        ["ID", "STATUS", "MEMBER", "PARTNER", "SKILL", "GOALS", "LAST DUE"],
+        [
+            [
+                str(p.id),
+                p.status + (f" until {p.paused_until}" if p.paused_until else ""),
+                p.member,
+                p.partner,
+                p.skill,
+                str(len(p.goals)),
+                max(g.due for g in p.goals).isoformat(),
+            ]
+            for p in items
+        ],
+    )
+
+
+def reports_of(store: Store, pid: int) -> list[dict[str, Any]]:
+    out = []
+    for period in store.periods():
+        for r in store.week(period).reports(pid):
+            out.append(
+                {
+                    "period": r.period,
+                    "received_at": r.received_at.isoformat(),
+                    "message_id": r.message_id,
+                    "setback": r.setback,
+                    "text": r.text,
+                }
+            )
+    return sorted(out, key=lambda r: r["received_at"])
+
+
+@partnerships.command("show")
+@click.argument("pid", metavar="ID")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def partnerships_show(app: App, pid: str, as_json: bool) -> None:
+    """Show one partnership with its goals and reports."""
+    p = _get_partnership(app, pid)
+    reports = reports_of(app.store, p.id)
+    if as_json:
+        emit_json({**partnership_json(p), "reports": reports})
+        return
+    tz = ZoneInfo(app.store.core().person(p.member).timezone)  # type: ignore[union-attr]
+    today = app.now().astimezone(tz).date()
+    click.echo(f"partnership {p.id}: {p.member} learns {p.skill!r} from {p.partner}")
+    status = p.status + (f" until {p.paused_until}" if p.paused_until else "")
+    click.echo(
+        f"status: {status}; start {p.start}; check-in "
+        f"{p.checkin_day or 'default day'} {p.checkin_time or 'default time'}"
+    )
+    if p.allow_same_line:
+        click.echo("override: same department or reporting line allowed (--allow-same-line)")
+    click.echo("goals:")
+    for g in p.goals:
+        left = (g.due - today).days
+        state = (
+            "done"
+            if g.done_on
+            else (f"{left} days left" if left >= 0 else f"overdue by {-left} days")
+        )
+        click.echo(f"  {g.n}. {g.due}  {g.text}  ({state})")
+    click.echo(f"why: {p.why}")
+    click.echo(f"back in the saddle: {p.saddle}")
+    click.echo(f"reports: {len(reports)}")
+    for r in reports:
+        flag = " SETBACK" if r["setback"] else ""
+        first = r["text"].splitlines()[0] if r["text"] else ""
+        click.echo(f"  {r['period']}  {r['received_at']}{flag}  {first[:60]}")
+
+
+def _member_today(app: App, p: Partnership) -> datetime:
+    person = app.store.core().person(p.member)
+    tz = ZoneInfo(person.timezone if person else app.config.service.timezone)
+    return app.now().astimezone(tz)
+
+
+def _update(app: App, pid: str, change: Callable[[Partnership], Partnership]) -> Partnership:
+    p = _get_partnership(app, pid)
+    with app.store.core_tx() as core:
+        current = core.partnership(p.id)
+        assert current is not None  # partnerships are never deleted
+        updated = change(current)
+        core.put_partnership(updated)
+    return updated
+
+
+@partnerships.command("pause")
+@click.argument("pid", metavar="ID")
+@click.option("--until", default=None, help="YYYY-MM-DD: resumes by itself on this date.")
+@pass_app
+def partnerships_pause(app: App, pid: str, until: str | None) -> None:
+    """Pause check-ins."""
+    until_date = pships.parse_date(until, "until") if until else None
+    p = _get_partnership(app, pid)
+    today = _member_today(app, p).date()
+    updated = _update(app, pid, lambda cur: pships.pause(cur, until_date, today))
+    click.echo(f"paused {updated.id}" + (f" until {until_date}" if until_date else ""))
+
+
+@partnerships.command("resume")
+@click.argument("pid", metavar="ID")
+@pass_app
+def partnerships_resume(app: App, pid: str) -> None:
+    """Resume check-ins."""
+    updated = _update(app, pid, pships.resume)
+    click.echo(f"resumed {updated.id}")
+
+
+@partnerships.command("end")
+@click.argument("pid", metavar="ID")
+@pass_app
+def partnerships_end(app: App, pid: str) -> None:
+    """End a partnership for good."""
+    now = app.now()
+    updated = _update(app, pid, lambda cur: pships.end(cur, now))
+    click.echo(f"ended {updated.id}")
+
+
+# -- templates ------------------------------------------------------------------------------
+
+
+@cli.group()
+def templates() -> None:
+    """Check and preview the mail templates."""
+
+
+def _templates(app: App) -> Any:
+    from mailflow.compose import Templates
+
+    return Templates(app.config.templates.dir)
+
+
+@templates.command("check")
+@pass_app
+def templates_check(app: App) -> None:
+    """Render every template with sample data; report FILE:LINE: message."""
+    problems = _templates(app).check()
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        fail(f"{len(problems)} template problem(s)")
+    click.echo("templates ok")
+
+
+@templates.command("preview")
+@click.argument("name")
+@click.option("--setback", is_flag=True, help="The setback variant (digest).")
+@pass_app
+def templates_preview(app: App, name: str, setback: bool) -> None:
+    """Print the rendered text version of template NAME."""
+    from mailflow.compose import TemplateError
+
+    try:
+        rendered = _templates(app).preview(name, setback=setback)
+    except TemplateError as exc:
+        fail(str(exc))
+    click.echo(f"Subject: {rendered.subject}\n")
+    click.echo(rendered.text.rstrip("\n"))
+
+
+# -- replies --------------------------------------------------------------------------------
+
+
+@cli.group()
+def reply() -> None:
+    """Understand inbound replies."""
+
+
+@reply.command("parse")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")
+def reply_parse(file: Path, as_json: bool) -> None:
+    """Parse one raw message (RFC 5322 file) the way the listener does."""
+    from mailflow.parse import parse_message
+
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        fail(f"{file}: cannot read: {exc.strerror}")
+    parsed = parse_message(raw)
+    if as_json:
+        click.echo(json.dumps(parsed.to_json_dict(), ensure_ascii=False))
+        return
+    click.echo(f"kind: {parsed.kind} ({parsed.detail})")
+    if parsed.kind == "reply":
+        click.echo(f"setback: {'yes' if parsed.setback else 'no'}")
+    for key, value in parsed.sections.items():
+        if value:
+            click.echo(f"{key}: {value}")
+    click.echo("text:")
+    for line in parsed.text.splitlines() or [""]:
+        click.echo(f"  {line}")
+
+
+# -- the week -------------------------------------------------------------------------------
+
+
+def _service(app: App) -> Any:
+    from mailflow.service import Service
+
+    return Service(app.config)
+
+
+def parse_now(value: str | None, app: App) -> datetime:
+    """--now: ISO 8601; without an offset it is read in the service's time zone."""
+    if value is None:
+        return app.now()
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f'--now: expected ISO 8601 like 2026-11-30T09:00:00+01:00, got "{value}"')
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=ZoneInfo(app.config.service.timezone))
+    return dt.astimezone(UTC)
+
+
+@cli.command()
+@click.option("--now", "now_text", default=None, help="ISO 8601 instant (default: the clock).")
+@pass_app
+def tick(app: App, now_text: str | None) -> None:
+    """Run every job due at NOW once, print what was done, exit."""
+    now = parse_now(now_text, app)
+    service = _service(app)
+    problems = service.templates.check()
+    if problems:
+        for problem in problems:
+            click.echo(problem, err=True)
+        fail("templates have errors; nothing sent")
+    report = service.tick(now)
+    for line in report.lines:
+        click.echo(line)
+    if not report.lines:
+        click.echo("nothing due")
+
+
+@cli.command()
+@pass_app
+def serve(app: App) -> None:
+    """Listener, scheduler and sender until SIGINT/SIGTERM."""
+    import logging
+    import threading
+
+    from mailflow.service import ServiceError, install_signal_handlers, real_clock
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    service = _service(app)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    try:
+        service.serve(real_clock, stop)
+    except ServiceError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--now", "now_text", default=None, help="ISO 8601 instant (default: the clock).")
+@pass_app
+def status(app: App, as_json: bool, now_text: str | None) -> None:
+    """This period: sent, replied, setbacks, missing, bouncing, quarantined, outgoing."""
+    data = _service(app).status(parse_now(now_text, app))
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"partnerships: {data['partnerships']} ({data['paused']} paused)")
+    click.echo(
+        f"check-ins sent: {data['sent']}  replied: {data['replied']}  "
+        f"setbacks: {data['setbacks']}  waiting: {data['waiting']}  "
+        f"missing: {data['missing']}"
+    )
+    click.echo(
+        f"bouncing: {len(data['bouncing'])}"
+        + (f" ({', '.join(data['bouncing'])})" if data["bouncing"] else "")
+    )
+    click.echo(f"quarantined: {data['quarantined']}  spooled: {data['spooled']}")
+    click.echo(f"outgoing queued: {data['outgoing_queued']}  failed: {data['outgoing_failed']}")
+    for item in data["failed"]:
+        click.echo(f"  failed {item['key']} to {item['to']}: {item['error']}")
+    for item in data["quarantine"]:
+        click.echo(f"  quarantined {item['id']}: {item['reason']}")
+
+
+@cli.command()
+def demo() -> None:
+    """A whole week in simulated time, in a temporary data dir."""
+    from mailflow.demo import run_demo
+
+    run_demo(click.echo)
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; the one place exceptions become `error:` lines and exit codes."""
+    try:
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="mailflow",
+            standalone_mode=False,
+        )
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        hint = (
+            f" (see 'mailflow {exc.ctx.command_path.split(' ', 1)[1]} --help')"
+            if (exc.ctx and " " in exc.ctx.command_path)
+            else " (see 'mailflow --help')"
+        )
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        return 2
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return 1
+    except (CliError, DomainError, ConfigError, StoreError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if os.environ.get("MAILFLOW_DEBUG"):
+            raise
+        click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
+        return 1
+
+
+def run() -> NoReturn:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,713 @@
+"""Compose outgoing mail: render the Jinja2 templates and build the MIME message.
+
+Templates live in ``templates/`` at the repository root (:data:`SHIPPED_DIR`). For every name in
+:data:`TEMPLATE_NAMES` there are three files: ``NAME.subject.j2``, ``NAME.txt.j2`` and
+``NAME.html.j2``. Files whose name starts with ``_`` (``_layout.html.j2``, ``_macros.j2``) are
+shared helpers that the others extend or import. An admin may point ``[templates] dir`` at a
+directory of their own: any file found there wins, any file missing there falls back to the
+shipped one.
+
+Rendering is done in a :class:`jinja2.sandbox.SandboxedEnvironment` with
+:class:`jinja2.StrictUndefined` (a typo is an error, never an empty string); only ``*.html.j2``
+files are autoescaped, so user text is escaped in HTML and shown as written in plain text.
+
+A broken template must never reach an inbox. :meth:`Templates.check` renders every template in
+every variant with sample data (:func:`sample_context`) and reports each problem as one line
+``FILE:LINE: message``; it also looks, without rendering, for unknown variables and unknown keys
+in branches the sample data does not reach. :class:`Templates` keeps an in-memory copy of the
+last set of files that passed the check: :meth:`Templates.refresh` (called by ``serve``) switches
+to edited files only once they pass, and :meth:`Templates.render` always uses the last good set.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import re
+import traceback
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2 import meta, nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+__all__ = [
+    "SHIPPED_DIR",
+    "TEMPLATE_NAMES",
+    "PARTS",
+    "Rendered",
+    "TemplateError",
+    "Templates",
+    "build_message",
+    "sample_context",
+]
+
+TEMPLATE_NAMES: tuple[str, ...] = ("checkin", "reminder", "digest", "no_report", "bounce_notice")
+"""The templates the sender uses; ``templates preview NAME`` accepts exactly these."""
+
+PARTS: tuple[str, ...] = ("subject", "txt", "html")
+"""The three files of one template: ``NAME.subject.j2``, ``NAME.txt.j2``, ``NAME.html.j2``."""
+
+SHIPPED_DIR: Path = Path(__file__).resolve().parent.parent / "templates"
+"""The shipped templates: ``templates/`` next to the ``mailflow`` package directory.
+
+mailflow is installed in editable (development) mode from its repository, so the package
+directory is ``REPO/mailflow`` and the templates are ``REPO/templates``. ``resolve()`` makes this
+independent of the current directory and of symlinks to the module.
+"""
+
+REPLY_MARKER = "--- reply above this line ---"
+"""First line of the check-in and reminder text: the reply parser cuts quoted history there."""
+
+_TEMPLATE_SUFFIX = ".j2"
+
+
+def _filename(name: str, part: str) -> str:
+    return f"{name}.{part}{_TEMPLATE_SUFFIX}"
+
+
+def _one_line(text: str) -> str:
+    """Collapse all whitespace (newlines included) into single spaces."""
+    return " ".join(str(text).split())
+
+
+# --------------------------------------------------------------------------------------------
+# Results and errors
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One rendered mail: a one-line subject, the plain-text body and the HTML body."""
+
+    subject: str
+    text: str
+    html: str
+
+
+class TemplateError(Exception):
+    """A template could not be loaded, compiled or rendered.
+
+    ``str(error)`` is a single line ``FILE:LINE: message`` (or ``FILE: message`` when no line
+    applies, or just the message when no file does).
+    """
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None) -> None:
+        self.message = _one_line(message)
+        self.file = file
+        self.line = line
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        if self.file is None:
+            return self.message
+        if self.line is None:
+            return f"{self.file}: {self.message}"
+        return f"{self.file}:{self.line}: {self.message}"
+
+    def __str__(self) -> str:
+        return self._format()
+
+
+# --------------------------------------------------------------------------------------------
+# Sample data (the exact shapes the sender passes)
+
+
+def _sample_goals() -> list[dict[str, Any]]:
+    return [
+        {
+            "n": 1,
+            "due": "2026-11-20",
+            "text": "Finish the online course on structuring a talk (all 6 modules).",
+            "days_left": -3,
+            "overdue": True,
+            "done": False,
+        },
+        {
+            "n": 2,
+            "due": "2026-11-16",
+            "text": "Record myself giving a 5-minute talk and watch it back.",
+            "days_left": -7,
+            "overdue": False,
+            "done": True,
+        },
+        {
+            "n": 3,
+            "due": "2026-12-18",
+            "text": "Give a 10-minute talk at the team meeting, without notes & with Q&A.",
+            "days_left": 25,
+            "overdue": False,
+            "done": False,
+        },
+        {
+            "n": 4,
+            "due": "2026-11-24",
+            "text": "Book a slot on the team meeting agenda.",
+            "days_left": 1,
+            "overdue": False,
+            "done": False,
+        },
+    ]
+
+
+def _sample_reports(setback: bool, updated: bool) -> list[dict[str, Any]]:
+    good = {
+        "received_at": "Tuesday 24 November, 18:42 (Europe/Berlin)",
+        "text": (
+            "Done: Practised the talk twice in front of the mirror and once for my flatmate.\n"
+            "Setback: none\n"
+            "Next: Ask Bruno for 10 minutes of Q&A practice on Thursday."
+        ),
+        "done": "Practised the talk twice in front of the mirror and once for my flatmate.",
+        "setback_text": "none",
+        "next": "Ask Bruno for 10 minutes of Q&A practice on Thursday.",
+        "setback": False,
+    }
+    bad = {
+        "received_at": "Thursday 26 November, 21:05 (Europe/Berlin)",
+        "text": (
+            "Done: One practice run on Monday.\n"
+            "Setback: Missed my Wednesday slot, the release slipped and I stayed late "
+            "<again>.\n"
+            "Next: Two short runs before Friday, one with Bruno."
+        ),
+        "done": "One practice run on Monday.",
+        "setback_text": "Missed my Wednesday slot, the release slipped and I stayed late <again>.",
+        "next": "Two short runs before Friday, one with Bruno.",
+        "setback": True,
+    }
+    free_text = {
+        "received_at": "Saturday 28 November, 10:15 (Europe/Berlin)",
+        "text": "Quick update: I booked the team meeting slot for 16 December.",
+        "done": "",
+        "setback_text": "",
+        "next": "",
+        "setback": False,
+    }
+    reports = [bad] if setback else [good]
+    if updated:
+        reports = [good, bad] if setback else [good, free_text]
+    return reports
+
+
+def sample_context(name: str, setback: bool = False, updated: bool = False) -> dict[str, Any]:
+    """Realistic sample data for template ``name``, in exactly the shape the sender passes.
+
+    ``setback`` and ``updated`` select the digest variants (a report admitting a setback; an
+    update of a digest already sent this period). Unknown ``name``: :class:`TemplateError`.
+    """
+    _require_name(name)
+    service = {
+        "name": "mailflow",
+        "domain": "mailflow.example.com",
+        "from_address": "mailflow@mailflow.example.com",
+    }
+    if name == "bounce_notice":
+        return {
+            "service": service,
+            "address": "bruno.keller@example.com",
+            "reason": "550 5.1.1 <bruno.keller@example.com>: Recipient address rejected: "
+            "User unknown in virtual mailbox table",
+            "period": "2026-W48",
+        }
+    context: dict[str, Any] = {
+        "service": service,
+        "member": {
+            "name": "Zoë Adler",
+            "email": "zoe.adler@example.com",
+            "timezone": "Europe/Berlin",
+        },
+        "partner": {"name": "Bruno Keller", "email": "bruno.keller@example.com"},
+        "partnership": {
+            "id": 7,
+            "skill": "public speaking",
+            "why": (
+                "I want to present my own team's work at the quarterly review instead of "
+                "asking someone else to do it, and to stop dreading the Monday stand-up."
+            ),
+            "saddle": (
+                "One missed week is not a pattern. Pick the smallest next step (five minutes "
+                "of practice today) and tell me when it's done. You've done harder things."
+            ),
+            "start": "2026-11-02",
+        },
+        "goals": _sample_goals(),
+        "period": "2026-W48",
+        "period_label": "week 48 of 2026",
+        "reply_marker": REPLY_MARKER,
+        "reply_address": "checkin+q7Hk2VxP9mR4tW8zL3nB5cD6fG1jA0sE@mailflow.example.com",
+    }
+    if name in ("checkin", "reminder"):
+        context["checkin_at"] = "Monday 23 November, 09:00 (Europe/Berlin)"
+    elif name == "digest":
+        reports = _sample_reports(setback, updated)
+        context["reports"] = reports
+        context["setback"] = any(r["setback"] for r in reports)
+        context["updated"] = updated
+    elif name == "no_report":
+        context["checkin_at"] = "Monday 23 November, 09:00 (Europe/Berlin)"
+        context["deadline_hours"] = 96
+    return context
+
+
+def _variants(name: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every sample variant of one template, each with a short label for problem reports."""
+    if name == "digest":
+        return [
+            ("report", sample_context(name)),
+            ("setback", sample_context(name, setback=True)),
+            ("updated", sample_context(name, updated=True)),
+            ("updated setback", sample_context(name, setback=True, updated=True)),
+        ]
+    return [("sample", sample_context(name))]
+
+
+def _require_name(name: str) -> None:
+    if name not in TEMPLATE_NAMES:
+        raise TemplateError(f"unknown template {name!r}; valid names: {', '.join(TEMPLATE_NAMES)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: an in-memory snapshot of the template files
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    text: str
+
+
+_Signature = tuple[tuple[str, str, int, int], ...]
+
+
+class _SnapshotLoader(jinja2.BaseLoader):
+    """Serves templates from an in-memory snapshot, reporting their real paths as filenames.
+
+    Holding the text in memory is what lets the last good set stay in use while the files on
+    disk are being edited. The real path as filename makes syntax errors and traceback frames
+    name the file the admin must fix.
+    """
+
+    def __init__(self, files: Mapping[str, _Source]) -> None:
+        self._files = dict(files)
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        source = self._files.get(template)
+        if source is None:
+            raise jinja2.TemplateNotFound(template)
+        return source.text, str(source.path), lambda: True
+
+    def list_templates(self) -> list[str]:
+        return sorted(self._files)
+
+
+def _iter_template_files(directory: Path) -> Iterator[tuple[str, Path]]:
+    for path in sorted(directory.rglob(f"*{_TEMPLATE_SUFFIX}")):
+        if path.is_file():
+            yield path.relative_to(directory).as_posix(), path
+
+
+def _new_environment(files: Mapping[str, _Source]) -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        loader=_SnapshotLoader(files),
+        undefined=jinja2.StrictUndefined,
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html.j2",), default_for_string=False, default=False
+        ),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        auto_reload=False,
+    )
+
+
+class _TemplateSet:
+    """One consistent set of template files (the resolved override/shipped mix) and its env."""
+
+    def __init__(self, dirs: Sequence[Path]) -> None:
+        self.dirs = tuple(dirs)
+        self.problems: list[str] = []
+        self.signature = _signature(self.dirs)
+        files: dict[str, _Source] = {}
+        # Later directories win: dirs is (shipped, override).
+        for directory in self.dirs:
+            if not directory.is_dir():
+                self.problems.append(f"{directory}: templates directory not found")
+                continue
+            for name, path in _iter_template_files(directory):
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except UnicodeDecodeError as exc:
+                    self.problems.append(f"{path}: not valid UTF-8 ({exc.reason})")
+                    continue
+                except OSError as exc:
+                    self.problems.append(f"{path}: cannot read ({exc.strerror})")
+                    continue
+                files[name] = _Source(path, text)
+        self.files = files
+        self.env = _new_environment(files)
+
+    def path_of(self, filename: str) -> str:
+        source = self.files.get(filename)
+        if source is not None:
+            return str(source.path)
+        return str(self.dirs[-1] / filename)
+
+    def render_part(self, name: str, part: str, context: Mapping[str, Any]) -> str:
+        filename = _filename(name, part)
+        if filename not in self.files:
+            raise TemplateError("template not found", self.path_of(filename))
+        try:
+            template = self.env.get_template(filename)
+            return template.render(dict(context))
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(exc.message or "syntax error", exc.filename, exc.lineno) from exc
+        except jinja2.TemplateNotFound as exc:
+            file, line = _location(exc, self, filename)
+            raise TemplateError(f"template not found: {exc.name}", file, line) from exc
+        except Exception as exc:  # any render error: undefined, sandbox, type errors, ...
+            file, line = _location(exc, self, filename)
+            message = str(exc) or type(exc).__name__
+            if isinstance(exc, jinja2.TemplateError):
+                raise TemplateError(message, file, line) from exc
+            raise TemplateError(f"{type(exc).__name__}: {message}", file, line) from exc
+
+    def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
+        subject = self.render_part(name, "subject", context)
+        text = self.render_part(name, "txt", context)
+        html = self.render_part(name, "html", context)
+        return Rendered(
+            subject=_clean_subject(subject), text=_clean_text(text), html=html.strip() + "\n"
+        )
+
+
+def _signature(dirs: Sequence[Path]) -> _Signature:
+    """What changes when any template file is added, removed or edited (cheap: stat only)."""
+    entries: list[tuple[str, str, int, int]] = []
+    for directory in dirs:
+        if not directory.is_dir():
+            entries.append((str(directory), "", -1, -1))
+            continue
+        for name, path in _iter_template_files(directory):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            entries.append((str(directory), name, st.st_mtime_ns, st.st_size))
+    return tuple(entries)
+
+
+def _location(exc: BaseException, tset: _TemplateSet, filename: str) -> tuple[str, int | None]:
+    """The template file and line an exception was raised at, from its traceback.
+
+    Jinja2 rewrites tracebacks so that template code appears as frames whose filename is the
+    template's (here: its real path) and whose line number is the template line. The innermost
+    such frame is where the error is; without one, fall back to the file being rendered.
+    """
+    paths = {str(source.path) for source in tset.files.values()}
+    found: tuple[str, int | None] | None = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename in paths:
+            found = (frame.filename, frame.lineno)
+    if found is not None:
+        return found
+    lineno = getattr(exc, "lineno", None)
+    return tset.path_of(filename), lineno if isinstance(lineno, int) else None
+
+
+def _clean_subject(subject: str) -> str:
+    """One line, stripped, without control characters (a header must never break)."""
+    collapsed = _one_line(subject)
+    return "".join(ch for ch in collapsed if unicodedata.category(ch) != "Cc")
+
+
+def _clean_text(text: str) -> str:
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Static checks: variables and keys in branches the sample data does not reach
+
+
+def _defined_names(ast: nodes.Template) -> set[str]:
+    """Names the template defines itself anywhere (imports, macros, set), to never flag them.
+
+    Jinja2's analysis does not see top-level imports from inside ``{% block %}`` bodies of a
+    template that ``{% extends %}`` another, although they work at render time.
+    """
+    names: set[str] = set()
+    for imp in ast.find_all(nodes.FromImport):
+        for item in imp.names:
+            names.add(item[1] if isinstance(item, tuple) else item)
+    for node in ast.find_all(nodes.Import):
+        names.add(node.target)
+    for macro in ast.find_all(nodes.Macro):
+        names.add(macro.name)
+    for name in ast.find_all(nodes.Name):
+        if name.ctx in ("store", "param"):
+            names.add(name.name)
+    return names
+
+
+def _static_problems(tset: _TemplateSet, name: str, filename: str) -> list[str]:
+    """Unknown top-level variables and unknown keys of known dicts, found without rendering.
+
+    Rendering with sample data only exercises the branches the samples take; a typo in another
+    branch would surface in production. This walks the template's syntax tree instead.
+    """
+    source = tset.files.get(filename)
+    if source is None:
+        return []
+    try:
+        ast = tset.env.parse(source.text, filename, str(source.path))
+    except jinja2.TemplateSyntaxError:
+        return []  # reported by the compile step
+    contexts = [ctx for _label, ctx in _variants(name)]
+    known: dict[str, Any] = {}
+    for ctx in contexts:
+        for key, value in ctx.items():
+            known.setdefault(key, value)
+    problems: list[str] = []
+    undeclared = meta.find_undeclared_variables(ast) - set(known) - set(tset.env.globals)
+    undeclared -= _defined_names(ast)
+    for var in sorted(undeclared):
+        line = next(
+            (n.lineno for n in ast.find_all(nodes.Name) if n.name == var and n.ctx == "load"),
+            None,
+        )
+        problems.append(str(TemplateError(f"{var!r} is undefined", str(source.path), line)))
+
+    # Shapes of names: top-level dicts, and loop variables over top-level lists of dicts.
+    shapes: dict[str, set[str]] = {}
+    for key, value in known.items():
+        if isinstance(value, dict):
+            shapes[key] = set(value)
+    for loop in ast.find_all(nodes.For):
+        if (
+            isinstance(loop.target, nodes.Name)
+            and isinstance(loop.iter, nodes.Name)
+            and isinstance(known.get(loop.iter.name), list)
+        ):
+            items = known[loop.iter.name]
+            keys: set[str] = set()
+            for ctx in contexts:
+                for item in ctx.get(loop.iter.name, items):
+                    if isinstance(item, dict):
+                        keys |= set(item)
+            if keys and loop.target.name not in known:
+                shapes.setdefault(loop.target.name, keys)
+    for node in ast.find_all(nodes.Getattr):
+        if (
+            isinstance(node.node, nodes.Name)
+            and node.node.name in shapes
+            and node.attr not in shapes[node.node.name]
+            and not hasattr(dict, node.attr)
+        ):
+            message = f"{node.node.name!r} has no attribute {node.attr!r}"
+            problems.append(str(TemplateError(message, str(source.path), node.lineno)))
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# The public API
+
+
+class Templates:
+    """The mail templates: shipped ones, optionally overridden file by file from an admin's dir.
+
+    Construct it, then call :meth:`check` before use (``serve`` refuses to start on problems).
+    :meth:`render` uses the last good set of files; :meth:`refresh` picks up edits that pass.
+    """
+
+    def __init__(self, override_dir: Path | None = None) -> None:
+        self.override_dir = Path(override_dir) if override_dir is not None else None
+        if self.override_dir is not None and not self.override_dir.is_dir():
+            raise TemplateError(f"{self.override_dir}: templates directory not found")
+        self._dirs: tuple[Path, ...] = (SHIPPED_DIR,)
+        if self.override_dir is not None:
+            self._dirs = (SHIPPED_DIR, self.override_dir)
+        self._active = _TemplateSet(self._dirs)
+        # What refresh() last looked at, and the problems it found there (None: not checked).
+        self._seen: _Signature = self._active.signature
+        self._seen_problems: list[str] | None = None
+
+    def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
+        """Render template ``name`` with ``context``; any failure is a :class:`TemplateError`."""
+        _require_name(name)
+        return self._active.render(name, context)
+
+    def check(self) -> list[str]:
+        """Check the template files as they are on disk now; ``[]`` when all is well.
+
+        Each problem is one line ``FILE:LINE: message``: syntax errors (in any ``*.j2`` file),
+        undefined variables and other render errors in every sample variant, and unknown
+        variables or keys in branches the samples do not reach.
+        """
+        return _check_set(_TemplateSet(self._dirs))
+
+    def preview(self, name: str, setback: bool = False) -> Rendered:
+        """Render ``name`` with sample data (``setback`` selects the digest's setback variant)."""
+        _require_name(name)
+        return self.render(name, sample_context(name, setback=setback))
+
+    def refresh(self) -> list[str]:
+        """Pick up edited template files once they pass the check.
+
+        If any template file was added, removed or changed since last looked at (stat: mtime and
+        size), the files are read and checked. When the check passes they become the set that
+        :meth:`render` uses and ``[]`` is returned; when it fails, the last good set stays in use
+        and the problems are returned (again on every call, until the files change).
+        """
+        signature = _signature(self._dirs)
+        if signature == self._seen and self._seen_problems is not None:
+            return list(self._seen_problems)
+        candidate = _TemplateSet(self._dirs)
+        problems = _check_set(candidate)
+        self._seen = candidate.signature
+        self._seen_problems = problems
+        if not problems:
+            self._active = candidate
+        return list(problems)
+
+
+def _file_line(problem: str) -> str:
+    """The ``FILE:LINE`` part of a problem line (for de-duplication)."""
+    match = re.match(r"^(.*?:\d+):", problem)
+    return match.group(1) if match else problem
+
+
+def _check_set(tset: _TemplateSet) -> list[str]:
+    problems: list[str] = list(tset.problems)
+    broken: set[str] = set()
+    # 1. Every file compiles (helpers too, even if nothing uses them).
+    for filename in sorted(tset.files):
+        try:
+            tset.env.get_template(filename)
+        except jinja2.TemplateSyntaxError as exc:
+            broken.add(filename)
+            err = TemplateError(exc.message or "syntax error", exc.filename, exc.lineno)
+            problems.append(str(err))
+        except Exception as exc:  # e.g. an {% extends %} of a missing file at compile time
+            broken.add(filename)
+            file, line = _location(exc, tset, filename)
+            problems.append(str(TemplateError(str(exc) or type(exc).__name__, file, line)))
+    # 2. Every part of every template renders in every variant.
+    for name in TEMPLATE_NAMES:
+        for part in PARTS:
+            filename = _filename(name, part)
+            if filename not in tset.files:
+                problems.append(str(TemplateError("template not found", tset.path_of(filename))))
+                continue
+            if filename in broken:
+                continue
+            for label, context in _variants(name):
+                try:
+                    tset.render_part(name, part, context)
+                except TemplateError as exc:
+                    suffix = f" (sample: {name} {label})" if name == "digest" else ""
+                    problems.append(f"{exc}{suffix}")
+            # Static findings only where rendering found nothing on that line already.
+            reported = {_file_line(problem) for problem in problems}
+            for problem in _static_problems(tset, name, filename):
+                if _file_line(problem) not in reported:
+                    problems.append(problem)
+    # Deduplicate (the same error shows up in several variants), keeping order.
+    seen: set[str] = set()
+    unique: list[str] = []
+    for problem in problems:
+        key = problem.split(" (sample: ", 1)[0]
+        if key not in seen:
+            seen.add(key)
+            unique.append(problem)
+    return unique
+
+
+# --------------------------------------------------------------------------------------------
+# The MIME message
+
+_POLICY = email.policy.SMTP
+
+
+def _check_header_value(field: str, value: str) -> str:
+    """Refuse control characters (CR, LF, NUL, ...) and Unicode line breaks in a header value."""
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: expected a string, got {type(value).__name__}")
+    for ch in value:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            raise ValueError(f"{field}: control character {ch!r} not allowed in a header")
+    return value
+
+
+def _check_msg_id(field: str, value: str) -> str:
+    _check_header_value(field, value)
+    if not value or any(ch.isspace() for ch in value):
+        raise ValueError(f"{field}: not a message id: {value!r}")
+    return value
+
+
+def _address(field: str, addr_spec: str, display_name: str) -> Address:
+    _check_header_value(field, addr_spec)
+    _check_header_value(field, display_name)
+    try:
+        address = Address(display_name=display_name, addr_spec=addr_spec)
+    except (ValueError, IndexError, TypeError) as exc:
+        raise ValueError(f"{field}: invalid address {addr_spec!r}: {exc}") from exc
+    if not address.username or not address.domain:
+        raise ValueError(f"{field}: invalid address {addr_spec!r}")
+    return address
+
+
+def build_message(
+    rendered: Rendered,
+    *,
+    from_address: str,
+    from_name: str,
+    to_address: str,
+    to_name: str,
+    message_id: str,
+    date: datetime,
+    reply_to: str | None = None,
+    in_reply_to: str | None = None,
+    references: Sequence[str] = (),
+) -> EmailMessage:
+    """A ``multipart/alternative`` message (text, then HTML; UTF-8, quoted-printable) for SMTP.
+
+    Headers: From and To (display names RFC 2047-encoded when needed), Subject (encoded when
+    non-ASCII), Date (``date`` must be timezone-aware), Message-ID exactly as given, Reply-To,
+    In-Reply-To and References when given, ``Auto-Submitted: auto-generated``,
+    ``X-Auto-Response-Suppress: All`` and ``MIME-Version``. Any header value containing CR, LF
+    or another control character raises :class:`ValueError`, so header injection is impossible.
+    The message uses :data:`email.policy.SMTP` (CRLF line ends, folded headers).
+    """
+    if date.tzinfo is None or date.utcoffset() is None:
+        raise ValueError("Date: a timezone-aware datetime is required")
+    subject = _check_header_value("Subject", rendered.subject)
+    msg = EmailMessage(policy=_POLICY)
+    msg["From"] = _address("From", from_address, from_name)
+    msg["To"] = _address("To", to_address, to_name)
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = _check_msg_id("Message-ID", message_id)
+    if reply_to is not None:
+        msg["Reply-To"] = _address("Reply-To", reply_to, "")
+    if in_reply_to is not None:
+        msg["In-Reply-To"] = _check_msg_id("In-Reply-To", in_reply_to)
+    refs = [_check_msg_id("References", ref) for ref in references]
+    if refs:
+        msg["References"] = " ".join(refs)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg["MIME-Version"] = "1.0"
+    # quoted-printable: 7-bit safe for any relay, and no body line can exceed SMTP's limit.
+    msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    return msg

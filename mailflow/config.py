@@ -1,0 +1,273 @@
+"""Configuration: built-in defaults, overlaid by a TOML file, checked key by key.
+
+Every key is optional so the service runs with no file at all. A wrong type or value is
+refused at start with the key's dotted name, so an operator sees exactly what to fix.
+Secrets never live in the file: it only names the environment variables that hold them.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() is one line that names the key."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    domain: str = "mailflow.localhost"
+    from_address: str = ""  # empty: "mailflow@" + domain
+    data_dir: Path = Path("data")
+    timezone: str = "UTC"
+    admin_address: str = ""
+    secret_env: str = "MAILFLOW_SECRET"
+
+    @property
+    def sender(self) -> str:
+        return self.from_address or f"mailflow@{self.domain}"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    host: str = "127.0.0.1"
+    port: int = 2525
+    max_message_bytes: int = 10 * 1024 * 1024
+    timeout_seconds: int = 60
+    max_connections: int = 200
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    host: str = ""  # empty: write each message to data_dir/outbox/*.eml
+    port: int = 587
+    starttls: bool = False
+    ssl: bool = False
+    username: str = ""
+    password_env: str = "MAILFLOW_RELAY_PASSWORD"
+    timeout_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    checkin_day: str = "monday"
+    checkin_time: str = "09:00"
+    remind_after_hours: int = 48
+    deadline_after_hours: int = 96
+    digest_delay_minutes: int = 30
+    tick_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class TemplatesConfig:
+    dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    listener: ListenerConfig = field(default_factory=ListenerConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    templates: TemplatesConfig = field(default_factory=TemplatesConfig)
+
+
+_SECTIONS: dict[str, type] = {
+    "service": ServiceConfig,
+    "listener": ListenerConfig,
+    "relay": RelayConfig,
+    "schedule": ScheduleConfig,
+    "templates": TemplatesConfig,
+}
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_hhmm(value: str) -> time:
+    """'09:30' -> time(9, 30); ValueError otherwise."""
+    m = _HHMM.match(value)
+    if not m:
+        raise ValueError(f'expected HH:MM, got "{value}"')
+    return time(int(m.group(1)), int(m.group(2)))
+
+
+def check_timezone(value: str) -> str:
+    """Return the IANA zone name if it exists; ValueError otherwise."""
+    try:
+        if not value or value != value.strip() or ".." in value or value.startswith("/"):
+            raise ZoneInfoNotFoundError(value)
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f'unknown time zone "{value}"') from None
+    return value
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check one raw TOML value against the type of its default."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
+        return value
+    if isinstance(default, str | Path) or default is None:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+        if isinstance(default, Path):
+            # A required path: "" would become None and crash later instead of naming the key.
+            if not value.strip():
+                raise ConfigError(f"{key}: expected a directory path, got an empty string")
+            return Path(value).expanduser()
+        if default is None and key.endswith(".dir"):
+            return Path(value).expanduser() if value else None  # "": use the shipped ones
+        return value
+    raise ConfigError(f"{key}: unsupported value {_describe(value)}")  # pragma: no cover
+
+
+def _validate(cfg: Config) -> None:
+    """Value checks that go beyond types; each names its key."""
+
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{key}: {why}")
+
+    s = cfg.service
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", s.domain) or (
+        ".." in s.domain
+    ):
+        raise bad("service.domain", f'not a valid domain name: "{s.domain}"')
+    for key, addr in (("service.from_address", s.from_address), ("service.admin_address",
+                                                                  s.admin_address)):
+        if addr:
+            try:
+                validate_email(addr, check_deliverability=False, test_environment=True)
+            except EmailNotValidError as exc:
+                raise bad(key, f'not a valid address "{addr}": {exc}') from None
+    try:
+        check_timezone(s.timezone)
+    except ValueError as exc:
+        raise bad("service.timezone", str(exc)) from None
+    if not _ENV_NAME.match(s.secret_env):
+        raise bad("service.secret_env", f'not an environment variable name: "{s.secret_env}"')
+
+    ls = cfg.listener
+    if not 0 < ls.port < 65536:
+        raise bad("listener.port", f"expected 1-65535, got {ls.port}")
+    if ls.max_message_bytes < 1024:
+        raise bad("listener.max_message_bytes", f"expected at least 1024, got {ls.max_message_bytes}")
+    if ls.timeout_seconds < 1:
+        raise bad("listener.timeout_seconds", f"expected at least 1, got {ls.timeout_seconds}")
+    if ls.max_connections < 1:
+        raise bad("listener.max_connections", f"expected at least 1, got {ls.max_connections}")
+
+    r = cfg.relay
+    if not 0 < r.port < 65536:
+        raise bad("relay.port", f"expected 1-65535, got {r.port}")
+    if r.starttls and r.ssl:
+        raise bad("relay.ssl", "starttls and ssl are exclusive: choose one")
+    if not _ENV_NAME.match(r.password_env):
+        raise bad("relay.password_env", f'not an environment variable name: "{r.password_env}"')
+    if r.timeout_seconds < 1:
+        raise bad("relay.timeout_seconds", f"expected at least 1, got {r.timeout_seconds}")
+
+    sc = cfg.schedule
+    if sc.checkin_day.lower() not in WEEKDAYS:
+        raise bad("schedule.checkin_day", f'expected a weekday name, got "{sc.checkin_day}"')
+    try:
+        parse_hhmm(sc.checkin_time)
+    except ValueError as exc:
+        raise bad("schedule.checkin_time", str(exc)) from None
+    if sc.digest_delay_minutes < 0:  # 0: the digest goes out at the next tick
+        raise bad("schedule.digest_delay_minutes", f"expected 0 or more, got {sc.digest_delay_minutes}")
+    for name in ("remind_after_hours", "deadline_after_hours", "tick_seconds"):
+        if getattr(sc, name) < 1:
+            raise bad(f"schedule.{name}", f"expected at least 1, got {getattr(sc, name)}")
+    if sc.deadline_after_hours <= sc.remind_after_hours:
+        raise bad("schedule.deadline_after_hours",
+                  f"must be greater than remind_after_hours ({sc.remind_after_hours})")
+    if sc.deadline_after_hours > 24 * 7 - 1:
+        raise bad("schedule.deadline_after_hours", "must fall within the week (at most 167)")
+
+
+def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Config:
+    """Build a checked Config from parsed TOML. Relative paths resolve against base_dir."""
+    sections: dict[str, Any] = {}
+    for name, raw in data.items():
+        if name not in _SECTIONS:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(_SECTIONS)})")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{name}: expected a table, got {_describe(raw)}")
+        cls = _SECTIONS[name]
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            dotted = f"{name}.{key}"
+            if key not in cls.__dataclass_fields__:
+                raise ConfigError(f"{dotted}: unknown key")
+            values[key] = _coerce(dotted, value, getattr(defaults, key))
+        sections[name] = cls(**values)
+    cfg = Config(**sections)
+    if base_dir is not None:
+        cfg = _resolve_paths(cfg, base_dir)
+    if cfg.schedule.checkin_day != cfg.schedule.checkin_day.lower():
+        cfg = _replace(cfg, "schedule", checkin_day=cfg.schedule.checkin_day.lower())
+    _validate(cfg)
+    return cfg
+
+
+def _replace(cfg: Config, section: str, **changes: Any) -> Config:
+    from dataclasses import replace
+
+    return replace(cfg, **{section: replace(getattr(cfg, section), **changes)})
+
+
+def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
+    data_dir = cfg.service.data_dir
+    if not data_dir.is_absolute():
+        cfg = _replace(cfg, "service", data_dir=base_dir / data_dir)
+    tdir = cfg.templates.dir
+    if tdir is not None and not tdir.is_absolute():
+        cfg = _replace(cfg, "templates", dir=base_dir / tdir)
+    return cfg
+
+
+def load(path: Path | None) -> Config:
+    """Load a TOML file (None: built-in defaults). Paths in the file are relative to it."""
+    if path is None:
+        return from_mapping({})
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return from_mapping(data, base_dir=path.resolve().parent)

@@ -1,0 +1,431 @@
+"""Inbox: the SMTP listener. It accepts mail and makes it durable; it does not understand it.
+
+This is the only module that imports aiosmtpd. One handler (`_Handler`) holds the protocol
+decisions in small hooks, as aiosmtpd intends:
+- RCPT: the caller's `RcptPolicy` decides (we are never an open relay); at most
+  `MAX_RECIPIENTS` per message.
+- MAIL: any sender, including the null sender `<>` that bounces use (stored as "").
+- DATA: size checked again, line endings checked (see below), then `Spool.put` in a worker
+  thread (the fsyncs must not stall other sessions), and only then `250`. A failed write
+  answers `451` so the sending MTA retries: nothing is lost. After a `250` the caller's
+  `on_spooled(id)` is scheduled on the event loop; it must be cheap and thread-safe (it runs
+  on the listener's thread), and its exceptions are logged, never raised into the session.
+
+Line endings (SMTP smuggling, CVE-2023-51764/51765/51766): aiosmtpd >= 1.4.5 ends DATA only
+at <CR><LF>.<CR><LF>, so a smuggled terminator can never split one transaction into two. What
+remains is the content itself: a bare LF or bare CR reaches us unchanged, and Python's email
+parser treats it as a line break, so `Subject: hi<LF>X-Injected: yes` would read as two
+headers. Policy:
+- in the header section (everything before the first empty CRLF line): refused with
+  `550 5.6.0`, as Postfix and Exim do since the smuggling CVEs. Real MTAs send CRLF; a
+  header with a bare newline is either broken or an attack, and a permanent refusal tells
+  the sender instead of guessing.
+- in the body: normalised to CRLF. A body cannot inject headers, and normalising stores the
+  lines exactly as the parser would read them anyway; refusing would bounce replies from
+  sloppy clients for no safety gain.
+Messages that are clean CRLF are stored byte for byte as received.
+
+Sessions are capped at `max_connections` (the extra ones get `421` and are closed), idle
+ones are cut after `timeout_seconds` (aiosmtpd's timer, reset by each command). Optional
+STARTTLS and AUTH (AUTH then required, and only over TLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import re
+import socket
+import ssl
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from mailflow.spool import Spool
+
+log = logging.getLogger("mailflow.inbox")
+
+MAX_RECIPIENTS = 20
+# Enough to overlap a few fsyncs; more threads only queue on the same disk.
+SPOOL_WORKERS = 4
+
+REPLY_OK = "250 OK"
+REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+REPLY_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+REPLY_BARE_LF = "550 5.6.0 bare LF not allowed in message header"
+REPLY_TRY_LATER = "451 4.3.0 try again later"
+REPLY_TOO_MANY_CONNS = "421 4.7.0 too many connections, try again later"
+
+# A bare LF (not preceded by CR) or a bare CR (not followed by LF).
+_BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+
+
+class ListenerError(Exception):
+    """The listener cannot start (port taken, bad TLS files, inconsistent options)."""
+
+
+class RcptPolicy(Protocol):
+    def __call__(self, address: str) -> str | None:
+        """None: accept `address`; else the full SMTP reply, e.g. "550 5.1.1 <x@y>: ..."."""
+        ...
+
+
+@dataclass
+class ListenerOptions:
+    host: str
+    port: int
+    max_message_bytes: int
+    timeout_seconds: int
+    max_connections: int
+    hostname: str  # our domain, shown in the banner
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    require_starttls: bool = False
+    auth_users: dict[str, str] | None = None  # username -> password; when set AUTH is required
+
+
+class BareNewlineError(ValueError):
+    """A bare LF or CR in the header section."""
+
+
+def normalise_line_endings(raw: bytes) -> bytes:
+    """Apply the line-ending policy of the module docstring; BareNewlineError if refused."""
+    if not _BARE.search(raw):
+        return raw  # the normal case: store exactly what was sent
+    end = raw.find(b"\r\n\r\n")
+    header = raw if end < 0 else raw[: end + 2]
+    if raw.startswith(b"\r\n"):
+        header = b""  # an empty header section: everything is body
+    if _BARE.search(header):
+        raise BareNewlineError("bare LF or CR in the header section")
+    body_start = len(header)
+    return raw[:body_start] + _BARE.sub(b"\r\n", raw[body_start:])
+
+
+def _peer_text(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)
+
+
+class _Handler:
+    """aiosmtpd handler: one small hook per protocol decision."""
+
+    def __init__(
+        self,
+        options: ListenerOptions,
+        spool: Spool,
+        rcpt_policy: RcptPolicy,
+        on_spooled: Callable[[str], None],
+        clock: Callable[[], datetime],
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        self.options = options
+        self.spool = spool
+        self.rcpt_policy = rcpt_policy
+        self.on_spooled = on_spooled
+        self.clock = clock
+        self.executor = executor
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        # aiosmtpd hands the null reverse-path over as "<>"; bounces come that way and must
+        # be accepted. It is recorded as "<>" here (aiosmtpd tests mail_from for truth) and
+        # spooled as "".
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return REPLY_OK
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        peer = _peer_text(session.peer)
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            log.info("refused rcpt %s from %s: too many recipients", address, peer)
+            return REPLY_TOO_MANY_RCPTS
+        try:
+            verdict = self.rcpt_policy(address)
+        except Exception:
+            # A broken policy must not accept (open relay) nor crash the session.
+            log.exception("rcpt policy failed for %s; answering 451", address)
+            return REPLY_TRY_LATER
+        if verdict is not None:
+            log.info("refused rcpt %s from %s: %s", address, peer, verdict)
+            return verdict
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return REPLY_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        peer = _peer_text(session.peer)
+        raw = envelope.original_content
+        if raw is None:
+            content = envelope.content
+            raw = (
+                content.encode("utf-8", "surrogateescape")
+                if isinstance(content, str)
+                else (content or b"")
+            )
+        if len(raw) > self.options.max_message_bytes:
+            # aiosmtpd already refuses over data_size_limit; this guards the exact limit
+            # (its count includes dot-stuffing) and any future change of that behaviour.
+            log.info("refused message from %s: %d bytes over limit", peer, len(raw))
+            return REPLY_TOO_BIG
+        try:
+            raw = normalise_line_endings(raw)
+        except BareNewlineError:
+            log.info("refused message from %s: bare LF/CR in header section", peer)
+            return REPLY_BARE_LF
+        mail_from = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
+        rcpts = tuple(envelope.rcpt_tos)
+        put = partial(
+            self.spool.put,
+            raw,
+            mail_from=mail_from,
+            rcpt_tos=rcpts,
+            peer=peer,
+            received_at=self.clock(),
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            entry_id = await loop.run_in_executor(self.executor, put)
+        except Exception:
+            log.exception("spool write failed for message from %s; answering 451", peer)
+            return REPLY_TRY_LATER
+        log.info(
+            "accepted %s from %s: %d bytes, mail_from=<%s>, rcpt=%s",
+            entry_id,
+            peer,
+            len(raw),
+            mail_from,
+            ",".join(rcpts),
+        )
+        # Scheduled, not called: the 250 goes out first and a slow callback cannot delay it.
+        loop.call_soon(self._notify, entry_id)
+        return f"250 2.0.0 Queued as {entry_id}"
+
+    def _notify(self, entry_id: str) -> None:
+        try:
+            self.on_spooled(entry_id)
+        except Exception:
+            log.exception("on_spooled(%s) failed; the message stays in the spool", entry_id)
+
+
+class _Authenticator:
+    """Checks AUTH PLAIN/LOGIN against a fixed user table."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = {u.encode("utf-8"): p.encode("utf-8") for u, p in users.items()}
+
+    def __call__(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            expected = self.users.get(auth_data.login)
+            # compare_digest even for unknown users, so timing does not reveal who exists.
+            ok = hmac.compare_digest(expected or b"\0" * 32, auth_data.password) and (
+                expected is not None
+            )
+            if ok:
+                log.info(
+                    "auth ok for %s from %s",
+                    auth_data.login.decode("utf-8", "replace"),
+                    _peer_text(session.peer),
+                )
+                return AuthResult(success=True)
+            log.info(
+                "auth failed for %s from %s",
+                auth_data.login.decode("utf-8", "replace"),
+                _peer_text(session.peer),
+            )
+        # handled=False: aiosmtpd then answers 535 itself. The default (handled=True) sends
+        # nothing and the client waits forever.
+        return AuthResult(success=False, handled=False)
+
+
+class _SessionGate:
+    """Counts live sessions. Used only on the listener's event loop, so no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.live: set[SMTP] = set()
+
+
+class _SMTP(SMTP):
+    """aiosmtpd's SMTP with a cap on concurrent sessions."""
+
+    def __init__(self, handler: Any, *, gate: _SessionGate, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._gate = gate
+
+    async def _handle_client(self) -> None:
+        # Here rather than in connection_made: this runs once per connection (STARTTLS calls
+        # connection_made again) and before the banner, so an extra client gets 421 instead.
+        if len(self._gate.live) >= self._gate.limit:
+            log.warning(
+                "refused connection from %s: %d sessions live",
+                _peer_text(self.session.peer if self.session else None),
+                len(self._gate.live),
+            )
+            await self.push(REPLY_TOO_MANY_CONNS)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._gate.live.add(self)
+        try:
+            await super()._handle_client()
+        finally:
+            self._gate.live.discard(self)
+
+
+class _Controller(Controller):
+    def __init__(self, handler: _Handler, gate: _SessionGate, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._gate = gate
+
+    def factory(self) -> SMTP:
+        return _SMTP(self.handler, gate=self._gate, **self.SMTP_kwargs)
+
+
+class Listener:
+    """The SMTP listener on its own thread: start(), then stop()."""
+
+    def __init__(
+        self,
+        options: ListenerOptions,
+        spool: Spool,
+        rcpt_policy: RcptPolicy,
+        on_spooled: Callable[[str], None],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.options = options
+        self.spool = spool
+        self.rcpt_policy = rcpt_policy
+        self.on_spooled = on_spooled
+        self.clock = clock
+        self._controller: _Controller | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._gate = _SessionGate(options.max_connections)
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        o = self.options
+        if o.tls_cert is None:
+            if o.tls_key is not None or o.require_starttls:
+                raise ListenerError("listener: tls_key/require_starttls need tls_cert")
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(str(o.tls_cert), str(o.tls_key) if o.tls_key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ListenerError(
+                f"listener: cannot load TLS certificate {o.tls_cert}: {exc}"
+            ) from None
+        return ctx
+
+    def _check_port(self) -> None:
+        # aiosmtpd reports a taken port only after its ready timeout, and as a bare OSError;
+        # a trial bind (with the same SO_REUSEADDR asyncio uses) fails fast and clearly.
+        o = self.options
+        try:
+            infos = socket.getaddrinfo(o.host, o.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ListenerError(f"listener: cannot resolve {o.host}: {exc}") from None
+        family, socktype, proto, _, addr = infos[0]
+        with socket.socket(family, socktype, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as exc:
+                raise ListenerError(
+                    f"listener: cannot listen on {o.host}:{o.port}: {exc.strerror or exc}"
+                ) from None
+
+    def start(self) -> None:
+        if self._controller is not None:
+            raise ListenerError("listener already started")
+        o = self.options
+        tls = self._tls_context()
+        auth_kwargs: dict[str, Any] = {}
+        if o.auth_users:
+            if tls is None:
+                # aiosmtpd refuses AUTH before TLS (auth_require_tls); without a certificate
+                # no client could ever log in, so say so now instead of failing every session.
+                raise ListenerError("listener: auth_users needs tls_cert (AUTH only over TLS)")
+            auth_kwargs = {
+                "authenticator": _Authenticator(o.auth_users),
+                "auth_required": True,
+            }
+        self._check_port()
+        self._executor = ThreadPoolExecutor(SPOOL_WORKERS, thread_name_prefix="mailflow-spool")
+        handler = _Handler(
+            o, self.spool, self.rcpt_policy, self.on_spooled, self.clock, self._executor
+        )
+        controller = _Controller(
+            handler,
+            self._gate,
+            hostname=o.host,  # the bind address; pinned so "localhost" can't become ::1
+            port=o.port,
+            server_hostname=o.hostname,  # the banner
+            ident="mailflow ESMTP",
+            data_size_limit=o.max_message_bytes,
+            timeout=o.timeout_seconds,
+            tls_context=tls,
+            require_starttls=bool(tls and o.require_starttls),
+            **auth_kwargs,
+        )
+        try:
+            controller.start()
+        except Exception as exc:
+            controller.stop(no_assert=True)
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise ListenerError(f"listener: cannot start on {o.host}:{o.port}: {exc}") from exc
+        self._controller = controller
+        log.info(
+            "listening on %s:%d as %s (max %d bytes, %d sessions, tls=%s, auth=%s)",
+            o.host,
+            o.port,
+            o.hostname,
+            o.max_message_bytes,
+            o.max_connections,
+            tls is not None,
+            bool(o.auth_users),
+        )
+
+    def stop(self) -> None:
+        controller, self._controller = self._controller, None
+        if controller is None:
+            return
+
+        # Close live sessions first: cancelling their tasks alone leaves sockets open until
+        # the loop is closed under them. A message not yet answered was not acknowledged, so
+        # the sender retries it.
+        def close_sessions() -> None:
+            for s in list(self._gate.live):
+                if s.transport is not None:
+                    s.transport.close()
+
+        with contextlib.suppress(RuntimeError):  # the loop may already be closed
+            controller.loop.call_soon_threadsafe(close_sessions)
+        controller.stop(no_assert=True)
+        if self._executor is not None:
+            # wait=True: a spool write in progress finishes (its file is then either
+            # committed in new/ or cleaned by recover()), never cut mid-fsync by exit.
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        log.info("listener stopped")
+
+    @property
+    def running(self) -> bool:
+        return self._controller is not None

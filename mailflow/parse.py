@@ -1,0 +1,1017 @@
+"""Reply parser: turns one raw inbound message into what the member newly wrote.
+
+Shared by ``mailflow reply parse`` and the SMTP listener. Given raw bytes it decides the kind
+(reply / auto_reply / bounce, see :mod:`mailflow.classify` for how read receipts, abuse reports,
+delay and success DSNs are classified), picks the body (text/plain preferred, else HTML via
+:mod:`mailflow.htmltext`), removes quoted history, attribution lines and signatures, finds the
+Done / Setback / Next sections and decides whether a setback was admitted.
+
+Everything here is pure: no I/O, no clock, no module-level mutable state, and no input makes it
+raise. Regular expressions are linear (no nested quantifiers) and all work is bounded by caps
+on the input size, because every byte of inbound mail is attacker-controlled.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from email import policy as email_policy
+from email.header import decode_header, make_header
+from email.message import Message
+from email.utils import getaddresses
+
+from mailflow.classify import classify
+from mailflow.htmltext import HR_LINE, html_to_text
+
+__all__ = [
+    "REPLY_MARKER",
+    "ParsedMessage",
+    "detect_setback",
+    "extract_reply_text",
+    "find_sections",
+    "html_to_text",
+    "parse_message",
+]
+
+REPLY_MARKER = "--- reply above this line ---"
+
+# Raw messages beyond this are truncated before MIME parsing; the listener rejects far larger
+# mail anyway, and a reply's new text is at the top.
+MAX_RAW_BYTES = 8 << 20
+# Body text examined for quotes/signatures/sections.
+MAX_BODY_CHARS = 1 << 20
+# Lines examined by the line-oriented passes (each line is itself capped).
+MAX_LINES = 20_000
+MAX_LINE_CHARS = 4_000
+
+SECTION_KEYS = ("done", "setback", "next")
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    """The parser's answer for one message. ``to_json_dict`` is the CLI contract (design 5)."""
+
+    kind: str
+    text: str
+    setback: bool | None
+    sections: dict[str, str]
+    detail: str
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    from_address: str | None = None
+    subject: str = ""
+    bounced_recipients: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "text": self.text,
+            "setback": self.setback,
+            "sections": {k: self.sections.get(k, "") for k in SECTION_KEYS},
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------
+
+_CHARSET_ALIASES = {
+    "utf8": "utf-8",
+    "unicode-1-1-utf-8": "utf-8",
+    "x-unknown": "",
+    "unknown-8bit": "",
+    "unknown": "",
+    "x-user-defined": "cp1252",
+    "ansi_x3.4-1968": "ascii",
+    "us-ascii": "ascii",
+    "iso-8859-8-i": "iso-8859-8",
+    "ks_c_5601-1987": "cp949",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "big5": "big5hkscs",
+    "windows-874": "cp874",
+    "shift-jis": "cp932",
+    "shift_jis": "cp932",
+    "x-sjis": "cp932",
+    "iso-2022-jp": "iso2022_jp_ext",
+    "euc-jp": "euc_jis_2004",
+    "latin-1": "latin-1",
+    "iso-8859-1": "cp1252",  # mislabelled Windows text is far more common than C1 controls
+    "ascii": "ascii",
+}
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> str:
+    """Decode with the declared charset, falling back to UTF-8 then Windows-1252."""
+    name = (charset or "").strip().strip('"').lower()
+    name = _CHARSET_ALIASES.get(name, name)
+    if name:
+        try:
+            if name == "ascii":
+                return data.decode("ascii")
+            return data.decode(name)
+        except (LookupError, UnicodeDecodeError, ValueError):
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if name:
+        try:
+            return data.decode(name, "replace")
+        except (LookupError, ValueError):
+            pass
+    return data.decode("cp1252", "replace")
+
+
+def _decode_header_value(value: object) -> str:
+    if value is None:
+        return ""
+    raw = str(value)
+    try:
+        text = str(make_header(decode_header(raw)))
+    except Exception:
+        text = raw
+    if any("\udc80" <= ch <= "\udcff" for ch in text):
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return " ".join(text.split())
+
+
+def _unflow(text: str, delsp: bool) -> str:
+    """RFC 3676 format=flowed: join soft-broken lines (trailing space) of equal quote depth."""
+    out: list[str] = []
+    buf = ""
+    buf_depth = -1
+    for line in text.split("\n"):
+        if line == "-- ":
+            if buf_depth >= 0:
+                out.append(buf)
+            out.append(line)
+            buf, buf_depth = "", -1
+            continue
+        depth = len(line) - len(line.lstrip(">"))
+        content = line[depth:]
+        if content.startswith(" "):
+            content = content[1:]  # space-stuffing
+        if buf_depth >= 0 and depth != buf_depth:
+            out.append(buf)
+            buf, buf_depth = "", -1
+        if buf_depth < 0:
+            buf = (">" * depth + (" " if depth else "")) + content
+            buf_depth = depth
+        else:
+            buf += content
+        if content.endswith(" ") and content.strip():
+            if delsp:
+                buf = buf[:-1]
+            continue
+        out.append(buf)
+        buf, buf_depth = "", -1
+    if buf_depth >= 0:
+        out.append(buf)
+    return "\n".join(out)
+
+
+def _part_body(part: Message) -> str:
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        payload = part.get_payload()
+        return payload if isinstance(payload, str) else ""
+    text = _decode_bytes(data[: MAX_BODY_CHARS * 4], part.get_content_charset())
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if part.get_content_type() == "text/plain":
+        fmt = str(part.get_param("format") or "").lower()
+        if fmt == "flowed":
+            delsp = str(part.get_param("delsp") or "").lower() == "yes"
+            text = _unflow(text, delsp)
+    return text[:MAX_BODY_CHARS]
+
+
+def _is_attachment(part: Message) -> bool:
+    disp = str(part.get("Content-Disposition") or "").lower()
+    return disp.startswith("attachment")
+
+
+def _body_parts(msg: Message) -> tuple[Message | None, Message | None]:
+    """First inline text/plain and text/html parts, not descending into attached messages."""
+    plain: Message | None = None
+    html: Message | None = None
+    stack = [msg]
+    seen = 0
+    while stack and seen < 200:
+        part = stack.pop(0)
+        seen += 1
+        ctype = part.get_content_type()
+        if part.is_multipart():
+            if ctype.startswith("message/"):
+                continue
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                stack[0:0] = [p for p in payload if isinstance(p, Message)]
+            continue
+        if _is_attachment(part) and part is not msg:
+            continue
+        if ctype == "text/plain" and plain is None:
+            plain = part
+        elif ctype == "text/html" and html is None:
+            html = part
+    return plain, html
+
+
+def _body_text(msg: Message) -> str:
+    plain, html = _body_parts(msg)
+    if plain is not None:
+        text = _part_body(plain)
+        if text.strip() or html is None:
+            return text
+    if html is not None:
+        return html_to_text(_part_body(html))
+    if not msg.is_multipart() and msg.get_content_maintype() in ("text", ""):
+        return _part_body(msg)
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Quoted history
+# ---------------------------------------------------------------------------------------------
+
+# Words that introduce an attribution line ("On <date>, <who> wrote:") in many languages.
+_ATTR_START_RE = re.compile(
+    r"^\W{0,6}(on|am|le|el|em|il|op|den|d\.|w dniu|dnia|dne|в|在|于|on\s+\w+day)\b",
+    re.IGNORECASE,
+)
+# The verb that ends an attribution, optionally followed by a colon.
+_ATTR_END_RE = re.compile(
+    r"(wrote|writes|sent|said|schrieb|schreibt|geschrieben|a écrit|a ecrit|écrit|escribió|escribio"
+    r"|escreveu|ha scritto|scrisse|schreef|heeft geschreven|skrev|skriver|kirjoitti|pisze"
+    r"|napisał|napisał\(a\)|napisała|napisal|napsal|napsala|napsal\(a\)|написал|написала"
+    r"|написал\(а\)|пишет|написав|написала\(а\)|yazdı|írta|scrie|a scris|έγραψε|kirjutas|rašė"
+    r"|rakstīja|napisao|написа|viết|menulis|wrote\s+on|写道|寫道|写了|のメッセージ|書きました"
+    r"|書き込みました|님이 작성|작성|wrote the following|geschreven|het volgende geschreven)\s*[:：]?\s*(-{2,}\s*)?$",
+    re.IGNORECASE,
+)
+# Verb followed by the author and address: "Den 24. nov. 2025 skrev Peter <p@example.com>:".
+_ATTR_VERB_ADDR_RE = re.compile(
+    r"\b(wrote|schrieb|skrev|schreef|escribió|escreveu|a écrit|ha scritto|napisał\(a\)|napisał"
+    r"|napisała|napsal\(a\)|napsal|написал\(а\)|написал|написала|kirjoitti|írta|yazdı|от)\s"
+    r".{0,300}[@>\d].{0,100}[:：]\s*$",
+    re.IGNORECASE,
+)
+_VERB_ANY_RE = re.compile(
+    r"\b(wrote|schrieb|skrev|schreef|escribió|escreveu|écrit|scritto|napisał|napsal|написал"
+    r"|kirjoitti|írta|yazdı|от)\b",
+    re.IGNORECASE,
+)
+# "2014-10-17 11:28 GMT+03:00 Bob <bob@example.com>:" and similar date-first forms.
+_DATE_ATTR_RE = re.compile(
+    r"^\s*\d{1,4}[-./]\d{1,2}[-./]\d{1,4}\b[^\n]{0,200}[@<][^\n]{0,200}>?\s*[:：]?\s*$"
+)
+_GMAIL_DATE_RE = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2},? \d{1,2}:\d\d( GMT[+-]\d{1,2}:?\d\d)? \S")
+_CJK_DATE_ATTR_RE = re.compile(r"^\W{0,3}(在\s?)?\d{4}\s?年\s?\d{1,2}\s?月\s?\d{1,2}\s?日.{0,200}[:：]$")
+_DATE_START_RE = re.compile(r"^\W{0,6}\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}")
+_HAS_DATE_OR_ADDR_RE = re.compile(
+    r"\d{1,4}[-./:]\d{1,2}|@|\b(19|20)\d\d\b|\d{1,2}:\d\d|"
+    r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|mon|tue|wed|thu|fri|sat|sun)",
+    re.IGNORECASE,
+)
+
+# Header-block field names (Outlook, Gmail forward, Apple, ...), by language.
+_FROM_FIELDS = (
+    "from|von|de|da|van|från|fra|frá|od|от|від|发件人|發件人|寄件者|差出人|送信者|보낸 사람|보낸사람"
+    "|lähettäjä|kimden|feladó|expéditeur|remitente|mittente|afzender|avsändare|avsender|nadawca"
+    "|odesílatel|отправитель|gönderen|de la|từ|emisor"
+)
+_OTHER_FIELDS = (
+    "sent|date|to|cc|bcc|subject|reply-to|gesendet|datum|an|betreff|envoyé|envoye|date|à|a|objet"
+    "|enviado|fecha|para|asunto|assunto|data|inviato|oggetto|verzonden|aan|onderwerp|verstuurd"
+    "|skickat|till|ämne|sendt|til|emne|dato|wysłano|wysłane|do|temat|odesláno|komu|předmět"
+    "|kopie|отправлено|дата|кому|тема|копия|发送时间|发送日期|日期|收件人|抄送|主题|主旨|傳送時間"
+    "|收件者|副本|送信日時|日付|宛先|件名|cc|보낸 날짜|받는 사람|제목|lähetetty|vastaanottaja|aihe"
+    "|gönderildi|tarih|kime|konu|elküldve|címzett|tárgy|ngày|đến|chủ đề|tiêu đề|gửi|enviada|cco"
+)
+_FIELD_RE = re.compile(
+    r"^\s*[*_]{0,2}\s*(" + _FROM_FIELDS + "|" + _OTHER_FIELDS + r")\s*[*_]{0,2}\s*[:：]",
+    re.IGNORECASE,
+)
+_FROM_FIELD_RE = re.compile(
+    r"^\s*[*_]{0,2}\s*(" + _FROM_FIELDS + r")\s*[*_]{0,2}\s*[:：]\s*\S", re.IGNORECASE
+)
+_ORIGINAL_MESSAGE_RE = re.compile(
+    r"^\s*[-=_*]{2,}\s*(original message|original|ursprüngliche nachricht|originalnachricht"
+    r"|message d'origine|message original|mensaje original|mensagem original|messaggio originale"
+    r"|oorspronkelijk bericht|origineel bericht|originalmeddelande|ursprungligt meddelande"
+    r"|oprindelig meddelelse|original meddelelse|opprinnelig melding|opprinnelig melding"
+    r"|wiadomość oryginalna|oryginalna wiadomość|původní zpráva|исходное сообщение"
+    r"|оригинальное сообщение|alkuperäinen viesti|orijinal mesaj|eredeti üzenet|原始邮件|原始郵件"
+    r"|元のメッセージ|원본 메시지|reply message|antwort|antwort nachricht|original nachricht|svar)\s*[-=_*]{2,}\s*$",
+    re.IGNORECASE,
+)
+_FORWARD_RE = re.compile(
+    r"^\s*[-=_*]{2,}\s*(forwarded message|weitergeleitete nachricht|message transféré"
+    r"|mensaje reenviado|mensagem encaminhada|messaggio inoltrato|doorgestuurd bericht"
+    r"|vidarebefordrat meddelande|videresendt meddelelse|wiadomość przekazana"
+    r"|пересылаемое сообщение|转发的邮件)\s*[-=_*]{2,}\s*$|^\s*begin forwarded message\s*:\s*$",
+    re.IGNORECASE,
+)
+_RULE_RE = re.compile(r"^\s*(_{8,}|-{8,}|={8,})\s*$")
+_QUOTE_RE = re.compile(r"^[ \t]{0,8}(>|&gt;|\|\s)")
+
+
+def _is_quote_line(line: str) -> bool:
+    return bool(_QUOTE_RE.match(line))
+
+
+def _attribution_span(lines: list[str], i: int) -> int:
+    """Number of lines forming an attribution starting at ``i`` (wrapped ones too), or 0."""
+    first = lines[i].strip()
+    if not first or len(first) > 400 or _is_quote_line(lines[i]):
+        return 0
+    joined = first
+    consumed = 1
+    blanks = 0
+    intro = bool(_ATTR_START_RE.match(first) or _DATE_START_RE.match(first))
+    # Only a line that itself looks like the start of an attribution may be joined with the
+    # lines below it; otherwise a sentence of the reply would be swallowed with it.
+    can_wrap = intro or bool(_VERB_ANY_RE.search(first)) or "@" in first or "<" in first
+    for step in range(6 if can_wrap else 1):
+        if step:
+            j = i + consumed
+            while j < len(lines) and not lines[j].strip() and blanks < 2 and intro:
+                blanks += 1
+                j += 1
+            if j >= len(lines):
+                break
+            nxt = lines[j].strip()
+            if not nxt or len(joined) + len(nxt) > 600:
+                break
+            # A wrapped address can push ">:" or "> wrote:" onto a line of its own.
+            if _is_quote_line(lines[j]) and not (len(nxt) <= 40 and nxt.endswith((":", "："))):
+                break
+            # a quoted-printable soft break left in a text body ("w=" / "rote:")
+            joined = joined[:-1] + nxt if joined.endswith("=") else joined + " " + nxt
+            consumed = j - i + 1
+        if _DATE_ATTR_RE.match(joined) and (
+            joined.endswith((":", "：")) or _next_is_quote(lines, i + consumed)
+        ):
+            return consumed
+        if _CJK_DATE_ATTR_RE.match(joined) or (
+            joined.endswith(">:") and "@" in joined and _next_is_quote(lines, i + consumed)
+        ):
+            return consumed
+        if (
+            step == 0
+            and _GMAIL_DATE_RE.match(joined)
+            and len(joined) < 200
+            and joined.count("<") == joined.count(">")
+        ):
+            return consumed
+        if not _ATTR_END_RE.search(joined) and not _ATTR_VERB_ADDR_RE.search(joined):
+            continue
+        starts = bool(_ATTR_START_RE.match(joined))
+        if starts and (step == 0 or _HAS_DATE_OR_ADDR_RE.search(joined)):
+            return consumed
+        if _HAS_DATE_OR_ADDR_RE.search(joined) and len(joined) < 400:
+            # Without an introducing word, joining is only allowed from a line that itself
+            # looks like the start of an attribution (a name, date or address, no sentence).
+            return consumed
+        # "Bob wrote:" alone counts only when quoted text follows.
+        if step == 0 and len(joined) < 120 and _next_is_quote(lines, i + 1):
+            return consumed
+    return 0
+
+
+def _next_is_quote(lines: list[str], j: int) -> bool:
+    while j < len(lines) and not lines[j].strip():
+        j += 1
+    return j < len(lines) and _is_quote_line(lines[j])
+
+
+def _header_block_at(lines: list[str], i: int) -> bool:
+    """True if a From:-style header block (From + at least one more field) starts at ``i``."""
+    if not _FIELD_RE.match(lines[i]):
+        return False
+    fields = 0
+    has_from = False
+    j = i
+    blanks = 0
+    while j < len(lines) and j < i + 12:
+        line = lines[j]
+        if not line.strip():
+            blanks += 1
+            if blanks > 1 or fields >= 2:
+                break
+            j += 1
+            continue
+        if _FIELD_RE.match(line):
+            fields += 1
+            if _FROM_FIELD_RE.match(line):
+                has_from = True
+        elif not _ANY_FIELD_RE.match(line) and not line.startswith((" ", "\t")) and fields < 2:
+            # Clients add fields we do not know ("Risposta:"); anything else ends the block.
+            return False
+        j += 1
+    if has_from:
+        return fields >= 2
+    # Some clients omit From: and start with Date:/Sent: then To:/Subject:.
+    return fields >= 2 and bool(_DATE_FIELD_RE.match(lines[i]))
+
+
+_DATE_FIELD_RE = re.compile(
+    r"^\s*[*_]{0,2}\s*(date|sent|datum|gesendet|envoyé|enviado|fecha|data|inviato|verzonden"
+    r"|skickat|sendt|wysłano|odesláno|отправлено|дата|发送时间|日期|送信日時|日付)\s*[*_]{0,2}\s*[:：]",
+    re.IGNORECASE,
+)
+_ANY_FIELD_RE = re.compile(r"^\s*[*_]{0,2}[^\W\d][\w -]{0,24}[*_]{0,2}\s*[:：]")
+
+
+def _cut_index(lines: list[str]) -> int:
+    """Index of the first line of unquoted (non-``>``) history, or len(lines)."""
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if _is_quote_line(line):
+            continue
+        if _ORIGINAL_MESSAGE_RE.match(stripped):
+            return i
+        if _RULE_RE.match(stripped):
+            k = i + 1
+            while k < len(lines) and not lines[k].strip():
+                k += 1
+            if k < len(lines) and (_header_block_at(lines, k) or _FIELD_RE.match(lines[k])):
+                return i
+            if stripped.startswith("_") and stripped == HR_LINE and k < len(lines):
+                # an HTML <hr> followed by something header-ish is history too
+                if _FROM_FIELD_RE.match(lines[k]):
+                    return i
+            continue
+        if _header_block_at(lines, i):
+            # A forwarded message is the member's content, not history: leave it.
+            if i > 0 and _FORWARD_RE.match(_prev_nonblank(lines, i)):
+                continue
+            return i
+    return len(lines)
+
+
+def _prev_nonblank(lines: list[str], i: int) -> str:
+    j = i - 1
+    while j >= 0 and not lines[j].strip():
+        j -= 1
+    return lines[j].strip() if j >= 0 else ""
+
+
+def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
+    """Drop attribution lines and ``>`` blocks; keep interleaved answers between them.
+
+    An attribution followed by unquoted text (no ``>`` at all after it) introduces a full
+    unquoted copy of the earlier mail, so everything from it on is dropped. When such unquoted
+    history exists and the sender wrote above the first quote (top-posting), the text between
+    quote blocks belongs to the older messages of the thread, so it is dropped too.
+    """
+    out: list[str] = []
+    first_quote_at: int | None = None
+    i = 0
+    n = len(lines)
+    skip_blanks = False
+    while i < n:
+        line = lines[i]
+        if skip_blanks and not line.strip():
+            i += 1
+            continue
+        skip_blanks = False
+        if _is_quote_line(line):
+            if first_quote_at is None:
+                first_quote_at = len(out)
+            i += 1
+            skip_blanks = True
+            continue
+        span = _attribution_span(lines, i)
+        if span:
+            rest = lines[i + span :]
+            if not any(_is_quote_line(x) for x in rest[:400]):
+                history_cut = True
+                break
+            if first_quote_at is None:
+                first_quote_at = len(out)
+            i += span
+            skip_blanks = True
+            continue
+        shared = _shared_line_attribution(line)
+        if shared is not None and _next_is_quote(lines, i + 1):
+            # "reply On Wed, Apr 4, 2012, Bob wrote:" -- the reply and the attribution share
+            # a line; keep the reply part.
+            out.append(shared)
+            first_quote_at = len(out)
+            i += 1
+            skip_blanks = True
+            continue
+        out.append(line)
+        i += 1
+    if first_quote_at is not None:
+        top = out[:first_quote_at]
+        if history_cut and sum(1 for x in top if x.strip()) >= 1:
+            return top
+        # Interleaved fragments must contain words; stray characters are wrapped quote debris.
+        tail = out[first_quote_at:]
+        if not any(_WORDISH_RE.search(x) for x in tail):
+            return top
+        return top + _drop_debris(tail)
+    return out
+
+
+def _shared_line_attribution(line: str) -> str | None:
+    """Text before an attribution that starts mid-line, or None."""
+    idx = line.rfind("On ")
+    if idx <= 0 or len(line) > 600:
+        return None
+    tail = line[idx:]
+    if not (_ATTR_END_RE.search(tail) and _HAS_DATE_OR_ADDR_RE.search(tail)):
+        return None
+    head = line[:idx].rstrip().rstrip("-").rstrip()
+    return head if head.strip() else None
+
+
+_WORDISH_RE = re.compile(r"[^\W\d_]{3}|[\u3040-\u30ff\u4e00-\u9fff\uac00-\ud7af]")
+
+
+def _drop_debris(lines: list[str]) -> list[str]:
+    """Drop blocks of unquoted lines that carry no word (e.g. ``om>`` from a broken quote)."""
+    out: list[str] = []
+    block: list[str] = []
+    for line in [*lines, ""]:
+        if line.strip():
+            block.append(line)
+            continue
+        if block and any(_WORDISH_RE.search(x) for x in block):
+            out.extend(block)
+        block = []
+        out.append(line)
+    return out[:-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Signatures
+# ---------------------------------------------------------------------------------------------
+
+_SIG_DELIM_RE = re.compile(r"^(--|-- |—|__|--\s*)$")
+_MOBILE_RE = re.compile(
+    r"^\s*(sent from my [\w.'()&-]{1,25}( [\w.'()&-]{1,25}){0,4}"
+    r"|sent (from|via|with|using) (the )?(yahoo|aol|outlook|mail for windows|samsung|gmail|proton"
+    r"|blackberry|fastmail|zoho|icloud|my mobile|mobile|iphone|ipad|android|superhuman|spark"
+    r"|airmail|newton|polymail|hey|mailbird|bluemail|edison|nine|aquamail|k-9|fairemail"
+    r"|windows mail|mail for ios|mail for android)[\w .'-]{0,40}"
+    r"|get outlook for [\w .]{2,30}|get \w+ for (ios|android)|sent from \w+ for (iphone|ipad|android|ios)"
+    r"|enviado desde mi .{2,60}|envoyé de mon .{2,60}|von meinem .{2,60}gesendet"
+    r"|sent wirelessly from my [\w .,-]{2,80}|sent (from|on|via) (a |my )?blackberry[\w .,-]{0,60}"
+    r"|envoyé (de|depuis|avec) (mon |ma )?[\w .'-]{2,40}|envoyé sans fil par mon [\w .,'-]{2,80}"
+    r"|von meinem [\w .'-]{2,60} gesendet|gesendet (mit|von|vom|über) [\w .'-]{2,40}"
+    r"|enviado desde mi [\w .'-]{2,40}|enviado (do|pelo|de|a partir do) (meu |minha )?[\w .'-]{2,40}"
+    r"|inviato da[l]? (mio |iphone|ipad|android|outlook|yahoo)[\w .'-]{0,40}"
+    r"|verzonden (met|vanaf|van) (mijn )?[\w .'-]{2,40}|verstuurd vanaf (mijn )?[\w .'-]{2,40}"
+    r"|skickat från (min )?[\w .'-]{2,40}|sendt fra (min )?[\w .'-]{2,40}"
+    r"|wysłane z (mojego |mojej )?[\w .'-]{2,40}|odesláno z [\w .'-]{2,40}"
+    r"|отправлено с [\w .'-]{2,40}|отправлено из [\w .'-]{2,40}|lähetetty [\w .'-]{2,40}"
+    r"|发自我的[\w ]{1,20}|从我的[\w ]{1,20}发送|從我的 ?[\w ]{1,20}傳送|[\w ]{1,20}から送信"
+    r"|[\w ]{1,20}에서 보냄)"
+    r"\s*[.!]?\s*$",
+    re.IGNORECASE,
+)
+_SIGNOFF_RE = re.compile(
+    r"^\s*(thanks|thank you|many thanks|thanks again|thx|cheers|regards|best regards|kind regards"
+    r"|warm regards|best wishes|best|all the best|sincerely|yours|yours truly|cordially|take care"
+    r"|mit freundlichen grüßen|mit freundlichen gruessen|viele grüße|liebe grüße|grüße|gruß|lg|mfg"
+    r"|cordialement|bien à vous|amitiés|bises|saludos|un saludo|atentamente|abrazos|atenciosamente"
+    r"|abraços|cumprimentos|cordiali saluti|saluti|distinti saluti|met vriendelijke groet(en)?"
+    r"|groeten|groetjes|mvg|med vänliga hälsningar|vänliga hälsningar|hälsningar|mvh"
+    r"|med venlig hilsen|venlig hilsen|hilsen|med vennlig hilsen|vennlig hilsen|pozdrawiam"
+    r"|z poważaniem|z powazaniem|pozdrowienia|s pozdravem|se srdečným pozdravem|с уважением|с наилучшими пожеланиями"
+    r"|спасибо|ystävällisin terveisin|terveisin|saygılarımla|üdvözlettel|此致|谢谢|よろしくお願いします"
+    r"|감사합니다|kh|kr|vh|mvh|/\w{1,20})\s*[,!]?\s*$",
+    re.IGNORECASE,
+)
+_UNDERSCORE_RULE_RE = re.compile(r"^_{4,}$")
+_DASH_RULE_RE = re.compile(r"^-{2,40}$")
+_DASH_NAME_RE = re.compile(r"^(-|—\s?|–\s?|~)\w[\w .'-]{0,40}$")
+
+
+def _strip_signature(lines: list[str]) -> list[str]:
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        # "-- " delimiter (RFC 3676); a bare "--" counts too, but only on its own line.
+        # A delimiter on the very first line means the whole text is signature.
+        if stripped in ("--", "—", "__", "-- ") and _has_content_before(lines, i):
+            lines = lines[:i]
+            break
+        # A dash rule followed by a few short lines (name, title, phone) is a signature too.
+        if (
+            _DASH_RULE_RE.match(stripped)
+            and _has_content_before(lines, i)
+            and _tail_is_short(lines, i + 1, len(lines), 12, 80)
+        ):
+            lines = lines[:i]
+            break
+        # An underscore rule after some text starts a signature or mailing-list footer.
+        if i and _UNDERSCORE_RULE_RE.match(stripped) and _has_content_before(lines, i):
+            lines = lines[:i]
+            break
+    # Mobile/app footers and sign-off blocks in the last paragraph(s).
+    end = len(lines)
+    while end and not lines[end - 1].strip():
+        end -= 1
+    changed = True
+    while changed and end:
+        changed = False
+        tail_start = max(0, end - 8)
+        for j in range(end - 1, tail_start - 1, -1):
+            stripped = lines[j].strip()
+            if not stripped:
+                continue
+            if _MOBILE_RE.match(stripped) and _tail_is_short(lines, j + 1, end, 3):
+                end = j
+                changed = True
+                break
+            # A closing alone ("Thanks!") is kept as text; a closing with a name/title block
+            # under it is a signature.
+            # "Thanks,\nAlex" reads as part of the message and is kept; a formal closing with a
+            # name, or any closing over a name + title/contact block, is a signature.
+            if (
+                _SIGNOFF_RE.match(stripped)
+                and j > 0
+                and j < _last_nonblank(lines, end)
+                and _tail_is_short(lines, j + 1, end, 5)
+                and not (_THANKS_RE.match(stripped) and _count_nonblank(lines, j + 1, end) == 1)
+            ):
+                if _has_content_before(lines, j):
+                    end = j
+                    changed = True
+                    break
+            if _DASH_NAME_RE.match(stripped) and j == _last_nonblank(lines, end) and j > 0:
+                if _has_content_before(lines, j):
+                    end = j
+                    changed = True
+                    break
+        while end and not lines[end - 1].strip():
+            end -= 1
+    return lines[:end]
+
+
+_THANKS_RE = re.compile(
+    r"^\s*(thanks|thank you|many thanks|thanks again|thx|cheers|danke|merci|gracias|grazie"
+    r"|obrigad[oa]|bedankt|tack|takk|tak|dzięki|díky|спасибо)\b",
+    re.IGNORECASE,
+)
+
+
+def _count_nonblank(lines: list[str], start: int, end: int) -> int:
+    return sum(1 for x in lines[start:end] if x.strip())
+
+
+def _last_nonblank(lines: list[str], end: int) -> int:
+    j = end - 1
+    while j >= 0 and not lines[j].strip():
+        j -= 1
+    return j
+
+
+def _has_content_before(lines: list[str], j: int) -> bool:
+    return any(x.strip() for x in lines[:j])
+
+
+def _tail_is_short(
+    lines: list[str], start: int, end: int, max_lines: int, max_len: int = 60
+) -> bool:
+    """Lines after a sign-off look like a name/title block: few, short, no sentence."""
+    tail = [x.strip() for x in lines[start:end] if x.strip()]
+    if len(tail) > max_lines:
+        return False
+    return all(len(x) <= max_len and not x.endswith(("?",)) for x in tail)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public text API
+# ---------------------------------------------------------------------------------------------
+
+_MARKER_RE = re.compile(r"-{2,}\s*reply above this line\s*-{2,}", re.IGNORECASE)
+_BLANK_RUN_RE = re.compile(r"\n{3,}")
+
+
+def _normalise(body: str) -> list[str]:
+    body = body[:MAX_BODY_CHARS].replace("\r\n", "\n").replace("\r", "\n")
+    body = body.lstrip("\ufeff")
+    lines = body.split("\n")[:MAX_LINES]
+    # Gmail's invisible tracking mark and zero-width characters make an otherwise empty line.
+    return [line[:MAX_LINE_CHARS].rstrip().strip("\u1427\u200b\u200c\u200d\ufeff") or ""
+            if not line.strip("\u1427\u200b\u200c\u200d\ufeff \t") else line[:MAX_LINE_CHARS].rstrip()
+            for line in lines]
+
+
+_BANNER_RE = re.compile(
+    r"^\s*\[?(caution|warning|external|attention|notice)\b[^\n]{0,40}(originated|outside|external"
+    r"|sender)",
+    re.IGNORECASE,
+)
+
+
+def _drop_banner(lines: list[str]) -> list[str]:
+    """Remove an "external sender" warning paragraph inserted by the recipient's gateway."""
+    i = 0
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    if i < len(lines) and _BANNER_RE.match(lines[i]):
+        j = i
+        while j < len(lines) and lines[j].strip():
+            j += 1
+        return lines[j:]
+    return lines
+
+
+def _skip_header_block(lines: list[str], start: int) -> list[str]:
+    j = start
+    while j < len(lines) and lines[j].strip() and not _RULE_RE.match(lines[j].strip()):
+        j += 1
+    return lines[j:]
+
+
+def extract_reply_text(body: str) -> str:
+    """The new text of a plain-text body: quoted history, attribution and signature removed."""
+    try:
+        lines = _normalise(body)
+        for i, line in enumerate(lines):
+            if _MARKER_RE.search(line):
+                lines = lines[:i]
+                break
+        lines = _drop_banner(lines)
+        cut = _cut_index(lines)
+        if not any(x.strip() for x in lines[:cut]) and cut < len(lines):
+            # The text opens with a header block: it is this message's own header pasted in
+            # (or a bare forward), so the content is what follows it.
+            lines = _skip_header_block(lines, cut)
+            cut = _cut_index(lines)
+        history_cut = cut < len(lines)
+        lines = _strip_quotes(lines[:cut], history_cut)
+        # Trailing attribution for a cut history, e.g. "On Mon, Bob wrote:" left on its own.
+        while lines and (not lines[-1].strip() or _attribution_span(lines, len(lines) - 1)):
+            lines.pop()
+        if len(lines) >= 2 and _attribution_span(lines, len(lines) - 2) == 2:
+            lines = lines[:-2]
+        lines = _strip_signature(lines)
+        text = "\n".join(lines).strip("\n")
+        text = _BLANK_RUN_RE.sub("\n\n", text)
+        return text.strip()
+    except Exception:
+        return body[:MAX_BODY_CHARS].strip()
+
+
+_LABELS: dict[str, tuple[str, ...]] = {
+    "done": (
+        "done", "did", "progress", "accomplished", "completed", "achievements", "wins",
+        "what i did", "this week", "erledigt", "gemacht", "fortschritt", "fortschritte", "fait",
+        "réalisé", "progrès", "hecho", "logros", "progreso", "feito", "progresso", "fatto",
+        "progressi", "gedaan", "voortgang", "klart", "gjort", "framsteg", "udført", "zrobione",
+        "postęp", "postępy", "hotovo", "pokrok", "сделано", "прогресс", "完成", "进展", "完了",
+        "進捗", "완료", "진행",
+    ),
+    "setback": (
+        "setback", "setbacks", "blocker", "blockers", "blocked", "problem", "problems", "issue",
+        "issues", "obstacle", "obstacles", "challenges", "rückschlag", "rückschläge", "probleme",
+        "hindernisse", "revers", "problème", "problèmes", "contratiempo", "contratiempos",
+        "problemas", "obstáculos", "bloqueios", "contratempos", "ostacoli", "problemi",
+        "tegenslag", "tegenslagen", "problemen", "motgång", "motgångar", "problem", "tilbageslag",
+        "niepowodzenia", "niepowodzenie", "problemy", "neúspěch", "problémy", "неудачи",
+        "проблемы", "трудности", "挫折", "问题", "障碍", "問題", "障害", "문제", "차질",
+    ),
+    "next": (
+        "next", "next week", "next steps", "plan", "plans", "plan for next week", "todo", "to do",
+        "nächste woche", "nächste schritte", "als nächstes", "plan", "prochaine semaine",
+        "prochaines étapes", "la suite", "siguiente", "próxima semana", "próximos pasos",
+        "próximos passos", "prossimi passi", "prossima settimana", "volgende week", "volgende",
+        "nästa vecka", "nästa", "næste uge", "neste uke", "następnie", "następny tydzień", "plán",
+        "další", "дальше", "план", "планы", "下一步", "计划", "次", "予定", "다음", "계획",
+    ),
+}
+_LABEL_TO_KEY = {label: key for key, labels in _LABELS.items() for label in labels}
+_LABEL_LINE_RE = re.compile(
+    r"^\s*(?:[-*•·+>]\s*|\d{1,2}[.)]\s*)?[*_#]{0,3}\s*([^\W\d_][^:：\n]{0,30}?)\s*[*_]{0,3}\s*[:：]"
+    r"\s*[*_]{0,3}\s*(.*)$"
+)
+
+
+def find_sections(text: str) -> dict[str, str]:
+    """Content under Done/Setback/Next-style labels (``Label: text`` or a label line + lines)."""
+    sections = dict.fromkeys(SECTION_KEYS, "")
+    current: str | None = None
+    collected: dict[str, list[str]] = {k: [] for k in SECTION_KEYS}
+    for line in text[:MAX_BODY_CHARS].split("\n")[:MAX_LINES]:
+        m = _LABEL_LINE_RE.match(line[:MAX_LINE_CHARS])
+        key = None
+        if m:
+            label = " ".join(m.group(1).lower().split()).strip("*_ ")
+            key = _LABEL_TO_KEY.get(label)
+            if key is None and label.endswith("(s)"):
+                key = _LABEL_TO_KEY.get(label[:-3])
+        if key is not None and m is not None:
+            current = key
+            rest = m.group(2).strip().strip("*_").strip()
+            if rest:
+                collected[key].append(rest)
+            continue
+        if current is not None:
+            collected[current].append(line)
+    for key in SECTION_KEYS:
+        sections[key] = "\n".join(collected[key]).strip()
+    return sections
+
+
+_NO_SETBACK_VALUES = frozenset(
+    {
+        "none", "no", "n/a", "na", "nothing", "-", "--", "—", "nope", "nil", "zero", "0", "no.",
+        "none so far", "none this week", "no setbacks", "no setback", "nothing to report",
+        "not really", "nothing really", "all good", "none!", "keine", "nein", "nichts", "aucun",
+        "aucune", "rien", "non", "ninguno", "ninguna", "nada", "nenhum", "nenhuma", "nessuno",
+        "niente", "geen", "nee", "niets", "inga", "ingen", "nej", "inget", "brak", "nie", "nic",
+        "žádné", "ne", "нет", "ничего", "なし", "無し", "无", "没有", "없음", "없습니다",
+    }
+)
+
+# Phrases admitting a setback. Some embed their own negation ("didn't get to"); the rest are
+# cancelled by a negator shortly before them ("didn't miss", "nothing slipped", "no setbacks").
+_EMBEDDED_NEG_RE = re.compile(
+    r"\b(did ?n[o']?t|did not|could ?n[o']?t|could not|was ?n[o']?t able|wasn't able|were not able"
+    r"|was not able|unable|failed) (to )?(get (to|around)|manage|finish|make it|complete|do|keep"
+    r"|stick|hit|meet|go|work|find time)\b|\bno progress\b|\bnot (much|enough) progress\b"
+    r"|\bhaven'?t (started|done|managed)\b|\bhave not (started|done|managed)\b"
+    r"|\bnicht geschafft\b|\bpas réussi\b|\bno (pude|logré)\b|\bnon sono riuscit[oa]\b"
+    r"|\bniet gelukt\b|\bnie udało\b|\bне (успел|успела|смог|смогла)\b",
+    re.IGNORECASE,
+)
+_ADMIT_RE = re.compile(
+    r"\b(fell|fallen|falling|fall|got|get|am|was|i'm|running|ran) behind\b|\bbehind schedule\b"
+    r"|\bmiss(ed|ing)?\b|\bslip(ped|ping|s)?\b|\bfell off\b|\bfallen off\b|\bsetbacks?\b"
+    r"|\bskipp(ed|ing)\b|\bskip\b|\bgave up\b|\bgiven up\b|\bstuck\b|\bblocked\b|\bblocker\b"
+    r"|\bprocrastinat\w*|\bfailed\b|\bfailure\b|\bdropped the ball\b|\blost (track|momentum)\b"
+    r"|\bfell short\b|\bbroke (my|the) streak\b|\boff track\b|\brelapse\w*"
+    r"|\bverpasst\b|\brückschlag\w*|\braté\b|\bmanqué\b|\bretard\b|\bperdí\b|\batrasad[oa]\b"
+    r"|\bretraso\b|\bin ritardo\b|\bachterstand\b|\bgemist\b|\bmissade\b|\bspóźni\w*"
+    r"|\bopuściłe\w*|\bпропустил\w*|\bотстал\w*",
+    re.IGNORECASE,
+)
+_NEGATOR_RE = re.compile(
+    r"\b(no|not|never|nothing|none|without|zero|nor|nobody|neither|hardly)\b|n't\b|n['’]t\b"
+    r"|\bdid ?nt\b|\bdont\b|\bkeine?\b|\bnicht\b|\bpas\b|\bsin\b|\bsem\b|\bgeen\b|\binga?\b|\bне\b",
+    re.IGNORECASE,
+)
+_CLAUSE_SPLIT_RE = re.compile(r"[.;!?\n]+|,\s*|\s+but\s+|\s+however\s+|\s+although\s+", re.IGNORECASE)
+
+
+def _clause_admits(clause: str) -> bool:
+    if _EMBEDDED_NEG_RE.search(clause):
+        return True
+    for m in _ADMIT_RE.finditer(clause):
+        before = clause[max(0, m.start() - 40) : m.start()]
+        words = before.split()[-4:]
+        after = clause[m.end() : m.end() + 24].lower().split()[:2]
+        if _NEGATOR_RE.search(" ".join(words)):
+            continue
+        if after and after[0] in ("nothing", "none", "nada", "nichts", "rien"):
+            continue
+        return True
+    return False
+
+
+def _is_no_value(value: str) -> bool:
+    cleaned = value.strip().lower()
+    cleaned = re.sub(r"^[-*•·+\s]{1,10}", "", cleaned)
+    cleaned = cleaned.rstrip(".!").strip()
+    if cleaned in _NO_SETBACK_VALUES or not cleaned:
+        return True
+    first = cleaned.split("\n", 1)[0].strip().rstrip(".!,")
+    if first in _NO_SETBACK_VALUES and len(cleaned) < 80:
+        return True
+    if re.match(r"^(none|no|nothing|nope|n/a|keine|aucun|nada|geen|inga|brak|нет)\b", cleaned):
+        return not _clause_admits_any(cleaned.split(",", 1)[-1]) if "," in cleaned else True
+    return False
+
+
+def _clause_admits_any(text: str) -> bool:
+    return any(_clause_admits(c) for c in _CLAUSE_SPLIT_RE.split(text) if c.strip())
+
+
+def detect_setback(text: str, sections: dict[str, str]) -> bool:
+    """Setback per design 5: an explicit Setback section with content, else admitting free text."""
+    try:
+        value = sections.get("setback", "")
+        if value.strip():
+            return not _is_no_value(value)
+        # An explicit "Setbacks: none" label with an empty remainder also reads as no setback.
+        if re.search(r"(?im)^\s*[-*•]?\s*(setbacks?|blockers?|problems?)\s*[:：]\s*$", text[:MAX_BODY_CHARS]):
+            return False
+        return _clause_admits_any(text[:MAX_BODY_CHARS])
+    except Exception:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole messages
+# ---------------------------------------------------------------------------------------------
+
+_MSGID_RE = re.compile(r"<[^<>\s]{1,500}>")
+
+
+def _msgid(value: str) -> str | None:
+    value = "".join(value.split())
+    if not value:
+        return None
+    m = _MSGID_RE.search(value)
+    return m.group(0) if m else value[:500]
+
+
+def _from_address(value: str) -> str | None:
+    try:
+        pairs = getaddresses([value])
+    except Exception:
+        return None
+    for _, addr in pairs:
+        addr = addr.strip()
+        if "@" in addr:
+            local, _, domain = addr.rpartition("@")
+            if local and domain and " " not in addr:
+                return f"{local}@{domain.lower()}"
+    return None
+
+
+def _safe_header(msg: Message, name: str) -> str:
+    try:
+        value = msg.get(name)
+    except Exception:
+        return ""
+    return _decode_header_value(value) if value is not None else ""
+
+
+def _fallback(raw: bytes, reason: str) -> ParsedMessage:
+    text = extract_reply_text(_decode_bytes(raw[:MAX_BODY_CHARS], None))
+    sections = find_sections(text)
+    return ParsedMessage(
+        kind="reply",
+        text=text,
+        setback=detect_setback(text, sections),
+        sections=sections,
+        detail=f"reply (unparsed: {reason})",
+    )
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    """Parse raw RFC 5322 bytes. Never raises; malformed input still yields a sane answer."""
+    try:
+        if not isinstance(raw, bytes | bytearray | memoryview):
+            raw = str(raw).encode("utf-8", "replace")
+        raw = bytes(raw[:MAX_RAW_BYTES])
+        msg = email.message_from_bytes(raw, policy=email_policy.compat32)
+        subject = _safe_header(msg, "Subject")
+        from_raw = _safe_header(msg, "From")
+        from_addr = _from_address(from_raw)
+        message_id = _msgid(_safe_header(msg, "Message-ID"))
+        in_reply_to = _msgid(_safe_header(msg, "In-Reply-To"))
+        references = tuple(_MSGID_RE.findall(_safe_header(msg, "References")))[:100]
+        try:
+            body = _body_text(msg)
+        except Exception:
+            body = ""
+        try:
+            kind, detail, bounced = classify(msg, subject, from_addr, body)
+        except Exception:
+            kind, detail, bounced = "reply", "reply", ()
+        text = extract_reply_text(body)
+        sections = find_sections(text)
+        setback = detect_setback(text, sections) if kind == "reply" else None
+        return ParsedMessage(
+            kind=kind,
+            text=text,
+            setback=setback,
+            sections=sections,
+            detail=detail,
+            message_id=message_id,
+            in_reply_to=in_reply_to,
+            references=references,
+            from_address=from_addr,
+            subject=subject,
+            bounced_recipients=bounced,
+        )
+    except Exception as exc:  # last line of defence: the listener must always get an answer
+        try:
+            return _fallback(bytes(raw[:MAX_BODY_CHARS]), type(exc).__name__)
+        except Exception:
+            return ParsedMessage(
+                kind="reply",
+                text="",
+                setback=False,
+                sections=dict.fromkeys(SECTION_KEYS, ""),
+                detail="reply (unparsed)",
+            )
+
+
+def _strip_accents(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))

@@ -1,0 +1,134 @@
+"""Partnerships: creating one under the rules, and its life cycle (pause, resume, end).
+
+Pure functions: they take the current people and partnerships and `now`, and return a new
+`Partnership` or raise `DomainError`. `store` persists the result.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from mailflow.config import WEEKDAYS, parse_hhmm
+from mailflow.models import ACTIVE, ENDED, PAUSED, Goal, Partnership, Person
+from mailflow.people import DomainError, check_text, eligibility_problems, normalize_skill
+
+_GOAL = re.compile(r"^\s*(\d{4}-\d{2}-\d{2})\s+(\S.*)$", re.DOTALL)
+LONG_TEXT = 2000
+
+
+def parse_date(value: str, field: str) -> date:
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise DomainError(f'{field}: expected a date YYYY-MM-DD, got "{value}"') from None
+
+
+def parse_goal(value: str, n: int) -> Goal:
+    """'2026-12-31 Give the talk' -> Goal(n, due, text)."""
+    m = _GOAL.match(value)
+    if not m:
+        raise DomainError(f'goal: expected "YYYY-MM-DD TEXT", got "{value}"')
+    due = parse_date(m.group(1), "goal")
+    return Goal(n=n, due=due, text=check_text("goal", m.group(2)))
+
+
+def new_partnership(
+    *,
+    pid: int,
+    member: str,
+    partner: str,
+    skill: str,
+    goals: Sequence[str],
+    why: str,
+    saddle: str,
+    people: Mapping[str, Person],
+    existing: Sequence[Partnership],
+    now: datetime,
+    checkin_day: str | None = None,
+    checkin_time: str | None = None,
+    start: str | None = None,
+    allow_same_line: bool = False,
+) -> Partnership:
+    """Build a new partnership, or raise DomainError with the first rule it breaks."""
+    for who, addr in (("member", member), ("partner", partner)):
+        if addr not in people:
+            raise DomainError(f"{who}: no such person {addr} (add them with 'people add')")
+    skill = normalize_skill(skill)
+    if not goals:
+        raise DomainError('goal: at least one --goal "YYYY-MM-DD TEXT" is required')
+    parsed = tuple(parse_goal(g, i) for i, g in enumerate(goals, start=1))
+    why = check_text("why", why, limit=LONG_TEXT)
+    saddle = check_text("saddle", saddle, limit=LONG_TEXT)
+    if member == partner:
+        raise DomainError("partner: member and partner must be different people")
+    problems = eligibility_problems(member, partner, people)
+    if problems and not allow_same_line:
+        raise DomainError(f"partner: {problems[0]} (pass --allow-same-line to override)")
+    for p in existing:
+        if p.member == member and p.skill == skill and p.status != ENDED:
+            raise DomainError(
+                f"skill: {member} already has partnership {p.id} for {skill!r} "
+                f"({p.status}); end it first"
+            )
+    day = None
+    if checkin_day is not None:
+        day = checkin_day.strip().lower()
+        if day not in WEEKDAYS:
+            raise DomainError(f'checkin-day: expected a weekday name, got "{checkin_day}"')
+    if checkin_time is not None:
+        try:
+            parse_hhmm(checkin_time.strip())
+        except ValueError as exc:
+            raise DomainError(f"checkin-time: {exc}") from None
+        checkin_time = checkin_time.strip()
+    local_today = now.astimezone(ZoneInfo(people[member].timezone)).date()
+    start_date = parse_date(start, "start") if start else local_today
+    latest = max(g.due for g in parsed)
+    if latest < start_date:
+        raise DomainError(f"goal: every due date is before the start ({start_date})")
+    return Partnership(
+        id=pid,
+        member=member,
+        partner=partner,
+        skill=skill,
+        goals=parsed,
+        why=why,
+        saddle=saddle,
+        start=start_date,
+        created_at=now,
+        checkin_day=day,
+        checkin_time=checkin_time,
+        allow_same_line=bool(problems) and allow_same_line,
+    )
+
+
+def pause(p: Partnership, until: date | None, today: date) -> Partnership:
+    if p.status == ENDED:
+        raise DomainError(f"partnership {p.id} has ended; it cannot be paused")
+    if until is not None and until <= today:
+        raise DomainError(f"until: {until} is not in the future")
+    return p.with_changes(status=PAUSED, paused_until=until)
+
+
+def resume(p: Partnership) -> Partnership:
+    if p.status == ENDED:
+        raise DomainError(f"partnership {p.id} has ended; it cannot be resumed")
+    if p.status == ACTIVE:
+        raise DomainError(f"partnership {p.id} is not paused")
+    return p.with_changes(status=ACTIVE, paused_until=None)
+
+
+def end(p: Partnership, now: datetime) -> Partnership:
+    if p.status == ENDED:
+        raise DomainError(f"partnership {p.id} has already ended")
+    return p.with_changes(status=ENDED, ended_at=now, paused_until=None)
+
+
+def is_paused(p: Partnership, local_today: date) -> bool:
+    """Paused now? A dated pause lapses by itself on its date."""
+    if p.status != PAUSED:
+        return False
+    return p.paused_until is None or local_today < p.paused_until

@@ -1,0 +1,210 @@
+"""People: address and field rules, CSV rows, reporting lines and the offers directory.
+
+Pure functions over plain data: callers pass the people that exist, these functions say
+what is wrong (as `DomainError`) or compute an answer. Nothing here reads files or clocks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from email_validator import EmailNotValidError, validate_email
+
+from mailflow.config import check_timezone
+from mailflow.models import ENDED, Partnership, Person
+
+# Control characters (C0, DEL, C1) and the Unicode line/paragraph separators: any of them in a
+# field that ends up in a header could split it.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+MAX_FIELD = 200
+CSV_COLUMNS = ("email", "name", "department", "manager", "timezone", "offers")
+
+
+class DomainError(Exception):
+    """A rule was broken; str() is one line a user can act on."""
+
+
+def check_text(field: str, value: str, *, required: bool = True, limit: int = MAX_FIELD) -> str:
+    """Strip a free-text field and refuse control characters (header injection)."""
+    if _CONTROL.search(value):
+        raise DomainError(f"{field}: control characters (such as CR/LF) are not allowed")
+    value = value.strip()
+    if required and not value:
+        raise DomainError(f"{field}: must not be empty")
+    if len(value) > limit:
+        raise DomainError(f"{field}: too long ({len(value)} characters, at most {limit})")
+    return value
+
+
+def normalize_email(value: str, field: str = "email") -> str:
+    """Validate syntax (no DNS) and return the normalised, lower-cased address."""
+    if _CONTROL.search(value):
+        raise DomainError(f"{field}: control characters (such as CR/LF) are not allowed")
+    try:
+        result = validate_email(value.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise DomainError(f'{field}: invalid address "{value.strip()}": {exc}') from None
+    # Mail systems treat the local part case-insensitively in practice; matching a reply's
+    # From against a member must not fail on "Anna@" vs "anna@".
+    return result.normalized.lower()
+
+
+def normalize_skill(value: str, field: str = "skill") -> str:
+    skill = " ".join(check_text(field, value, limit=80).split()).lower()
+    if any(c in skill for c in ",;|"):
+        raise DomainError(f"{field}: may not contain , ; or |")
+    return skill
+
+
+def make_person(
+    email: str,
+    name: str,
+    department: str,
+    manager: str | None,
+    timezone: str | None,
+    offers: Iterable[str],
+    default_timezone: str,
+) -> Person:
+    """Check and normalise every field of a new person (not yet against other people)."""
+    addr = normalize_email(email)
+    mgr = normalize_email(manager, "manager") if manager and manager.strip() else None
+    if mgr == addr:
+        raise DomainError(f"manager: {addr} cannot be their own manager")
+    tz = (timezone or "").strip() or default_timezone
+    try:
+        check_timezone(tz)
+    except ValueError as exc:
+        raise DomainError(f"timezone: {exc}") from None
+    skills: list[str] = []
+    for raw in offers:
+        skill = normalize_skill(raw, "offers")
+        if skill not in skills:
+            skills.append(skill)
+    return Person(
+        email=addr,
+        name=check_text("name", name),
+        department=check_text("department", department),
+        manager=mgr,
+        timezone=tz,
+        offers=tuple(skills),
+    )
+
+
+def check_new_people(new: Sequence[Person], existing: Mapping[str, Person]) -> list[str]:
+    """Every problem with adding `new` to `existing`, as messages (index-aligned prefix).
+
+    Returns "ROW: message" strings where ROW is the 0-based index in `new`.
+    Managers may be other new people (in any order); cycles are refused.
+    """
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for i, person in enumerate(new):
+        if person.email in existing:
+            problems.append(f"{i}: {person.email} already exists")
+        elif person.email in seen:
+            problems.append(f"{i}: {person.email} appears twice (first at row {seen[person.email]})")
+        else:
+            seen[person.email] = i
+    everyone = {**existing, **{p.email: p for p in new}}
+    for i, person in enumerate(new):
+        if person.manager and person.manager not in everyone:
+            problems.append(f"{i}: manager {person.manager} does not exist")
+    for i, person in enumerate(new):
+        if person.manager and _in_cycle(person.email, everyone):
+            problems.append(f"{i}: manager chain of {person.email} loops back to itself")
+    return problems
+
+
+def _in_cycle(email: str, people: Mapping[str, Person]) -> bool:
+    seen = {email}
+    current = people.get(email)
+    while current is not None and current.manager:
+        if current.manager in seen:
+            return current.manager == email
+        seen.add(current.manager)
+        current = people.get(current.manager)
+    return False
+
+
+def manager_chain(email: str, people: Mapping[str, Person]) -> list[str]:
+    """Managers above `email`, nearest first (stops safely on a loop)."""
+    chain: list[str] = []
+    current = people.get(email)
+    while current is not None and current.manager and current.manager not in chain:
+        chain.append(current.manager)
+        current = people.get(current.manager)
+    return chain
+
+
+def same_line(a: str, b: str, people: Mapping[str, Person]) -> bool:
+    """True when either person is in the other's management chain, at any depth."""
+    return b in manager_chain(a, people) or a in manager_chain(b, people)
+
+
+def eligibility_problems(member: str, partner: str, people: Mapping[str, Person]) -> list[str]:
+    """Why `partner` may not partner `member` under the default rules (empty: eligible)."""
+    if member == partner:
+        return ["member and partner must be different people"]
+    problems = []
+    m, p = people[member], people[partner]
+    if m.department.casefold() == p.department.casefold():
+        problems.append(f"member and partner are both in department {m.department!r}")
+    if same_line(member, partner, people):
+        problems.append("member and partner are in the same reporting line")
+    return problems
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    line: int
+    fields: dict[str, str]
+
+
+def read_csv(text: str) -> tuple[list[CsvRow], list[str]]:
+    """Rows of a people CSV (header required) and any structural problems as 'LINE: msg'."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    if not header:
+        return [], ["1: empty file (expected a header: " + ",".join(CSV_COLUMNS) + ")"]
+    missing = [c for c in ("email", "name", "department") if c not in header]
+    unknown = [c for c in header if c not in CSV_COLUMNS]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append("missing column(s) " + ", ".join(missing))
+        if unknown:
+            parts.append("unknown column(s) " + ", ".join(unknown))
+        return [], [f"1: {'; '.join(parts)} (expected: {','.join(CSV_COLUMNS)})"]
+    reader.fieldnames = header
+    rows: list[CsvRow] = []
+    problems: list[str] = []
+    try:
+        for record in reader:
+            line = reader.line_num
+            if None in record:
+                problems.append(f"{line}: too many fields")
+                continue
+            rows.append(CsvRow(line, {k: (v or "") for k, v in record.items()}))
+    except csv.Error as exc:
+        problems.append(f"{reader.line_num}: {exc}")
+    return rows, problems
+
+
+def split_offers(value: str) -> list[str]:
+    return [s for s in (part.strip() for part in re.split(r"[;|]", value)) if s]
+
+
+def offer_directory(
+    skill: str, people: Iterable[Person], partnerships: Iterable[Partnership]
+) -> list[tuple[Person, int]]:
+    """Who offers `skill`, with how many partnerships each carries as partner (not ended)."""
+    load: dict[str, int] = {}
+    for p in partnerships:
+        if p.status != ENDED:
+            load[p.partner] = load.get(p.partner, 0) + 1
+    found = [(person, load.get(person.email, 0)) for person in people if skill in person.offers]
+    return sorted(found, key=lambda item: (item[1], item[0].email))

@@ -1,0 +1,173 @@
+"""Scheduling: what is due at `now`, computed from stored state alone (pure functions).
+
+A partnership's *period* is the ISO week (in the member's zone) of its check-in moment; it
+runs until the next check-in moment. Within the current period the week's timeline applies:
+check-in, reminder after `remind_after` without a report, no-report digest after
+`deadline_after`, digest `digest_delay` after the latest report. Reminder and deadline count
+from when the check-in actually went out, so a check-in sent late after downtime still gives
+the member her full time. Only the current period's jobs are due (plus a pending digest of the
+period just ended), so a service that was down sends what is due now once and nothing for a
+past period. The loop in `serve` holds no memory: everything comes from `Week` records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from mailflow.config import WEEKDAYS, ScheduleConfig, parse_hhmm
+from mailflow.models import ENDED, Partnership, Week
+from mailflow.partnerships import is_paused
+
+CHECKIN = "checkin"
+REMINDER = "reminder"
+NO_REPORT = "no_report"
+DIGEST = "digest"
+
+
+@dataclass(frozen=True)
+class Settings:
+    checkin_day: str
+    checkin_time: time
+    remind_after: timedelta
+    deadline_after: timedelta
+    digest_delay: timedelta
+
+    @classmethod
+    def from_config(cls, sc: ScheduleConfig) -> Settings:
+        return cls(
+            checkin_day=sc.checkin_day,
+            checkin_time=parse_hhmm(sc.checkin_time),
+            remind_after=timedelta(hours=sc.remind_after_hours),
+            deadline_after=timedelta(hours=sc.deadline_after_hours),
+            digest_delay=timedelta(minutes=sc.digest_delay_minutes),
+        )
+
+
+@dataclass(frozen=True)
+class Period:
+    label: str  # "2026-W48"
+    checkin_at: datetime  # the scheduled moment, aware
+    ends_at: datetime  # the next period's check-in moment
+
+
+@dataclass(frozen=True)
+class PeriodState:
+    """What is stored about one partnership in one period."""
+
+    week: Week | None
+    report_count: int = 0
+    last_report_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str
+    partnership_id: int
+    period: str
+
+
+def period_label(d: date) -> str:
+    year, week, _ = d.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def parse_period(label: str) -> tuple[int, int]:
+    year, week = label.split("-W")
+    return int(year), int(week)
+
+
+def checkin_moment(p: Partnership, tz: ZoneInfo, s: Settings, year: int, week: int) -> datetime:
+    """The check-in moment of ISO week (year, week) in the member's zone, DST-correct.
+
+    A wall time that does not exist (spring forward) resolves to the same instant zoneinfo
+    gives fold=0, i.e. shifted by the gap; an ambiguous one (fall back) takes the first.
+    """
+    day = WEEKDAYS.index(p.checkin_day or s.checkin_day) + 1
+    at = parse_hhmm(p.checkin_time) if p.checkin_time else s.checkin_time
+    local_day = date.fromisocalendar(year, week, day)
+    return datetime.combine(local_day, at, tzinfo=tz)
+
+
+def _period_of(p: Partnership, tz: ZoneInfo, s: Settings, d: date) -> Period:
+    year, week, _ = d.isocalendar()
+    start = checkin_moment(p, tz, s, year, week)
+    nxt = d + timedelta(days=7)
+    ny, nw, _ = nxt.isocalendar()
+    return Period(f"{year}-W{week:02d}", start, checkin_moment(p, tz, s, ny, nw))
+
+
+def current_period(p: Partnership, tz: ZoneInfo, s: Settings, now: datetime) -> Period | None:
+    """The period `now` falls in, or None before the partnership's first check-in."""
+    local = now.astimezone(tz)
+    period = _period_of(p, tz, s, local.date())
+    if now < period.checkin_at:
+        period = _period_of(p, tz, s, local.date() - timedelta(days=7))
+    if period.checkin_at.astimezone(tz).date() < p.start:
+        return None
+    return period
+
+
+def previous_period(p: Partnership, tz: ZoneInfo, s: Settings, period: Period) -> Period:
+    d = period.checkin_at.astimezone(tz).date() - timedelta(days=7)
+    return _period_of(p, tz, s, d)
+
+
+def wants_checkin(p: Partnership, tz: ZoneInfo, period: Period, now: datetime) -> bool:
+    """Active, not paused, and the period starts on or before the last goal's due date."""
+    if p.status == ENDED:
+        return False
+    if is_paused(p, now.astimezone(tz).date()):
+        return False
+    checkin_day = period.checkin_at.astimezone(tz).date()
+    return p.start <= checkin_day <= max(g.due for g in p.goals)
+
+
+def due_jobs(
+    p: Partnership,
+    tz: ZoneInfo,
+    s: Settings,
+    now: datetime,
+    current: tuple[Period, PeriodState] | None,
+    previous: tuple[Period, PeriodState] | None = None,
+) -> list[Job]:
+    """Every job due for one partnership at `now`, given what is stored for its periods."""
+    jobs: list[Job] = []
+    if p.status == ENDED:
+        return jobs
+    paused = is_paused(p, now.astimezone(tz).date())
+    if previous is not None:
+        period, state = previous
+        if _digest_due(state, s, now):
+            jobs.append(Job(DIGEST, p.id, period.label))
+    if current is None:
+        return jobs
+    period, state = current
+    week = state.week
+    sent_at = week.checkin_at if week else None
+    if sent_at is None:
+        if wants_checkin(p, tz, period, now):
+            jobs.append(Job(CHECKIN, p.id, period.label))
+    elif state.report_count == 0 and not paused:
+        assert week is not None
+        deadline = sent_at + s.deadline_after
+        if now >= deadline:
+            if week.no_report_at is None:
+                jobs.append(Job(NO_REPORT, p.id, period.label))
+        elif now >= sent_at + s.remind_after and week.reminder_at is None:
+            jobs.append(Job(REMINDER, p.id, period.label))
+    if _digest_due(state, s, now):
+        jobs.append(Job(DIGEST, p.id, period.label))
+    return jobs
+
+
+def _digest_due(state: PeriodState, s: Settings, now: datetime) -> bool:
+    if state.report_count == 0 or state.last_report_at is None:
+        return False
+    digested = state.week.digested_reports if state.week else 0
+    return state.report_count > digested and now >= state.last_report_at + s.digest_delay
+
+
+def days_left(due: date, today: date) -> int:
+    return (due - today).days

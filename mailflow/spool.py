@@ -1,0 +1,302 @@
+"""Spool: the durable hand-off between the SMTP listener and the processor.
+
+The listener answers `250` only after `Spool.put` has returned, and `put` returns only once
+the message is fsynced and renamed into `new/` (and that rename is fsynced too). So every
+acknowledged message survives a crash; the processor later reads `pending()`, stores what it
+needs and calls `remove()`, or `quarantine()` with a reason when it cannot understand it.
+
+Layout (a maildir-like scheme: the rename is the commit point):
+- `spool/tmp/<id>`: being written; never acknowledged, so `recover()` deletes leftovers.
+- `spool/new/<id>`: committed, waiting for the processor.
+- `quarantine/<id>` + `quarantine/<id>.reason.txt`: set aside with the reason (next to
+  `spool/`, at data_dir level, so that status and operators find it in one place).
+
+One file per message: a first line `MFSPOOL1 {json envelope}\\n`, then the raw bytes exactly
+as they will be parsed. JSON with `ensure_ascii` never contains a newline, so the first
+newline always ends the envelope.
+
+This module reads no clock (the received time is passed in) and knows nothing about SMTP.
+Ids sort by received time, so `pending()` is oldest first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mailflow.store import fsync_dir
+
+log = logging.getLogger("mailflow.spool")
+
+MAGIC = b"MFSPOOL1 "
+REASON_SUFFIX = ".reason.txt"
+UNREADABLE = "unreadable spool file"
+# An envelope line is small (at most a few dozen recipients); anything longer than this
+# without a newline is a damaged file, and we refuse to read it into memory as a header.
+_MAX_HEADER_BYTES = 256 * 1024
+
+
+class SpoolError(Exception):
+    """A spool file could not be read back."""
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    id: str
+    path: Path
+    mail_from: str  # "" is the null reverse-path `<>` (bounces and auto-replies use it)
+    rcpt_tos: tuple[str, ...]
+    peer: str
+    received_at: datetime
+    raw: bytes
+
+
+class Spool:
+    """A directory of committed messages; safe to use from several threads at once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / "tmp"
+        self.new_dir = self.root / "new"
+        self.quarantine_dir = self.root.parent / "quarantine"
+        for d in (self.tmp_dir, self.new_dir, self.quarantine_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        # Ids need a tie-breaker when two messages share a microsecond; a counter keeps the
+        # order of arrival within this process, the random part keeps processes apart.
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Delete files left in tmp/ by a crash: they were never acknowledged."""
+        removed = 0
+        for p in self.tmp_dir.iterdir():
+            try:
+                p.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                log.warning("spool recover: unexpected directory %s left alone", p)
+        if removed:
+            fsync_dir(self.tmp_dir)
+            log.info("spool recover: deleted %d unacknowledged partial file(s)", removed)
+
+    def new_id(self, received_at: datetime) -> str:
+        """A unique, filename-safe id that sorts by received time."""
+        with self._seq_lock:
+            self._seq = (self._seq + 1) % 0x1000000
+            seq = self._seq
+        stamp = _utc(received_at).strftime("%Y%m%dT%H%M%S%fZ")
+        return f"{stamp}-{seq:06x}-{secrets.token_hex(4)}"
+
+    def put(
+        self,
+        raw: bytes,
+        *,
+        mail_from: str,
+        rcpt_tos: Sequence[str],
+        peer: str,
+        received_at: datetime,
+    ) -> str:
+        """Write one message durably and return its id. Blocking (two fsyncs)."""
+        entry_id = self.new_id(received_at)
+        header = {
+            "id": entry_id,
+            "mail_from": mail_from,
+            "rcpt_tos": list(rcpt_tos),
+            "peer": peer,
+            "received_at": _utc(received_at).isoformat(),
+        }
+        line = MAGIC + json.dumps(header, ensure_ascii=True).encode("ascii") + b"\n"
+        tmp = self.tmp_dir / entry_id
+        # O_EXCL: ids are unique, so an existing file would mean a bug; never overwrite.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb", closefd=True) as f:
+                f.write(line)
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.new_dir / entry_id)
+        except BaseException:
+            # A failed write must not leave a half file that recover() would have to find.
+            tmp.unlink(missing_ok=True)
+            raise
+        # The rename is the commit; without this fsync a crash could forget it.
+        fsync_dir(self.new_dir)
+        return entry_id
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _ids(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.new_dir) if not n.startswith("."))
+
+    def count_pending(self) -> int:
+        return len(self._ids())
+
+    def pending(self, limit: int | None = None) -> list[SpoolEntry]:
+        """Committed messages, oldest first. Unreadable files are quarantined, not returned."""
+        entries: list[SpoolEntry] = []
+        for entry_id in self._ids():
+            if limit is not None and len(entries) >= limit:
+                break
+            path = self.new_dir / entry_id
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue  # removed or quarantined by another thread meanwhile
+            except IsADirectoryError:
+                log.warning("spool: unexpected directory %s left alone", path)
+                continue
+            try:
+                entries.append(_decode(entry_id, path, data))
+            except SpoolError as exc:
+                log.error("spool: %s is unreadable (%s); quarantining", entry_id, exc)
+                # Gone meanwhile: another thread already disposed of it.
+                with contextlib.suppress(FileNotFoundError):
+                    self.quarantine(entry_id, UNREADABLE)
+        return entries
+
+    # -- disposal --------------------------------------------------------------------------
+
+    def remove(self, entry_id: str) -> None:
+        """The processor has stored what it needs: delete. Idempotent."""
+        _check_id(entry_id)
+        try:
+            (self.new_dir / entry_id).unlink()
+        except FileNotFoundError:
+            return
+        fsync_dir(self.new_dir)
+
+    def quarantine(self, entry_id: str, reason: str) -> Path:
+        """Move a pending message aside with a `<id>.reason.txt` sidecar; return its new path.
+
+        The sidecar is written (and fsynced) first: a crash in between leaves the message in
+        new/ to be processed again, never a quarantined message without its reason.
+        """
+        _check_id(entry_id)
+        src = self.new_dir / entry_id
+        reason_line = " ".join(reason.split()) or "(no reason given)"
+        try:
+            with src.open("rb") as f:
+                head = f.read(_MAX_HEADER_BYTES)
+            envelope = _envelope_text(head)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            envelope = f"(could not read: {exc})"
+        sidecar = self.quarantine_dir / (entry_id + REASON_SUFFIX)
+        text = f"reason: {reason_line}\nenvelope: {envelope}\n"
+        tmp = self.quarantine_dir / f".{entry_id}.reason.tmp"
+        with tmp.open("w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, sidecar)
+        dest = self.quarantine_dir / entry_id
+        try:
+            os.replace(src, dest)
+        except FileNotFoundError:
+            sidecar.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.quarantine_dir)
+        fsync_dir(self.new_dir)
+        log.warning("spool: quarantined %s: %s", entry_id, reason_line)
+        return dest
+
+    def quarantined(self) -> list[tuple[str, str]]:
+        """(id, reason) of every quarantined message, oldest first."""
+        out: list[tuple[str, str]] = []
+        for name in sorted(os.listdir(self.quarantine_dir)):
+            if name.startswith(".") or name.endswith(REASON_SUFFIX):
+                continue
+            out.append((name, self._reason(name)))
+        return out
+
+    def _reason(self, entry_id: str) -> str:
+        try:
+            text = (self.quarantine_dir / (entry_id + REASON_SUFFIX)).read_text(
+                encoding="utf-8", errors="replace"
+            )
+        except OSError:
+            return "(no reason recorded)"
+        for line in text.splitlines():
+            if line.startswith("reason: "):
+                return line[len("reason: ") :]
+        return "(no reason recorded)"
+
+
+def _utc(dt: datetime) -> datetime:
+    # A naive datetime is ambiguous (local or UTC?) and ids must sort across restarts, so
+    # refuse it rather than guess.
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError("received_at must be timezone-aware")
+    return dt.astimezone(UTC)
+
+
+def _check_id(entry_id: str) -> None:
+    # Ids come back from callers; never let one name a path outside our directories.
+    if not entry_id or "/" in entry_id or "\\" in entry_id or entry_id.startswith("."):
+        raise ValueError(f"not a spool id: {entry_id!r}")
+
+
+def _split(data: bytes) -> tuple[dict[str, object], bytes]:
+    if not data.startswith(MAGIC):
+        raise SpoolError("missing MFSPOOL1 header")
+    end = data.find(b"\n", 0, _MAX_HEADER_BYTES)
+    if end < 0:
+        raise SpoolError("truncated header")
+    try:
+        header = json.loads(data[len(MAGIC) : end].decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SpoolError(f"bad header: {exc}") from None
+    if not isinstance(header, dict):
+        raise SpoolError("bad header: not an object")
+    return header, data[end + 1 :]
+
+
+def _decode(entry_id: str, path: Path, data: bytes) -> SpoolEntry:
+    header, raw = _split(data)
+    try:
+        mail_from = header["mail_from"]
+        rcpts = header["rcpt_tos"]
+        peer = header["peer"]
+        received_at = datetime.fromisoformat(str(header["received_at"]))
+    except (KeyError, ValueError) as exc:
+        raise SpoolError(f"bad header field: {exc}") from None
+    if (
+        not isinstance(mail_from, str)
+        or not isinstance(peer, str)
+        or not isinstance(rcpts, list)
+        or not all(isinstance(r, str) for r in rcpts)
+        or received_at.tzinfo is None
+    ):
+        raise SpoolError("bad header field types")
+    return SpoolEntry(
+        id=entry_id,
+        path=path,
+        mail_from=mail_from,
+        rcpt_tos=tuple(rcpts),
+        peer=peer,
+        received_at=received_at,
+        raw=raw,
+    )
+
+
+def _envelope_text(head: bytes) -> str:
+    """The envelope as one line of JSON for the sidecar, or a note that it is unreadable."""
+    try:
+        header, _ = _split(head)
+    except SpoolError as exc:
+        return f"(unreadable: {exc})"
+    return json.dumps(header, ensure_ascii=True)

@@ -1,0 +1,374 @@
+"""The week by email, driven as a user would: the CLI, `serve` on loopback, a real relay.
+
+People and partnerships are created with the CLI; `serve` runs as its own process with its
+listener on a free loopback port and a recording SMTP server as its relay. The check-in
+arrives at the relay, the member answers it with smtplib at its Reply-To, and the partner's
+digest arrives with the setback and the back-in-the-saddle text. Time-travel cases use
+`mailflow tick --now`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+from smtp_recorder import RecordedMessage, RecordingSMTPServer
+
+MAILFLOW = str(Path(sys.executable).parent / "mailflow")
+DOMAIN = "hot.example.com"
+WEEKDAY = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def write_config(tmp_path: Path, relay_port: int, listen_port: int, **schedule: object) -> Path:
+    sched = {"digest_delay_minutes": 0, "tick_seconds": 1, **schedule}
+    lines = [
+        "[service]",
+        f'domain = "{DOMAIN}"',
+        f'data_dir = "{tmp_path / "data"}"',
+        'timezone = "UTC"',
+        "[listener]",
+        'host = "127.0.0.1"',
+        f"port = {listen_port}",
+        "[relay]",
+        'host = "127.0.0.1"',
+        f"port = {relay_port}",
+        "timeout_seconds = 5",
+        "[schedule]",
+        *(f"{k} = {json.dumps(v)}" for k, v in sched.items()),
+    ]
+    path = tmp_path / "mailflow.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [MAILFLOW, "--config", str(config), *args], capture_output=True, text=True, timeout=60
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def ok(config: Path, *args: str) -> str:
+    proc = run(config, *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def setup_people(config: Path) -> None:
+    ok(config, "people", "add", "ada@example.com", "--name", "Ada", "--department", "Eng")
+    ok(
+        config,
+        "people",
+        "add",
+        "grace@example.com",
+        "--name",
+        "Grace",
+        "--department",
+        "Sales",
+        "--offers",
+        "public speaking",
+    )
+    ok(config, "people", "add", "linus@example.com", "--name", "Linus", "--department", "Ops")
+    ok(config, "people", "add", "barbara@example.com", "--name", "Barbara", "--department", "Legal")
+
+
+def add_partnership(config: Path, member: str, partner: str, skill: str, *extra: str) -> int:
+    out = ok(
+        config,
+        "partnerships",
+        "add",
+        "--member",
+        member,
+        "--partner",
+        partner,
+        "--skill",
+        skill,
+        "--goal",
+        "2027-06-30 Give the all-hands talk",
+        "--why",
+        "I want to lead design reviews",
+        "--saddle",
+        "Book the room again",
+        *extra,
+    )
+    return int(out.strip().splitlines()[-1])
+
+
+def text_of(msg: RecordedMessage) -> str:
+    body = msg.message.get_body(preferencelist=("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def html_of(msg: RecordedMessage) -> str:
+    body = msg.message.get_body(preferencelist=("html",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def reply_to(msg: RecordedMessage, sender: str, body: str) -> EmailMessage:
+    reply = EmailMessage()
+    reply["From"] = sender
+    reply["To"] = msg.message["Reply-To"]
+    reply["Subject"] = "Re: " + str(msg.message["Subject"])
+    reply["Message-ID"] = f"<reply-{time.monotonic_ns()}@example.com>"
+    reply["In-Reply-To"] = msg.message["Message-ID"]
+    quoted = "\n".join("> " + line for line in text_of(msg).splitlines())
+    reply.set_content(f"{body}\n\nOn Monday, mailflow wrote:\n{quoted}\n")
+    return reply
+
+
+@pytest.fixture
+def relay() -> Iterator[RecordingSMTPServer]:
+    with RecordingSMTPServer() as server:
+        yield server
+
+
+class Serve:
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [MAILFLOW, "--config", str(config), "serve"],
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"),
+        )
+
+    def stop(self) -> float:
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=15)
+        return time.monotonic() - started
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_week_by_email_end_to_end(tmp_path: Path, relay: RecordingSMTPServer) -> None:
+    listen = free_port()
+    config = write_config(tmp_path, relay.port, listen)
+    setup_people(config)
+    today = datetime.now(UTC)
+    # Check-in at 00:00 UTC today: due the moment `serve` starts.
+    pid = add_partnership(
+        config,
+        "ada@example.com",
+        "grace@example.com",
+        "public speaking",
+        "--checkin-day",
+        WEEKDAY[today.weekday()],
+        "--checkin-time",
+        "00:00",
+    )
+    serve = Serve(config, tmp_path / "serve.log")
+    try:
+        wait_port(listen)
+        [checkin] = relay.wait_for(1, timeout=20)
+        assert checkin.rcpt_tos == ("ada@example.com",)
+        assert checkin.mail_from == f"bounces@{DOMAIN}"
+        headers = checkin.message
+        assert str(headers["Reply-To"]).startswith("checkin+")
+        assert str(headers["Reply-To"]).endswith(f"@{DOMAIN}")
+        assert headers["Auto-Submitted"] == "auto-generated"
+        assert headers["X-Auto-Response-Suppress"] == "All"
+        assert str(headers["Message-ID"]).endswith(f"@{DOMAIN}>")
+        assert "Give the all-hands talk" in text_of(checkin)
+        assert "Setback:" in text_of(checkin)
+
+        # The member replies from her mail client to the Reply-To address.
+        answer = reply_to(
+            checkin,
+            "Ada <ada@example.com>",
+            "Done: rehearsed twice\nSetback: I missed Thursday's practice\n"
+            "Next: book the room for Thursday\n\nSent from my iPhone",
+        )
+        with smtplib.SMTP("127.0.0.1", listen, timeout=10) as smtp:
+            refused = smtp.send_message(answer)
+        assert refused == {}
+        messages = relay.wait_for(2, timeout=20)
+        digest = messages[1]
+        assert digest.rcpt_tos == ("grace@example.com",)
+        text = text_of(digest)
+        assert "Book the room again" in text  # the agreed back-in-the-saddle text
+        assert "I want to lead design reviews" in text  # the why
+        assert "I missed Thursday's practice" in text
+        assert "Sent from my iPhone" not in text  # signature stripped
+        assert "mailflow wrote" not in text  # quoted history stripped
+        assert text.index("Book the room again") < text.index("rehearsed twice")
+        assert "Book the room again" in html_of(digest)
+
+        shown = json.loads(ok(config, "partnerships", "show", str(pid), "--json"))
+        [stored] = shown["reports"]
+        assert stored["setback"] is True
+        assert stored["message_id"] == answer["Message-ID"]
+        assert "rehearsed twice" in stored["text"]
+
+        # The same message delivered twice is stored once.
+        with smtplib.SMTP("127.0.0.1", listen, timeout=10) as smtp:
+            smtp.send_message(answer)
+        time.sleep(1.5)
+        shown = json.loads(ok(config, "partnerships", "show", str(pid), "--json"))
+        assert len(shown["reports"]) == 1
+
+        # A reply to the right address from someone else is quarantined, never counted.
+        forged = reply_to(checkin, "Mallory <mallory@example.com>", "Done: everything")
+        with smtplib.SMTP("127.0.0.1", listen, timeout=10) as smtp:
+            smtp.send_message(forged)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = json.loads(ok(config, "status", "--json"))
+            if status["quarantined"]:
+                break
+            time.sleep(0.2)
+        assert status["quarantined"] == 1
+        assert "sender mismatch" in status["quarantine"][0]["reason"]
+        assert status["replied"] == 1 and status["setbacks"] == 1
+
+        # Mail to anything but our reply addresses is refused: never an open relay.
+        with smtplib.SMTP("127.0.0.1", listen, timeout=10) as smtp:
+            smtp.ehlo()
+            smtp.mail("x@example.org")
+            code, _ = smtp.rcpt("someone@elsewhere.example.org")
+            assert code == 550
+            code, _ = smtp.rcpt(f"checkin+forged-token@{DOMAIN}")
+            assert code == 550
+    finally:
+        took = serve.stop()
+    assert serve.proc.returncode == 0, (tmp_path / "serve.log").read_text()
+    assert took < 5
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log
+    assert len(relay.messages) == 2  # nothing else was sent
+
+
+def test_no_report_digest_and_repeat_tick(tmp_path: Path, relay: RecordingSMTPServer) -> None:
+    config = write_config(tmp_path, relay.port, free_port())
+    setup_people(config)
+    pid = add_partnership(
+        config, "linus@example.com", "barbara@example.com", "sql", "--start", "2026-11-30"
+    )
+    monday = "2026-11-30T09:00:00+00:00"
+    out = ok(config, "tick", "--now", monday)
+    assert f"queued checkin to linus@example.com (checkin:{pid}:2026-W49)" in out
+    assert relay.wait_for(1)[0].rcpt_tos == ("linus@example.com",)
+    # A restart mid-week (a new process) sends no second check-in.
+    assert ok(config, "tick", "--now", "2026-12-01T09:00:00+00:00").strip() == "nothing due"
+    out = ok(config, "tick", "--now", "2026-12-02T09:00:00+00:00")
+    assert "queued reminder to linus@example.com" in out
+    out = ok(config, "tick", "--now", "2026-12-04T09:00:00+00:00")
+    assert "queued no_report to barbara@example.com" in out
+    messages = relay.wait_for(3)
+    no_report = messages[2]
+    assert no_report.rcpt_tos == ("barbara@example.com",)
+    assert "no report" in text_of(no_report).lower()
+    assert "I want to lead design reviews" in text_of(no_report)
+    # A repeat tick sends nothing new.
+    assert ok(config, "tick", "--now", "2026-12-04T09:05:00+00:00").strip() == "nothing due"
+    assert len(relay.messages) == 3
+    status = json.loads(ok(config, "status", "--json", "--now", "2026-12-04T10:00:00+00:00"))
+    assert status["missing"] == 1 and status["sent"] == 1
+
+
+def test_relay_down_then_up_nothing_lost_or_doubled(
+    tmp_path: Path, relay: RecordingSMTPServer
+) -> None:
+    config = write_config(tmp_path, relay.port, free_port())
+    setup_people(config)
+    add_partnership(
+        config, "ada@example.com", "grace@example.com", "public speaking", "--start", "2026-11-30"
+    )
+    add_partnership(
+        config, "linus@example.com", "barbara@example.com", "sql", "--start", "2026-11-30"
+    )
+    relay.down()
+    out = ok(config, "tick", "--now", "2026-11-30T09:00:00+00:00")
+    assert "deferred 2 message(s)" in out
+    status = json.loads(ok(config, "status", "--json", "--now", "2026-11-30T09:00:00+00:00"))
+    assert status["outgoing_queued"] == 2
+    relay.up()
+    # Before the backoff has passed nothing is retried.
+    out = ok(config, "tick", "--now", "2026-11-30T09:00:10+00:00")
+    assert relay.messages == []
+    out = ok(config, "tick", "--now", "2026-11-30T09:30:00+00:00")
+    assert "sent 2 message(s)" in out
+    got = sorted(m.rcpt_tos[0] for m in relay.wait_for(2))
+    assert got == ["ada@example.com", "linus@example.com"]
+    ok(config, "tick", "--now", "2026-11-30T10:30:00+00:00")
+    time.sleep(0.2)
+    assert len(relay.messages) == 2
+
+
+def test_dst_change_checkins_follow_local_time(tmp_path: Path, relay: RecordingSMTPServer) -> None:
+    config = write_config(tmp_path, relay.port, free_port())
+    ok(
+        config,
+        "people",
+        "add",
+        "m@example.com",
+        "--name",
+        "M",
+        "--department",
+        "A",
+        "--timezone",
+        "Europe/Berlin",
+    )
+    ok(
+        config,
+        "people",
+        "add",
+        "p@example.com",
+        "--name",
+        "P",
+        "--department",
+        "B",
+        "--timezone",
+        "America/New_York",
+    )
+    add_partnership(config, "m@example.com", "p@example.com", "sql", "--start", "2026-10-19")
+    # 09:00 Berlin is 07:00 UTC in summer time (19 Oct) and 08:00 UTC after 25 Oct.
+    assert ok(config, "tick", "--now", "2026-10-19T06:59:00+00:00").count("queued") == 0
+    assert "queued checkin" in ok(config, "tick", "--now", "2026-10-19T07:00:00+00:00")
+    assert "queued checkin" not in ok(config, "tick", "--now", "2026-10-26T07:30:00+00:00")
+    assert "queued checkin" in ok(config, "tick", "--now", "2026-10-26T08:00:00+00:00")
+    to_member = [m for m in relay.wait_for(2) if m.rcpt_tos == ("m@example.com",)]
+    assert len(to_member) == 2
+
+
+def test_tick_refuses_bad_now(tmp_path: Path, relay: RecordingSMTPServer) -> None:
+    config = write_config(tmp_path, relay.port, free_port())
+    proc = run(config, "tick", "--now", "next tuesday")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: --now:")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_demo_runs_a_week(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [MAILFLOW, "demo"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "=== check-in to the member ===" in out
+    assert "=== digest to the partner ===" in out
+    digest = out.split("=== digest to the partner ===")[1]
+    assert "SETBACK" in digest
+    assert "Book the room for Thursday" in digest
