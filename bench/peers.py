@@ -51,6 +51,18 @@ PEERS = {
 ALL_MPR_LANGS = ["en", "de", "da", "nl", "pl", "sv", "ja", "fr", "es", "it", "cs", "ko", "zh"]
 
 
+def _talon_sklearn_shim() -> None:
+    """talon imports ``sklearn.externals.joblib``, removed from current scikit-learn."""
+    try:
+        import joblib
+        import sklearn.externals
+
+        sys.modules.setdefault("sklearn.externals.joblib", joblib)
+        sklearn.externals.joblib = joblib  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+
+
 def _peer_text(name: str, text: str, t: dict[str, Any]) -> str:
     if name == "email-reply-parser":
         from email_reply_parser import EmailReplyParser
@@ -58,9 +70,10 @@ def _peer_text(name: str, text: str, t: dict[str, Any]) -> str:
         return EmailReplyParser.parse_reply(text)
     if name == "talon":
         from talon import quotations
-        from talon.signature import bruteforce
 
         if t.get("signature_api"):
+            from talon.signature import bruteforce
+
             return bruteforce.extract_signature(text)[0]
         return quotations.extract_from_plain(text)
     if name == "mail-parser-reply":
@@ -109,9 +122,13 @@ def _timed(fn: Any, t: dict[str, Any]) -> Any:
 def child_main(name: str, corpus: Path) -> None:
     """Inside the peer venv: print a JSON list of outputs, one per manifest entry."""
     if name == "talon":
+        _talon_sklearn_shim()
         import talon
 
-        talon.init()
+        try:
+            talon.init()  # loads the ML signature model; not needed by the APIs used here
+        except Exception:
+            pass
     outputs = []
     for entry in ce.load_entries(corpus):
         t = ce.task(entry, corpus)
@@ -131,7 +148,9 @@ def _install(python: Path, package: str) -> bool:
         text=True,
     )
     if res.returncode != 0:
-        print(f"# {package}: install failed: {res.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        print(
+            f"# {package}: install failed: {res.stderr.strip().splitlines()[-1:]}", file=sys.stderr
+        )
     return res.returncode == 0
 
 

@@ -70,8 +70,14 @@ _BOUNCE_SUBJECT_RE = re.compile(
 
 # Phrases the MTAs put in the human-readable part of a failure notice, with a name for detail.
 _BOUNCE_BODY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("postfix", re.compile(r"this is the mail system at host|i'm sorry to have to inform you", re.I)),
-    ("qmail", re.compile(r"i'm afraid i wasn't able to deliver|this is the qmail-send program", re.I)),
+    (
+        "postfix",
+        re.compile(r"this is the mail system at host|i'm sorry to have to inform you", re.I),
+    ),
+    (
+        "qmail",
+        re.compile(r"i'm afraid i wasn't able to deliver|this is the qmail-send program", re.I),
+    ),
     (
         "exim",
         re.compile(
@@ -80,7 +86,10 @@ _BOUNCE_BODY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             re.I,
         ),
     ),
-    ("sendmail", re.compile(r"the original message was received at|----- transcript of session", re.I)),
+    (
+        "sendmail",
+        re.compile(r"the original message was received at|----- transcript of session", re.I),
+    ),
     (
         "gmail",
         re.compile(
@@ -146,9 +155,13 @@ _OOO_BODY_RE = re.compile(
     re.I,
 )
 
-_SES_RE = re.compile(r'^\s*\{\s*"(?:notificationType|eventType)"\s*:\s*"(Bounce|Complaint|Delivery)"')
+_SES_RE = re.compile(
+    r'^\s*\{\s*"(?:notificationType|eventType)"\s*:\s*"(Bounce|Complaint|Delivery)"'
+)
 _SES_RCPT_RE = re.compile(r'"emailAddress"\s*:\s*"([^"@\s]{1,64}@[^"\s]{1,255})"')
-_ADDR_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}")
+_ADDR_RE = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}"
+)
 
 
 def _header(msg: Message, name: str) -> str:
@@ -272,14 +285,19 @@ def classify(
 ) -> tuple[str, str, tuple[str, ...]]:
     """Return ``(kind, detail, bounced_recipients)`` for a parsed message (see module doc)."""
     ctype = msg.get_content_type()
-    report_type = str(msg.get_param("report-type") or "").lower() if ctype == "multipart/report" else ""
+    report_type = (
+        str(msg.get_param("report-type") or "").lower() if ctype == "multipart/report" else ""
+    )
     parts = _iter_parts(msg)
     part_types = {p.get_content_type() for p in parts}
     body = body_text[:_SCAN_CHARS]
     from_header = _header(msg, "From")
     exclude = {from_addr.lower()} if from_addr else set()
 
-    if report_type == "disposition-notification" or "message/disposition-notification" in part_types:
+    if (
+        report_type == "disposition-notification"
+        or "message/disposition-notification" in part_types
+    ):
         return "auto_reply", "read-receipt", ()
     if report_type == "feedback-report" or "message/feedback-report" in part_types:
         return "auto_reply", "abuse-report", ()
@@ -293,7 +311,9 @@ def classify(
     if ses:
         kind_name = ses.group(1).lower()
         if kind_name == "bounce":
-            rcpts = tuple(dict.fromkeys(a.lower() for a in _SES_RCPT_RE.findall(body[:_SCAN_CHARS])))
+            rcpts = tuple(
+                dict.fromkeys(a.lower() for a in _SES_RCPT_RE.findall(body[:_SCAN_CHARS]))
+            )
             return "bounce", "amazon ses notification", rcpts
         if kind_name == "complaint":
             return "auto_reply", "abuse-report", ()
@@ -317,7 +337,7 @@ def classify(
 
     auto_submitted = _header(msg, "Auto-Submitted").lower()
     return_path = _header(msg, "Return-Path")
-    null_sender = return_path.replace(" ", "") in ("<>", "")  and bool(return_path)
+    null_sender = return_path.replace(" ", "") in ("<>", "") and bool(return_path)
     daemon = _is_daemon(from_header, from_addr)
     x_failed = _header(msg, "X-Failed-Recipients")
 
@@ -329,9 +349,12 @@ def classify(
             break
     has_rfc822 = "message/rfc822" in part_types or "text/rfc822-headers" in part_types
 
-    if x_failed or (daemon and (bounce_subject or mta or has_rfc822)) or (
-        bounce_subject and mta and mta != "generic"
-    ) or (bounce_subject and (null_sender or has_rfc822 or auto_submitted)):
+    if (
+        x_failed
+        or (daemon and (bounce_subject or mta or has_rfc822))
+        or (bounce_subject and mta and mta != "generic")
+        or (bounce_subject and (null_sender or has_rfc822 or auto_submitted))
+    ):
         # A delay warning says so in its subject; the body alone is not trusted because final
         # failures quote the retry history too.
         if _DELAY_RE.search(subject) and not _GAVE_UP_RE.search(body[:8000]):
@@ -340,7 +363,9 @@ def classify(
             return "auto_reply", "dsn-delivered", ()
         rcpts = tuple(_plain_recipients(body, exclude))
         if x_failed:
-            rcpts = tuple(dict.fromkeys([a.lower() for a in _ADDR_RE.findall(x_failed)] + list(rcpts)))
+            rcpts = tuple(
+                dict.fromkeys([a.lower() for a in _ADDR_RE.findall(x_failed)] + list(rcpts))
+            )
         return "bounce", f"plain-text bounce ({mta or 'unknown'})", rcpts
 
     if auto_submitted and not auto_submitted.startswith("no"):
@@ -360,8 +385,10 @@ def classify(
             return "auto_reply", "null sender, ooo text", ()
         return "bounce", "null sender", tuple(_plain_recipients(body, exclude))
     if daemon:
-        return "bounce", f"plain-text bounce ({mta or 'mailer-daemon'})", tuple(
-            _plain_recipients(body, exclude)
+        return (
+            "bounce",
+            f"plain-text bounce ({mta or 'mailer-daemon'})",
+            tuple(_plain_recipients(body, exclude)),
         )
     if mta and mta != "generic" and re.search(r"undeliver|returned|failure|fail", subject, re.I):
         return "bounce", f"plain-text bounce ({mta})", tuple(_plain_recipients(body, exclude))

@@ -7,6 +7,7 @@ command prints a traceback for bad input.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -197,7 +198,9 @@ def people_import(app: App, file: Path) -> None:
     lines: list[int] = []
     default_tz = app.config.service.timezone
     items = (
-        click.progressbar(rows, label="checking rows", file=sys.stderr)
+        click.progressbar(
+            rows, label="checking rows", file=sys.stderr, hidden=not sys.stderr.isatty()
+        )
         if len(rows) >= PROGRESS_BAR_ROWS
         else _null_bar(rows)
     )
@@ -282,6 +285,11 @@ def partnership_json(p: Partnership) -> dict[str, Any]:
 @click.option(
     "--allow-same-line", is_flag=True, help="Allow same department or reporting line (recorded)."
 )
+@click.option(
+    "--accepted",
+    is_flag=True,
+    help="Record the partner's consent now (else check-ins wait for her yes by email).",
+)
 @pass_app
 def partnerships_add(
     app: App,
@@ -295,8 +303,9 @@ def partnerships_add(
     checkin_time: str | None,
     start: str | None,
     allow_same_line: bool,
+    accepted: bool,
 ) -> None:
-    """Create a partnership; prints its id as the last line."""
+    """Create a partnership, introduce both people by email; prints its id as the last line."""
     member = normalize_email(member, "member")
     partner = normalize_email(partner, "partner")
     with app.store.core_tx() as core:
@@ -316,10 +325,16 @@ def partnerships_add(
             checkin_time=checkin_time,
             start=start,
             allow_same_line=allow_same_line,
+            accepted=accepted,
         )
         core.put_partnership(p)
     if p.allow_same_line:
         click.echo("note: same department or reporting line allowed by --allow-same-line")
+    try:
+        for line in _service(app).introduce(p.id, app.now()).lines:
+            click.echo(line)
+    except Exception as exc:  # noqa: BLE001 - the partnership exists; `serve` retries the intro
+        click.echo(f"warning: introductions not sent yet ({exc}); serve/tick will retry", err=True)
     click.echo(p.id)
 
 
@@ -641,6 +656,65 @@ def demo() -> None:
     run_demo(click.echo)
 
 
+# -- partners and export ----------------------------------------------------------------------
+
+
+@cli.group()
+def partners() -> None:
+    """Find partners for a member."""
+
+
+@partners.command("suggest")
+@click.option("--member", required=True, help="The member's email.")
+@click.option("--skill", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def partners_suggest(app: App, member: str, skill: str, as_json: bool) -> None:
+    """Eligible people who offer SKILL, fewest active partnerships first."""
+    from mailflow.suggest import suggest_partners
+
+    member = normalize_email(member, "member")
+    core = app.store.core()
+    people_by_email = {p.email: p for p in core.people()}
+    found = suggest_partners(member, skill, people_by_email, core.partnerships())
+    if as_json:
+        emit_json(
+            [
+                {**_person_json(s.person), "active_partnerships": s.active_partnerships}
+                for s in found
+            ]
+        )
+        return
+    if not found:
+        click.echo(f"no eligible partner offers {normalize_skill(skill)!r} for {member}")
+        return
+    _table(
+        ["EMAIL", "NAME", "DEPARTMENT", "PARTNERSHIPS"],
+        [
+            [s.person.email, s.person.name, s.person.department, str(s.active_partnerships)]
+            for s in found
+        ],
+    )
+
+
+@cli.command("export")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option("--since", default=None, help="YYYY-MM-DD: records received (UTC) on or after.")
+@pass_app
+def export_cmd(app: App, fmt: str, since: str | None) -> None:
+    """Every progress record, one row each, oldest first, to stdout."""
+    from mailflow.export import export_rows, iter_reports, write_csv, write_json
+
+    # Parsed before touching the store, so a typo fails fast with one `error:` line.
+    since_date = pships.parse_date(since, "--since") if since is not None else None
+    store = app.store
+    by_id = {p.id: p for p in store.core().partnerships()}
+    rows = export_rows(by_id, iter_reports(store, since_date), since_date)
+    (write_csv if fmt == "csv" else write_json)(rows, sys.stdout)
+
+
 # -- entry point ------------------------------------------------------------------------------
 
 
@@ -675,6 +749,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
+    except BrokenPipeError:
+        # `mailflow export | head`: the reader went away; that is not an error of ours.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stops the flush at exit
+        return 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         if os.environ.get("MAILFLOW_DEBUG"):
             raise

@@ -47,9 +47,23 @@ __all__ = [
     "Templates",
     "build_message",
     "sample_context",
+    "sample_variants",
 ]
 
-TEMPLATE_NAMES: tuple[str, ...] = ("checkin", "reminder", "digest", "no_report", "bounce_notice")
+TEMPLATE_NAMES: tuple[str, ...] = (
+    "checkin",
+    "reminder",
+    "digest",
+    "no_report",
+    "bounce_notice",
+    "intro",
+    "checkin_ack",
+    "receipt",
+    "pause_notice",
+    "partner_note",
+    "summary",
+    "consent_notice",
+)
 """The templates the sender uses; ``templates preview NAME`` accepts exactly these."""
 
 PARTS: tuple[str, ...] = ("subject", "txt", "html")
@@ -196,13 +210,64 @@ def _sample_reports(setback: bool, updated: bool) -> list[dict[str, Any]]:
     return reports
 
 
-def sample_context(name: str, setback: bool = False, updated: bool = False) -> dict[str, Any]:
+def _sample_history(period: str, current: str) -> list[dict[str, Any]]:
+    """Week-by-week states from the sample start (2026-W45) up to ``period``, oldest first.
+
+    ``current`` is the state of ``period`` itself (e.g. "pending" before a report arrives).
+    """
+    states = ["reported", "setback", "paused", "reported", "missed", "reported", "setback"]
+    last = int(period.rsplit("W", 1)[1])
+    history = []
+    for week, state in zip(range(45, last + 1), states, strict=False):
+        history.append({"period": f"2026-W{week}", "label": f"W{week}", "state": state})
+    history[-1]["state"] = current
+    return history
+
+
+def _intro_goals() -> list[dict[str, Any]]:
+    """The sample goals as they stand on the partnership's first day (2026-11-02)."""
+    days = {1: 18, 2: 14, 3: 46, 4: 22}
+    return [
+        {**goal, "days_left": days[goal["n"]], "overdue": False, "done": False}
+        for goal in _sample_goals()
+    ]
+
+
+_SAMPLE_VARIANTS: dict[str, tuple[str, ...]] = {
+    "intro": ("member", "member accepted", "partner", "partner accepted"),
+    "checkin_ack": ("report", "setback", "updated"),
+    "receipt": ("done", "problems", "question"),
+    "pause_notice": ("paused", "paused open", "resumed", "stopped"),
+    "partner_note": ("note",),
+    "summary": ("member", "partner"),
+    "consent_notice": ("declined", "declined silently", "no answer"),
+}
+"""The named sample variants of the newer templates; the first is the default."""
+
+
+def sample_variants(name: str) -> tuple[str, ...]:
+    """The named sample variants of ``name`` (``sample_context(name, variant=...)``)."""
+    _require_name(name)
+    return _SAMPLE_VARIANTS.get(name, ())
+
+
+def sample_context(
+    name: str, setback: bool = False, updated: bool = False, variant: str | None = None
+) -> dict[str, Any]:
     """Realistic sample data for template ``name``, in exactly the shape the sender passes.
 
     ``setback`` and ``updated`` select the digest variants (a report admitting a setback; an
-    update of a digest already sent this period). Unknown ``name``: :class:`TemplateError`.
+    update of a digest already sent this period). ``variant`` selects one of
+    :func:`sample_variants` for the newer templates (default: the first). Unknown ``name`` or
+    ``variant``: :class:`TemplateError`.
     """
     _require_name(name)
+    variants = _SAMPLE_VARIANTS.get(name, ())
+    if variant is None or variant == "":
+        variant = variants[0] if variants else ""
+    elif variant not in variants:
+        valid = ", ".join(variants) if variants else "none"
+        raise TemplateError(f"unknown variant {variant!r} of {name}; valid variants: {valid}")
     service = {
         "name": "mailflow",
         "domain": "mailflow.example.com",
@@ -215,6 +280,21 @@ def sample_context(name: str, setback: bool = False, updated: bool = False) -> d
             "reason": "550 5.1.1 <bruno.keller@example.com>: Recipient address rejected: "
             "User unknown in virtual mailbox table",
             "period": "2026-W48",
+        }
+    if name == "consent_notice":
+        declined = variant != "no answer"
+        return {
+            "service": service,
+            "partnership": {"id": 7, "skill": "public speaking"},
+            "member": {"name": "Zoë Adler", "email": "zoe.adler@example.com"},
+            "partner": {"name": "Bruno Keller", "email": "bruno.keller@example.com"},
+            "state": "declined" if declined else "no_answer",
+            "days": 2 if declined else 7,
+            "text": (
+                "Sorry, I can't take this on right now: I'm away most of December <travel>."
+                if variant == "declined"
+                else ""
+            ),
         }
     context: dict[str, Any] = {
         "service": service,
@@ -250,9 +330,84 @@ def sample_context(name: str, setback: bool = False, updated: bool = False) -> d
         context["reports"] = reports
         context["setback"] = any(r["setback"] for r in reports)
         context["updated"] = updated
+        context["history"] = _sample_history("2026-W48", "setback" if setback else "reported")
     elif name == "no_report":
         context["checkin_at"] = "Monday 23 November, 09:00 (Europe/Berlin)"
         context["deadline_hours"] = 96
+        context["history"] = _sample_history("2026-W48", "missed")
+    elif name == "intro":
+        context["goals"] = _intro_goals()
+        context["period"] = "2026-W45"
+        context["period_label"] = "week 45 of 2026"
+        context["role"] = "partner" if variant.startswith("partner") else "member"
+        context["accepted"] = variant.endswith("accepted")
+        context["checkin_day"] = "Monday"
+        context["checkin_time"] = "09:00"
+    elif name == "checkin_ack":
+        context["checkin_at"] = "Monday 23 November, 09:00 (Europe/Berlin)"
+        reports = _sample_reports(variant == "setback", variant == "updated")
+        # An early report: it arrived before this period's check-in was due.
+        times = [
+            "Sunday 22 November, 19:58 (Europe/Berlin)",
+            "Monday 23 November, 07:41 (Europe/Berlin)",
+        ]
+        for report, received_at in zip(reports, times, strict=False):
+            report["received_at"] = received_at
+        context["reports"] = reports
+    elif name == "receipt":
+        if variant == "done":
+            context["done_items"] = ["Paused until 2026-12-14", "Goal 2 marked achieved"]
+            context["problems"] = []
+            context["question"] = ""
+            context["report_stored"] = True
+        elif variant == "problems":
+            context["done_items"] = ["Goal 2 marked achieved"]
+            context["problems"] = [
+                'Not understood: "pause til friday" — write "pause until YYYY-MM-DD" or '
+                '"pause N weeks"',
+                'Not understood: "goal 9 done" — there is no goal 9 (goals 1 to 4)',
+            ]
+            context["question"] = ""
+            context["report_stored"] = True
+        else:
+            context["done_items"] = []
+            context["problems"] = []
+            context["question"] = "Reply stop again within 7 days to end this partnership."
+            context["report_stored"] = False
+    elif name == "pause_notice":
+        context["action"] = variant.split()[0]
+        context["until"] = "2026-12-14" if variant == "paused" else ""
+    elif name == "partner_note":
+        context["received_at"] = "Thursday 26 November, 21:40 (Europe/Berlin)"
+        context["note"] = (
+            "Zoë, a missed slot in release week is normal. Two short runs are a good plan.\n"
+            "I'm free Thursday at 16:00 for the Q&A practice if you want <really>."
+        )
+    elif name == "summary":
+        context["role"] = variant
+        if variant == "member":
+            context["period"] = "2026-W51"
+            context["period_label"] = "week 51 of 2026"
+            context["goals"] = [
+                {**goal, "days_left": days, "overdue": False, "done": True}
+                for goal, days in zip(_sample_goals(), (-26, -30, 2, -22), strict=True)
+            ]
+            context["reason"] = "all goals achieved"
+            context["history"] = _sample_history("2026-W51", "pending")
+            context.update(weeks_asked=5, weeks_reported=4, setbacks=1)
+            context.update(goals_achieved=4, goals_total=4)
+        else:
+            context["period"] = "2026-W51"
+            context["period_label"] = "week 51 of 2026"
+            goals = _sample_goals()
+            context["goals"] = [
+                {**goal, "days_left": days, "overdue": not goal["done"] and days < 0}
+                for goal, days in zip(goals, (-29, -33, -1, -25), strict=True)
+            ]
+            context["reason"] = "the last due date has passed"
+            context["history"] = _sample_history("2026-W51", "setback")
+            context.update(weeks_asked=6, weeks_reported=5, setbacks=2)
+            context.update(goals_achieved=1, goals_total=4)
     return context
 
 
@@ -265,6 +420,9 @@ def _variants(name: str) -> list[tuple[str, dict[str, Any]]]:
             ("updated", sample_context(name, updated=True)),
             ("updated setback", sample_context(name, setback=True, updated=True)),
         ]
+    variants = _SAMPLE_VARIANTS.get(name)
+    if variants:
+        return [(label, sample_context(name, variant=label)) for label in variants]
     return [("sample", sample_context(name))]
 
 
@@ -554,10 +712,14 @@ class Templates:
         """
         return _check_set(_TemplateSet(self._dirs))
 
-    def preview(self, name: str, setback: bool = False) -> Rendered:
-        """Render ``name`` with sample data (``setback`` selects the digest's setback variant)."""
+    def preview(self, name: str, setback: bool = False, variant: str | None = None) -> Rendered:
+        """Render ``name`` with sample data.
+
+        ``setback`` selects the digest's setback variant; ``variant`` one of
+        :func:`sample_variants` for the newer templates (default: the first).
+        """
         _require_name(name)
-        return self.render(name, sample_context(name, setback=setback))
+        return self.render(name, sample_context(name, setback=setback, variant=variant))
 
     def refresh(self) -> list[str]:
         """Pick up edited template files once they pass the check.
@@ -613,7 +775,7 @@ def _check_set(tset: _TemplateSet) -> list[str]:
                 try:
                     tset.render_part(name, part, context)
                 except TemplateError as exc:
-                    suffix = f" (sample: {name} {label})" if name == "digest" else ""
+                    suffix = f" (sample: {name} {label})" if label != "sample" else ""
                     problems.append(f"{exc}{suffix}")
             # Static findings only where rendering found nothing on that line already.
             reported = {_file_line(problem) for problem in problems}

@@ -46,6 +46,24 @@ class ListenerConfig:
     max_message_bytes: int = 10 * 1024 * 1024
     timeout_seconds: int = 60
     max_connections: int = 200
+    # Optional STARTTLS and AUTH, for a listener that faces other servers directly.
+    tls_cert: Path | None = None  # PEM certificate (chain); with tls_key, offers STARTTLS
+    tls_key: Path | None = None
+    require_starttls: bool = False  # refuse MAIL before STARTTLS
+    auth_username: str = ""  # set: AUTH required (only over TLS) before MAIL
+    auth_password_env: str = "MAILFLOW_LISTENER_PASSWORD"
+
+    def auth_users(self, environ: Mapping[str, str]) -> dict[str, str] | None:
+        """{username: password} for the listener's AUTH, or None when AUTH is off."""
+        if not self.auth_username:
+            return None
+        password = environ.get(self.auth_password_env, "")
+        if not password:
+            raise ConfigError(
+                f"listener.auth_password_env: environment variable {self.auth_password_env} "
+                "is not set (it holds the AUTH password for listener.auth_username)"
+            )
+        return {self.auth_username: password}
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,7 @@ class ScheduleConfig:
     deadline_after_hours: int = 96
     digest_delay_minutes: int = 30
     tick_seconds: int = 30
+    consent_days: int = 7  # the admin is told when a partner has not answered by then
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,8 @@ _SECTIONS: dict[str, type] = {
     "templates": TemplatesConfig,
 }
 
+# Optional paths: "" or absent means none.
+_OPTIONAL_PATHS = {"templates.dir", "listener.tls_cert", "listener.tls_key"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
@@ -144,8 +165,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             if not value.strip():
                 raise ConfigError(f"{key}: expected a directory path, got an empty string")
             return Path(value).expanduser()
-        if default is None and key.endswith(".dir"):
-            return Path(value).expanduser() if value else None  # "": use the shipped ones
+        if default is None and key in _OPTIONAL_PATHS:
+            return Path(value).expanduser() if value else None  # "": none (shipped templates)
         return value
     raise ConfigError(f"{key}: unsupported value {_describe(value)}")  # pragma: no cover
 
@@ -184,6 +205,21 @@ def _validate(cfg: Config) -> None:
         raise bad("listener.timeout_seconds", f"expected at least 1, got {ls.timeout_seconds}")
     if ls.max_connections < 1:
         raise bad("listener.max_connections", f"expected at least 1, got {ls.max_connections}")
+    if (ls.tls_cert is None) != (ls.tls_key is None):
+        missing = "listener.tls_key" if ls.tls_key is None else "listener.tls_cert"
+        raise bad(missing, "tls_cert and tls_key go together: set both or neither")
+    if ls.require_starttls and ls.tls_cert is None:
+        raise bad("listener.require_starttls", "needs listener.tls_cert and listener.tls_key")
+    if ls.auth_username:
+        if ls.tls_cert is None:
+            raise bad("listener.auth_username", "AUTH needs TLS: set tls_cert and tls_key")
+        if any(c.isspace() or not c.isprintable() for c in ls.auth_username):
+            raise bad("listener.auth_username", "must not contain spaces or control characters")
+    if not _ENV_NAME.match(ls.auth_password_env):
+        raise bad(
+            "listener.auth_password_env",
+            f'not an environment variable name: "{ls.auth_password_env}"',
+        )
 
     r = cfg.relay
     if not 0 < r.port < 65536:
@@ -204,7 +240,7 @@ def _validate(cfg: Config) -> None:
         raise bad("schedule.checkin_time", str(exc)) from None
     if sc.digest_delay_minutes < 0:  # 0: the digest goes out at the next tick
         raise bad("schedule.digest_delay_minutes", f"expected 0 or more, got {sc.digest_delay_minutes}")
-    for name in ("remind_after_hours", "deadline_after_hours", "tick_seconds"):
+    for name in ("remind_after_hours", "deadline_after_hours", "tick_seconds", "consent_days"):
         if getattr(sc, name) < 1:
             raise bad(f"schedule.{name}", f"expected at least 1, got {getattr(sc, name)}")
     if sc.deadline_after_hours <= sc.remind_after_hours:
@@ -253,6 +289,10 @@ def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
     tdir = cfg.templates.dir
     if tdir is not None and not tdir.is_absolute():
         cfg = _replace(cfg, "templates", dir=base_dir / tdir)
+    for name in ("tls_cert", "tls_key"):
+        value = getattr(cfg.listener, name)
+        if value is not None and not value.is_absolute():
+            cfg = _replace(cfg, "listener", **{name: base_dir / value})
     return cfg
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import smtplib
 import socket
 import tempfile
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -48,6 +47,23 @@ def _show(echo: Callable[[str], None], title: str, path: Path) -> EmailMessage:
     return msg
 
 
+def _send(port: int, msg: EmailMessage) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.send_message(msg)
+
+
+def _reply(to: EmailMessage, sender: str, mid: str, body: str, quoted_text: str) -> EmailMessage:
+    reply = EmailMessage()
+    reply["From"] = sender
+    reply["To"] = to["Reply-To"]
+    reply["Subject"] = "Re: " + str(to["Subject"])
+    reply["Message-ID"] = mid
+    reply["In-Reply-To"] = to["Message-ID"]
+    quoted = "\n".join("> " + line for line in quoted_text.splitlines())
+    reply.set_content(f"{body}\n\nOn Monday, mailflow wrote:\n{quoted}\n")
+    return reply
+
+
 def run_demo(echo: Callable[[str], None]) -> None:
     from mailflow.inbox import Listener, ListenerOptions
 
@@ -69,6 +85,7 @@ def run_demo(echo: Callable[[str], None]) -> None:
         today = datetime.now(UTC).astimezone(berlin).date()
         monday = today + timedelta(days=14 - today.weekday())
         at = datetime(monday.year, monday.month, monday.day, 9, 0, tzinfo=berlin)
+        clock = [at - timedelta(days=3)]
         ada = Person("ada@demo.example.com", "Ada Lovelace", "Engineering", None, "Europe/Berlin")
         grace = Person(
             "grace@demo.example.com",
@@ -95,19 +112,11 @@ def run_demo(echo: Callable[[str], None]) -> None:
                 saddle="Ada, one bad week is data, not a verdict. Book the room for Thursday.",
                 people=people,
                 existing=[],
-                now=at - timedelta(days=3),
+                now=clock[0],
                 start=monday.isoformat(),
             )
             core.put_partnership(p)
-        echo(f"demo data dir: {tmp}/data (removed afterwards)")
-        echo(f"[{at:%a %d %b %H:%M %Z}] tick")
-        for line in service.tick(at).lines:
-            echo(f"  {line}")
         outbox = service.data_dir / "outbox"
-        checkin = _show(echo, "check-in to the member", next(outbox.glob("checkin*.eml")))
-
-        stop = threading.Event()
-        replied_at = at + timedelta(hours=25, minutes=30)
         listener = Listener(
             ListenerOptions(
                 host="127.0.0.1",
@@ -120,45 +129,62 @@ def run_demo(echo: Callable[[str], None]) -> None:
             service.spool,
             service.rcpt_policy,
             lambda _id: None,
-            lambda: replied_at,
+            lambda: clock[0],
         )
+
+        def tick(when: datetime, note: str = "") -> None:
+            clock[0] = when
+            echo(f"\n[{when:%a %d %b %H:%M %Z}] tick{note}")
+            for line in service.tick(when).lines or ["nothing due"]:
+                echo(f"  {line}")
+
+        echo(f"demo data dir: {tmp}/data (removed afterwards)")
         listener.start()
         try:
-            reply = EmailMessage()
-            reply["From"] = f"Ada Lovelace <{ada.email}>"
-            reply["To"] = checkin["Reply-To"]
-            reply["Subject"] = "Re: " + str(checkin["Subject"])
-            reply["Message-ID"] = "<demo-reply-1@demo.example.com>"
-            reply["In-Reply-To"] = checkin["Message-ID"]
-            _, checkin_text = _text_of(next(outbox.glob("checkin*.eml")))
-            quoted = "\n".join("> " + line for line in checkin_text.splitlines())
-            reply.set_content(
+            tick(clock[0], " (partnership just created)")
+            intro = _show(echo, "introduction to the partner", next(outbox.glob("intro*partner*")))
+            clock[0] += timedelta(hours=2)
+            echo(
+                f"\n=== [{clock[0]:%a %d %b %H:%M %Z}] the partner replies: Yes, happy to help ==="
+            )
+            _send(
+                port,
+                _reply(
+                    intro,
+                    f"Grace Hopper <{grace.email}>",
+                    "<demo-yes@example.com>",
+                    "Yes, happy to help!",
+                    _text_of(next(outbox.glob("intro*partner*")))[1],
+                ),
+            )
+            tick(clock[0])
+            tick(at)
+            checkin = _show(echo, "check-in to the member", next(outbox.glob("checkin*.eml")))
+            clock[0] = at + timedelta(hours=25, minutes=30)
+            body = (
                 "Done: rehearsed the all-hands talk twice, once in front of a mirror.\n"
                 "Setback: I missed Thursday's practice slot - a release went wrong.\n"
                 "Next: book the room for Thursday and run it with two colleagues.\n\n"
-                "Sent from my iPhone\n\n"
-                f"On Mon, {monday:%d %b %Y} at 09:00, mailflow wrote:\n{quoted}\n"
+                "Sent from my iPhone"
             )
             echo(
-                f"\n=== [{replied_at:%a %d %b %H:%M %Z}] the member replies (smtplib to the "
+                f"\n=== [{clock[0]:%a %d %b %H:%M %Z}] the member replies (smtplib to the "
                 "Reply-To, through the listener) ==="
             )
-            echo(reply.get_content().split("\n\nSent from")[0])
-            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-                smtp.send_message(reply)
+            echo(body.split("\n\nSent from")[0])
+            _send(
+                port,
+                _reply(
+                    checkin,
+                    f"Ada Lovelace <{ada.email}>",
+                    "<demo-reply-1@example.com>",
+                    body,
+                    _text_of(next(outbox.glob("checkin*.eml")))[1],
+                ),
+            )
+            tick(clock[0] + timedelta(minutes=1))
+            tick(clock[0] + timedelta(minutes=1 + config.schedule.digest_delay_minutes))
+            _show(echo, "digest to the partner", next(outbox.glob("digest*.eml")))
+            tick(at + timedelta(days=6), " (rest of the week)")
         finally:
             listener.stop()
-            stop.set()
-        later = replied_at + timedelta(minutes=1)
-        echo(f"\n[{later:%a %d %b %H:%M %Z}] tick")
-        for line in service.tick(later).lines:
-            echo(f"  {line}")
-        digest_time = later + timedelta(minutes=config.schedule.digest_delay_minutes)
-        echo(f"[{digest_time:%a %d %b %H:%M %Z}] tick")
-        for line in service.tick(digest_time).lines:
-            echo(f"  {line}")
-        _show(echo, "digest to the partner", next(outbox.glob("digest*.eml")))
-        end = at + timedelta(days=6)
-        echo(f"\n[{end:%a %d %b %H:%M %Z}] tick (rest of the week)")
-        for line in service.tick(end).lines or ["nothing due"]:
-            echo(f"  {line}")

@@ -172,22 +172,26 @@ def _is_history_start(tag: Tag) -> bool:
         return True
     # Outlook desktop puts the quoted header block in a div whose top border is the rule.
     style = _attr(tag, "style").replace(" ", "")
-    if tag.name == "div" and "border-top:solid" in style and ("#e1e1e1" in style or "#b5c4df" in style):
+    if (
+        tag.name == "div"
+        and "border-top:solid" in style
+        and ("#e1e1e1" in style or "#b5c4df" in style)
+    ):
         return True
     return False
 
 
 def _remove_history(soup: BeautifulSoup) -> None:
+    # extract(), not decompose(): extracting a node already detached with its ancestor is
+    # harmless, and it avoids probing attributes that bs4 would turn into subtree searches.
     for tag in list(soup.find_all(True)):
-        if tag.decomposed:
-            continue
         if _is_quote_container(tag) and not _is_forward(tag):
-            tag.decompose()
+            tag.extract()
     # An untyped <blockquote> after the reply's own text is a quote too (Outlook, web mail);
     # one holding everything is kept, or nothing would be left.
     for tag in list(soup.find_all("blockquote", limit=50)):
-        if not tag.decomposed and _has_text_before(tag):
-            tag.decompose()
+        if _has_text_before(tag):
+            tag.extract()
     start = None
     for tag in soup.find_all(True):
         if _is_history_start(tag):
@@ -209,6 +213,26 @@ def _remove_history(soup: BeautifulSoup) -> None:
             if isinstance(prev, Tag) and prev.name == "hr":
                 prev.extract()
         node = parent if isinstance(parent, Tag) else None
+
+
+_PARAGRAPH_TAGS = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table", "pre"})
+
+
+def _break(out: list[str], count: int) -> None:
+    """End the current line; ``count`` 2 leaves a blank line (paragraph), 1 a line break."""
+    trailing = 0
+    for chunk in reversed(out):
+        stripped = chunk.rstrip(" ")
+        if not stripped:
+            continue
+        trailing += len(stripped) - len(stripped.rstrip("\n"))
+        if stripped.strip("\n"):
+            break
+        if trailing >= count:
+            break
+    if not out:
+        return
+    out.append("\n" * max(0, count - trailing))
 
 
 def _render(node: Tag, out: list[str], pre: bool) -> None:
@@ -233,15 +257,16 @@ def _render(node: Tag, out: list[str], pre: bool) -> None:
             out.append("\n" + HR_LINE + "\n")
             continue
         is_block = name in _BLOCK_TAGS
+        gap = 2 if name in _PARAGRAPH_TAGS else 1
         if is_block:
-            out.append("\n")
+            _break(out, gap)
         if name == "li":
             out.append("- ")
         if name in ("td", "th"):
             out.append(" ")
         _render(child, out, pre or name == "pre")
         if is_block:
-            out.append("\n")
+            _break(out, gap)
 
 
 def html_to_text(html: str) -> str:

@@ -69,8 +69,11 @@ REPLY_TOO_MANY_CONNS = "421 4.7.0 too many connections, try again later"
 _BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 
 
-class ListenerError(Exception):
-    """The listener cannot start (port taken, bad TLS files, inconsistent options)."""
+class ListenerError(OSError):
+    """The listener cannot start (port taken, bad TLS files, inconsistent options).
+
+    An OSError, so that `serve` reports it as one `error: cannot start: ...` line.
+    """
 
 
 class RcptPolicy(Protocol):

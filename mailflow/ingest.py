@@ -1,36 +1,48 @@
 """Inbound decisions: what one accepted message means, as a pure function.
 
-Given the parsed message, the token it was addressed to, the partnership and `now`, decide:
-store a progress record, record it as other inbound mail (auto-reply, bounce, partner reply),
-or quarantine it with a reason for a human. Nothing here touches disk; `service` applies the
-decision. Mailman-style: sort at the door, shunt what we can't handle to a queue.
+Given the parsed message, the token it was addressed to, the partnerships and `now`-derived
+helpers, decide: store a progress record (with any commands in it), take a partner's consent
+or note, record it as other inbound mail (auto-reply, bounce), or quarantine it with a reason
+for a human. Nothing here touches disk; `service` applies the decision. Mailman-style: sort
+at the door, shunt what we can't handle to a queue.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
+from mailflow.commands import Command, extract_commands, parse_consent
 from mailflow.models import ENDED, Inbound, Partnership, Person, Report
-from mailflow.parse import ParsedMessage
-from mailflow.tokens import CHECKIN, DIGEST, Token
+from mailflow.parse import ParsedMessage, detect_setback, find_sections
+from mailflow.tokens import AGREE, CHECKIN, DIGEST, Token
 
-REPORT = "report"
-INBOUND = "inbound"
+REPORT = "report"  # a member's reply: a report and/or commands
+INBOUND = "inbound"  # recorded, nothing else to do
 QUARANTINE = "quarantine"
+CONSENT = "consent"  # a partner's answer to the introduction
+NOTE = "note"  # a partner's answer to a digest, forwarded to the member
+AMBIGUOUS = "ambiguous"  # a member with several partnerships; we must ask which
+
+MAX_TOKEN_AGE_WEEKS = 8  # older tokens are replays, not late replies
 
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # report | inbound | quarantine
+    action: str
     reason: str
     period: str | None = None
     partnership_id: int | None = None
     report: Report | None = None
     inbound: Inbound | None = None
     bounced: tuple[str, ...] = field(default_factory=tuple)
+    commands: tuple[Command, ...] = field(default_factory=tuple)
+    problems: tuple[str, ...] = field(default_factory=tuple)
+    consent: str | None = None
+    note: str = ""
+    sender: str = ""
 
 
 def message_id_of(parsed: ParsedMessage, raw: bytes) -> str:
@@ -53,17 +65,39 @@ def token_from_ids(ids: Iterable[str], domain: str) -> str | None:
     return None
 
 
+def weeks_between(older: str, newer: str) -> int:
+    def monday(label: str) -> date:
+        year, week = label.split("-W")
+        return date.fromisocalendar(int(year), int(week), 1)
+
+    return (monday(newer) - monday(older)).days // 7
+
+
+def _pick(candidates: Sequence[Partnership], skill: str | None, subject: str) -> Partnership | None:
+    if len(candidates) == 1:
+        return candidates[0]
+    if skill:
+        chosen = [p for p in candidates if p.skill == " ".join(skill.lower().split())]
+        if len(chosen) == 1:
+            return chosen[0]
+    folded = subject.casefold()
+    chosen = [p for p in candidates if p.skill.casefold() in folded]
+    return chosen[0] if len(chosen) == 1 else None
+
+
 def decide(
     *,
     parsed: ParsedMessage,
     message_id: str,
     token: Token | None,
     to_bounce_address: bool,
+    to_plain_address: bool,
     envelope_from: str,
-    partnership: Partnership | None,
-    member: Person | None,
-    partner: Person | None,
+    partnerships: Mapping[int, Partnership],
+    people: Mapping[str, Person],
     current_period: Callable[[Partnership], str | None],
+    report_period: Callable[[Partnership, str | None], str],
+    local_today: Callable[[Partnership], date],
     received_at: datetime,
     raw_ref: str,
 ) -> Decision:
@@ -99,69 +133,150 @@ def decide(
             f"to bounce address: {parsed.detail}",
             inbound=inbound(parsed.kind, parsed.detail),
         )
-    if token is None:
+
+    p: Partnership | None = None
+    if token is not None:
+        p = partnerships.get(token.partnership_id)
+        if p is None:
+            return Decision(QUARANTINE, f"unknown partnership {token.partnership_id}")
+        expected = people.get(p.member if token.kind == CHECKIN else p.partner)
+        if expected is None or sender != expected.email:
+            who = "member" if token.kind == CHECKIN else "partner"
+            return Decision(
+                QUARANTINE,
+                f"sender mismatch: from {sender or 'nobody'}, "
+                f"expected the {who} {expected.email if expected else '?'}",
+                partnership_id=p.id,
+                period=token.period,
+            )
+        if p.status == ENDED:
+            return Decision(QUARANTINE, f"partnership {p.id} has ended", partnership_id=p.id)
+    elif to_plain_address:
+        candidates = [q for q in partnerships.values() if q.member == sender and q.status != ENDED]
+        if not candidates:
+            return Decision(QUARANTINE, f"no active partnership with member {sender or '?'}")
+        extracted = extract_commands(parsed.text, date.min)
+        p = _pick(candidates, extracted.skill, parsed.subject)
+        if p is None:
+            if parsed.kind == "auto_reply":
+                return Decision(
+                    INBOUND,
+                    f"auto-reply: {parsed.detail}",
+                    inbound=inbound("auto_reply", parsed.detail),
+                )
+            skills = sorted(q.skill for q in candidates)
+            return Decision(
+                AMBIGUOUS,
+                "which partnership: " + ", ".join(skills),
+                sender=sender,
+                inbound=inbound("ambiguous", ", ".join(skills)),
+            )
+    else:
         return Decision(QUARANTINE, "no check-in token in the address or references")
-    if partnership is None:
-        return Decision(QUARANTINE, f"unknown partnership {token.partnership_id}")
-    pid = partnership.id
-    if partnership.status == ENDED:
-        return Decision(QUARANTINE, f"partnership {pid} has ended", partnership_id=pid)
-    current = current_period(partnership)
-    if token.period != current:
-        return Decision(
-            QUARANTINE,
-            f"stale token: it is for {token.period}, "
-            f"the current period is {current or 'not started'}",
-            partnership_id=pid,
-            period=token.period,
-        )
+
+    pid = p.id
     if parsed.kind == "auto_reply":
+        period = token.period if token else None
         return Decision(
             INBOUND,
             f"auto-reply: {parsed.detail}",
-            period=token.period,
+            period=period,
             partnership_id=pid,
-            inbound=inbound("auto_reply", parsed.detail, pid, token.period),
+            inbound=inbound("auto_reply", parsed.detail, pid, period),
         )
-    expected = member if token.kind == CHECKIN else partner
-    if expected is None or sender != expected.email:
-        who = "member" if token.kind == CHECKIN else "partner"
+
+    if token is not None and token.kind == AGREE:
+        answer = parse_consent(parsed.text)
         return Decision(
-            QUARANTINE,
-            f"sender mismatch: from {sender or 'nobody'}, "
-            f"expected the {who} {expected.email if expected else '?'}",
-            partnership_id=pid,
+            CONSENT,
+            f"consent: {answer or 'unclear'}",
             period=token.period,
+            partnership_id=pid,
+            consent=answer,
+            note=parsed.text.strip(),
+            sender=sender,
+            inbound=inbound("consent", answer or "unclear", pid, token.period, text=parsed.text),
         )
-    if token.kind == DIGEST:
+    if token is not None and token.kind == DIGEST:
+        if not parsed.text.strip():
+            return Decision(
+                QUARANTINE,
+                "empty reply: no new text above the quoted digest",
+                partnership_id=pid,
+                period=token.period,
+            )
         return Decision(
-            INBOUND,
-            "partner reply",
+            NOTE,
+            "partner note",
             period=token.period,
             partnership_id=pid,
+            note=parsed.text.strip(),
+            sender=sender,
             inbound=inbound(
-                "partner_reply", "reply to a digest", pid, token.period, text=parsed.text
+                "partner_note", "reply to a digest", pid, token.period, text=parsed.text
             ),
         )
-    if not parsed.text.strip():
+
+    # A member's reply: to a check-in (any period), by reference, or to the plain address.
+    current = current_period(p)
+    if (
+        token is not None
+        and current is not None
+        and (weeks_between(token.period, current) > MAX_TOKEN_AGE_WEEKS)
+    ):
+        return Decision(
+            QUARANTINE,
+            f"stale token: it is for {token.period}, more than "
+            f"{MAX_TOKEN_AGE_WEEKS} weeks before {current}",
+            partnership_id=pid,
+            period=token.period,
+        )
+    period = report_period(p, token.period if token else None)
+    extracted = extract_commands(parsed.text, local_today(p))
+    rest = extracted.text
+    if not rest and not extracted.commands:
+        if extracted.problems:
+            return Decision(
+                REPORT,
+                "commands not understood",
+                period=period,
+                partnership_id=pid,
+                problems=extracted.problems,
+                sender=sender,
+                inbound=inbound("commands", "not understood", pid, period),
+            )
         return Decision(
             QUARANTINE,
             "empty reply: no new text above the quoted check-in",
             partnership_id=pid,
-            period=token.period,
+            period=period,
         )
-    sections = parsed.sections
-    report = Report(
+    report = None
+    if rest:
+        same = rest == parsed.text.strip()
+        sections = parsed.sections if same else find_sections(rest)
+        setback = bool(parsed.setback) if same else detect_setback(rest, sections)
+        report = Report(
+            partnership_id=pid,
+            period=period,
+            received_at=received_at,
+            message_id=message_id,
+            sender=sender,
+            text=rest,
+            setback=setback,
+            done=sections.get("done", ""),
+            setback_text=sections.get("setback", ""),
+            next=sections.get("next", ""),
+            raw_ref=raw_ref,
+        )
+    return Decision(
+        REPORT,
+        "reply" if report else "commands",
+        period=period,
         partnership_id=pid,
-        period=token.period,
-        received_at=received_at,
-        message_id=message_id,
+        report=report,
+        commands=extracted.commands,
+        problems=extracted.problems,
         sender=sender,
-        text=parsed.text,
-        setback=bool(parsed.setback),
-        done=sections.get("done", ""),
-        setback_text=sections.get("setback", ""),
-        next=sections.get("next", ""),
-        raw_ref=raw_ref,
+        inbound=None if report else inbound("commands", "commands only", pid, period),
     )
-    return Decision(REPORT, "reply", period=token.period, partnership_id=pid, report=report)

@@ -14,6 +14,9 @@ from typing import Any
 ACTIVE = "active"
 PAUSED = "paused"
 ENDED = "ended"
+CONSENT_PENDING = "pending"
+CONSENT_ACCEPTED = "accepted"
+CONSENT_DECLINED = "declined"
 
 
 def to_iso(dt: datetime | None) -> str | None:
@@ -104,6 +107,14 @@ class Partnership:
     paused_until: date | None = None  # a pause with a date resumes by itself on that date
     allow_same_line: bool = False
     ended_at: datetime | None = None
+    consent: str = CONSENT_ACCEPTED  # pending | accepted | declined (the partner's answer)
+    consent_at: datetime | None = None
+    consent_note: str = ""  # the partner's words when declining
+    introduced_at: datetime | None = None
+    consent_overdue_at: datetime | None = None  # when the admin was told nobody answered
+    stop_requested: str = ""  # Message-ID of the reply that asked to stop (awaiting a second)
+    stop_requested_at: datetime | None = None
+    end_reason: str = ""
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -122,6 +133,14 @@ class Partnership:
             "paused_until": self.paused_until.isoformat() if self.paused_until else None,
             "allow_same_line": self.allow_same_line,
             "ended_at": to_iso(self.ended_at),
+            "consent": self.consent,
+            "consent_at": to_iso(self.consent_at),
+            "consent_note": self.consent_note,
+            "introduced_at": to_iso(self.introduced_at),
+            "consent_overdue_at": to_iso(self.consent_overdue_at),
+            "stop_requested": self.stop_requested,
+            "stop_requested_at": to_iso(self.stop_requested_at),
+            "end_reason": self.end_reason,
         }
 
     @classmethod
@@ -142,6 +161,14 @@ class Partnership:
             paused_until=_date(d.get("paused_until")),
             allow_same_line=bool(d.get("allow_same_line", False)),
             ended_at=from_iso(d.get("ended_at")),
+            consent=d.get("consent", CONSENT_ACCEPTED),
+            consent_at=from_iso(d.get("consent_at")),
+            consent_note=d.get("consent_note", ""),
+            introduced_at=from_iso(d.get("introduced_at")),
+            consent_overdue_at=from_iso(d.get("consent_overdue_at")),
+            stop_requested=d.get("stop_requested", ""),
+            stop_requested_at=from_iso(d.get("stop_requested_at")),
+            end_reason=d.get("end_reason", ""),
         )
 
     def with_changes(self, **changes: Any) -> Partnership:

@@ -85,15 +85,19 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**exponent))
 
 
-def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
-    """Replace `path` with `data` so a reader or a crash sees the old file or the new one."""
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True, sync_file: bool = True) -> None:
+    """Replace `path` with `data` so a reader or a crash sees the old file or the new one.
+
+    sync_file=False skips the file's fsync: the caller makes it durable later (os.sync).
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if sync_file:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with suppress(OSError):
@@ -186,6 +190,7 @@ class Outbox:
         self.out_dir = data_dir / "mail" / "out"
         self.file_dir = data_dir / "outbox"
         self._known_dirs: set[Path] = set()
+        self._unsynced = False  # write_message(sync=False) happened since the last sync()
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -225,9 +230,12 @@ class Outbox:
 
         Idempotent: the same key always maps to the same file, and identical bytes are not
         rewritten. Different bytes replace the file (a render retried after a crash before
-        its record was stored). With sync=False the directory fsync is left to the caller,
-        who must call `sync_period(period)` before storing the records (a fan-out then pays
-        one directory fsync instead of one per message).
+        its record was stored).
+
+        sync=False is for a fan-out: the file and directory fsyncs are skipped, and the
+        caller must call `sync()` once before storing the records. An fsync costs 0.4-0.7 ms
+        on our machines, more than the rest of a check-in's path; one sync() for the batch
+        costs about as much as a few of them.
         """
         path = self.message_path(key, period)
         # CRLF line ends (the SMTP policy), keeping the message's other policy choices (utf8).
@@ -238,12 +246,20 @@ class Outbox:
         except FileNotFoundError:
             same = False
         if not same:
-            write_atomic(path, data, sync_dir=sync)
+            write_atomic(path, data, sync_dir=sync, sync_file=sync)
+            if not sync:
+                self._unsynced = True
         return path.relative_to(self.data_dir).as_posix()
 
-    def sync_period(self, period: str) -> None:
-        """Make the renames of write_message(..., sync=False) in this period durable."""
-        fsync_dir(self.message_path("x", period).parent)
+    def sync(self) -> None:
+        """Make every write_message(..., sync=False) so far durable (files and renames).
+
+        One os.sync() (on Linux it returns once the data is written) commits the whole batch
+        in one journal transaction instead of one fsync per file and per rename.
+        """
+        if self._unsynced:
+            os.sync()
+            self._unsynced = False
 
     # -- reading the queue ----------------------------------------------------------------------
 

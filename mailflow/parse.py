@@ -251,7 +251,7 @@ _ATTR_END_RE = re.compile(
     r"|napisał|napisał\(a\)|napisała|napisal|napsal|napsala|napsal\(a\)|написал|написала"
     r"|написал\(а\)|пишет|написав|написала\(а\)|yazdı|írta|scrie|a scris|έγραψε|kirjutas|rašė"
     r"|rakstīja|napisao|написа|viết|menulis|wrote\s+on|写道|寫道|写了|のメッセージ|書きました"
-    r"|書き込みました|님이 작성|작성|wrote the following|geschreven|het volgende geschreven)\s*[:：]?\s*(-{2,}\s*)?$",
+    r"|書き込みました|님이 작성|작성|wrote the following|пише|geschreven|het volgende geschreven)\s*[:：]?\s*(-{2,}\s*)?$",
     re.IGNORECASE,
 )
 # Verb followed by the author and address: "Den 24. nov. 2025 skrev Peter <p@example.com>:".
@@ -263,15 +263,20 @@ _ATTR_VERB_ADDR_RE = re.compile(
 )
 _VERB_ANY_RE = re.compile(
     r"\b(wrote|schrieb|skrev|schreef|escribió|escreveu|écrit|scritto|napisał|napsal|написал"
-    r"|kirjoitti|írta|yazdı|от)\b",
+    r"|kirjoitti|írta|yazdı|pisze|escribió|escreveu|ha scritto|geschreven|от)\b",
     re.IGNORECASE,
 )
 # "2014-10-17 11:28 GMT+03:00 Bob <bob@example.com>:" and similar date-first forms.
 _DATE_ATTR_RE = re.compile(
     r"^\s*\d{1,4}[-./]\d{1,2}[-./]\d{1,4}\b[^\n]{0,200}[@<][^\n]{0,200}>?\s*[:：]?\s*$"
 )
-_GMAIL_DATE_RE = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2},? \d{1,2}:\d\d( GMT[+-]\d{1,2}:?\d\d)? \S")
-_CJK_DATE_ATTR_RE = re.compile(r"^\W{0,3}(在\s?)?\d{4}\s?年\s?\d{1,2}\s?月\s?\d{1,2}\s?日.{0,200}[:：]$")
+_GMAIL_DATE_RE = re.compile(
+    r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2},? \d{1,2}:\d\d( GMT[+-]\d{1,2}:?\d\d)? \S"
+)
+_EMAIL_RE = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}\.[\w.-]{1,200}")
+_CJK_DATE_ATTR_RE = re.compile(
+    r"^\W{0,3}(在\s?)?\d{4}\s?年\s?\d{1,2}\s?月\s?\d{1,2}\s?日.{0,200}[:：]$"
+)
 _DATE_START_RE = re.compile(r"^\W{0,6}\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}")
 _HAS_DATE_OR_ADDR_RE = re.compile(
     r"\d{1,4}[-./:]\d{1,2}|@|\b(19|20)\d\d\b|\d{1,2}:\d\d|"
@@ -336,7 +341,7 @@ def _attribution_span(lines: list[str], i: int) -> int:
     intro = bool(_ATTR_START_RE.match(first) or _DATE_START_RE.match(first))
     # Only a line that itself looks like the start of an attribution may be joined with the
     # lines below it; otherwise a sentence of the reply would be swallowed with it.
-    can_wrap = intro or bool(_VERB_ANY_RE.search(first)) or "@" in first or "<" in first
+    can_wrap = intro or bool(_VERB_ANY_RE.search(first) or _EMAIL_RE.search(first))
     for step in range(6 if can_wrap else 1):
         if step:
             j = i + consumed
@@ -369,7 +374,13 @@ def _attribution_span(lines: list[str], i: int) -> int:
             and joined.count("<") == joined.count(">")
         ):
             return consumed
-        if not _ATTR_END_RE.search(joined) and not _ATTR_VERB_ADDR_RE.search(joined):
+        verb_then_name = (
+            intro
+            and joined.endswith((":", "："))
+            and bool(_VERB_ANY_RE.search(joined))
+            and bool(_HAS_DATE_OR_ADDR_RE.search(joined))
+        )
+        if not (_ATTR_END_RE.search(joined) or _ATTR_VERB_ADDR_RE.search(joined) or verb_then_name):
             continue
         starts = bool(_ATTR_START_RE.match(joined))
         if starts and (step == 0 or _HAS_DATE_OR_ADDR_RE.search(joined)):
@@ -430,11 +441,16 @@ _ANY_FIELD_RE = re.compile(r"^\s*[*_]{0,2}[^\W\d][\w -]{0,24}[*_]{0,2}\s*[:：]"
 
 def _cut_index(lines: list[str]) -> int:
     """Index of the first line of unquoted (non-``>``) history, or len(lines)."""
+    skip_until = -1
     for i, line in enumerate(lines):
         stripped = line.strip()
-        if not stripped:
+        if not stripped or i < skip_until:
             continue
         if _is_quote_line(line):
+            continue
+        if _FORWARD_RE.match(stripped):
+            # A forwarded message is the member's content, not history: skip its header block.
+            skip_until = _block_end(lines, i + 1)
             continue
         if _ORIGINAL_MESSAGE_RE.match(stripped):
             return i
@@ -450,11 +466,18 @@ def _cut_index(lines: list[str]) -> int:
                     return i
             continue
         if _header_block_at(lines, i):
-            # A forwarded message is the member's content, not history: leave it.
-            if i > 0 and _FORWARD_RE.match(_prev_nonblank(lines, i)):
-                continue
             return i
     return len(lines)
+
+
+def _block_end(lines: list[str], start: int) -> int:
+    """Index just past a header block starting at (or after blanks from) ``start``."""
+    j = start
+    while j < len(lines) and not lines[j].strip():
+        j += 1
+    while j < len(lines) and lines[j].strip() and j < start + 30:
+        j += 1
+    return j
 
 
 def _prev_nonblank(lines: list[str], i: int) -> str:
@@ -546,7 +569,8 @@ def _drop_debris(lines: list[str]) -> list[str]:
         if line.strip():
             block.append(line)
             continue
-        if block and any(_WORDISH_RE.search(x) for x in block):
+        debris = all(len(x.strip()) <= 4 and x.strip() not in ("--", "—") for x in block)
+        if block and not (debris and not any(_WORDISH_RE.search(x) for x in block)):
             out.extend(block)
         block = []
         out.append(line)
@@ -577,7 +601,7 @@ _MOBILE_RE = re.compile(
     r"|отправлено с [\w .'-]{2,40}|отправлено из [\w .'-]{2,40}|lähetetty [\w .'-]{2,40}"
     r"|发自我的[\w ]{1,20}|从我的[\w ]{1,20}发送|從我的 ?[\w ]{1,20}傳送|[\w ]{1,20}から送信"
     r"|[\w ]{1,20}에서 보냄)"
-    r"\s*[.!]?\s*$",
+    r"\s*[.!]?\s*(<https?://[^\s<>]{1,200}>)?\s*$",
     re.IGNORECASE,
 )
 _SIGNOFF_RE = re.compile(
@@ -595,7 +619,7 @@ _SIGNOFF_RE = re.compile(
 )
 _UNDERSCORE_RULE_RE = re.compile(r"^_{4,}$")
 _DASH_RULE_RE = re.compile(r"^-{2,40}$")
-_DASH_NAME_RE = re.compile(r"^(-|—\s?|–\s?|~)\w[\w .'-]{0,40}$")
+_DASH_NAME_RE = re.compile(r"^(-|—\s?|–\s?|~|/{1,2})\w[\w .'-]{0,40}$")
 
 
 def _strip_signature(lines: list[str]) -> list[str]:
@@ -704,9 +728,12 @@ def _normalise(body: str) -> list[str]:
     body = body.lstrip("\ufeff")
     lines = body.split("\n")[:MAX_LINES]
     # Gmail's invisible tracking mark and zero-width characters make an otherwise empty line.
-    return [line[:MAX_LINE_CHARS].rstrip().strip("\u1427\u200b\u200c\u200d\ufeff") or ""
-            if not line.strip("\u1427\u200b\u200c\u200d\ufeff \t") else line[:MAX_LINE_CHARS].rstrip()
-            for line in lines]
+    return [
+        line[:MAX_LINE_CHARS].rstrip().strip("\u1427\u200b\u200c\u200d\ufeff") or ""
+        if not line.strip("\u1427\u200b\u200c\u200d\ufeff \t")
+        else line[:MAX_LINE_CHARS].rstrip()
+        for line in lines
+    ]
 
 
 _BANNER_RE = re.compile(
@@ -745,6 +772,10 @@ def extract_reply_text(body: str) -> str:
                 lines = lines[:i]
                 break
         lines = _drop_banner(lines)
+        first = next((k for k, x in enumerate(lines) if x.strip()), None)
+        if first is not None and _FORWARD_RE.match(lines[first].strip()):
+            # Only a forwarded message and no note: its body is the content.
+            lines = lines[_block_end(lines, first + 1) :]
         cut = _cut_index(lines)
         if not any(x.strip() for x in lines[:cut]) and cut < len(lines):
             # The text opens with a header block: it is this message's own header pasted in
@@ -768,29 +799,141 @@ def extract_reply_text(body: str) -> str:
 
 _LABELS: dict[str, tuple[str, ...]] = {
     "done": (
-        "done", "did", "progress", "accomplished", "completed", "achievements", "wins",
-        "what i did", "this week", "erledigt", "gemacht", "fortschritt", "fortschritte", "fait",
-        "réalisé", "progrès", "hecho", "logros", "progreso", "feito", "progresso", "fatto",
-        "progressi", "gedaan", "voortgang", "klart", "gjort", "framsteg", "udført", "zrobione",
-        "postęp", "postępy", "hotovo", "pokrok", "сделано", "прогресс", "完成", "进展", "完了",
-        "進捗", "완료", "진행",
+        "done",
+        "did",
+        "progress",
+        "accomplished",
+        "completed",
+        "achievements",
+        "wins",
+        "what i did",
+        "this week",
+        "erledigt",
+        "gemacht",
+        "fortschritt",
+        "fortschritte",
+        "fait",
+        "réalisé",
+        "progrès",
+        "hecho",
+        "logros",
+        "progreso",
+        "feito",
+        "progresso",
+        "fatto",
+        "progressi",
+        "gedaan",
+        "voortgang",
+        "klart",
+        "gjort",
+        "framsteg",
+        "udført",
+        "zrobione",
+        "postęp",
+        "postępy",
+        "hotovo",
+        "pokrok",
+        "сделано",
+        "прогресс",
+        "完成",
+        "进展",
+        "完了",
+        "進捗",
+        "완료",
+        "진행",
     ),
     "setback": (
-        "setback", "setbacks", "blocker", "blockers", "blocked", "problem", "problems", "issue",
-        "issues", "obstacle", "obstacles", "challenges", "rückschlag", "rückschläge", "probleme",
-        "hindernisse", "revers", "problème", "problèmes", "contratiempo", "contratiempos",
-        "problemas", "obstáculos", "bloqueios", "contratempos", "ostacoli", "problemi",
-        "tegenslag", "tegenslagen", "problemen", "motgång", "motgångar", "problem", "tilbageslag",
-        "niepowodzenia", "niepowodzenie", "problemy", "neúspěch", "problémy", "неудачи",
-        "проблемы", "трудности", "挫折", "问题", "障碍", "問題", "障害", "문제", "차질",
+        "setback",
+        "setbacks",
+        "blocker",
+        "blockers",
+        "blocked",
+        "problem",
+        "problems",
+        "issue",
+        "issues",
+        "obstacle",
+        "obstacles",
+        "challenges",
+        "rückschlag",
+        "rückschläge",
+        "probleme",
+        "hindernisse",
+        "revers",
+        "problème",
+        "problèmes",
+        "contratiempo",
+        "contratiempos",
+        "problemas",
+        "obstáculos",
+        "bloqueios",
+        "contratempos",
+        "ostacoli",
+        "problemi",
+        "tegenslag",
+        "tegenslagen",
+        "problemen",
+        "motgång",
+        "motgångar",
+        "problem",
+        "tilbageslag",
+        "niepowodzenia",
+        "niepowodzenie",
+        "problemy",
+        "neúspěch",
+        "problémy",
+        "неудачи",
+        "проблемы",
+        "трудности",
+        "挫折",
+        "问题",
+        "障碍",
+        "問題",
+        "障害",
+        "문제",
+        "차질",
     ),
     "next": (
-        "next", "next week", "next steps", "plan", "plans", "plan for next week", "todo", "to do",
-        "nächste woche", "nächste schritte", "als nächstes", "plan", "prochaine semaine",
-        "prochaines étapes", "la suite", "siguiente", "próxima semana", "próximos pasos",
-        "próximos passos", "prossimi passi", "prossima settimana", "volgende week", "volgende",
-        "nästa vecka", "nästa", "næste uge", "neste uke", "następnie", "następny tydzień", "plán",
-        "další", "дальше", "план", "планы", "下一步", "计划", "次", "予定", "다음", "계획",
+        "next",
+        "next week",
+        "next steps",
+        "plan",
+        "plans",
+        "plan for next week",
+        "todo",
+        "to do",
+        "nächste woche",
+        "nächste schritte",
+        "als nächstes",
+        "plan",
+        "prochaine semaine",
+        "prochaines étapes",
+        "la suite",
+        "siguiente",
+        "próxima semana",
+        "próximos pasos",
+        "próximos passos",
+        "prossimi passi",
+        "prossima settimana",
+        "volgende week",
+        "volgende",
+        "nästa vecka",
+        "nästa",
+        "næste uge",
+        "neste uke",
+        "następnie",
+        "następny tydzień",
+        "plán",
+        "další",
+        "дальше",
+        "план",
+        "планы",
+        "下一步",
+        "计划",
+        "次",
+        "予定",
+        "다음",
+        "계획",
     ),
 }
 _LABEL_TO_KEY = {label: key for key, labels in _LABELS.items() for label in labels}
@@ -828,12 +971,62 @@ def find_sections(text: str) -> dict[str, str]:
 
 _NO_SETBACK_VALUES = frozenset(
     {
-        "none", "no", "n/a", "na", "nothing", "-", "--", "—", "nope", "nil", "zero", "0", "no.",
-        "none so far", "none this week", "no setbacks", "no setback", "nothing to report",
-        "not really", "nothing really", "all good", "none!", "keine", "nein", "nichts", "aucun",
-        "aucune", "rien", "non", "ninguno", "ninguna", "nada", "nenhum", "nenhuma", "nessuno",
-        "niente", "geen", "nee", "niets", "inga", "ingen", "nej", "inget", "brak", "nie", "nic",
-        "žádné", "ne", "нет", "ничего", "なし", "無し", "无", "没有", "없음", "없습니다",
+        "none",
+        "no",
+        "n/a",
+        "na",
+        "nothing",
+        "-",
+        "--",
+        "—",
+        "nope",
+        "nil",
+        "zero",
+        "0",
+        "no.",
+        "none so far",
+        "none this week",
+        "no setbacks",
+        "no setback",
+        "nothing to report",
+        "not really",
+        "nothing really",
+        "all good",
+        "none!",
+        "keine",
+        "nein",
+        "nichts",
+        "aucun",
+        "aucune",
+        "rien",
+        "non",
+        "ninguno",
+        "ninguna",
+        "nada",
+        "nenhum",
+        "nenhuma",
+        "nessuno",
+        "niente",
+        "geen",
+        "nee",
+        "niets",
+        "inga",
+        "ingen",
+        "nej",
+        "inget",
+        "brak",
+        "nie",
+        "nic",
+        "žádné",
+        "ne",
+        "нет",
+        "ничего",
+        "なし",
+        "無し",
+        "无",
+        "没有",
+        "없음",
+        "없습니다",
     }
 )
 
@@ -864,7 +1057,9 @@ _NEGATOR_RE = re.compile(
     r"|\bdid ?nt\b|\bdont\b|\bkeine?\b|\bnicht\b|\bpas\b|\bsin\b|\bsem\b|\bgeen\b|\binga?\b|\bне\b",
     re.IGNORECASE,
 )
-_CLAUSE_SPLIT_RE = re.compile(r"[.;!?\n]+|,\s*|\s+but\s+|\s+however\s+|\s+although\s+", re.IGNORECASE)
+_CLAUSE_SPLIT_RE = re.compile(
+    r"[.;!?\n]+|,\s*|\s+but\s+|\s+however\s+|\s+although\s+", re.IGNORECASE
+)
 
 
 def _clause_admits(clause: str) -> bool:
@@ -907,7 +1102,9 @@ def detect_setback(text: str, sections: dict[str, str]) -> bool:
         if value.strip():
             return not _is_no_value(value)
         # An explicit "Setbacks: none" label with an empty remainder also reads as no setback.
-        if re.search(r"(?im)^\s*[-*•]?\s*(setbacks?|blockers?|problems?)\s*[:：]\s*$", text[:MAX_BODY_CHARS]):
+        if re.search(
+            r"(?im)^\s*[-*•]?\s*(setbacks?|blockers?|problems?)\s*[:：]\s*$", text[:MAX_BODY_CHARS]
+        ):
             return False
         return _clause_admits_any(text[:MAX_BODY_CHARS])
     except Exception:

@@ -12,7 +12,17 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from mailflow.config import WEEKDAYS, parse_hhmm
-from mailflow.models import ACTIVE, ENDED, PAUSED, Goal, Partnership, Person
+from mailflow.models import (
+    ACTIVE,
+    CONSENT_ACCEPTED,
+    CONSENT_DECLINED,
+    CONSENT_PENDING,
+    ENDED,
+    PAUSED,
+    Goal,
+    Partnership,
+    Person,
+)
 from mailflow.people import DomainError, check_text, eligibility_problems, normalize_skill
 
 _GOAL = re.compile(r"^\s*(\d{4}-\d{2}-\d{2})\s+(\S.*)$", re.DOTALL)
@@ -51,8 +61,13 @@ def new_partnership(
     checkin_time: str | None = None,
     start: str | None = None,
     allow_same_line: bool = False,
+    accepted: bool = False,
 ) -> Partnership:
-    """Build a new partnership, or raise DomainError with the first rule it breaks."""
+    """Build a new partnership, or raise DomainError with the first rule it breaks.
+
+    Check-ins start only once the partner has accepted (by replying to the introduction),
+    unless an admin records the consent up front with `accepted`.
+    """
     for who, addr in (("member", member), ("partner", partner)):
         if addr not in people:
             raise DomainError(f"{who}: no such person {addr} (add them with 'people add')")
@@ -102,6 +117,8 @@ def new_partnership(
         checkin_day=day,
         checkin_time=checkin_time,
         allow_same_line=bool(problems) and allow_same_line,
+        consent=CONSENT_ACCEPTED if accepted else CONSENT_PENDING,
+        consent_at=now if accepted else None,
     )
 
 
@@ -132,3 +149,30 @@ def is_paused(p: Partnership, local_today: date) -> bool:
     if p.status != PAUSED:
         return False
     return p.paused_until is None or local_today < p.paused_until
+
+
+def goal_done(p: Partnership, n: int, today: date) -> Partnership:
+    """Mark goal N achieved (idempotent: a goal already done keeps its date)."""
+    if not any(g.n == n for g in p.goals):
+        raise DomainError(f"there is no goal {n} (goals are 1 to {len(p.goals)})")
+    goals = tuple(
+        g if g.n != n or g.done_on else Goal(g.n, g.due, g.text, done_on=today) for g in p.goals
+    )
+    return p.with_changes(goals=goals)
+
+
+def set_consent(p: Partnership, accepted: bool, now: datetime, note: str = "") -> Partnership:
+    return p.with_changes(
+        consent=CONSENT_ACCEPTED if accepted else CONSENT_DECLINED,
+        consent_at=now,
+        consent_note="" if accepted else note[:500],
+    )
+
+
+def closing_reason(p: Partnership, local_today: date) -> str | None:
+    """Why the partnership is complete now, or None while it runs."""
+    if all(g.done_on for g in p.goals):
+        return "all goals achieved"
+    if local_today > max(g.due for g in p.goals):
+        return "the last due date has passed"
+    return None

@@ -74,6 +74,9 @@ def make_person(
     mgr = normalize_email(manager, "manager") if manager and manager.strip() else None
     if mgr == addr:
         raise DomainError(f"manager: {addr} cannot be their own manager")
+    # Refused like in every other field: strip() would otherwise quietly accept "UTC\n".
+    if timezone and _CONTROL.search(timezone):
+        raise DomainError("timezone: control characters (such as CR/LF) are not allowed")
     tz = (timezone or "").strip() or default_timezone
     try:
         check_timezone(tz)

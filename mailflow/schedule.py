@@ -17,7 +17,7 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from mailflow.config import WEEKDAYS, ScheduleConfig, parse_hhmm
-from mailflow.models import ENDED, Partnership, Week
+from mailflow.models import CONSENT_ACCEPTED, ENDED, Partnership, Week
 from mailflow.partnerships import is_paused
 
 CHECKIN = "checkin"
@@ -115,8 +115,8 @@ def previous_period(p: Partnership, tz: ZoneInfo, s: Settings, period: Period) -
 
 
 def wants_checkin(p: Partnership, tz: ZoneInfo, period: Period, now: datetime) -> bool:
-    """Active, not paused, and the period starts on or before the last goal's due date."""
-    if p.status == ENDED:
+    """Accepted, active, not paused, and the period starts by the last goal's due date."""
+    if p.status == ENDED or p.consent != CONSENT_ACCEPTED:
         return False
     if is_paused(p, now.astimezone(tz).date()):
         return False
@@ -130,17 +130,20 @@ def due_jobs(
     s: Settings,
     now: datetime,
     current: tuple[Period, PeriodState] | None,
-    previous: tuple[Period, PeriodState] | None = None,
+    *others: tuple[Period, PeriodState] | None,
 ) -> list[Job]:
-    """Every job due for one partnership at `now`, given what is stored for its periods."""
+    """Every job due for one partnership at `now`, given what is stored for its periods.
+
+    `others` are the period just ended and, for early reports, the ISO week under way when
+    its check-in is still to come: only a digest owed for them can be due.
+    """
     jobs: list[Job] = []
     if p.status == ENDED:
         return jobs
     paused = is_paused(p, now.astimezone(tz).date())
-    if previous is not None:
-        period, state = previous
-        if _digest_due(state, s, now):
-            jobs.append(Job(DIGEST, p.id, period.label))
+    for other in others:
+        if other is not None and _digest_due(other[1], s, now):
+            jobs.append(Job(DIGEST, p.id, other[0].label))
     if current is None:
         return jobs
     period, state = current
@@ -167,6 +170,31 @@ def _digest_due(state: PeriodState, s: Settings, now: datetime) -> bool:
         return False
     digested = state.week.digested_reports if state.week else 0
     return state.report_count > digested and now >= state.last_report_at + s.digest_delay
+
+
+def upcoming_period(
+    p: Partnership, tz: ZoneInfo, s: Settings, now: datetime, current: Period | None
+) -> Period | None:
+    """The ISO week under way when its check-in is still ahead (early reports land there)."""
+    period = _period_of(p, tz, s, now.astimezone(tz).date())
+    if current is not None and period.label == current.label:
+        return None
+    return period
+
+
+def report_period(
+    p: Partnership, tz: ZoneInfo, s: Settings, now: datetime, token_period: str | None
+) -> str:
+    """Which period a member's report counts for.
+
+    A reply to the current check-in counts for its period; anything else (a reply to an
+    earlier check-in, or mail to the plain address) counts for the ISO week under way in
+    her zone, which may still be waiting for its check-in (an early report).
+    """
+    current = current_period(p, tz, s, now)
+    if token_period is not None and current is not None and token_period == current.label:
+        return token_period
+    return period_label(now.astimezone(tz).date())
 
 
 def days_left(due: date, today: date) -> int:

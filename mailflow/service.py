@@ -2,14 +2,16 @@
 
 Every job reads the clock only through the `now` it is given; `serve` and the CLI are the
 edges that pass the real time. The scheduler's memory is the store: a tick computes what is
-due from `Week` records and `now`, renders the mail, writes it to disk, then records the
-job as done together with the queued message in one transaction, and finally lets the
-outbox deliver. Inbound mail is accepted into the spool by `inbox` and turned into records
-here, in batches (one database write per period per batch).
+due from stored records and `now`, renders every message, writes them to disk (one sync for
+the batch), then in one transaction per period file records each job as done together with
+its queued message, and finally lets the outbox deliver. Inbound mail is accepted into the
+spool by `inbox` and turned into records here, in batches: side effects first (idempotent,
+keyed by the message), then one write per period, then the spool file is archived.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -17,8 +19,8 @@ import signal
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,12 +28,25 @@ from zoneinfo import ZoneInfo
 import schedule as schedule_lib
 from filelock import FileLock
 
+from mailflow import commands as cmds
 from mailflow import digest, ingest
+from mailflow import partnerships as pships
 from mailflow.compose import Templates, build_message
 from mailflow.config import Config
-from mailflow.models import Outgoing, Partnership, Person, Report, Week
+from mailflow.models import (
+    CONSENT_ACCEPTED,
+    CONSENT_PENDING,
+    ENDED,
+    PAUSED,
+    Outgoing,
+    Partnership,
+    Person,
+    Report,
+    Week,
+)
 from mailflow.outbox import Outbox
 from mailflow.parse import parse_message
+from mailflow.people import DomainError
 from mailflow.schedule import (
     CHECKIN,
     DIGEST,
@@ -45,17 +60,22 @@ from mailflow.schedule import (
     due_jobs,
     period_label,
     previous_period,
+    report_period,
+    upcoming_period,
 )
 from mailflow.spool import Spool, SpoolEntry
-from mailflow.store import Store, fsync_dir
+from mailflow.store import Store, WeekView, fsync_dir
+from mailflow.tokens import AGREE, make_token, parse_token, reply_address, token_of_address
 from mailflow.tokens import CHECKIN as TOKEN_CHECKIN
 from mailflow.tokens import DIGEST as TOKEN_DIGEST
-from mailflow.tokens import make_token, parse_token, reply_address, token_of_address
 
 log = logging.getLogger("mailflow")
 
 INGEST_BATCH = 500
 BOUNCE_LOCAL = "bounces"
+PLAIN_LOCAL = "checkin"
+STOP_CONFIRM_DAYS = 7
+HISTORY_WEEKS = 26
 
 
 def load_secret(env_name: str, data_dir: Path) -> bytes:
@@ -70,7 +90,7 @@ def load_secret(env_name: str, data_dir: Path) -> bytes:
         pass
     data_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32).encode("ascii")
-    tmp = path.with_name(".secret.key.tmp")
+    tmp = path.with_name(f".secret.key.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(key)
@@ -94,6 +114,22 @@ class TickReport:
         log.info(line)
 
 
+@dataclass
+class Prepared:
+    """A rendered message on disk, waiting to be recorded with its job in one write."""
+
+    outgoing: Outgoing
+    mark: Callable[[WeekView], bool] | None = None
+
+
+def utc_week(now: datetime) -> str:
+    return period_label(now.astimezone(UTC).date())
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
 class Service:
     """Everything `serve`, `tick`, `status` and `demo` need, built from one Config."""
 
@@ -107,6 +143,7 @@ class Service:
         self.settings = Settings.from_config(config.schedule)
         self.secret = load_secret(config.service.secret_env, self.data_dir)
         self.bounce_address = f"{BOUNCE_LOCAL}@{self.domain}"
+        self.plain_address = f"{PLAIN_LOCAL}@{self.domain}"
         password = os.environ.get(config.relay.password_env) if config.relay.host else None
         self.outbox = Outbox(self.store, config.relay, password, self.bounce_address, self.data_dir)
         self.spool = Spool(self.data_dir / "spool")
@@ -114,7 +151,7 @@ class Service:
         self._ingest_lock = threading.Lock()
         self._jobs_lock = threading.Lock()
 
-    # -- helpers ------------------------------------------------------------------------------
+    # -- small helpers ----------------------------------------------------------------------
 
     @property
     def service_info(self) -> dict[str, str]:
@@ -131,15 +168,141 @@ class Service:
         period = current_period(p, self.tz_of(people.get(p.member)), self.settings, now)
         return period.label if period else None
 
-    # -- inbound ------------------------------------------------------------------------------
+    def address(self, kind: str, pid: int, period: str) -> str:
+        return reply_address(make_token(self.secret, kind, pid, period), self.domain)
+
+    def base(
+        self,
+        p: Partnership,
+        people: dict[str, Person],
+        period: str,
+        reply: str,
+        reader_tz: str,
+        now: datetime,
+    ) -> dict[str, Any]:
+        ctx = digest.base_context(
+            p=p,
+            member=people[p.member],
+            partner=people[p.partner],
+            period=period,
+            service=self.service_info,
+            reply_address=reply,
+            today=now.astimezone(ZoneInfo(reader_tz)).date(),
+        )
+        ctx["history"] = self.history(p, people, now)
+        return ctx
+
+    def history(
+        self, p: Partnership, people: dict[str, Person], now: datetime
+    ) -> list[dict[str, str]]:
+        """Week by week: reported / setback / missed / paused / pending, oldest first."""
+        tz = self.tz_of(people.get(p.member))
+        cur = current_period(p, tz, self.settings, now)
+        if cur is None:
+            return []
+        first = cur.checkin_at.astimezone(tz).date()
+        start = max(
+            p.start - timedelta(days=p.start.weekday()), first - timedelta(weeks=HISTORY_WEEKS - 1)
+        )
+        out: list[dict[str, str]] = []
+        day = start
+        while day <= first:
+            label = period_label(day)
+            info = self.store.period_summary(label).get(p.id)
+            if info and info.reports:
+                state = "setback" if info.setback else "reported"
+            elif info and info.checkin_sent:
+                state = "pending" if label == cur.label and not info.no_report_sent else "missed"
+            else:
+                state = "pending" if label == cur.label else "paused"
+            out.append({"period": label, "label": label.split("-")[1], "state": state})
+            day += timedelta(days=7)
+        return out
+
+    # -- outgoing ---------------------------------------------------------------------------
+
+    def prepare(
+        self,
+        *,
+        key: str,
+        name: str,
+        period: str,
+        to: Person | str,
+        ctx: dict[str, Any],
+        now: datetime,
+        reply_to: str | None = None,
+        pid: int | None = None,
+        message_id: str | None = None,
+        from_name: str = "mailflow",
+        mark: Callable[[WeekView], bool] | None = None,
+    ) -> Prepared:
+        """Render and write one message (not yet synced or recorded)."""
+        to_addr, to_name = (to.email, to.name) if isinstance(to, Person) else (to, "")
+        rendered = self.templates.render(name, ctx)
+        mid = message_id or f"<{name}.{_hash(key)}@{self.domain}>"
+        msg = build_message(
+            rendered,
+            from_address=self.config.service.sender,
+            from_name=from_name,
+            to_address=to_addr,
+            to_name=to_name,
+            message_id=mid,
+            date=now,
+            reply_to=reply_to,
+        )
+        path = self.outbox.write_message(key, period, msg, sync=False)
+        return Prepared(
+            Outgoing(
+                key=key,
+                kind=name,
+                to=to_addr,
+                message_id=mid,
+                path=path,
+                created_at=now,
+                partnership_id=pid,
+                period=period,
+            ),
+            mark,
+        )
+
+    def commit(self, items: list[Prepared], out: TickReport) -> int:
+        """Record prepared messages with their jobs: one sync, one write per period file."""
+        if not items:
+            return 0
+        self.outbox.sync()
+        by_period: dict[str, list[Prepared]] = defaultdict(list)
+        for item in items:
+            by_period[item.outgoing.period or utc_week(item.outgoing.created_at)].append(item)
+        queued = 0
+        for period, group in sorted(by_period.items()):
+            with self.store.week_tx(period) as week:
+                for item in group:
+                    o = item.outgoing
+                    if week.outgoing(o.key) is not None:
+                        continue
+                    if item.mark is not None and not item.mark(week):
+                        continue
+                    week.put_outgoing(o)
+                    queued += 1
+                    out.add(f"queued {o.kind} to {o.to} ({o.key})")
+        return queued
+
+    def flush(self, now: datetime) -> TickReport:
+        out = TickReport()
+        result = self.outbox.flush(now)
+        for line in _flush_lines(result):
+            out.add(line)
+        return out
+
+    # -- inbound ----------------------------------------------------------------------------
 
     def rcpt_policy(self, address: str) -> str | None:
-        """RCPT: only our signed reply addresses and the bounce address; never a relay."""
+        """RCPT: only our signed reply addresses, the plain address and the bounce address."""
         addr = address.strip().strip("<>")
         local, _, host = addr.rpartition("@")
         if host.lower() != self.domain.lower():
             return f"550 5.7.1 <{addr}>: relaying denied"
-        if local.lower() == BOUNCE_LOCAL:
+        if local.lower() in (BOUNCE_LOCAL, PLAIN_LOCAL):
             return None
         token = token_of_address(addr, self.domain)
         if token is None or parse_token(self.secret, token) is None:
@@ -151,7 +314,7 @@ class Service:
         report = TickReport()
         lock = FileLock(str(self.data_dir / "spool" / ".ingest.lock"), timeout=120)
         with self._ingest_lock, lock:
-            while True:
+            for _ in range(10_000):  # bounded: each round removes what it read from the spool
                 entries = self.spool.pending(limit)
                 if not entries:
                     break
@@ -163,10 +326,11 @@ class Service:
     def _ingest_batch(self, entries: list[SpoolEntry], now: datetime, out: TickReport) -> None:
         core = self.store.core()
         people = {p.email: p for p in core.people()}
+        partnerships = {p.id: p for p in core.partnerships()}
         decisions: list[tuple[SpoolEntry, ingest.Decision, str]] = []
         for entry in entries:
             try:
-                decision, archive = self._decide(entry, core, people)
+                decision, archive = self._decide(entry, partnerships, people)
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the rest
                 log.exception("ingest failed for %s", entry.id)
                 decision = ingest.Decision(
@@ -175,25 +339,45 @@ class Service:
                 archive = ""
             decisions.append((entry, decision, archive))
 
-        by_period: dict[str, list[tuple[SpoolEntry, ingest.Decision, str]]] = defaultdict(list)
-        for item in decisions:
-            _, decision, _ = item
-            if decision.action != ingest.QUARANTINE:
-                by_period[decision.period or period_label(now.date())].append(item)
-        stored: set[str] = set()
+        # Side effects first, each idempotent (keyed by the message), then the records: a
+        # crash in between re-runs the side effects harmlessly and stores the record once.
+        prepared: list[Prepared] = []
+        fresh: list[tuple[SpoolEntry, ingest.Decision, str]] = []
+        seen: set[str] = set()
+        for entry, decision, archive in decisions:
+            if decision.action == ingest.QUARANTINE:
+                fresh.append((entry, decision, archive))
+                continue
+            mid = _decision_mid(decision)
+            period = self._record_period(decision, entry)
+            if mid in seen or self.store.week(period).has_message(mid):
+                fresh.append((entry, ingest.Decision(ingest.INBOUND, "duplicate"), archive))
+                continue
+            seen.add(mid)
+            try:
+                prepared.extend(self._side_effects(decision, mid, entry, now, out))
+            except Exception as exc:  # noqa: BLE001 - keep the message; a human looks at it
+                log.exception("side effects failed for %s", entry.id)
+                decision = ingest.Decision(
+                    ingest.QUARANTINE, f"processing error: {type(exc).__name__}: {exc}"
+                )
+            fresh.append((entry, decision, archive))
+        self.commit(prepared, out)
+
+        by_period: dict[str, list[ingest.Decision]] = defaultdict(list)
+        for entry, decision, _ in fresh:
+            if decision.action != ingest.QUARANTINE and decision.reason != "duplicate":
+                by_period[self._record_period(decision, entry)].append(decision)
         for period, items in by_period.items():
             with self.store.week_tx(period) as week:
-                for entry, decision, _ in items:
+                for decision in items:
                     if decision.report is not None:
-                        new = week.add_report(decision.report)
-                    else:
-                        assert decision.inbound is not None
-                        new = week.add_inbound(decision.inbound)
-                    if new:
-                        stored.add(entry.id)
+                        week.add_report(decision.report)
+                    if decision.inbound is not None:
+                        week.add_inbound(decision.inbound)
         archived_dirs: set[Path] = set()
         bounced: list[tuple[str, str]] = []
-        for entry, decision, archive in decisions:
+        for entry, decision, archive in fresh:
             if decision.action == ingest.QUARANTINE:
                 self.spool.quarantine(entry.id, decision.reason)
                 out.add(f"quarantined {entry.id}: {decision.reason}")
@@ -202,10 +386,9 @@ class Service:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(entry.path, dest)
             archived_dirs.add(dest.parent)
-            if entry.id not in stored:
+            if decision.reason == "duplicate":
                 out.add(f"duplicate {entry.id}: already stored, ignored")
-                continue
-            if decision.report is not None:
+            elif decision.report is not None:
                 r = decision.report
                 out.add(
                     f"report for partnership {r.partnership_id} {r.period}"
@@ -213,24 +396,27 @@ class Service:
                 )
             else:
                 out.add(f"recorded {decision.reason} ({entry.id})")
-                for addr in decision.bounced:
-                    bounced.append((addr, decision.reason))
+                bounced.extend((addr, decision.reason) for addr in decision.bounced)
         for folder in archived_dirs | {self.spool.root / "new"}:
             if folder.exists():
                 fsync_dir(folder)
         if bounced:
             self._mark_bouncing(bounced, now, out)
 
+    def _record_period(self, decision: ingest.Decision, entry: SpoolEntry) -> str:
+        return decision.period or utc_week(entry.received_at)
+
     def _decide(
-        self, entry: SpoolEntry, core: Any, people: dict[str, Person]
+        self, entry: SpoolEntry, partnerships: dict[int, Partnership], people: dict[str, Person]
     ) -> tuple[ingest.Decision, str]:
         parsed = parse_message(entry.raw)
         message_id = ingest.message_id_of(parsed, entry.raw)
         token = None
-        to_bounce = False
+        to_bounce = to_plain = False
         for rcpt in entry.rcpt_tos:
-            if rcpt.lower().startswith(BOUNCE_LOCAL + "@"):
-                to_bounce = True
+            local = rcpt.lower().rpartition("@")[0]
+            to_bounce = to_bounce or local == BOUNCE_LOCAL
+            to_plain = to_plain or local == PLAIN_LOCAL
             raw_token = token_of_address(rcpt, self.domain)
             if raw_token and token is None:
                 token = parse_token(self.secret, raw_token)
@@ -239,23 +425,275 @@ class Service:
                 [i for i in (parsed.in_reply_to, *parsed.references) if i], self.domain
             )
             token = parse_token(self.secret, ref) if ref else None
-        p = core.partnership(token.partnership_id) if token else None
+        at = entry.received_at
+
+        def tz(p: Partnership) -> ZoneInfo:
+            return self.tz_of(people.get(p.member))
+
         decision = ingest.decide(
             parsed=parsed,
             message_id=message_id,
             token=token,
             to_bounce_address=to_bounce,
+            to_plain_address=to_plain,
             envelope_from=entry.mail_from,
-            partnership=p,
-            member=people.get(p.member) if p else None,
-            partner=people.get(p.partner) if p else None,
-            current_period=lambda q: self.current_label(q, people, entry.received_at),
-            received_at=entry.received_at,
+            partnerships=partnerships,
+            people=people,
+            current_period=lambda q: self.current_label(q, people, at),
+            report_period=lambda q, tp: report_period(q, tz(q), self.settings, at, tp),
+            local_today=lambda q: at.astimezone(tz(q)).date(),
+            received_at=at,
             raw_ref="",
         )
-        folder = decision.period or period_label(entry.received_at.date())
+        folder = decision.period or utc_week(at)
         archive = f"mail/in/{folder}/{entry.id}.eml"
         return _with_ref(decision, archive), archive
+
+    def _side_effects(
+        self, d: ingest.Decision, mid: str, entry: SpoolEntry, now: datetime, out: TickReport
+    ) -> list[Prepared]:
+        """Commands, consent, notes, questions: what a message asks us to do and tell."""
+        if d.action == ingest.INBOUND or d.partnership_id is None and d.action != ingest.AMBIGUOUS:
+            return []
+        core = self.store.core()
+        people = {p.email: p for p in core.people()}
+        at = entry.received_at
+        period = utc_week(at)
+        if d.action == ingest.AMBIGUOUS:
+            mine = [p for p in core.partnerships() if p.member == d.sender and p.status != ENDED]
+            if not mine:
+                return []
+            p = mine[0]
+            skills = ", ".join(sorted(q.skill for q in mine))
+            ctx = self.base(p, people, period, self.plain_address, people[p.member].timezone, at)
+            ctx.update(
+                done_items=[],
+                problems=[],
+                report_stored=False,
+                question=f"Which partnership is this for? Reply with a line "
+                f'"skill: SKILL" (yours: {skills}).',
+            )
+            return [
+                self.prepare(
+                    key=f"receipt:{_hash(mid)}",
+                    name="receipt",
+                    period=period,
+                    to=people[p.member],
+                    ctx=ctx,
+                    now=at,
+                    reply_to=self.plain_address,
+                    pid=p.id,
+                )
+            ]
+        pid = d.partnership_id
+        assert pid is not None
+        p = core.partnership(pid)
+        if p is None:
+            return []
+        member, partner = people[p.member], people[p.partner]
+        if d.action == ingest.NOTE:
+            cur = self.current_label(p, people, at)
+            reply = self.address(TOKEN_CHECKIN, p.id, cur) if cur else self.plain_address
+            ctx = self.base(p, people, cur or period, reply, member.timezone, at)
+            ctx.update(note=d.note, received_at=digest.local_time(at, member.timezone))
+            return [
+                self.prepare(
+                    key=f"note:{_hash(mid)}",
+                    name="partner_note",
+                    period=period,
+                    to=member,
+                    ctx=ctx,
+                    now=at,
+                    reply_to=reply,
+                    pid=p.id,
+                    from_name=f"{partner.name} via mailflow",
+                )
+            ]
+        if d.action == ingest.CONSENT:
+            return self._consent(p, d, mid, people, at, period, out)
+        if d.action == ingest.REPORT and (d.commands or d.problems):
+            return self._commands(p, d, mid, people, at, period, out)
+        return []
+
+    def _consent(
+        self,
+        p: Partnership,
+        d: ingest.Decision,
+        mid: str,
+        people: dict[str, Person],
+        at: datetime,
+        period: str,
+        out: TickReport,
+    ) -> list[Prepared]:
+        partner = people[p.partner]
+        reply = self.address(AGREE, p.id, period)
+        ctx = self.base(p, people, period, reply, partner.timezone, at)
+        ctx.update(done_items=[], problems=[], question="", report_stored=False)
+        items: list[Prepared] = []
+        if p.consent != CONSENT_PENDING:
+            return []  # answered already; a second answer changes nothing
+        if d.consent is None:
+            ctx["question"] = (
+                "We could not tell whether that was a yes or a no. Please "
+                'reply "yes" to accept or "no" to decline.'
+            )
+        else:
+            accepted = d.consent == cmds.ACCEPT
+            with self.store.core_tx() as core:
+                current = core.partnership(p.id)
+                if current is not None and current.consent == CONSENT_PENDING:
+                    core.put_partnership(pships.set_consent(current, accepted, at, d.note))
+            out.add(f"partnership {p.id}: partner {d.consent}")
+            if accepted:
+                day = (p.checkin_day or self.settings.checkin_day).title()
+                ctx["done_items"] = [
+                    f"You accepted. Check-ins for {people[p.member].name} start on {day}s."
+                ]
+            else:
+                ctx["done_items"] = ["You declined. We have told the program admin."]
+                items.extend(self._consent_notice(p, people, "declined", d.note, at))
+        items.append(
+            self.prepare(
+                key=f"receipt:{_hash(mid)}",
+                name="receipt",
+                period=period,
+                to=partner,
+                ctx=ctx,
+                now=at,
+                reply_to=reply,
+                pid=p.id,
+            )
+        )
+        return items
+
+    def _consent_notice(
+        self, p: Partnership, people: dict[str, Person], state: str, text: str, at: datetime
+    ) -> list[Prepared]:
+        admin = self.config.service.admin_address
+        if not admin:
+            return []
+        member, partner = people[p.member], people[p.partner]
+        ctx = {
+            "service": self.service_info,
+            "partnership": {"id": p.id, "skill": p.skill},
+            "member": {"name": member.name, "email": member.email},
+            "partner": {"name": partner.name, "email": partner.email},
+            "state": state,
+            "days": self.config.schedule.consent_days,
+            "text": text,
+        }
+        return [
+            self.prepare(
+                key=f"consent_notice:{p.id}:{state}",
+                name="consent_notice",
+                period=utc_week(at),
+                to=admin,
+                ctx=ctx,
+                now=at,
+                pid=p.id,
+            )
+        ]
+
+    def _commands(
+        self,
+        p: Partnership,
+        d: ingest.Decision,
+        mid: str,
+        people: dict[str, Person],
+        at: datetime,
+        period: str,
+        out: TickReport,
+    ) -> list[Prepared]:
+        member = people[p.member]
+        today = at.astimezone(ZoneInfo(member.timezone)).date()
+        done: list[str] = []
+        problems = list(d.problems)
+        question = ""
+        actions: list[tuple[str, str]] = []  # (action, until) told to the partner
+        with self.store.core_tx() as core:
+            current = core.partnership(p.id)
+            assert current is not None
+            for c in d.commands:
+                try:
+                    if c.kind == cmds.PAUSE_UNTIL and c.until is not None:
+                        current = pships.pause(current, c.until, today)
+                        done.append(f"Paused until {c.until}: no check-ins before then.")
+                        actions.append(("paused", c.until.isoformat()))
+                    elif c.kind == cmds.RESUME:
+                        current = pships.resume(current)
+                        done.append("Resumed: check-ins start again.")
+                        actions.append(("resumed", ""))
+                    elif c.kind == cmds.GOAL_DONE and c.goal is not None:
+                        current = pships.goal_done(current, c.goal, today)
+                        goal = next(g for g in current.goals if g.n == c.goal)
+                        done.append(f"Goal {c.goal} marked achieved: {goal.text}")
+                    elif c.kind == cmds.STOP:
+                        requested = current.stop_requested_at
+                        if (
+                            current.stop_requested
+                            and current.stop_requested != mid
+                            and requested is not None
+                            and at - requested <= timedelta(days=STOP_CONFIRM_DAYS)
+                        ):
+                            current = pships.end(current, at).with_changes(
+                                end_reason="stopped by the member"
+                            )
+                            done.append("Stopped: this partnership has ended.")
+                            actions.append(("stopped", ""))
+                        else:
+                            current = current.with_changes(stop_requested=mid, stop_requested_at=at)
+                            question = (
+                                f'To end this partnership, reply "stop" again within '
+                                f"{STOP_CONFIRM_DAYS} days."
+                            )
+                except DomainError as exc:
+                    problems.append(f'"{c.line}": {exc}')
+            core.put_partnership(current)
+        for line in done:
+            out.add(f"partnership {p.id}: {line}")
+        reply = self.address(TOKEN_CHECKIN, p.id, d.period or period)
+        ctx = self.base(current, people, d.period or period, reply, member.timezone, at)
+        ctx.update(
+            done_items=done,
+            problems=problems,
+            question=question,
+            report_stored=d.report is not None,
+        )
+        items = [
+            self.prepare(
+                key=f"receipt:{_hash(mid)}",
+                name="receipt",
+                period=period,
+                to=member,
+                ctx=ctx,
+                now=at,
+                reply_to=reply,
+                pid=p.id,
+            )
+        ]
+        partner = people[p.partner]
+        for action, until in actions:
+            pctx = self.base(
+                current,
+                people,
+                d.period or period,
+                self.address(TOKEN_DIGEST, p.id, d.period or period),
+                partner.timezone,
+                at,
+            )
+            pctx.update(action=action, until=until)
+            items.append(
+                self.prepare(
+                    key=f"pause_notice:{_hash(mid)}:{action}",
+                    name="pause_notice",
+                    period=period,
+                    to=partner,
+                    ctx=pctx,
+                    now=at,
+                    pid=p.id,
+                )
+            )
+        return items
 
     def _mark_bouncing(
         self, bounced: list[tuple[str, str]], now: datetime, out: TickReport
@@ -265,232 +703,304 @@ class Service:
             for addr, reason in bounced:
                 person = core.person(addr)
                 if person is not None and not person.bouncing:
-                    core.put_person(
-                        person.__class__(
-                            **{**person.__dict__, "bouncing": True, "bounce_reason": reason[:200]}
-                        )
-                    )
+                    core.put_person(replace(person, bouncing=True, bounce_reason=reason[:200]))
                     newly.append((addr, reason))
+        items = []
         for addr, reason in newly:
             out.add(f"{addr} marked bouncing")
-            self._notify_admin_bounce(addr, reason, now, out)
+            admin = self.config.service.admin_address
+            if admin:
+                period = utc_week(now)
+                ctx = digest.bounce_context(self.service_info, addr, reason, period)
+                items.append(
+                    self.prepare(
+                        key=f"bounce_notice:{addr}:{period}",
+                        name="bounce_notice",
+                        period=period,
+                        to=admin,
+                        ctx=ctx,
+                        now=now,
+                    )
+                )
+        self.commit(items, out)
 
-    def _notify_admin_bounce(self, addr: str, reason: str, now: datetime, out: TickReport) -> None:
-        admin = self.config.service.admin_address
-        if not admin:
-            return
-        period = period_label(now.date())
-        key = f"bounce_notice:{addr}:{period}"
-        ctx = digest.bounce_context(self.service_info, addr, reason, period)
-        self._queue(key, "bounce_notice", period, admin, "admin", ctx, now, None, None, out)
+    # -- the week's jobs --------------------------------------------------------------------
 
-    # -- outbound -----------------------------------------------------------------------------
+    def introduce(self, pid: int, now: datetime) -> TickReport:
+        """Queue the introductions of one new partnership and deliver them."""
+        out = TickReport()
+        core = self.store.core()
+        people = {p.email: p for p in core.people()}
+        p = core.partnership(pid)
+        if p is not None and p.introduced_at is None:
+            self.commit(self._intro(p, people, now), out)
+            with self.store.core_tx() as tx:
+                current = tx.partnership(pid)
+                if current is not None and current.introduced_at is None:
+                    tx.put_partnership(current.with_changes(introduced_at=now))
+        out.lines.extend(self.flush(now).lines)
+        return out
 
-    def _queue(
-        self,
-        key: str,
-        name: str,
-        period: str,
-        to: str,
-        to_name: str,
-        ctx: dict[str, Any],
-        now: datetime,
-        reply_to: str | None,
-        pid: int | None,
-        out: TickReport,
-        message_id: str | None = None,
-        mark: Callable[[Any], bool] | None = None,
-    ) -> bool:
-        rendered = self.templates.render(name, ctx)
-        mid = message_id or f"<{name}.{_key_slug(key)}@{self.domain}>"
-        msg = build_message(
-            rendered,
-            from_address=self.config.service.sender,
-            from_name="mailflow",
-            to_address=to,
-            to_name=to_name,
-            message_id=mid,
-            date=now,
-            reply_to=reply_to,
-        )
-        path = self.outbox.write_message(key, period, msg)
-        with self.store.week_tx(period) as week:
-            if week.outgoing(key) is not None or (mark is not None and not mark(week)):
-                return False
-            week.put_outgoing(
-                Outgoing(
-                    key=key,
-                    kind=name,
-                    to=to,
-                    message_id=mid,
-                    path=path,
-                    created_at=now,
-                    partnership_id=pid,
+    def _intro(self, p: Partnership, people: dict[str, Person], now: datetime) -> list[Prepared]:
+        period = utc_week(now)
+        items = []
+        day = (p.checkin_day or self.settings.checkin_day).title()
+        at = p.checkin_time or self.config.schedule.checkin_time
+        for role, who in (("member", people[p.member]), ("partner", people[p.partner])):
+            reply = self.address(AGREE, p.id, period) if role == "partner" else self.plain_address
+            ctx = self.base(p, people, period, reply, who.timezone, now)
+            ctx.update(
+                role=role, accepted=p.consent == CONSENT_ACCEPTED, checkin_day=day, checkin_time=at
+            )
+            items.append(
+                self.prepare(
+                    key=f"intro:{p.id}:{role}",
+                    name="intro",
                     period=period,
+                    to=who,
+                    ctx=ctx,
+                    now=now,
+                    reply_to=reply,
+                    pid=p.id,
                 )
             )
-        out.add(f"queued {name} to {to} ({key})")
-        return True
+        return items
 
     def run_jobs(self, now: datetime) -> TickReport:
-        """Queue every check-in, reminder and digest due at `now` (once each, ever)."""
+        """Queue every message due at `now` (once each, ever)."""
         out = TickReport()
         with self._jobs_lock:
             core = self.store.core()
             people = {p.email: p for p in core.people()}
-            plans: list[tuple[Partnership, Period | None, Period | None]] = []
+            plans: list[tuple[Partnership, list[Period | None]]] = []
             labels: set[str] = set()
+            prepared: list[Prepared] = []
+            updates: dict[int, dict[str, Any]] = {}
             for p in core.partnerships():
-                if p.status == "ended" or p.member not in people:
+                if p.status == ENDED or p.member not in people or p.partner not in people:
+                    continue
+                try:
+                    prepared.extend(self._life_cycle(p, people, now, updates))
+                except Exception as exc:  # noqa: BLE001 - one bad partnership must not stop others
+                    log.exception("life-cycle job failed for %s", p.id)
+                    out.add(f"error: partnership {p.id}: {exc}")
+                if p.id in updates and updates[p.id].get("status") == ENDED:
                     continue
                 tz = self.tz_of(people[p.member])
                 cur = current_period(p, tz, self.settings, now)
                 prev = previous_period(p, tz, self.settings, cur) if cur else None
-                plans.append((p, cur, prev))
-                labels.update(x.label for x in (cur, prev) if x)
+                nxt = upcoming_period(p, tz, self.settings, now, cur)
+                plans.append((p, [cur, prev, nxt]))
+                labels.update(x.label for x in (cur, prev, nxt) if x)
             views = {label: self.store.week(label) for label in labels}
             states = {label: _states(view.weeks(), view.reports()) for label, view in views.items()}
-            for p, cur, prev in plans:
+            for p, (cur, prev, nxt) in plans:
                 tz = self.tz_of(people[p.member])
-
                 current = _state_of(cur, states, p.id)
                 for job in due_jobs(
-                    p, tz, self.settings, now, current, _state_of(prev, states, p.id)
+                    p,
+                    tz,
+                    self.settings,
+                    now,
+                    current,
+                    _state_of(prev, states, p.id),
+                    _state_of(nxt, states, p.id),
                 ):
-                    period = cur if cur and job.period == cur.label else prev
-                    assert period is not None
+                    period = next(x for x in (cur, prev, nxt) if x and x.label == job.period)
                     try:
-                        self._run_job(job, p, people, period, now, out)
+                        prepared.append(self._prepare_job(job, p, people, period, views, now))
                     except Exception as exc:  # noqa: BLE001 - one bad job must not stop others
                         log.exception("job %s failed", job)
                         out.add(f"error: {job.kind} for partnership {p.id} {job.period}: {exc}")
+            self.commit(prepared, out)
+            if updates:
+                with self.store.core_tx() as tx:
+                    for pid, changes in updates.items():
+                        current_p = tx.partnership(pid)
+                        if current_p is not None and current_p.status != ENDED:
+                            tx.put_partnership(current_p.with_changes(**changes))
+                            if changes.get("status") == ENDED:
+                                out.add(f"partnership {pid} completed: {changes['end_reason']}")
         return out
 
-    def _run_job(
+    def _life_cycle(
+        self,
+        p: Partnership,
+        people: dict[str, Person],
+        now: datetime,
+        updates: dict[int, dict[str, Any]],
+    ) -> list[Prepared]:
+        """Introductions, a consent nobody gave, and the closing summary."""
+        items: list[Prepared] = []
+        if p.introduced_at is None:
+            items.extend(self._intro(p, people, now))
+            updates.setdefault(p.id, {})["introduced_at"] = now
+        since = p.introduced_at or p.created_at
+        if (
+            p.consent == CONSENT_PENDING
+            and p.consent_overdue_at is None
+            and now >= since + timedelta(days=self.config.schedule.consent_days)
+        ):
+            items.extend(self._consent_notice(p, people, "no_answer", "", now))
+            updates.setdefault(p.id, {})["consent_overdue_at"] = now
+        tz = self.tz_of(people[p.member])
+        reason = pships.closing_reason(p, now.astimezone(tz).date())
+        if reason is None:
+            return items
+        cur = current_period(p, tz, self.settings, now)
+        label = cur.label if cur else utc_week(now)
+        if p.consent == CONSENT_ACCEPTED:
+            history = self.history(p, people, now)
+            asked = sum(1 for h in history if h["state"] != "paused")
+            reported = sum(1 for h in history if h["state"] in ("reported", "setback"))
+            setbacks = sum(1 for h in history if h["state"] == "setback")
+            for role, who in (("member", people[p.member]), ("partner", people[p.partner])):
+                ctx = self.base(p, people, label, self.plain_address, who.timezone, now)
+                ctx.update(
+                    role=role,
+                    reason=reason,
+                    weeks_asked=asked,
+                    weeks_reported=reported,
+                    setbacks=setbacks,
+                    goals_achieved=sum(1 for g in p.goals if g.done_on),
+                    goals_total=len(p.goals),
+                )
+                items.append(
+                    self.prepare(
+                        key=f"summary:{p.id}:{role}",
+                        name="summary",
+                        period=utc_week(now),
+                        to=who,
+                        ctx=ctx,
+                        now=now,
+                        pid=p.id,
+                    )
+                )
+        updates.setdefault(p.id, {}).update(
+            status=ENDED, ended_at=now, end_reason=f"completed: {reason}"
+        )
+        return items
+
+    def _prepare_job(
         self,
         job: Job,
         p: Partnership,
         people: dict[str, Person],
         period: Period,
+        views: dict[str, WeekView],
         now: datetime,
-        out: TickReport,
-    ) -> None:
-        member, partner = people[p.member], people.get(p.partner)
-        if partner is None:
-            out.add(f"skipped {job.kind} for partnership {p.id}: partner missing")
-            return
-        mtz, ptz = member.timezone, partner.timezone
+    ) -> Prepared:
+        member, partner = people[p.member], people[p.partner]
+        view = views[period.label]
         token_c = make_token(self.secret, TOKEN_CHECKIN, p.id, period.label)
         token_d = make_token(self.secret, TOKEN_DIGEST, p.id, period.label)
         member_reply = reply_address(token_c, self.domain)
         partner_reply = reply_address(token_d, self.domain)
         key = f"{job.kind}:{p.id}:{period.label}"
+        week_now = view.week(p.id)
+        sent_at = week_now.checkin_at if week_now and week_now.checkin_at else now
+        pid = p.id
 
-        def base(reply: str, tz: str) -> dict[str, Any]:
-            return digest.base_context(
-                p=p,
-                member=member,
-                partner=partner,
-                period=period.label,
-                service=self.service_info,
-                reply_address=reply,
-                today=now.astimezone(ZoneInfo(tz)).date(),
-            )
+        def mark_field(name: str, *, only_without_reports: bool) -> Callable[[WeekView], bool]:
+            def mark(week: WeekView) -> bool:
+                current = week.week(pid) or Week(pid, period.label)
+                if getattr(current, name) is not None:
+                    return False
+                if only_without_reports and week.report_count(pid):
+                    return False
+                week.put_week(replace(current, **{name: now}))
+                return True
 
-        if job.kind in (CHECKIN, REMINDER):
-            week_now = self.store.week(period.label).week(p.id)
-            sent_at = week_now.checkin_at if week_now and week_now.checkin_at else now
+            return mark
+
+        if job.kind == CHECKIN:
+            reports = view.reports(p.id)
+            name = "checkin_ack" if reports else "checkin"
             ctx = digest.checkin_context(
-                base(member_reply, mtz), sent_at if job.kind == REMINDER else period.checkin_at, mtz
+                self.base(p, people, period.label, member_reply, member.timezone, now),
+                period.checkin_at,
+                member.timezone,
             )
-            field_name = "checkin_at" if job.kind == CHECKIN else "reminder_at"
-
-            def mark(week: Any, field_name: str = field_name) -> bool:
-                current = week.week(p.id) or Week(p.id, period.label)
-                if getattr(current, field_name) is not None:
-                    return False
-                if field_name == "reminder_at" and week.reports(p.id):
-                    return False
-                week.put_week(_replace(current, **{field_name: now}))
-                return True
-
-            self._queue(
-                key,
-                job.kind,
-                period.label,
-                member.email,
-                member.name,
-                ctx,
-                now,
-                member_reply,
-                p.id,
-                out,
+            if reports:
+                ctx["reports"] = digest.report_items(reports, member.timezone)
+            return self.prepare(
+                key=key,
+                name=name,
+                period=period.label,
+                to=member,
+                ctx=ctx,
+                now=now,
+                reply_to=member_reply,
+                pid=p.id,
                 message_id=f"<{job.kind}.{token_c}@{self.domain}>",
-                mark=mark,
+                mark=mark_field("checkin_at", only_without_reports=False),
             )
-        elif job.kind == NO_REPORT:
-            week_now = self.store.week(period.label).week(p.id)
-            sent_at = week_now.checkin_at if week_now and week_now.checkin_at else now
+        if job.kind == REMINDER:
+            ctx = digest.checkin_context(
+                self.base(p, people, period.label, member_reply, member.timezone, now),
+                sent_at,
+                member.timezone,
+            )
+            return self.prepare(
+                key=key,
+                name="reminder",
+                period=period.label,
+                to=member,
+                ctx=ctx,
+                now=now,
+                reply_to=member_reply,
+                pid=p.id,
+                message_id=f"<{job.kind}.{token_c}@{self.domain}>",
+                mark=mark_field("reminder_at", only_without_reports=True),
+            )
+        if job.kind == NO_REPORT:
             ctx = digest.no_report_context(
-                base(partner_reply, ptz), sent_at, ptz, self.config.schedule.deadline_after_hours
+                self.base(p, people, period.label, partner_reply, partner.timezone, now),
+                sent_at,
+                partner.timezone,
+                self.config.schedule.deadline_after_hours,
             )
-
-            def mark_nr(week: Any) -> bool:
-                current = week.week(p.id) or Week(p.id, period.label)
-                if current.no_report_at is not None or week.reports(p.id):
-                    return False
-                week.put_week(_replace(current, no_report_at=now))
-                return True
-
-            self._queue(
-                key,
-                "no_report",
-                period.label,
-                partner.email,
-                partner.name,
-                ctx,
-                now,
-                None,
-                p.id,
-                out,
-                mark=mark_nr,
+            return self.prepare(
+                key=key,
+                name="no_report",
+                period=period.label,
+                to=partner,
+                ctx=ctx,
+                now=now,
+                pid=p.id,
+                message_id=f"<no_report.{token_d}@{self.domain}>",
+                mark=mark_field("no_report_at", only_without_reports=True),
             )
-        elif job.kind == DIGEST:
-            reports = self.store.week(period.label).reports(p.id)
-            week_now = self.store.week(period.label).week(p.id)
-            updated = bool(week_now and week_now.digested_reports)
-            count = len(reports)
-            key = f"digest:{p.id}:{period.label}:{count}"
-            ctx = digest.digest_context(base(partner_reply, ptz), reports, ptz, updated)
+        assert job.kind == DIGEST
+        reports = view.reports(p.id)
+        updated = bool(week_now and week_now.digested_reports)
+        count = len(reports)
+        ctx = digest.digest_context(
+            self.base(p, people, period.label, partner_reply, partner.timezone, now),
+            reports,
+            partner.timezone,
+            updated,
+        )
 
-            def mark_d(week: Any) -> bool:
-                current = week.week(p.id) or Week(p.id, period.label)
-                if current.digested_reports >= count:
-                    return False
-                week.put_week(_replace(current, digest_at=now, digested_reports=count))
-                return True
+        def mark_digest(week: WeekView) -> bool:
+            current = week.week(pid) or Week(pid, period.label)
+            if current.digested_reports >= count:
+                return False
+            week.put_week(replace(current, digest_at=now, digested_reports=count))
+            return True
 
-            self._queue(
-                key,
-                "digest",
-                period.label,
-                partner.email,
-                partner.name,
-                ctx,
-                now,
-                partner_reply,
-                p.id,
-                out,
-                message_id=f"<digest{count}.{token_d}@{self.domain}>",
-                mark=mark_d,
-            )
-
-    def flush(self, now: datetime) -> TickReport:
-        out = TickReport()
-        result = self.outbox.flush(now)
-        for line in _flush_lines(result):
-            out.add(line)
-        return out
+        return self.prepare(
+            key=f"digest:{p.id}:{period.label}:{count}",
+            name="digest",
+            period=period.label,
+            to=partner,
+            ctx=ctx,
+            now=now,
+            reply_to=partner_reply,
+            pid=p.id,
+            message_id=f"<digest{count}.{token_d}@{self.domain}>",
+            mark=mark_digest,
+        )
 
     def tick(self, now: datetime) -> TickReport:
         """Everything due at `now`, once: ingest spooled mail, queue jobs, deliver."""
@@ -499,7 +1009,7 @@ class Service:
             out.lines.extend(part.lines)
         return out
 
-    # -- status -------------------------------------------------------------------------------
+    # -- status -----------------------------------------------------------------------------
 
     def status(self, now: datetime) -> dict[str, Any]:
         core = self.store.core()
@@ -514,11 +1024,16 @@ class Service:
             "waiting": 0,
             "paused": 0,
         }
-        views: dict[str, Any] = {}
+        consent: dict[str, list[int]] = {"pending": [], "declined": [], "overdue": []}
+        views: dict[str, WeekView] = {}
         for p in core.partnerships():
-            if p.status == "ended" or p.member not in people:
+            if p.status == ENDED or p.member not in people:
                 continue
             totals["partnerships"] += 1
+            if p.consent != CONSENT_ACCEPTED:
+                consent["declined" if p.consent == "declined" else "pending"].append(p.id)
+                if p.consent == CONSENT_PENDING and p.consent_overdue_at is not None:
+                    consent["overdue"].append(p.id)
             tz = self.tz_of(people[p.member])
             cur = current_period(p, tz, self.settings, now)
             row: dict[str, Any] = {
@@ -526,9 +1041,10 @@ class Service:
                 "member": p.member,
                 "partner": p.partner,
                 "status": p.status,
+                "consent": p.consent,
                 "period": cur.label if cur else None,
             }
-            if p.status == "paused":
+            if p.status == PAUSED:
                 totals["paused"] += 1
             if cur is None:
                 row["state"] = "not started"
@@ -561,6 +1077,9 @@ class Service:
         return {
             "now": now.isoformat(),
             **totals,
+            "consent_pending": consent["pending"],
+            "consent_declined": consent["declined"],
+            "consent_overdue": consent["overdue"],
             "bouncing": sorted(p.email for p in people.values() if p.bouncing),
             "quarantined": len(quarantined),
             "quarantine": [{"id": i, "reason": r} for i, r in quarantined[-20:]],
@@ -595,6 +1114,10 @@ class Service:
                 timeout_seconds=lc.timeout_seconds,
                 max_connections=lc.max_connections,
                 hostname=self.domain,
+                tls_cert=lc.tls_cert,
+                tls_key=lc.tls_key,
+                require_starttls=lc.require_starttls,
+                auth_users=lc.auth_users(os.environ),
             ),
             self.spool,
             self.rcpt_policy,
@@ -663,24 +1186,20 @@ def real_clock() -> datetime:
     return datetime.now(UTC)
 
 
-def _replace(week: Week, **changes: Any) -> Week:
-    from dataclasses import replace
-
-    return replace(week, **changes)
-
-
 def _with_ref(decision: ingest.Decision, ref: str) -> ingest.Decision:
-    from dataclasses import replace
-
     if decision.report is not None:
-        return replace(decision, report=replace(decision.report, raw_ref=ref))
+        decision = replace(decision, report=replace(decision.report, raw_ref=ref))
     if decision.inbound is not None:
-        return replace(decision, inbound=replace(decision.inbound, raw_ref=ref))
+        decision = replace(decision, inbound=replace(decision.inbound, raw_ref=ref))
     return decision
 
 
-def _key_slug(key: str) -> str:
-    return "".join(c if c.isalnum() else "." for c in key)
+def _decision_mid(decision: ingest.Decision) -> str:
+    if decision.report is not None:
+        return decision.report.message_id
+    if decision.inbound is not None:
+        return decision.inbound.message_id
+    return ""
 
 
 def _state_of(

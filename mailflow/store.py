@@ -11,14 +11,9 @@ Why not plain `TinyDB(path)`: it writes in place (a kill leaves a torn file), ca
 ids per process (two writers lose updates), and re-parses the whole file on every operation.
 Here every read-modify-write runs as one transaction: take the file's lock (filelock, flock
 based, so it also excludes other processes such as a CLI command while `serve` runs), read
-the file (re-parsed only when its bytes differ from what we last parsed), apply the changes
-in memory, then write a temp file, fsync, `os.replace`, fsync the directory. Readers need no
-lock: a rename is atomic, so they see the old file or the new one, never a mix.
-
-The cache compares bytes, not (inode, mtime, size): ext4 hands a freed inode number to the
-next new file at once and mtime ticks only every few milliseconds, so two quick rewrites of
-the same size by another process can reproduce an old stamp exactly. Trusting it lost about
-half of the concurrent increments in tests.
+the file (re-parsed only when its inode/mtime/size changed since we last saw it), apply the
+changes in memory, then write a temp file, fsync, `os.replace`, fsync the directory. Readers
+need no lock: a rename is atomic, so they see the old file or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -27,7 +22,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +35,7 @@ from tinydb.storages import Storage
 from mailflow.models import Inbound, Outgoing, Partnership, Person, Report, Week
 
 LOCK_TIMEOUT_SECONDS = 60
+CACHE_FILES = 6
 
 
 class StoreError(Exception):
@@ -53,20 +49,12 @@ class AtomicJSONStorage(Storage):
         self.path = path
 
     def read(self) -> dict[str, dict[str, Any]] | None:
-        raw = self.read_raw()
-        return None if raw is None else self.parse(raw)
-
-    def read_raw(self) -> bytes | None:
-        """The file's bytes, or None when it does not exist yet."""
         try:
-            return self.path.read_bytes()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot read database: {exc.strerror}") from None
-
-    def parse(self, raw: bytes) -> dict[str, dict[str, Any]]:
-        """Decode the file's bytes; StoreError (naming the file) when they are not TinyDB JSON."""
         if not raw.strip():
             raise StoreError(f"{self.path}: database file is empty (corrupt); restore it")
         try:
@@ -77,8 +65,7 @@ class AtomicJSONStorage(Storage):
             raise StoreError(f"{self.path}: database file is corrupt: not TinyDB tables")
         return data
 
-    def write(self, data: dict[str, dict[str, Any]]) -> bytes:
-        """Replace the file atomically; returns the bytes written (for the reader cache)."""
+    def write(self, data: dict[str, dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -94,7 +81,6 @@ class AtomicJSONStorage(Storage):
                 tmp.unlink()
             raise
         fsync_dir(self.path.parent)
-        return payload
 
     def close(self) -> None:
         pass
@@ -215,6 +201,7 @@ class WeekView(_View):
     def __init__(self, period: str, data: dict[str, dict[str, Any]], writable: bool) -> None:
         super().__init__(data, writable)
         self.period = period
+        self._report_index: dict[int, list[dict[str, Any]]] | None = None
 
     def week(self, partnership_id: int) -> Week | None:
         doc = self._table("weeks").get(f"{partnership_id}:{self.period}")
@@ -228,10 +215,25 @@ class WeekView(_View):
             raise ValueError(f"week {week.period} stored in {self.period}")
         self._put("weeks", week.to_doc())
 
+    def _reports_by_pid(self) -> dict[int, list[dict[str, Any]]]:
+        # Built once per view: a tick asks for each partnership's reports, and a scan per
+        # question would make a 10,000-partnership fan-out quadratic.
+        if self._report_index is None:
+            index: dict[int, list[dict[str, Any]]] = {}
+            for d in self._table("reports").docs():
+                index.setdefault(int(d["partnership_id"]), []).append(d)
+            self._report_index = index
+        return self._report_index
+
     def reports(self, partnership_id: int | None = None) -> list[Report]:
-        out = [Report.from_doc(d) for d in self._table("reports").docs()
-               if partnership_id is None or d["partnership_id"] == partnership_id]
-        return sorted(out, key=lambda r: r.received_at)
+        if partnership_id is None:
+            docs: Iterable[dict[str, Any]] = self._table("reports").docs()
+        else:
+            docs = self._reports_by_pid().get(partnership_id, [])
+        return sorted((Report.from_doc(d) for d in docs), key=lambda r: r.received_at)
+
+    def report_count(self, partnership_id: int) -> int:
+        return len(self._reports_by_pid().get(partnership_id, []))
 
     def has_message(self, message_id: str) -> bool:
         return (self._table("reports").get(message_id) is not None
@@ -241,7 +243,10 @@ class WeekView(_View):
         """Store a progress record once; False when its Message-ID is already here."""
         if self.has_message(report.message_id):
             return False
-        self._put("reports", report.to_doc())
+        doc = report.to_doc()
+        self._put("reports", doc)
+        if self._report_index is not None:
+            self._report_index.setdefault(report.partnership_id, []).append(doc)
         return True
 
     def inbound(self) -> list[Inbound]:
@@ -264,9 +269,17 @@ class WeekView(_View):
         self._put("outgoing", item.to_doc())
 
 
+@dataclass(frozen=True)
+class PeriodSummary:
+    checkin_sent: bool = False
+    no_report_sent: bool = False
+    reports: int = 0
+    setback: bool = False
+
+
 @dataclass
 class _Cached:
-    raw: bytes
+    stamp: tuple[int, int, int]
     data: dict[str, dict[str, Any]]
 
 
@@ -281,16 +294,18 @@ class Store:
         self.data_dir = data_dir
         self.db_dir = data_dir / "db"
         self._cache: dict[Path, _Cached] = {}
+        self._summaries: dict[Path, tuple[tuple[int, int, int], dict[int, PeriodSummary]]] = {}
         self._guards: dict[Path, threading.RLock] = {}
         self._guards_lock = threading.Lock()
 
     def init(self) -> None:
         """Create the directories and clear temp files a killed writer left behind.
 
-        A temp file may also belong to a live writer in another process (a CLI command runs
-        init() while `serve` writes). Writers only write under the target file's lock, so a
-        temp file seen while holding that lock is a leftover; one whose lock is busy is
-        skipped (its writer is alive, or the next init() gets it).
+        A temp file may also belong to a live writer in another process (every CLI command
+        runs init() while `serve` may be writing): deleting it made that writer's os.replace
+        fail. Writers only write under the target file's lock, so a temp file seen while
+        holding that lock is a leftover; one whose lock is busy is skipped (its writer is
+        alive, or the next init() gets it).
         """
         (self.db_dir / "weeks").mkdir(parents=True, exist_ok=True)
         for folder in (self.db_dir, self.db_dir / "weeks"):
@@ -318,19 +333,29 @@ class Store:
                 guard = self._guards[path] = threading.RLock()
             return guard
 
-    def _load(self, path: Path) -> dict[str, dict[str, Any]]:
-        """The file's current content, re-parsed only when its bytes changed on disk."""
-        storage = AtomicJSONStorage(path)
-        raw = storage.read_raw()
-        if raw is None:
+    def _load(self, path: Path, keep: bool = True) -> dict[str, dict[str, Any]]:
+        """The file's current content, re-parsed only when it changed on disk."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
             self._cache.pop(path, None)
             return {}
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache.get(path)
-        if cached is not None and cached.raw == raw:
+        if cached is not None and cached.stamp == stamp:
             return cached.data
-        data = storage.parse(raw)
-        self._cache[path] = _Cached(raw, data)
+        data = AtomicJSONStorage(path).read() or {}
+        if keep:
+            self._remember(path, _Cached(stamp, data))
         return data
+
+    def _remember(self, path: Path, entry: _Cached) -> None:
+        # A long-running `serve` touches a new week file every week: keep only the most
+        # recently used few parsed, so memory does not grow with years of history.
+        self._cache.pop(path, None)
+        self._cache[path] = entry
+        while len(self._cache) > CACHE_FILES:
+            self._cache.pop(next(iter(self._cache)))
 
     @contextmanager
     def _transaction(self, path: Path) -> Iterator[dict[str, dict[str, Any]]]:
@@ -351,7 +376,9 @@ class Store:
                 lock.release()
 
     def _commit(self, path: Path, data: dict[str, dict[str, Any]]) -> None:
-        self._cache[path] = _Cached(AtomicJSONStorage(path).write(data), data)
+        AtomicJSONStorage(path).write(data)
+        st = path.stat()
+        self._remember(path, _Cached((st.st_ino, st.st_mtime_ns, st.st_size), data))
 
     # -- public -----------------------------------------------------------------------------
 
@@ -389,6 +416,37 @@ class Store:
             yield view
             if view.changed:
                 self._commit(path, data)
+
+    def period_summary(self, period: str) -> dict[int, PeriodSummary]:
+        """Per partnership: what happened in one period, for history strips and summaries.
+
+        Cached per file version without keeping the file itself, so reading a year of
+        history costs one parse per old week per process and little memory.
+        """
+        path = self.week_path(period)
+        with self._guard(path):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return {}
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            hit = self._summaries.get(path)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+            cached = self._cache.get(path)
+            data = cached.data if cached and cached.stamp == stamp else self._load(path, False)
+            summary: dict[int, PeriodSummary] = {}
+            for d in data.get("weeks", {}).values():
+                summary[int(d["partnership_id"])] = PeriodSummary(
+                    checkin_sent=d.get("checkin_at") is not None,
+                    no_report_sent=d.get("no_report_at") is not None)
+            for d in data.get("reports", {}).values():
+                pid = int(d["partnership_id"])
+                prev = summary.get(pid, PeriodSummary())
+                summary[pid] = PeriodSummary(prev.checkin_sent, prev.no_report_sent,
+                                             prev.reports + 1, prev.setback or bool(d["setback"]))
+            self._summaries[path] = (stamp, summary)
+            return summary
 
     def periods(self) -> list[str]:
         """Every period label that has a file, oldest first."""

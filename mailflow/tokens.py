@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 CHECKIN = "c"  # a member's answer to a check-in or reminder
 DIGEST = "d"  # a partner's answer to a digest
-KINDS = (CHECKIN, DIGEST)
+AGREE = "a"  # a partner's answer to the introduction (consent)
+KINDS = (CHECKIN, DIGEST, AGREE)
 LOCAL_PREFIX = "checkin"
 _TOKEN = re.compile(r"^([a-z])(\d{1,9})-(\d{4})w(\d{2})-([a-z2-7]{26})$")
 

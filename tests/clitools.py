@@ -76,8 +76,16 @@ class Mailflow:
         return result.err
 
     def add_person(self, email: str, dept: str, *extra: str) -> None:
-        self.ok("people", "add", email, "--name", email.split("@")[0].title(),
-                "--department", dept, *extra)
+        self.ok(
+            "people",
+            "add",
+            email,
+            "--name",
+            email.split("@")[0].title(),
+            "--department",
+            dept,
+            *extra,
+        )
 
 
 def run_console(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
@@ -85,7 +93,12 @@ def run_console(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Res
     full_env = {k: v for k, v in os.environ.items() if k != "MAILFLOW_CONFIG"}
     full_env.update(env or {})
     proc = subprocess.run(
-        [str(VENV_BIN / "mailflow"), *args], cwd=cwd, env=full_env, capture_output=True,
-        text=True, timeout=60, check=False,
+        [str(VENV_BIN / "mailflow"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)

@@ -19,6 +19,7 @@ from mailflow.compose import (
     Templates,
     build_message,
     sample_context,
+    sample_variants,
 )
 
 VARIANTS = [
@@ -30,6 +31,7 @@ VARIANTS = [
     ("digest", {"setback": True, "updated": True}),
     ("no_report", {}),
     ("bounce_notice", {}),
+    *[(name, {"variant": variant}) for name in TEMPLATE_NAMES for variant in sample_variants(name)],
 ]
 
 
@@ -143,6 +145,20 @@ def test_no_report_says_no_report_came(shipped: Templates) -> None:
     assert "due 2026-12-18" in rendered.text
     assert "No report came from Zoë Adler this week." in rendered.html
     assert rendered.subject == "No report from Zoë Adler for week 48 of 2026"
+
+
+def test_digest_and_no_report_carry_history() -> None:
+    for name, flags in (("digest", {}), ("digest", {"setback": True}), ("no_report", {})):
+        history = sample_context(name, **flags)["history"]
+        assert [week["label"] for week in history] == ["W45", "W46", "W47", "W48"]
+        assert {week["state"] for week in history} <= {
+            "reported",
+            "setback",
+            "missed",
+            "paused",
+            "pending",
+        }
+        assert history[-1]["period"] == "2026-W48"
 
 
 def test_bounce_notice_uses_minimal_context(shipped: Templates) -> None:

@@ -26,6 +26,11 @@ port = 2626
 max_message_bytes = 2048
 timeout_seconds = 5
 max_connections = 7
+tls_cert = "/srv/tls/cert.pem"
+tls_key = "/srv/tls/key.pem"
+require_starttls = true
+auth_username = "mta"
+auth_password_env = "LISTENER_PW"
 
 [relay]
 host = "smtp.example.org"
@@ -43,6 +48,7 @@ remind_after_hours = 24
 deadline_after_hours = 72
 digest_delay_minutes = 15
 tick_seconds = 10
+consent_days = 3
 
 [templates]
 dir = "/srv/templates"
@@ -81,14 +87,29 @@ def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
 def test_every_key_of_every_section_is_accepted(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, FULL))
     assert cfg.service == config.ServiceConfig(
-        domain="mail.example.org", from_address="hot@example.org",
-        data_dir=Path("/srv/mailflow"), timezone="Europe/Berlin",
-        admin_address="admin@example.org", secret_env="MY_SECRET",
+        domain="mail.example.org",
+        from_address="hot@example.org",
+        data_dir=Path("/srv/mailflow"),
+        timezone="Europe/Berlin",
+        admin_address="admin@example.org",
+        secret_env="MY_SECRET",
     )
-    assert cfg.listener == config.ListenerConfig("0.0.0.0", 2626, 2048, 5, 7)
-    assert cfg.relay == config.RelayConfig("smtp.example.org", 465, False, True, "bot",
-                                           "RELAY_PW", 9)
-    assert cfg.schedule == config.ScheduleConfig("tuesday", "07:45", 24, 72, 15, 10)
+    assert cfg.listener == config.ListenerConfig(
+        "0.0.0.0",
+        2626,
+        2048,
+        5,
+        7,
+        Path("/srv/tls/cert.pem"),
+        Path("/srv/tls/key.pem"),
+        True,
+        "mta",
+        "LISTENER_PW",
+    )
+    assert cfg.relay == config.RelayConfig(
+        "smtp.example.org", 465, False, True, "bot", "RELAY_PW", 9
+    )
+    assert cfg.schedule == config.ScheduleConfig("tuesday", "07:45", 24, 72, 15, 10, 3)
     assert cfg.templates.dir == Path("/srv/templates")
     # Every field of every section appears in FULL: a new key must be added here too.
     for section, cls in config._SECTIONS.items():
@@ -105,9 +126,7 @@ def _wrong_value(default: object) -> object:
 
 
 ALL_KEYS = [
-    (section, f.name)
-    for section, cls in config._SECTIONS.items()
-    for f in dataclasses.fields(cls)
+    (section, f.name) for section, cls in config._SECTIONS.items() for f in dataclasses.fields(cls)
 ]
 
 
@@ -138,26 +157,34 @@ def test_wrong_type_through_the_cli_is_one_error_line(tmp_path: Path) -> None:
         ("[relay]\nport = -1", "relay.port: expected 1-65535, got -1"),
         ("[relay]\nstarttls = 1", "relay.starttls: expected true or false, got 1"),
         ("[relay]\nstarttls = true\nssl = true", "relay.ssl: starttls and ssl are exclusive"),
-        ("[relay]\npassword_env = \"not a name\"", "relay.password_env: not an environment"),
-        ("[schedule]\ncheckin_day = \"funday\"",
-         'schedule.checkin_day: expected a weekday name, got "funday"'),
-        ("[schedule]\ncheckin_time = \"9:00\"", 'schedule.checkin_time: expected HH:MM, got "9:00"'),
-        ("[schedule]\ncheckin_time = \"24:00\"", "schedule.checkin_time: expected HH:MM"),
-        ("[schedule]\ncheckin_time = \"09:60\"", "schedule.checkin_time: expected HH:MM"),
-        ("[schedule]\ndeadline_after_hours = 48",
-         "schedule.deadline_after_hours: must be greater than remind_after_hours (48)"),
-        ("[schedule]\nremind_after_hours = 100",
-         "schedule.deadline_after_hours: must be greater than remind_after_hours (100)"),
+        ('[relay]\npassword_env = "not a name"', "relay.password_env: not an environment"),
+        (
+            '[schedule]\ncheckin_day = "funday"',
+            'schedule.checkin_day: expected a weekday name, got "funday"',
+        ),
+        ('[schedule]\ncheckin_time = "9:00"', 'schedule.checkin_time: expected HH:MM, got "9:00"'),
+        ('[schedule]\ncheckin_time = "24:00"', "schedule.checkin_time: expected HH:MM"),
+        ('[schedule]\ncheckin_time = "09:60"', "schedule.checkin_time: expected HH:MM"),
+        (
+            "[schedule]\ndeadline_after_hours = 48",
+            "schedule.deadline_after_hours: must be greater than remind_after_hours (48)",
+        ),
+        (
+            "[schedule]\nremind_after_hours = 100",
+            "schedule.deadline_after_hours: must be greater than remind_after_hours (100)",
+        ),
         ("[schedule]\ntick_seconds = 0", "schedule.tick_seconds: expected at least 1, got 0"),
-        ("[service]\ntimezone = \"Mars/Olympus\"",
-         'service.timezone: unknown time zone "Mars/Olympus"'),
-        ("[service]\ntimezone = \"../etc/passwd\"", "service.timezone: unknown time zone"),
-        ("[service]\ntimezone = \"\"", "service.timezone: unknown time zone"),
-        ("[service]\ndomain = \"bad domain\"", "service.domain: not a valid domain name"),
-        ("[service]\nfrom_address = \"nobody\"", "service.from_address: not a valid address"),
-        ("[service]\ndata_dir = \"\"", "service.data_dir: "),
+        (
+            '[service]\ntimezone = "Mars/Olympus"',
+            'service.timezone: unknown time zone "Mars/Olympus"',
+        ),
+        ('[service]\ntimezone = "../etc/passwd"', "service.timezone: unknown time zone"),
+        ('[service]\ntimezone = ""', "service.timezone: unknown time zone"),
+        ('[service]\ndomain = "bad domain"', "service.domain: not a valid domain name"),
+        ('[service]\nfrom_address = "nobody"', "service.from_address: not a valid address"),
+        ('[service]\ndata_dir = ""', "service.data_dir: "),
         ("[service]\nportt = 1", "service.portt: unknown key"),
-        ("[services]\ndomain = \"x.org\"", "services: unknown section"),
+        ('[services]\ndomain = "x.org"', "services: unknown section"),
         ("service = 5", "service: expected a table, got 5"),
         ("[listener]\nmax_message_bytes = 10", "listener.max_message_bytes: expected at least"),
     ],
@@ -215,8 +242,17 @@ def test_mailflow_config_environment_variable_is_honoured(tmp_path: Path) -> Non
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     env = {"MAILFLOW_CONFIG": str(conf_dir / "mailflow.toml")}
-    result = run_console("people", "add", "ann@example.com", "--name", "Ann",
-                         "--department", "Sales", cwd=elsewhere, env=env)
+    result = run_console(
+        "people",
+        "add",
+        "ann@example.com",
+        "--name",
+        "Ann",
+        "--department",
+        "Sales",
+        cwd=elsewhere,
+        env=env,
+    )
     assert result.code == 0, result
     assert (conf_dir / "state" / "db" / "core.json").exists()
     assert not (elsewhere / "data").exists()
@@ -224,19 +260,28 @@ def test_mailflow_config_environment_variable_is_honoured(tmp_path: Path) -> Non
     write(conf_dir, '[listener]\nport = "eighty"\n')
     result = run_console("people", "list", cwd=elsewhere, env=env)
     assert (result.code, result.err) == (
-        1, 'error: listener.port: expected an integer, got "eighty"\n')
+        1,
+        'error: listener.port: expected an integer, got "eighty"\n',
+    )
 
 
 def test_config_option_wins_over_the_environment(tmp_path: Path) -> None:
     write(tmp_path, '[listener]\nport = "eighty"\n', "bad.toml")
     write(tmp_path, '[service]\ndata_dir = "good-data"\n', "good.toml")
-    result = run_console("--config", "good.toml", "people", "list", cwd=tmp_path,
-                         env={"MAILFLOW_CONFIG": str(tmp_path / "bad.toml")})
+    result = run_console(
+        "--config",
+        "good.toml",
+        "people",
+        "list",
+        cwd=tmp_path,
+        env={"MAILFLOW_CONFIG": str(tmp_path / "bad.toml")},
+    )
     assert result.code == 0, result
 
 
-def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_resolve_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sub = tmp_path / "conf"
     sub.mkdir()
     path = write(sub, '[service]\ndata_dir = "state"\n[templates]\ndir = "tpl"\n')
@@ -253,7 +298,17 @@ def test_relative_data_dir_through_the_cli(tmp_path: Path) -> None:
     sub = tmp_path / "conf"
     sub.mkdir()
     write(sub, '[service]\ndata_dir = "state"\n')
-    result = run_console("--config", "conf/mailflow.toml", "people", "add", "bo@example.com",
-                         "--name", "Bo", "--department", "Ops", cwd=tmp_path)
+    result = run_console(
+        "--config",
+        "conf/mailflow.toml",
+        "people",
+        "add",
+        "bo@example.com",
+        "--name",
+        "Bo",
+        "--department",
+        "Ops",
+        cwd=tmp_path,
+    )
     assert result.code == 0, result
     assert (sub / "state" / "db" / "core.json").exists()

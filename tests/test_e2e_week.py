@@ -83,7 +83,11 @@ def setup_people(config: Path) -> None:
     ok(config, "people", "add", "barbara@example.com", "--name", "Barbara", "--department", "Legal")
 
 
-def add_partnership(config: Path, member: str, partner: str, skill: str, *extra: str) -> int:
+def add_partnership(
+    config: Path, relay: RecordingSMTPServer, member: str, partner: str, skill: str, *extra: str
+) -> int:
+    """Add an accepted partnership; its two introductions are checked and cleared."""
+    before = len(relay.messages)
     out = ok(
         config,
         "partnerships",
@@ -100,8 +104,12 @@ def add_partnership(config: Path, member: str, partner: str, skill: str, *extra:
         "I want to lead design reviews",
         "--saddle",
         "Book the room again",
+        "--accepted",
         *extra,
     )
+    intros = relay.wait_for(before + 2)[before:]
+    assert sorted(m.rcpt_tos[0] for m in intros) == sorted([member, partner])
+    relay.clear()
     return int(out.strip().splitlines()[-1])
 
 
@@ -171,6 +179,7 @@ def test_week_by_email_end_to_end(tmp_path: Path, relay: RecordingSMTPServer) ->
     # Check-in at 00:00 UTC today: due the moment `serve` starts.
     pid = add_partnership(
         config,
+        relay,
         "ada@example.com",
         "grace@example.com",
         "public speaking",
@@ -264,7 +273,7 @@ def test_no_report_digest_and_repeat_tick(tmp_path: Path, relay: RecordingSMTPSe
     config = write_config(tmp_path, relay.port, free_port())
     setup_people(config)
     pid = add_partnership(
-        config, "linus@example.com", "barbara@example.com", "sql", "--start", "2026-11-30"
+        config, relay, "linus@example.com", "barbara@example.com", "sql", "--start", "2026-11-30"
     )
     monday = "2026-11-30T09:00:00+00:00"
     out = ok(config, "tick", "--now", monday)
@@ -294,10 +303,16 @@ def test_relay_down_then_up_nothing_lost_or_doubled(
     config = write_config(tmp_path, relay.port, free_port())
     setup_people(config)
     add_partnership(
-        config, "ada@example.com", "grace@example.com", "public speaking", "--start", "2026-11-30"
+        config,
+        relay,
+        "ada@example.com",
+        "grace@example.com",
+        "public speaking",
+        "--start",
+        "2026-11-30",
     )
     add_partnership(
-        config, "linus@example.com", "barbara@example.com", "sql", "--start", "2026-11-30"
+        config, relay, "linus@example.com", "barbara@example.com", "sql", "--start", "2026-11-30"
     )
     relay.down()
     out = ok(config, "tick", "--now", "2026-11-30T09:00:00+00:00")
@@ -343,7 +358,7 @@ def test_dst_change_checkins_follow_local_time(tmp_path: Path, relay: RecordingS
         "--timezone",
         "America/New_York",
     )
-    add_partnership(config, "m@example.com", "p@example.com", "sql", "--start", "2026-10-19")
+    add_partnership(config, relay, "m@example.com", "p@example.com", "sql", "--start", "2026-10-19")
     # 09:00 Berlin is 07:00 UTC in summer time (19 Oct) and 08:00 UTC after 25 Oct.
     assert ok(config, "tick", "--now", "2026-10-19T06:59:00+00:00").count("queued") == 0
     assert "queued checkin" in ok(config, "tick", "--now", "2026-10-19T07:00:00+00:00")

@@ -154,6 +154,10 @@ def test_write_message_is_atomic_and_idempotent(env: Env) -> None:
     assert box.write_message("checkin:2:2026-W48", PERIOD, msg) != rel
     with pytest.raises(ValueError):
         box.write_message("k", "../escape", msg)
+    # Fan-out mode: no fsync per file, one sync() for the batch before the records.
+    fast = box.write_message("checkin:3:2026-W48", PERIOD, msg, sync=False)
+    box.sync()
+    assert (env.data_dir / fast).read_bytes() == raw
 
 
 def test_init_removes_leftover_temp_files(env: Env) -> None:
@@ -458,3 +462,29 @@ def test_flush_reads_only_recent_periods_by_default(env: Env) -> None:
 def test_naive_now_is_refused(env: Env) -> None:
     with pytest.raises(ValueError):
         env.outbox().flush(datetime(2026, 11, 23, 9, 0))
+
+
+def test_relay_receives_the_stored_bytes_unchanged_even_8bit(env: Env) -> None:
+    with recorder() as relay:
+        box = env.outbox(relay_config(relay))
+        key = "digest:7:2026-W48"
+        msg = make_msg(key, "partner@example.com")
+        msg.set_content("Zurück im Sattel: weiter so.\n.leading dot line\n", cte="8bit")
+        msg.replace_header("Subject", "Wochenbericht – Rückschlag")
+        path = box.write_message(key, PERIOD, msg)
+        with env.store.week_tx(PERIOD) as week:
+            week.put_outgoing(
+                Outgoing(
+                    key=key,
+                    kind="digest",
+                    to="partner@example.com",
+                    message_id=make_message_id(key, DOMAIN),
+                    path=path,
+                    created_at=NOW,
+                )
+            )
+        assert box.flush(NOW).sent == 1
+        (got,) = relay.wait_for(1, timeout=5)
+        assert got.raw.rstrip(b"\r\n") == (env.data_dir / path).read_bytes().rstrip(b"\r\n")
+        assert got.message["Subject"] == "Wochenbericht – Rückschlag"
+        assert "Zurück im Sattel" in got.message.get_content()

@@ -25,29 +25,42 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 def person(i: int, pad: int = 0) -> Person:
-    return Person(email=f"p{i}@example.com", name=f"Person {i}" + "x" * pad,
-                  department=f"Dept {i % 7}")
+    return Person(
+        email=f"p{i}@example.com", name=f"Person {i}" + "x" * pad, department=f"Dept {i % 7}"
+    )
 
 
 def report(i: int, period: str, size: int = 100) -> Report:
-    return Report(partnership_id=i % 50, period=period, received_at=T0,
-                  message_id=f"<{period}.{i}@example.com>", sender=f"p{i}@example.com",
-                  text="did things " * (size // 11), setback=False)
+    return Report(
+        partnership_id=i % 50,
+        period=period,
+        received_at=T0,
+        message_id=f"<{period}.{i}@example.com>",
+        sender=f"p{i}@example.com",
+        text="did things " * (size // 11),
+        setback=False,
+    )
 
 
 # -- atomic writes ---------------------------------------------------------------------------
 
 
 def _writer_loop(data_dir: str, started: multiprocessing.synchronize.Event) -> None:
-    """Write forever (until killed): each transaction adds a person and bumps a counter."""
+    """Write forever (until killed): each transaction adds a person and bumps a counter.
+
+    A blob of random size makes the file shrink as often as it grows: an in-place writer
+    killed then leaves old bytes after the new JSON, which this test must catch.
+    """
     store = Store(Path(data_dir))
     store.init()
+    rng = random.Random(os.getpid())
     i = 0
     while True:
         with store.core_tx() as core:
             n = (core.meta("counter") or 0) + 1
             core.put_person(person(n, pad=300))
             core.set_meta("counter", n)
+            core.set_meta("blob", "z" * rng.randrange(0, 400_000))
         with store.week_tx("2026-W10") as week:
             week.add_report(report(n, "2026-W10", size=500))
         i += 1
@@ -92,6 +105,8 @@ def _incrementer(data_dir: str, tag: str, n: int, go: multiprocessing.synchroniz
     store.init()  # also runs while the other process writes: must not break its writes
     go.wait(10)
     for i in range(n):
+        if i % 10 == 0:
+            store.init()  # as every CLI command does while `serve` writes
         with store.core_tx() as core:
             core.put_person(Person(email=f"{tag}{i}@example.com", name=tag, department=tag))
             core.set_meta("counter", (core.meta("counter") or 0) + 1)
@@ -100,8 +115,9 @@ def _incrementer(data_dir: str, tag: str, n: int, go: multiprocessing.synchroniz
 def test_two_processes_read_modify_write_without_lost_updates(tmp_path: Path) -> None:
     Store(tmp_path).init()
     go = FORK.Event()
-    procs = [FORK.Process(target=_incrementer, args=(str(tmp_path), tag, 200, go))
-             for tag in ("a", "b")]
+    procs = [
+        FORK.Process(target=_incrementer, args=(str(tmp_path), tag, 200, go)) for tag in ("a", "b")
+    ]
     for proc in procs:
         proc.start()
     go.set()
@@ -157,8 +173,9 @@ def test_init_does_not_delete_a_live_writers_temp_file(tmp_path: Path) -> None:
     assert not tmp.exists()
 
 
-def _hold_lock(path: str, held: multiprocessing.synchronize.Event,
-               release: multiprocessing.synchronize.Event) -> None:
+def _hold_lock(
+    path: str, held: multiprocessing.synchronize.Event, release: multiprocessing.synchronize.Event
+) -> None:
     with FileLock(path):
         held.set()
         release.wait(10)
@@ -214,11 +231,15 @@ def test_a_corrupt_file_is_an_error_naming_it(tmp_path: Path, content: bytes) ->
 
 @pytest.mark.parametrize(
     "args",
-    [["people", "list"], ["people", "add", "zed@example.com", "--name", "Zed",
-                          "--department", "Ops"], ["partnerships", "list"]],
+    [
+        ["people", "list"],
+        ["people", "add", "zed@example.com", "--name", "Zed", "--department", "Ops"],
+        ["partnerships", "list"],
+    ],
 )
-def test_a_corrupt_file_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        args: list[str]) -> None:
+def test_a_corrupt_file_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
     mf = Mailflow(tmp_path, capsys)
     mf.add_person("ann@example.com", "Sales")
     mf.core_path.write_bytes(b'{"people": {"1": {"em')
@@ -235,8 +256,10 @@ def test_init_cleans_leftover_temp_files_only(tmp_path: Path) -> None:
     store.init()
     with store.core_tx() as core:
         core.put_person(person(1))
-    leftovers = [tmp_path / "db" / ".core.json.4242.139.tmp",
-                 tmp_path / "db" / "weeks" / ".2026-W10.json.4242.139.tmp"]
+    leftovers = [
+        tmp_path / "db" / ".core.json.4242.139.tmp",
+        tmp_path / "db" / "weeks" / ".2026-W10.json.4242.139.tmp",
+    ]
     for path in leftovers:
         path.write_text('{"half": ')
     keep = tmp_path / "db" / "notes.tmp"
@@ -310,7 +333,9 @@ def test_the_file_is_tinydb_json(tmp_path: Path) -> None:
         core.put_person(person(2))
     with TinyDB(store.core_path, access_mode="r") as db:
         assert sorted(d["email"] for d in db.table("people").all()) == [
-            "p1@example.com", "p2@example.com"]
+            "p1@example.com",
+            "p2@example.com",
+        ]
 
 
 # -- one file per period ---------------------------------------------------------------------
@@ -356,7 +381,9 @@ def test_weeks_live_in_one_file_per_period(tmp_path: Path) -> None:
         core.put_person(person(2))
     after = _stamps(big.db_dir)
     assert {name for name in after if before.get(name) != after[name]} == {
-        "2025-W05.json", "core.json"}
+        "2025-W05.json",
+        "core.json",
+    }
     assert json.loads(big.core_path.read_bytes()).keys() == {"people"}
 
 

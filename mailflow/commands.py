@@ -1,0 +1,202 @@
+"""Commands people write in replies, and a partner's yes/no to an introduction (pure).
+
+A member may put a command on a line of its own anywhere in a reply: `pause until
+YYYY-MM-DD`, `pause N weeks`, `resume`, `goal N done`, `stop` (and `confirm stop`), plus
+`skill: SKILL` to pick a partnership. Recognised lines are taken out of the report text; a
+short line that starts like a command but doesn't parse is reported back as not understood
+and stays in the text (it may be prose). Everything is linear-time over the lines.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+PAUSE_UNTIL = "pause_until"
+RESUME = "resume"
+GOAL_DONE = "goal_done"
+STOP = "stop"
+MAX_PAUSE_WEEKS = 52
+_VERBS = ("pause", "resume", "goal", "stop", "confirm")
+_MAX_COMMAND_WORDS = 5
+
+_PAUSE_UNTIL = re.compile(r"^pause\s+until\s+(\d{4}-\d{2}-\d{2})$")
+_PAUSE_WEEKS = re.compile(r"^pause\s+(?:for\s+)?(\d{1,3})\s+weeks?$")
+_GOAL_DONE = re.compile(r"^goal\s+#?(\d{1,3})\s+(?:is\s+)?(?:done|achieved|complete|completed)$")
+_SKILL = re.compile(r"^skill\s*:\s*(\S.{0,78})$")
+
+
+@dataclass(frozen=True)
+class Command:
+    kind: str
+    until: date | None = None  # pause_until
+    goal: int | None = None  # goal_done
+    line: str = ""
+
+
+@dataclass(frozen=True)
+class Extracted:
+    commands: tuple[Command, ...]
+    problems: tuple[str, ...]  # lines that look like commands but aren't
+    text: str  # the reply without the recognised command lines
+    skill: str | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _norm(line: str) -> str:
+    line = unicodedata.normalize("NFKC", line).strip().strip("*_`").strip()
+    line = line.lstrip("-•*> ").rstrip(".!")
+    return " ".join(line.lower().split())
+
+
+def extract_commands(text: str, today: date) -> Extracted:
+    """Find command lines in a reply's new text; `today` is the member's local date."""
+    commands: list[Command] = []
+    problems: list[str] = []
+    kept: list[str] = []
+    skill: str | None = None
+    for raw in text.splitlines():
+        line = _norm(raw)
+        if not line:
+            kept.append(raw)
+            continue
+        m = _SKILL.match(line)
+        if m:
+            skill = m.group(1).strip()
+            continue
+        command, problem = _command(line, today)
+        if command is not None:
+            commands.append(command)
+            continue
+        if problem is not None:
+            problems.append(problem)
+        kept.append(raw)
+    rest = "\n".join(kept).strip()
+    return Extracted(tuple(commands), tuple(problems), rest, skill)
+
+
+def _command(line: str, today: date) -> tuple[Command | None, str | None]:
+    words = line.split()
+    if words[0] not in _VERBS or len(words) > _MAX_COMMAND_WORDS:
+        return None, None
+    if line in ("resume", "unpause"):
+        return Command(RESUME, line=line), None
+    if line in ("stop", "confirm stop"):
+        return Command(STOP, line=line), None
+    m = _PAUSE_UNTIL.match(line)
+    if m:
+        try:
+            until = date.fromisoformat(m.group(1))
+        except ValueError:
+            return None, f'"{line}": {m.group(1)} is not a date'
+        if until <= today:
+            return None, f'"{line}": {until} is not in the future'
+        return Command(PAUSE_UNTIL, until=until, line=line), None
+    m = _PAUSE_WEEKS.match(line)
+    if m:
+        weeks = int(m.group(1))
+        if not 1 <= weeks <= MAX_PAUSE_WEEKS:
+            return None, f'"{line}": a pause is 1 to {MAX_PAUSE_WEEKS} weeks'
+        return Command(PAUSE_UNTIL, until=today + timedelta(weeks=weeks), line=line), None
+    m = _GOAL_DONE.match(line)
+    if m:
+        return Command(GOAL_DONE, goal=int(m.group(1)), line=line), None
+    hints = {
+        "pause": 'write "pause until YYYY-MM-DD" or "pause N weeks"',
+        "resume": 'write "resume" on a line of its own',
+        "goal": 'write "goal N done", e.g. "goal 2 done"',
+        "stop": 'write "stop" on a line of its own',
+        "confirm": 'write "confirm stop" on a line of its own',
+    }
+    return None, f'not understood: "{line}" ({hints[words[0]]})'
+
+
+ACCEPT = "accepted"
+DECLINE = "declined"
+
+# First words that mean yes / no, in the languages the reply parser knows.
+_YES = {
+    "yes",
+    "y",
+    "ok",
+    "okay",
+    "sure",
+    "accept",
+    "accepted",
+    "agree",
+    "agreed",
+    "i accept",
+    "i agree",
+    "yes i accept",
+    "happy to",
+    "count me in",
+    "gladly",
+    "absolutely",
+    "of course",
+    "ja",
+    "jawohl",
+    "einverstanden",
+    "oui",
+    "d'accord",
+    "sí",
+    "si",
+    "claro",
+    "sim",
+    "certo",
+    "va bene",
+    "tak",
+    "ano",
+    "jo",
+    "da",
+    "да",
+    "はい",
+    "是",
+    "好",
+    "好的",
+    "네",
+    "예",
+}
+_NO = {
+    "no",
+    "n",
+    "decline",
+    "declined",
+    "i decline",
+    "no thanks",
+    "no thank you",
+    "not now",
+    "sorry no",
+    "nein",
+    "non",
+    "nee",
+    "nej",
+    "nie",
+    "ne",
+    "нет",
+    "いいえ",
+    "不",
+    "不行",
+    "아니요",
+    "아니오",
+}
+
+
+def parse_consent(text: str) -> str | None:
+    """ACCEPT, DECLINE or None (unclear) from the first line of a partner's answer."""
+    for raw in text.splitlines():
+        line = _norm(raw)
+        if not line:
+            continue
+        line = re.sub(r"[,;:.!?]+", " ", line)
+        words = line.split()
+        # Look at the start of the line: "Yes, happy to help" and "No - too busy" both count.
+        for n in (3, 2, 1):
+            head = " ".join(words[:n])
+            if head in _YES:
+                return ACCEPT
+            if head in _NO:
+                return DECLINE
+        return None
+    return None
