@@ -26,6 +26,7 @@ does). The reply parsers do not classify kinds, so they show ``n/a`` on the kind
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -114,6 +115,9 @@ def _timed(fn: Any, t: dict[str, Any]) -> Any:
         out = f"<error {type(exc).__name__}>"
     if isinstance(out, bytes):
         out = out.decode("utf-8", "replace")
+    if out is None and t["mode"] != "classify":
+        out = ""  # a peer answering None has produced no text: scored, and failed
+
     if t["mode"] == "timing":
         return "" if time.monotonic() - start <= 5 else None
     return out
@@ -125,10 +129,10 @@ def child_main(name: str, corpus: Path) -> None:
         _talon_sklearn_shim()
         import talon
 
-        try:
-            talon.init()  # loads the ML signature model; not needed by the APIs used here
-        except Exception:
-            pass
+        # talon.init() loads the ML signature model (unpicklable with current scikit-learn);
+        # the APIs used here do not need it.
+        with contextlib.suppress(Exception):
+            talon.init()
     outputs = []
     for entry in ce.load_entries(corpus):
         t = ce.task(entry, corpus)
@@ -202,9 +206,9 @@ def main() -> int:
     tmp.cleanup()
 
     systems = ["ours", *peer_names]
-    header = f"| {'corpus set':22} | {'n':>4} | " + " | ".join(f"{s:>18}" for s in systems) + " |"
+    header = f"| {'corpus set':24} | {'n':>4} | " + " | ".join(f"{s:>18}" for s in systems) + " |"
     print(header)
-    print("|" + "-" * 24 + "|" + "-" * 6 + "|" + "|".join("-" * 20 for _ in systems) + "|")
+    print("|" + "-" * 26 + "|" + "-" * 6 + "|" + "|".join("-" * 20 for _ in systems) + "|")
     for name in dict.fromkeys(sets):
         cells = []
         n = 0
@@ -212,7 +216,7 @@ def main() -> int:
             passed, scored = ce.summarise({name: results[system][name]})[name]
             n = max(n, scored)
             cells.append(f"{passed}/{scored} {100 * passed / scored:5.1f}%" if scored else "n/a")
-        print(f"| {name:22} | {n:>4} | " + " | ".join(f"{c:>18}" for c in cells) + " |")
+        print(f"| {name:24} | {n:>4} | " + " | ".join(f"{c:>18}" for c in cells) + " |")
     return 0
 
 

@@ -111,7 +111,8 @@ _BOUNCE_BODY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         re.compile(
             r"permanent (fatal )?errors?|user unknown|unknown user|no such user|mailbox (is )?"
             r"(full|unavailable|not found|disabled)|recipient address rejected|delivery failed"
-            r"|undeliver|could not be delivered|was not delivered|unable to deliver|returned to sender"
+            r"|undeliver|could not be delivered|was not delivered|unable to deliver"
+            r"|returned to sender"
             r"|host unknown|relay access denied|message (was )?rejected|550[ -]5\.\d\.\d"
             r"|5\d\d[ -]\d\.\d\.\d|delivery to the following|failed to deliver|not be delivered",
             re.I,

@@ -507,13 +507,14 @@ def templates_check(app: App) -> None:
 @templates.command("preview")
 @click.argument("name")
 @click.option("--setback", is_flag=True, help="The setback variant (digest).")
+@click.option("--variant", default=None, help="Another sample variant, e.g. 'partner'.")
 @pass_app
-def templates_preview(app: App, name: str, setback: bool) -> None:
+def templates_preview(app: App, name: str, setback: bool, variant: str | None) -> None:
     """Print the rendered text version of template NAME."""
     from mailflow.compose import TemplateError
 
     try:
-        rendered = _templates(app).preview(name, setback=setback)
+        rendered = _templates(app).preview(name, setback=setback, variant=variant)
     except TemplateError as exc:
         fail(str(exc))
     click.echo(f"Subject: {rendered.subject}\n")

@@ -236,7 +236,7 @@ def _intro_goals() -> list[dict[str, Any]]:
 _SAMPLE_VARIANTS: dict[str, tuple[str, ...]] = {
     "intro": ("member", "member accepted", "partner", "partner accepted"),
     "checkin_ack": ("report", "setback", "updated"),
-    "receipt": ("done", "problems", "question"),
+    "receipt": ("done", "problems", "question", "partner"),
     "pause_notice": ("paused", "paused open", "resumed", "stopped"),
     "partner_note": ("note",),
     "summary": ("member", "partner"),
@@ -369,11 +369,17 @@ def sample_context(
             ]
             context["question"] = ""
             context["report_stored"] = True
-        else:
+        elif variant == "question":
             context["done_items"] = []
             context["problems"] = []
             context["question"] = "Reply stop again within 7 days to end this partnership."
             context["report_stored"] = False
+        else:  # the partner answered the invitation
+            context["done_items"] = ["You accepted. Check-ins for Zoë Adler start on Mondays."]
+            context["problems"] = []
+            context["question"] = ""
+            context["report_stored"] = False
+        context["role"] = "partner" if variant == "partner" else "member"
     elif name == "pause_notice":
         context["action"] = variant.split()[0]
         context["until"] = "2026-12-14" if variant == "paused" else ""

@@ -172,13 +172,11 @@ def _is_history_start(tag: Tag) -> bool:
         return True
     # Outlook desktop puts the quoted header block in a div whose top border is the rule.
     style = _attr(tag, "style").replace(" ", "")
-    if (
+    return (
         tag.name == "div"
         and "border-top:solid" in style
         and ("#e1e1e1" in style or "#b5c4df" in style)
-    ):
-        return True
-    return False
+    )
 
 
 def _remove_history(soup: BeautifulSoup) -> None:

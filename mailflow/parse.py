@@ -6,6 +6,20 @@ delay and success DSNs are classified), picks the body (text/plain preferred, el
 :mod:`mailflow.htmltext`), removes quoted history, attribution lines and signatures, finds the
 Done / Setback / Next sections and decides whether a setback was admitted.
 
+Choices worth knowing:
+
+* Quoted history is cut at the first unquoted history marker (Outlook header block,
+  "-----Original Message-----", an attribution followed by unquoted text); ``>`` lines and
+  attributions introducing them are dropped, and text between quote blocks is kept as the
+  sender's interleaved answers -- unless the sender top-posted above unquoted history, in which
+  case the text between older quotes belongs to the thread, not to this reply.
+* A forwarded message ("---------- Forwarded message ----------") is content, not history.
+* Signatures: ``-- `` (not on the first line), an underscore rule, a dash rule over a short
+  block, phone/app footers and what follows them, a formal closing over a name
+  ("Best regards,\nAna"), a closing over a name + title/contact block, "-Name" as the last
+  line, and a trailing name + contact-details paragraph. "Thanks,\nAna" and a bare "Thanks!"
+  are kept: they read as part of the message.
+
 Everything here is pure: no I/O, no clock, no module-level mutable state, and no input makes it
 raise. Regular expressions are linear (no nested quantifiers) and all work is bounded by caps
 on the input size, because every byte of inbound mail is attacker-controlled.
@@ -15,7 +29,6 @@ from __future__ import annotations
 
 import email
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from email import policy as email_policy
 from email.header import decode_header, make_header
@@ -251,7 +264,8 @@ _ATTR_END_RE = re.compile(
     r"|napisał|napisał\(a\)|napisała|napisal|napsal|napsala|napsal\(a\)|написал|написала"
     r"|написал\(а\)|пишет|написав|написала\(а\)|yazdı|írta|scrie|a scris|έγραψε|kirjutas|rašė"
     r"|rakstīja|napisao|написа|viết|menulis|wrote\s+on|写道|寫道|写了|のメッセージ|書きました"
-    r"|書き込みました|님이 작성|작성|wrote the following|пише|geschreven|het volgende geschreven)\s*[:：]?\s*(-{2,}\s*)?$",
+    r"|書き込みました|님이 작성|작성|wrote the following|пише|написал|geschreven"
+    r"|het volgende geschreven)\s*[:：]?\s*(-{2,}\s*)?$",
     re.IGNORECASE,
 )
 # Verb followed by the author and address: "Den 24. nov. 2025 skrev Peter <p@example.com>:".
@@ -286,7 +300,8 @@ _HAS_DATE_OR_ADDR_RE = re.compile(
 
 # Header-block field names (Outlook, Gmail forward, Apple, ...), by language.
 _FROM_FIELDS = (
-    "from|von|de|da|van|från|fra|frá|od|от|від|发件人|發件人|寄件者|差出人|送信者|보낸 사람|보낸사람"
+    "from|von|de|da|van|från|fra|frá|od|от|від|发件人|發件人|寄件者|差出人|送信者|보낸 사람"
+    "|보낸사람"
     "|lähettäjä|kimden|feladó|expéditeur|remitente|mittente|afzender|avsändare|avsender|nadawca"
     "|odesílatel|отправитель|gönderen|de la|từ|emisor"
 )
@@ -312,7 +327,8 @@ _ORIGINAL_MESSAGE_RE = re.compile(
     r"|oprindelig meddelelse|original meddelelse|opprinnelig melding|opprinnelig melding"
     r"|wiadomość oryginalna|oryginalna wiadomość|původní zpráva|исходное сообщение"
     r"|оригинальное сообщение|alkuperäinen viesti|orijinal mesaj|eredeti üzenet|原始邮件|原始郵件"
-    r"|元のメッセージ|원본 메시지|reply message|antwort|antwort nachricht|original nachricht|svar)\s*[-=_*]{2,}\s*$",
+    r"|元のメッセージ|원본 메시지|reply message|antwort|antwort nachricht|original nachricht|svar)"
+    r"\s*[-=_*]{2,}\s*$",
     re.IGNORECASE,
 )
 _FORWARD_RE = re.compile(
@@ -341,7 +357,9 @@ def _attribution_span(lines: list[str], i: int) -> int:
     intro = bool(_ATTR_START_RE.match(first) or _DATE_START_RE.match(first))
     # Only a line that itself looks like the start of an attribution may be joined with the
     # lines below it; otherwise a sentence of the reply would be swallowed with it.
-    can_wrap = intro or bool(_VERB_ANY_RE.search(first) or _EMAIL_RE.search(first))
+    can_wrap = (
+        intro or first.endswith("<") or bool(_VERB_ANY_RE.search(first) or _EMAIL_RE.search(first))
+    )
     for step in range(6 if can_wrap else 1):
         if step:
             j = i + consumed
@@ -460,10 +478,9 @@ def _cut_index(lines: list[str]) -> int:
                 k += 1
             if k < len(lines) and (_header_block_at(lines, k) or _FIELD_RE.match(lines[k])):
                 return i
-            if stripped.startswith("_") and stripped == HR_LINE and k < len(lines):
-                # an HTML <hr> followed by something header-ish is history too
-                if _FROM_FIELD_RE.match(lines[k]):
-                    return i
+            # an HTML <hr> followed by something header-ish is history too
+            if stripped == HR_LINE and k < len(lines) and _FROM_FIELD_RE.match(lines[k]):
+                return i
             continue
         if _header_block_at(lines, i):
             return i
@@ -506,9 +523,23 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
             i += 1
             continue
         skip_blanks = False
+        prev_quote = i > 0 and _is_quote_line(lines[i - 1])
         if _is_quote_line(line):
             if first_quote_at is None:
                 first_quote_at = len(out)
+            i += 1
+            skip_blanks = True
+            continue
+        if prev_quote and not _PROSE_RE.search(line):
+            # A wrapped link or fragment that lost its ">" belongs to the quote above it.
+            i += 1
+            continue
+        shared = _shared_line_attribution(line)
+        if shared is not None and _next_is_quote(lines, i + 1):
+            # "reply On Wed, Apr 4, 2012, Bob wrote:" -- the reply and the attribution share
+            # a line; keep the reply part.
+            out.append(shared)
+            first_quote_at = len(out)
             i += 1
             skip_blanks = True
             continue
@@ -521,15 +552,6 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
             if first_quote_at is None:
                 first_quote_at = len(out)
             i += span
-            skip_blanks = True
-            continue
-        shared = _shared_line_attribution(line)
-        if shared is not None and _next_is_quote(lines, i + 1):
-            # "reply On Wed, Apr 4, 2012, Bob wrote:" -- the reply and the attribution share
-            # a line; keep the reply part.
-            out.append(shared)
-            first_quote_at = len(out)
-            i += 1
             skip_blanks = True
             continue
         out.append(line)
@@ -546,10 +568,16 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
     return out
 
 
+# A plain word standing alone (not part of a URL or token) marks a line as written text.
+_PROSE_RE = re.compile(
+    r"(^|\s)[^\W\d_]{2,}[.,!?:;]?(\s|$)|[\u3040-\u30ff\u4e00-\u9fff\uac00-\ud7af]"
+)
+
+
 def _shared_line_attribution(line: str) -> str | None:
     """Text before an attribution that starts mid-line, or None."""
     idx = line.rfind("On ")
-    if idx <= 0 or len(line) > 600:
+    if idx <= 0 or len(line) > 600 or not line[:idx].strip():
         return None
     tail = line[idx:]
     if not (_ATTR_END_RE.search(tail) and _HAS_DATE_OR_ADDR_RE.search(tail)):
@@ -588,12 +616,14 @@ _MOBILE_RE = re.compile(
     r"|blackberry|fastmail|zoho|icloud|my mobile|mobile|iphone|ipad|android|superhuman|spark"
     r"|airmail|newton|polymail|hey|mailbird|bluemail|edison|nine|aquamail|k-9|fairemail"
     r"|windows mail|mail for ios|mail for android)[\w .'-]{0,40}"
-    r"|get outlook for [\w .]{2,30}|get \w+ for (ios|android)|sent from \w+ for (iphone|ipad|android|ios)"
+    r"|get outlook for [\w .]{2,30}|get \w+ for (ios|android)"
+    r"|sent from \w+ for (iphone|ipad|android|ios)"
     r"|enviado desde mi .{2,60}|envoyé de mon .{2,60}|von meinem .{2,60}gesendet"
     r"|sent wirelessly from my [\w .,-]{2,80}|sent (from|on|via) (a |my )?blackberry[\w .,-]{0,60}"
     r"|envoyé (de|depuis|avec) (mon |ma )?[\w .'-]{2,40}|envoyé sans fil par mon [\w .,'-]{2,80}"
     r"|von meinem [\w .'-]{2,60} gesendet|gesendet (mit|von|vom|über) [\w .'-]{2,40}"
-    r"|enviado desde mi [\w .'-]{2,40}|enviado (do|pelo|de|a partir do) (meu |minha )?[\w .'-]{2,40}"
+    r"|enviado desde mi [\w .'-]{2,40}"
+    r"|enviado (do|pelo|de|a partir do) (meu |minha )?[\w .'-]{2,40}"
     r"|inviato da[l]? (mio |iphone|ipad|android|outlook|yahoo)[\w .'-]{0,40}"
     r"|verzonden (met|vanaf|van) (mijn )?[\w .'-]{2,40}|verstuurd vanaf (mijn )?[\w .'-]{2,40}"
     r"|skickat från (min )?[\w .'-]{2,40}|sendt fra (min )?[\w .'-]{2,40}"
@@ -612,8 +642,9 @@ _SIGNOFF_RE = re.compile(
     r"|abraços|cumprimentos|cordiali saluti|saluti|distinti saluti|met vriendelijke groet(en)?"
     r"|groeten|groetjes|mvg|med vänliga hälsningar|vänliga hälsningar|hälsningar|mvh"
     r"|med venlig hilsen|venlig hilsen|hilsen|med vennlig hilsen|vennlig hilsen|pozdrawiam"
-    r"|z poważaniem|z powazaniem|pozdrowienia|s pozdravem|se srdečným pozdravem|с уважением|с наилучшими пожеланиями"
-    r"|спасибо|ystävällisin terveisin|terveisin|saygılarımla|üdvözlettel|此致|谢谢|よろしくお願いします"
+    r"|z poważaniem|z powazaniem|pozdrowienia|s pozdravem|se srdečným pozdravem|с уважением"
+    r"|с наилучшими пожеланиями|спасибо|ystävällisin terveisin|terveisin|saygılarımla"
+    r"|üdvözlettel|此致|谢谢|よろしくお願いします"
     r"|감사합니다|kh|kr|vh|mvh|/\w{1,20})\s*[,!]?\s*$",
     re.IGNORECASE,
 )
@@ -650,37 +681,71 @@ def _strip_signature(lines: list[str]) -> list[str]:
     while changed and end:
         changed = False
         tail_start = max(0, end - 8)
+        # A phone/app footer ends the text: whatever follows is more footer (disclaimers,
+        # a second app line), as long as it is short.
+        for j in range(max(0, end - 40), end):
+            stripped = lines[j].strip()
+            if (
+                stripped
+                and _MOBILE_RE.match(stripped)
+                and _tail_is_short(lines, j + 1, end, 30, 100)
+                and _has_content_before(lines, j)
+            ):
+                end = j
+                changed = True
+                break
+        if changed:
+            while end and not lines[end - 1].strip():
+                end -= 1
+            continue
         for j in range(end - 1, tail_start - 1, -1):
             stripped = lines[j].strip()
             if not stripped:
                 continue
-            if _MOBILE_RE.match(stripped) and _tail_is_short(lines, j + 1, end, 3):
-                end = j
-                changed = True
-                break
-            # A closing alone ("Thanks!") is kept as text; a closing with a name/title block
-            # under it is a signature.
-            # "Thanks,\nAlex" reads as part of the message and is kept; a formal closing with a
-            # name, or any closing over a name + title/contact block, is a signature.
-            if (
-                _SIGNOFF_RE.match(stripped)
-                and j > 0
+            # A closing alone ("Thanks!") is kept as text, and so is "Thanks,\nAlex", which
+            # reads as part of the message; a formal closing with a name, or any closing over
+            # a name + title/contact block, is a signature.
+            signoff = (
+                _is_signoff(stripped)
                 and j < _last_nonblank(lines, end)
                 and _tail_is_short(lines, j + 1, end, 5)
                 and not (_THANKS_RE.match(stripped) and _count_nonblank(lines, j + 1, end) == 1)
-            ):
-                if _has_content_before(lines, j):
-                    end = j
-                    changed = True
-                    break
-            if _DASH_NAME_RE.match(stripped) and j == _last_nonblank(lines, end) and j > 0:
-                if _has_content_before(lines, j):
-                    end = j
-                    changed = True
-                    break
+            )
+            # "-Abhishek", "—Ryan", "/John" as the very last line.
+            dash_name = bool(_DASH_NAME_RE.match(stripped)) and j == _last_nonblank(lines, end)
+            if (signoff or dash_name) and j > 0 and _has_content_before(lines, j):
+                end = j
+                changed = True
+                break
         while end and not lines[end - 1].strip():
             end -= 1
-    return lines[:end]
+    return _strip_contact_block(lines[:end])
+
+
+_CONTACT_RE = re.compile(
+    r"[\w.+-]{1,64}@[\w-]{1,63}\.\w|\bwww\.|https?://|(\+|\(|\b)\d[\d ()./-]{6,20}\d\b"
+    r"|^\s*(tel|phone|mobile|mob|cell|fax|skype|t|m|f|p)\b\.?\s*[:.]",
+    re.IGNORECASE,
+)
+
+
+def _strip_contact_block(lines: list[str]) -> list[str]:
+    """Drop a last paragraph that is a name + contact details (two or more of them)."""
+    end = _last_nonblank(lines, len(lines)) + 1
+    start = end
+    while start > 0 and lines[start - 1].strip():
+        start -= 1
+    block = [x.strip() for x in lines[start:end]]
+    if start == 0 or not 2 <= len(block) <= 7 or any(len(x) > 60 for x in block):
+        return lines
+    if sum(1 for x in block if _CONTACT_RE.search(x)) >= 2 and not _CONTACT_RE.search(block[0]):
+        return lines[:start]
+    return lines
+
+
+def _is_signoff(line: str) -> bool:
+    # Bilingual closings are common: "Viele Grüße / Best regards".
+    return all(_SIGNOFF_RE.match(part) for part in line.split(" / ", 2))
 
 
 _THANKS_RE = re.compile(
@@ -727,13 +792,15 @@ def _normalise(body: str) -> list[str]:
     body = body[:MAX_BODY_CHARS].replace("\r\n", "\n").replace("\r", "\n")
     body = body.lstrip("\ufeff")
     lines = body.split("\n")[:MAX_LINES]
-    # Gmail's invisible tracking mark and zero-width characters make an otherwise empty line.
-    return [
-        line[:MAX_LINE_CHARS].rstrip().strip("\u1427\u200b\u200c\u200d\ufeff") or ""
-        if not line.strip("\u1427\u200b\u200c\u200d\ufeff \t")
-        else line[:MAX_LINE_CHARS].rstrip()
-        for line in lines
-    ]
+    out = []
+    for line in lines:
+        line = line[:MAX_LINE_CHARS].rstrip()
+        # Gmail's invisible tracking mark or zero-width characters alone make an empty line.
+        out.append("" if not line.strip(_INVISIBLE) else line)
+    return out
+
+
+_INVISIBLE = "\u1427\u200b\u200c\u200d\ufeff \t\u00a0"
 
 
 _BANNER_RE = re.compile(
@@ -1208,7 +1275,3 @@ def parse_message(raw: bytes) -> ParsedMessage:
                 sections=dict.fromkeys(SECTION_KEYS, ""),
                 detail="reply (unparsed)",
             )
-
-
-def _strip_accents(text: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))

@@ -528,7 +528,7 @@ class Service:
         partner = people[p.partner]
         reply = self.address(AGREE, p.id, period)
         ctx = self.base(p, people, period, reply, partner.timezone, at)
-        ctx.update(done_items=[], problems=[], question="", report_stored=False)
+        ctx.update(done_items=[], problems=[], question="", report_stored=False, role="partner")
         items: list[Prepared] = []
         if p.consent != CONSENT_PENDING:
             return []  # answered already; a second answer changes nothing
@@ -784,8 +784,6 @@ class Service:
                 except Exception as exc:  # noqa: BLE001 - one bad partnership must not stop others
                     log.exception("life-cycle job failed for %s", p.id)
                     out.add(f"error: partnership {p.id}: {exc}")
-                if p.id in updates and updates[p.id].get("status") == ENDED:
-                    continue
                 tz = self.tz_of(people[p.member])
                 cur = current_period(p, tz, self.settings, now)
                 prev = previous_period(p, tz, self.settings, cur) if cur else None
@@ -797,7 +795,7 @@ class Service:
             for p, (cur, prev, nxt) in plans:
                 tz = self.tz_of(people[p.member])
                 current = _state_of(cur, states, p.id)
-                for job in due_jobs(
+                jobs = due_jobs(
                     p,
                     tz,
                     self.settings,
@@ -805,7 +803,17 @@ class Service:
                     current,
                     _state_of(prev, states, p.id),
                     _state_of(nxt, states, p.id),
-                ):
+                )
+                reason = pships.closing_reason(p, now.astimezone(tz).date())
+                if reason is not None and not any(job.kind == DIGEST for job in jobs):
+                    # The last digest goes out first; the summary follows at the next tick.
+                    try:
+                        prepared.extend(self._closing(p, people, now, reason, updates))
+                    except Exception as exc:  # noqa: BLE001
+                        log.exception("closing failed for %s", p.id)
+                        out.add(f"error: closing partnership {p.id}: {exc}")
+                    continue
+                for job in jobs:
                     period = next(x for x in (cur, prev, nxt) if x and x.label == job.period)
                     try:
                         prepared.append(self._prepare_job(job, p, people, period, views, now))
@@ -820,7 +828,7 @@ class Service:
                         if current_p is not None and current_p.status != ENDED:
                             tx.put_partnership(current_p.with_changes(**changes))
                             if changes.get("status") == ENDED:
-                                out.add(f"partnership {pid} completed: {changes['end_reason']}")
+                                out.add(f"partnership {pid} {changes['end_reason']}")
         return out
 
     def _life_cycle(
@@ -830,7 +838,7 @@ class Service:
         now: datetime,
         updates: dict[int, dict[str, Any]],
     ) -> list[Prepared]:
-        """Introductions, a consent nobody gave, and the closing summary."""
+        """Introductions and a consent nobody gave."""
         items: list[Prepared] = []
         if p.introduced_at is None:
             items.extend(self._intro(p, people, now))
@@ -843,15 +851,24 @@ class Service:
         ):
             items.extend(self._consent_notice(p, people, "no_answer", "", now))
             updates.setdefault(p.id, {})["consent_overdue_at"] = now
+        return items
+
+    def _closing(
+        self,
+        p: Partnership,
+        people: dict[str, Person],
+        now: datetime,
+        reason: str,
+        updates: dict[int, dict[str, Any]],
+    ) -> list[Prepared]:
+        """Both people get a closing summary; the partnership ends (completed)."""
+        items: list[Prepared] = []
         tz = self.tz_of(people[p.member])
-        reason = pships.closing_reason(p, now.astimezone(tz).date())
-        if reason is None:
-            return items
         cur = current_period(p, tz, self.settings, now)
         label = cur.label if cur else utc_week(now)
         if p.consent == CONSENT_ACCEPTED:
             history = self.history(p, people, now)
-            asked = sum(1 for h in history if h["state"] != "paused")
+            asked = sum(1 for h in history if h["state"] not in ("paused", "pending"))
             reported = sum(1 for h in history if h["state"] in ("reported", "setback"))
             setbacks = sum(1 for h in history if h["state"] == "setback")
             for role, who in (("member", people[p.member]), ("partner", people[p.partner])):

@@ -7,6 +7,9 @@ needs and calls `remove()`, or `quarantine()` with a reason when it cannot under
 
 Layout (a maildir-like scheme: the rename is the commit point):
 - `spool/tmp/<id>`: being written; never acknowledged, so `recover()` deletes leftovers.
+  Writers hold a shared flock on `spool/.writers.lock` while a file of theirs is in tmp/;
+  `recover()` deletes only under the exclusive lock, so a command run while `serve` is
+  writing (every command that builds a Service recovers) never deletes a write in flight.
 - `spool/new/<id>`: committed, waiting for the processor.
 - `quarantine/<id>` + `quarantine/<id>.reason.txt`: set aside with the reason (next to
   `spool/`, at data_dir level, so that status and operators find it in one place).
@@ -22,12 +25,13 @@ Ids sort by received time, so `pending()` is oldest first.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +43,7 @@ log = logging.getLogger("mailflow.spool")
 MAGIC = b"MFSPOOL1 "
 REASON_SUFFIX = ".reason.txt"
 UNREADABLE = "unreadable spool file"
+WRITERS_LOCK = ".writers.lock"
 # An envelope line is small (at most a few dozen recipients); anything longer than this
 # without a newline is a damaged file, and we refuse to read it into memory as a header.
 _MAX_HEADER_BYTES = 256 * 1024
@@ -76,8 +81,33 @@ class Spool:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _writers(self, operation: int) -> Iterator[None]:
+        """flock on spool/.writers.lock: LOCK_SH while writing, LOCK_EX to clean tmp/.
+
+        A fresh descriptor each time: flock belongs to the open file, so threads sharing
+        one descriptor would release each other's locks.
+        """
+        fd = os.open(self.root / WRITERS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, operation)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def recover(self) -> None:
-        """Delete files left in tmp/ by a crash: they were never acknowledged."""
+        """Delete files left in tmp/ by a crash: they were never acknowledged.
+
+        Skipped while any writer (this or another process) is writing: then a file in tmp/
+        may be a message being received; the next recover() gets the leftovers.
+        """
+        try:
+            with self._writers(fcntl.LOCK_EX | fcntl.LOCK_NB):
+                self._remove_leftovers()
+        except BlockingIOError:
+            log.info("spool recover: skipped, a writer is busy")
+
+    def _remove_leftovers(self) -> None:
         removed = 0
         for p in self.tmp_dir.iterdir():
             try:
@@ -119,19 +149,20 @@ class Spool:
         }
         line = MAGIC + json.dumps(header, ensure_ascii=True).encode("ascii") + b"\n"
         tmp = self.tmp_dir / entry_id
-        # O_EXCL: ids are unique, so an existing file would mean a bug; never overwrite.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb", closefd=True) as f:
-                f.write(line)
-                f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.new_dir / entry_id)
-        except BaseException:
-            # A failed write must not leave a half file that recover() would have to find.
-            tmp.unlink(missing_ok=True)
-            raise
+        with self._writers(fcntl.LOCK_SH):
+            # O_EXCL: ids are unique, so an existing file would mean a bug; never overwrite.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb", closefd=True) as f:
+                    f.write(line)
+                    f.write(raw)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.new_dir / entry_id)
+            except BaseException:
+                # A failed write must not leave a half file that recover() would have to find.
+                tmp.unlink(missing_ok=True)
+                raise
         # The rename is the commit; without this fsync a crash could forget it.
         fsync_dir(self.new_dir)
         return entry_id

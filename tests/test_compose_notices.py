@@ -104,7 +104,7 @@ def test_base_templates_take_exactly_the_base_keys() -> None:
     extra = {
         "intro": {"role", "accepted", "checkin_day", "checkin_time"},
         "checkin_ack": {"checkin_at", "reports"},
-        "receipt": {"done_items", "problems", "question", "report_stored"},
+        "receipt": {"done_items", "problems", "question", "report_stored", "role"},
         "pause_notice": {"action", "until"},
         "partner_note": {"note", "received_at"},
         "summary": {
@@ -245,6 +245,21 @@ def test_receipt_with_question_asks_it(shipped: Templates) -> None:
     assert "  Reply stop again within 7 days to end this partnership." in text
     assert "Done:" not in text and "stored as your report" not in text
     assert "Reply stop again within 7 days" in rendered.html
+
+
+def test_receipt_to_the_partner_greets_the_partner(shipped: Templates) -> None:
+    rendered = _render(shipped, "receipt", "partner", report_stored=True)
+    assert rendered.text.split("\n")[1] == "Hi Bruno Keller,"
+    assert "Hi Bruno Keller," in rendered.html
+    assert "  - You accepted. Check-ins for Zoë Adler start on Mondays." in rendered.text
+    assert "stored as your report" not in rendered.text + rendered.html
+
+
+def test_receipt_without_role_is_for_the_member(shipped: Templates) -> None:
+    ctx = sample_context("receipt")
+    del ctx["role"]
+    rendered = shipped.render("receipt", ctx)
+    assert "Hi Zoë Adler," in rendered.text and "Hi Zoë Adler," in rendered.html
 
 
 def test_receipt_escapes_quoted_user_text(shipped: Templates) -> None:

@@ -220,12 +220,29 @@ def hostile_addresses(rng: random.Random) -> dict[str, list[str]]:
         "our domain, no token": [
             f"{local}@{DOMAIN}"
             for local in [
-                "postmaster", "abuse", "root", "admin", "mailflow", "checkins", "checkin+",
-                "checkin-" + valid, "checkin" + valid, "bounce", "bounces+x", "bounces.",
-                "ada", "grace", "noreply", "", "+" + valid, "checkin++" + valid,
-                "checkin+ " + valid, "xcheckin+" + valid,
+                "postmaster",
+                "abuse",
+                "root",
+                "admin",
+                "mailflow",
+                "checkins",
+                "checkin+",
+                "checkin-" + valid,
+                "checkin" + valid,
+                "bounce",
+                "bounces+x",
+                "bounces.",
+                "ada",
+                "grace",
+                "noreply",
+                "",
+                "+" + valid,
+                "checkin++" + valid,
+                "checkin+ " + valid,
+                "xcheckin+" + valid,
             ]
-        ] * 5,
+        ]
+        * 5,
         "checkin+garbage": [
             f"checkin+{rand(rng.randrange(1, 80), b32 + string.digits + '-._=')}@{DOMAIN}"
             for _ in range(100)
@@ -535,12 +552,10 @@ def test_corpus_through_listener_and_ingest(world: World) -> None:
                 ids.append(queue_id(text))
             else:
                 refused.append((str(path.relative_to(CORPUS)), code, text))
-    # Only the documented refusal: a bare CR inside a header section (see inbox).
-    assert all(code == 550 and "5.6.0" in text for _, code, text in refused), refused
-    assert len(refused) <= len(files) // 20, refused
+    # As an MTA relays them (CRLF, long lines folded), every one is accepted.
+    assert refused == []
     lines = world.service.ingest(world.now).lines
     fate = check_fate(world, ids, lines)
-    Path("/tmp/corpus_fate.txt").write_text(f"corpus: {len(files)} files, {len(refused)} refused at SMTP, {fate} {refused[:5]}")
     assert sum(fate.values()) == len(ids) == len(files) - len(refused)
     assert fate["report"] > 0 and fate["inbound"] > 0 and fate["quarantined"] > 0, fate
     # The database loads and `status` works on what came in.
@@ -569,7 +584,9 @@ header_text = st.text(
     lambda cs, enc, payload: f"=?{cs}?{enc}?{payload}?=",
     st.sampled_from(CHARSETS),
     st.sampled_from(["B", "Q", "b", "q", "X"]),
-    st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="?"), max_size=60),
+    st.text(
+        st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="?"), max_size=60
+    ),
 )
 body_bytes = st.binary(max_size=3000) | st.text(max_size=1500).map(
     lambda s: s.encode("utf-8", "surrogateescape")
@@ -582,9 +599,7 @@ def fuzzed_message(draw: st.DrawFn) -> bytes:
     sender = draw(st.sampled_from(FROMS))
     if sender:
         headers.append(("From", sender))
-    headers += draw(
-        st.lists(st.tuples(st.sampled_from(HEADER_NAMES), header_text), max_size=8)
-    )
+    headers += draw(st.lists(st.tuples(st.sampled_from(HEADER_NAMES), header_text), max_size=8))
     shape = draw(st.sampled_from(["plain", "multipart", "nested", "report", "headers only"]))
     charset = draw(st.sampled_from(CHARSETS))
     cte = draw(st.sampled_from(ENCODINGS))
@@ -599,7 +614,10 @@ def fuzzed_message(draw: st.DrawFn) -> bytes:
     else:
         kind = {"multipart": "alternative", "nested": "mixed", "report": "report"}[shape]
         headers.append(
-            ("Content-Type", f'multipart/{kind}; boundary="{boundary}"; report-type=delivery-status')
+            (
+                "Content-Type",
+                f'multipart/{kind}; boundary="{boundary}"; report-type=delivery-status',
+            )
         )
         chunks = [
             f"--{boundary}\r\nContent-Type: "
@@ -659,7 +677,7 @@ def test_fuzzed_mail_is_stored_or_quarantined_never_lost(world: World) -> None:
 MARKUP = (
     "Done: <script>alert('x')</script> finished the <b>outline</b>\n"
     'Setback: <img src=x onerror="alert(1)"> missed Thursday & "friends" {{ 7*7 }}\n'
-    "Next: <a href=\"javascript:alert(1)\">click</a></td></table><style>*{}</style>"
+    'Next: <a href="javascript:alert(1)">click</a></td></table><style>*{}</style>'
 )
 
 
@@ -682,7 +700,7 @@ def test_member_markup_is_escaped_in_the_partner_digest(world: World) -> None:
     got = world.relay.wait_for(before + 1)
     [digest] = [m for m in got[before:] if m.rcpt_tos == (GRACE,)]
     html = html_of(digest)
-    for raw_markup in ("<script", "<img", "<a href=\"javascript", "</table><style", "onerror=\""):
+    for raw_markup in ("<script", "<img", '<a href="javascript', "</table><style", 'onerror="'):
         assert raw_markup not in html, raw_markup
     assert "&lt;script&gt;" in html and "&lt;img" in html
     assert "{{ 7*7 }}" in html  # user text is data, never a template
@@ -775,4 +793,3 @@ def test_wrong_sender_replay_and_ended_are_quarantined_never_counted(world: Worl
     world.service.ingest(world.now)
     status = json.loads(world.mf.ok("status", "--json", "--now", world.now.isoformat()).out)
     assert status["replied"] == 1 and status["quarantined"] == len(cases)
-

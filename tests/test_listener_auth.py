@@ -114,13 +114,13 @@ def test_serve_accepts_a_reply_only_after_starttls_and_auth(
         tmp_path,
         relay.port,
         listen,
-        f'tls_cert = "{cert}"\ntls_key = "{key}"\nrequire_starttls = true\n'
-        'auth_username = "mta"',
+        f'tls_cert = "{cert}"\ntls_key = "{key}"\nrequire_starttls = true\nauth_username = "mta"',
     )
     setup_people(config)
     today = datetime.now(UTC)
     pid = add_partnership(
         config,
+        relay,
         "ada@example.com",
         "grace@example.com",
         "public speaking",

@@ -25,7 +25,7 @@ def parse_fixture(name: str) -> ParsedMessage:
     return parse_message((FIXTURES / name).read_bytes())
 
 
-# --- quoted history: attribution lines in many languages ---------------------------------------
+# --- quoted history: attribution lines in many languages -----------------------------------------
 
 ATTRIBUTIONS = [
     "On Mon, Jan 6, 2025 at 9:00 AM Mailflow <checkin@mailflow.test> wrote:",
@@ -123,7 +123,7 @@ def test_forwarded_message_is_not_history() -> None:
     assert "Forwarded message" in extract_reply_text(body)
 
 
-# --- signatures ---------------------------------------------------------------------------------
+# --- signatures ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -170,7 +170,7 @@ def test_signoff_block_removed() -> None:
     )
 
 
-# --- kinds ----------------------------------------------------------------------------------------
+# --- kinds ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -225,7 +225,7 @@ def test_headers_extracted() -> None:
     assert parsed.subject == "Re: Your weekly check-in"
 
 
-# --- MIME and charsets ------------------------------------------------------------------------------
+# --- MIME and charsets ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -280,7 +280,7 @@ def test_html_to_text_drops_markup_and_quotes() -> None:
     assert html_to_text(html) == "Hello there\nline 2\n\n- one\n- two"
 
 
-# --- setbacks ---------------------------------------------------------------------------------------
+# --- setbacks ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -339,7 +339,7 @@ def test_sections_absent_are_empty_strings() -> None:
     assert find_sections("just text") == {"done": "", "setback": "", "next": ""}
 
 
-# --- JSON contract and hostile input -----------------------------------------------------------------
+# --- JSON contract and hostile input -------------------------------------------------------------
 
 
 def test_to_json_dict_exact_contract() -> None:

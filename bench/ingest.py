@@ -1,0 +1,92 @@
+"""Ingest: N replies from concurrent SMTP clients to `serve`, until every one is a record.
+
+Usage: ``.venv/bin/python bench/ingest.py [--n 5000] [--clients 8] [--partnerships 1000]``
+
+Ours: `mailflow serve` (a subprocess, real listener, spool, ingest thread, store) receives
+N member replies (2-4 KB, new text above one to three rounds of quoted check-ins) from
+`--clients` processes with one SMTP connection each; the clock stops when every reply is
+stored as a progress record (its raw message archived under mail/in/, which happens only
+after the record is written). Raw: the same clients send the same messages to a do-nothing
+aiosmtpd sink (`bench/common.py sink`) that only answers 250.
+
+Last line on stdout: ``ingest: ours X/s, raw Y/s, ratio Z``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as c  # noqa: E402
+
+
+def measure_ours(
+    root: Path, n: int, clients: int, partnerships: int, history_weeks: int = 0
+) -> tuple[float, Path]:
+    """Replies per second through `serve`, and the data dir (for a look afterwards)."""
+    port = c.free_port()
+    config = c.write_config(root, listen_port=port)
+    data = root / "data"
+    now = c.now_in_period()
+    c.progress(f"populating {partnerships} partnerships ({history_weeks} weeks of history)")
+    pop = c.populate(data, partnerships, now, history_weeks=history_weeks)
+    messages = [
+        c.reply_message(i, 1 + i % partnerships, pop.period, now) for i in range(n)
+    ]
+    sizes = sorted(len(m[2]) for m in messages)
+    c.progress(f"{n} replies of {sizes[0]}-{sizes[-1]} bytes to period {pop.period}")
+    before = c.stored_reports(data, pop.period)
+    with c.serve(config, root / "serve.log") as proc:
+        c.wait_port(port, timeout=120)
+        time.sleep(1.0)  # let serve's start-up tick finish (nothing is due)
+        c.progress(f"serve listening on {port}; sending with {clients} clients")
+        started, sent = c.send_concurrently(port, messages, clients)
+        c.progress(f"  all {n} accepted after {sent - started:.2f} s")
+        done = c.wait_stored(data, pop.period, n, timeout=max(120.0, n / 20), proc=proc)
+    elapsed = done - started
+    stored = c.stored_reports(data, pop.period) - before
+    bad = c.quarantined(data)
+    if stored != n or bad:
+        raise RuntimeError(f"expected {n} new records, found {stored} ({bad} quarantined)")
+    c.progress(f"ours: {n} stored in {elapsed:.2f} s")
+    return n / elapsed, data
+
+
+def measure_raw(n: int, clients: int) -> float:
+    port = c.free_port()
+    now = c.now_in_period()
+    messages = [c.reply_message(i, 1 + i % 1000, "2026-W01", now) for i in range(n)]
+    with c.sink(port):
+        started, done = c.send_concurrently(port, messages, clients)
+    c.progress(f"raw: {n} accepted by the sink in {done - started:.2f} s")
+    return n / (done - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=5000, help="replies (default 5000)")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent SMTP clients")
+    ap.add_argument("--partnerships", type=int, default=1000)
+    ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    args = ap.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="mailflow-bench-ingest-"))
+    try:
+        raw = measure_raw(args.n, args.clients)
+        ours, _ = measure_ours(root, args.n, args.clients, min(args.partnerships, args.n))
+    finally:
+        if args.keep:
+            c.progress(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(c.result_line("ingest", ours, raw))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
