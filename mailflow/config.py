@@ -182,8 +182,10 @@ def _validate(cfg: Config) -> None:
         ".." in s.domain
     ):
         raise bad("service.domain", f'not a valid domain name: "{s.domain}"')
-    for key, addr in (("service.from_address", s.from_address), ("service.admin_address",
-                                                                  s.admin_address)):
+    for key, addr in (
+        ("service.from_address", s.from_address),
+        ("service.admin_address", s.admin_address),
+    ):
         if addr:
             try:
                 validate_email(addr, check_deliverability=False, test_environment=True)
@@ -200,7 +202,8 @@ def _validate(cfg: Config) -> None:
     if not 0 < ls.port < 65536:
         raise bad("listener.port", f"expected 1-65535, got {ls.port}")
     if ls.max_message_bytes < 1024:
-        raise bad("listener.max_message_bytes", f"expected at least 1024, got {ls.max_message_bytes}")
+        got = ls.max_message_bytes
+        raise bad("listener.max_message_bytes", f"expected at least 1024, got {got}")
     if ls.timeout_seconds < 1:
         raise bad("listener.timeout_seconds", f"expected at least 1, got {ls.timeout_seconds}")
     if ls.max_connections < 1:
@@ -239,13 +242,16 @@ def _validate(cfg: Config) -> None:
     except ValueError as exc:
         raise bad("schedule.checkin_time", str(exc)) from None
     if sc.digest_delay_minutes < 0:  # 0: the digest goes out at the next tick
-        raise bad("schedule.digest_delay_minutes", f"expected 0 or more, got {sc.digest_delay_minutes}")
+        got = sc.digest_delay_minutes
+        raise bad("schedule.digest_delay_minutes", f"expected 0 or more, got {got}")
     for name in ("remind_after_hours", "deadline_after_hours", "tick_seconds", "consent_days"):
         if getattr(sc, name) < 1:
             raise bad(f"schedule.{name}", f"expected at least 1, got {getattr(sc, name)}")
     if sc.deadline_after_hours <= sc.remind_after_hours:
-        raise bad("schedule.deadline_after_hours",
-                  f"must be greater than remind_after_hours ({sc.remind_after_hours})")
+        raise bad(
+            "schedule.deadline_after_hours",
+            f"must be greater than remind_after_hours ({sc.remind_after_hours})",
+        )
     if sc.deadline_after_hours > 24 * 7 - 1:
         raise bad("schedule.deadline_after_hours", "must fall within the week (at most 167)")
 

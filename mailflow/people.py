@@ -109,7 +109,7 @@ def check_new_people(new: Sequence[Person], existing: Mapping[str, Person]) -> l
         if person.email in existing:
             problems.append(f"{i}: {person.email} already exists")
         elif person.email in seen:
-            problems.append(f"{i}: {person.email} appears twice (first at row {seen[person.email]})")
+            problems.append(f"{i}: {person.email} appears twice in the file")
         else:
             seen[person.email] = i
     everyone = {**existing, **{p.email: p for p in new}}

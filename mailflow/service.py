@@ -147,7 +147,6 @@ class Service:
         password = os.environ.get(config.relay.password_env) if config.relay.host else None
         self.outbox = Outbox(self.store, config.relay, password, self.bounce_address, self.data_dir)
         self.spool = Spool(self.data_dir / "spool")
-        self.spool.recover()
         self._ingest_lock = threading.Lock()
         self._jobs_lock = threading.Lock()
 
@@ -324,9 +323,9 @@ class Service:
         return report
 
     def _ingest_batch(self, entries: list[SpoolEntry], now: datetime, out: TickReport) -> None:
-        core = self.store.core()
-        people = {p.email: p for p in core.people()}
-        partnerships = {p.id: p for p in core.partnerships()}
+        # Built once per core file version, not per batch: serve's batches are often small.
+        people = self.store.people_map()
+        partnerships = self.store.partnerships_map()
         decisions: list[tuple[SpoolEntry, ingest.Decision, str]] = []
         for entry in entries:
             try:
@@ -344,13 +343,19 @@ class Service:
         prepared: list[Prepared] = []
         fresh: list[tuple[SpoolEntry, ingest.Decision, str]] = []
         seen: set[str] = set()
+        # One snapshot per period for the batch: a view indexes its tables on first use, so a
+        # snapshot per message made every message cost a pass over the period's records.
+        views: dict[str, WeekView] = {}
         for entry, decision, archive in decisions:
             if decision.action == ingest.QUARANTINE:
                 fresh.append((entry, decision, archive))
                 continue
             mid = _decision_mid(decision)
             period = self._record_period(decision, entry)
-            if mid in seen or self.store.week(period).has_message(mid):
+            view = views.get(period)
+            if view is None:
+                view = views[period] = self.store.week(period)
+            if mid in seen or view.has_message(mid):
                 fresh.append((entry, ingest.Decision(ingest.INBOUND, "duplicate"), archive))
                 continue
             seen.add(mid)
@@ -455,8 +460,10 @@ class Service:
         """Commands, consent, notes, questions: what a message asks us to do and tell."""
         if d.action == ingest.INBOUND or d.partnership_id is None and d.action != ingest.AMBIGUOUS:
             return []
+        if d.action == ingest.REPORT and not (d.commands or d.problems):
+            return []  # a plain report (the common case): nothing to do or tell
         core = self.store.core()
-        people = {p.email: p for p in core.people()}
+        people = self.store.people_map()
         at = entry.received_at
         period = utc_week(at)
         if d.action == ingest.AMBIGUOUS:
@@ -1121,6 +1128,10 @@ class Service:
         problems = self.templates.check()
         if problems:
             raise ServiceError("templates have errors; fix them first: " + "; ".join(problems))
+        # Only `serve` clears half-written files: a CLI command running next to it must not
+        # delete what the running listener or sender is writing at that moment.
+        self.spool.recover()
+        self.outbox.init()
         wake = threading.Event()
         lc = self.config.listener
         listener = Listener(

@@ -236,8 +236,10 @@ class WeekView(_View):
         return len(self._reports_by_pid().get(partnership_id, []))
 
     def has_message(self, message_id: str) -> bool:
-        return (self._table("reports").get(message_id) is not None
-                or self._table("inbound").get(message_id) is not None)
+        return (
+            self._table("reports").get(message_id) is not None
+            or self._table("inbound").get(message_id) is not None
+        )
 
     def add_report(self, report: Report) -> bool:
         """Store a progress record once; False when its Message-ID is already here."""
@@ -297,6 +299,9 @@ class Store:
         self._summaries: dict[Path, tuple[tuple[int, int, int], dict[int, PeriodSummary]]] = {}
         self._guards: dict[Path, threading.RLock] = {}
         self._guards_lock = threading.Lock()
+        self._core_objects: (
+            tuple[dict[str, dict[str, Any]], dict[str, Person], dict[int, Partnership]] | None
+        ) = None
 
     def init(self) -> None:
         """Create the directories and clear temp files a killed writer left behind.
@@ -394,6 +399,27 @@ class Store:
         with self._guard(self.core_path):
             return CoreView(self._load(self.core_path), writable=False)
 
+    def _core_maps(self) -> tuple[dict[str, Person], dict[int, Partnership]]:
+        # Domain objects are frozen, so they can be shared across calls; they are rebuilt only
+        # when core.json changed (a new parsed dict), not on every small ingest batch.
+        with self._guard(self.core_path):
+            data = self._load(self.core_path)
+            hit = self._core_objects
+            if hit is None or hit[0] is not data:
+                view = CoreView(data, writable=False)
+                people = {p.email: p for p in view.people()}
+                pships = {p.id: p for p in view.partnerships()}
+                hit = self._core_objects = (data, people, pships)
+            return hit[1], hit[2]
+
+    def people_map(self) -> dict[str, Person]:
+        """email -> Person, as core().people() would give; a new dict, shared objects."""
+        return dict(self._core_maps()[0])
+
+    def partnerships_map(self) -> dict[int, Partnership]:
+        """id -> Partnership in id order, as core().partnerships() would give."""
+        return dict(self._core_maps()[1])
+
     @contextmanager
     def core_tx(self) -> Iterator[CoreView]:
         """Read-modify-write of people and partnerships, atomic and exclusive."""
@@ -439,12 +465,17 @@ class Store:
             for d in data.get("weeks", {}).values():
                 summary[int(d["partnership_id"])] = PeriodSummary(
                     checkin_sent=d.get("checkin_at") is not None,
-                    no_report_sent=d.get("no_report_at") is not None)
+                    no_report_sent=d.get("no_report_at") is not None,
+                )
             for d in data.get("reports", {}).values():
                 pid = int(d["partnership_id"])
                 prev = summary.get(pid, PeriodSummary())
-                summary[pid] = PeriodSummary(prev.checkin_sent, prev.no_report_sent,
-                                             prev.reports + 1, prev.setback or bool(d["setback"]))
+                summary[pid] = PeriodSummary(
+                    prev.checkin_sent,
+                    prev.no_report_sent,
+                    prev.reports + 1,
+                    prev.setback or bool(d["setback"]),
+                )
             self._summaries[path] = (stamp, summary)
             return summary
 

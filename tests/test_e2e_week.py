@@ -387,3 +387,23 @@ def test_demo_runs_a_week(tmp_path: Path) -> None:
     digest = out.split("=== digest to the partner ===")[1]
     assert "SETBACK" in digest
     assert "Book the room for Thursday" in digest
+
+
+def test_serve_refuses_to_start_with_a_broken_template(tmp_path: Path) -> None:
+    override = tmp_path / "mytemplates"
+    override.mkdir()
+    (override / "checkin.txt.j2").write_text("Hi {{ member.name }\n")
+    config = write_config(tmp_path, free_port(), free_port())
+    with config.open("a") as fh:
+        fh.write(f'[templates]\ndir = "{override}"\n')
+    proc = subprocess.run(
+        [MAILFLOW, "--config", str(config), "serve"], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: templates have errors")
+    assert "checkin.txt.j2:1:" in last
+    check = run(config, "templates", "check")
+    assert check.returncode == 1
+    assert f"{override / 'checkin.txt.j2'}:1:" in check.stderr
