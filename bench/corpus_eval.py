@@ -49,6 +49,9 @@ SET_NAMES = {
     "sisimai/rb-sisimai": "sisimai (kinds)",
 }
 
+# What a runner returns for an entry that must finish within 5 s and did not.
+TIMEOUT = "<timeout>"
+
 CLASS_MAP = {
     "bounce": ("bounce", None),
     "delay_notification": ("auto_reply", "dsn-delayed"),
@@ -176,7 +179,7 @@ def score(entry: dict[str, Any], output: Any) -> bool | None:
         return None
     assertions = " ".join(entry.get("assertions", []))
     if "completes within" in assertions:
-        return True  # the runner returns None when it timed out
+        return output != TIMEOUT
     if "passed whole" in entry.get("input_kind", ""):
         return bool(output.strip()) and "From" not in output
     comparison = (entry.get("comparison") or "").lower()

@@ -46,9 +46,12 @@ def measure_ours(
         c.wait_port(port, timeout=120)
         time.sleep(1.0)  # let serve's start-up tick finish (nothing is due)
         c.progress(f"serve listening on {port}; sending with {clients} clients")
+        cpu0 = c.cpu_seconds(proc.pid)
         started, sent = c.send_concurrently(port, messages, clients)
         c.progress(f"  all {n} accepted after {sent - started:.2f} s")
         done = c.wait_stored(data, pop.period, n, timeout=max(120.0, n / 20), proc=proc)
+        cpu = c.cpu_seconds(proc.pid) - cpu0
+        c.progress(f"  serve used {cpu:.2f} s CPU ({cpu / (done - started):.0%} of one core)")
     elapsed = done - started
     stored = c.stored_reports(data, pop.period) - before
     bad = c.quarantined(data)

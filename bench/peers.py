@@ -107,7 +107,7 @@ def _peer_run(name: str, t: dict[str, Any]) -> Any:
 
 
 def _timed(fn: Any, t: dict[str, Any]) -> Any:
-    """Run fn; timing entries fail (None) past 5 s. Exceptions count as wrong output."""
+    """Run fn; timing entries fail past 5 s. Exceptions count as wrong output."""
     start = time.monotonic()
     try:
         out = fn(t)
@@ -119,7 +119,7 @@ def _timed(fn: Any, t: dict[str, Any]) -> Any:
         out = ""  # a peer answering None has produced no text: scored, and failed
 
     if t["mode"] == "timing":
-        return "" if time.monotonic() - start <= 5 else None
+        return "" if time.monotonic() - start <= 5 else ce.TIMEOUT
     return out
 
 

@@ -196,6 +196,7 @@ def people_import(app: App, file: Path) -> None:
     rows, problems = read_csv(text)
     new: list[Person] = []
     lines: list[int] = []
+    bad_rows: dict[str, int] = {}
     default_tz = app.config.service.timezone
     items = (
         click.progressbar(
@@ -222,10 +223,15 @@ def people_import(app: App, file: Path) -> None:
                 lines.append(row.line)
             except DomainError as exc:
                 problems.append(f"{row.line}: {exc}")
+                bad_rows[f.get("email", "").strip().lower()] = row.line
     with app.store.core_tx() as core:
         existing = {p.email: p for p in core.people()}
         for problem in check_new_people(new, existing):
             index, message = problem.split(": ", 1)
+            person = new[int(index)]
+            if person.manager in bad_rows and message.endswith("does not exist"):
+                # The manager is in the file, on a row that is wrong: say that instead.
+                message = f"manager {person.manager} is on bad line {bad_rows[person.manager]}"
             problems.append(f"{lines[int(index)]}: {message}")
         if problems:
             problems.sort(key=lambda s: int(s.split(":", 1)[0]))
@@ -640,6 +646,10 @@ def status(app: App, as_json: bool, now_text: str | None) -> None:
     click.echo(
         f"bouncing: {len(data['bouncing'])}"
         + (f" ({', '.join(data['bouncing'])})" if data["bouncing"] else "")
+    )
+    click.echo(
+        f"consent pending: {len(data['consent_pending'])}  declined: "
+        f"{len(data['consent_declined'])}  no answer in time: {len(data['consent_overdue'])}"
     )
     click.echo(f"quarantined: {data['quarantined']}  spooled: {data['spooled']}")
     click.echo(f"outgoing queued: {data['outgoing_queued']}  failed: {data['outgoing_failed']}")

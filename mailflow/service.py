@@ -72,6 +72,7 @@ from mailflow.tokens import DIGEST as TOKEN_DIGEST
 log = logging.getLogger("mailflow")
 
 INGEST_BATCH = 500
+INGEST_GATHER_SECONDS = 0.1  # serve: how long an ingest round waits for more mail to batch
 BOUNCE_LOCAL = "bounces"
 PLAIN_LOCAL = "checkin"
 STOP_CONFIRM_DAYS = 7
@@ -1157,7 +1158,10 @@ class Service:
 
         def ingest_loop() -> None:
             while not stop.is_set():
-                wake.wait(timeout=1.0)
+                if wake.wait(timeout=1.0):
+                    # Group commit: let the messages arriving meanwhile join this batch, so
+                    # the period file is rewritten once per batch, not once per message.
+                    stop.wait(INGEST_GATHER_SECONDS)
                 wake.clear()
                 if stop.is_set():
                     break

@@ -8,8 +8,8 @@ needs and calls `remove()`, or `quarantine()` with a reason when it cannot under
 Layout (a maildir-like scheme: the rename is the commit point):
 - `spool/tmp/<id>`: being written; never acknowledged, so `recover()` deletes leftovers.
   Writers hold a shared flock on `spool/.writers.lock` while a file of theirs is in tmp/;
-  `recover()` deletes only under the exclusive lock, so a command run while `serve` is
-  writing (every command that builds a Service recovers) never deletes a write in flight.
+  `recover()` deletes only under the exclusive lock, so a recovery in another process
+  while `serve` is writing never deletes a write in flight.
 - `spool/new/<id>`: committed, waiting for the processor.
 - `quarantine/<id>` + `quarantine/<id>.reason.txt`: set aside with the reason (next to
   `spool/`, at data_dir level, so that status and operators find it in one place).

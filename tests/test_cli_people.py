@@ -508,3 +508,17 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
     assert bad.code == 1 and bad.err.count("\n") == 1 and bad.err.startswith("error: name:")
     usage = run_console("--config", "c.toml", "people", "add", cwd=tmp_path)
     assert usage.code == 2 and usage.err.startswith("error: ") and usage.err.count("\n") == 1
+
+
+def test_import_names_the_bad_line_of_a_manager_defined_in_the_file(mf: Mailflow) -> None:
+    path = csv_file(
+        mf,
+        (
+            "lead@example.com,Lead,,,,\n"  # line 2: no department
+            "ann@example.com,Ann,Sales,lead@example.com,,\n"  # line 3: manager on line 2
+        ),
+    )
+    err = mf.bad("people", "import", path, lines=3)
+    lines = err.splitlines()
+    assert lines[0].startswith(f"error: {path}:2: department: ")
+    assert lines[1] == f"error: {path}:3: manager lead@example.com is on bad line 2"

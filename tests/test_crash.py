@@ -308,7 +308,7 @@ def test_relay_faults_during_fanout_deliver_each_checkin_once(
         relay.drop_after_data, relay.drop_next_data = 10, 1
         out = tick("2026-11-30T09:00:00+00:00")
         assert out.count("queued checkin") == n
-        assert len(checkins(relay)) == 10
+        assert 10 <= len(checkins(relay)) < n
         # 2: every connection greeted with 421.
         relay.fail_next_connections = 1000
         tick("2026-11-30T09:05:00+00:00")
@@ -413,6 +413,9 @@ def test_cli_writes_while_serve_ingests_lose_nothing(
                      "--name", f"N{i}", "--department", f"New{i}"]
                 )  # fmt: skip
                 assert code == 0, capsys.readouterr().err
+                if i % 25 == 0:
+                    # Reads while `serve` writes: must not disturb a message in flight.
+                    assert cli_main(["--config", str(config), "status", "--json"]) == 0
                 if i % 10 == 0:
                     verb = "pause" if pauses % 2 == 0 else "resume"
                     # A separate process, as an admin's shell would be.
@@ -455,8 +458,8 @@ def test_cli_writes_while_serve_ingests_lose_nothing(
 
 
 def test_recover_by_another_process_never_breaks_a_write_in_flight(tmp_path: Path) -> None:
-    """Every command that builds a Service runs `Spool.recover()`, which deletes leftovers in
-    spool/tmp. While `serve` writes, a file there is a write in flight, not a leftover."""
+    """`Spool.recover()` deletes leftovers in spool/tmp. While another process (`serve`)
+    writes, a file there is a write in flight, not a leftover: it must be left alone."""
     from mailflow.spool import Spool
 
     root = tmp_path / "data" / "spool"
