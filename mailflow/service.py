@@ -31,7 +31,7 @@ from filelock import FileLock
 from mailflow import commands as cmds
 from mailflow import digest, ingest
 from mailflow import partnerships as pships
-from mailflow.compose import Templates, build_message
+from mailflow.compose import Templates, message_bytes
 from mailflow.config import Config
 from mailflow.models import (
     CONSENT_ACCEPTED,
@@ -240,7 +240,7 @@ class Service:
         to_addr, to_name = (to.email, to.name) if isinstance(to, Person) else (to, "")
         rendered = self.templates.render(name, ctx)
         mid = message_id or f"<{name}.{_hash(key)}@{self.domain}>"
-        msg = build_message(
+        data = message_bytes(
             rendered,
             from_address=self.config.service.sender,
             from_name=from_name,
@@ -250,7 +250,7 @@ class Service:
             date=now,
             reply_to=reply_to,
         )
-        path = self.outbox.write_message(key, period, msg, sync=False)
+        path = self.outbox.write_bytes(key, period, data, sync=False)
         return Prepared(
             Outgoing(
                 key=key,
@@ -698,6 +698,7 @@ class Service:
                     to=partner,
                     ctx=pctx,
                     now=at,
+                    reply_to=pctx["reply_address"],
                     pid=p.id,
                 )
             )
@@ -992,6 +993,7 @@ class Service:
                 to=partner,
                 ctx=ctx,
                 now=now,
+                reply_to=partner_reply,
                 pid=p.id,
                 message_id=f"<no_report.{token_d}@{self.domain}>",
                 mark=mark_field("no_report_at", only_without_reports=True),

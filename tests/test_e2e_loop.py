@@ -453,3 +453,16 @@ def test_suggest_and_export(world: World) -> None:
     data = json.loads(world.cli("export", "--format", "json", "--since", "2026-12-01"))
     assert data == []
     assert world.cli("export", "--since", "yesterday", code=1).startswith("error: --since")
+
+
+def test_partner_answer_to_a_no_report_digest_reaches_the_member(world: World) -> None:
+    accepted(world)
+    world.tick(MONDAY)
+    lines = world.tick(MONDAY + timedelta(hours=97))
+    assert any(line.startswith("queued no_report to grace@example.com") for line in lines)
+    no_report = world.last_to("grace@example.com")
+    assert str(no_report.message["Reply-To"]).startswith("checkin+d")
+    world.send(reply(no_report, "grace@example.com", "Ada, how did the week go? Call me."))
+    world.tick(world.now + timedelta(minutes=1))
+    note = world.last_to("ada@example.com")
+    assert "how did the week go? Call me." in text_of(note)
