@@ -184,8 +184,9 @@ def populate(
         with store.week_tx(label) as week:
             for i in range(n):
                 pid = i + 1
-                week.put_week(Week(pid, label, at, digest_at=at + timedelta(hours=30),
-                                   digested_reports=1))
+                week.put_week(
+                    Week(pid, label, at, digest_at=at + timedelta(hours=30), digested_reports=1)
+                )
                 week.add_report(
                     Report(
                         partnership_id=pid,
@@ -279,7 +280,9 @@ def reply_message(i: int, pid: int, period: str, sent: datetime) -> tuple[str, s
         quoted.append(f"{prefix} wrote:")
         quoted.extend(f"{prefix} {line}".rstrip() for line in quoted_lines)
         prefix += ">"
-    body = f"{new}\n\nThanks,\nMember {pid - 1}\n\nOn {sent:%a, %d %b %Y} at 09:00, mailflow wrote:\n"
+    body = (
+        f"{new}\n\nThanks,\nMember {pid - 1}\n\nOn {sent:%a, %d %b %Y} at 09:00, mailflow wrote:\n"
+    )
     body += "\n".join(quoted) + "\n"
     msg = EmailMessage()
     msg["From"] = f"Member {pid - 1} <{member}>"
@@ -373,6 +376,18 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pid: int, timeout: float = 120.0) -> None:
+    """Until the process used under 5% of a core for half a second (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(pid)
+        if now - last < 0.025:
+            return
+        last = now
 
 
 def count_files(folder: Path) -> int:

@@ -18,7 +18,7 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,7 +27,12 @@ import common as c  # noqa: E402
 
 
 def measure_ours(
-    root: Path, n: int, clients: int, partnerships: int, history_weeks: int = 0
+    root: Path,
+    n: int,
+    clients: int,
+    partnerships: int,
+    history_weeks: int = 0,
+    on_done: Callable[[int], object] | None = None,
 ) -> tuple[float, Path]:
     """Replies per second through `serve`, and the data dir (for a look afterwards)."""
     port = c.free_port()
@@ -36,21 +41,21 @@ def measure_ours(
     now = c.now_in_period()
     c.progress(f"populating {partnerships} partnerships ({history_weeks} weeks of history)")
     pop = c.populate(data, partnerships, now, history_weeks=history_weeks)
-    messages = [
-        c.reply_message(i, 1 + i % partnerships, pop.period, now) for i in range(n)
-    ]
+    messages = [c.reply_message(i, 1 + i % partnerships, pop.period, now) for i in range(n)]
     sizes = sorted(len(m[2]) for m in messages)
     c.progress(f"{n} replies of {sizes[0]}-{sizes[-1]} bytes to period {pop.period}")
     before = c.stored_reports(data, pop.period)
     with c.serve(config, root / "serve.log") as proc:
         c.wait_port(port, timeout=120)
-        time.sleep(1.0)  # let serve's start-up tick finish (nothing is due)
+        c.wait_idle(proc.pid)  # serve's start-up tick (nothing is due) must not count
         c.progress(f"serve listening on {port}; sending with {clients} clients")
         cpu0 = c.cpu_seconds(proc.pid)
         started, sent = c.send_concurrently(port, messages, clients)
         c.progress(f"  all {n} accepted after {sent - started:.2f} s")
         done = c.wait_stored(data, pop.period, n, timeout=max(120.0, n / 20), proc=proc)
         cpu = c.cpu_seconds(proc.pid) - cpu0
+        if on_done is not None:
+            on_done(proc.pid)  # e.g. read serve's peak RSS while it still runs
         c.progress(f"  serve used {cpu:.2f} s CPU ({cpu / (done - started):.0%} of one core)")
     elapsed = done - started
     stored = c.stored_reports(data, pop.period) - before

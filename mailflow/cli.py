@@ -138,6 +138,52 @@ def people_add(
     click.echo(f"added {person.email}")
 
 
+@people.command("update")
+@click.argument("email")
+@click.option("--name", default=None)
+@click.option("--department", default=None)
+@click.option("--manager", default=None, help='The manager\'s email ("" removes it).')
+@click.option("--timezone", default=None)
+@click.option("--offers", multiple=True, help="Replaces the skills offered (repeatable).")
+@click.option("--no-offers", is_flag=True, help="Offers nothing any more.")
+@click.option("--clear-bouncing", is_flag=True, help="The address works again.")
+@pass_app
+def people_update(
+    app: App,
+    email: str,
+    name: str | None,
+    department: str | None,
+    manager: str | None,
+    timezone: str | None,
+    offers: tuple[str, ...],
+    no_offers: bool,
+    clear_bouncing: bool,
+) -> None:
+    """Change a person's fields, or clear the bouncing flag."""
+    from mailflow.people import update_person
+
+    addr = normalize_email(email)
+    with app.store.core_tx() as core:
+        existing = {p.email: p for p in core.people()}
+        current = existing.get(addr)
+        if current is None:
+            fail(f"no such person {addr}")
+        updated = update_person(
+            current,
+            existing,
+            name=name,
+            department=department,
+            manager=manager,
+            timezone=timezone,
+            offers=() if no_offers else (offers or None),
+            clear_bouncing=clear_bouncing,
+        )
+        if updated == current:
+            fail("nothing to change (see 'mailflow people update --help')")
+        core.put_person(updated)
+    click.echo(f"updated {addr}")
+
+
 @people.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--offers", "skill", default=None, help="Only people who offer this skill.")

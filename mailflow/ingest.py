@@ -10,12 +10,13 @@ at the door, shunt what we can't handle to a queue.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from mailflow.commands import Command, extract_commands, parse_consent
-from mailflow.models import ENDED, Inbound, Partnership, Person, Report
+from mailflow.models import CONSENT_ACCEPTED, ENDED, Inbound, Partnership, Person, Report
 from mailflow.parse import ParsedMessage, detect_setback, find_sections
 from mailflow.tokens import AGREE, CHECKIN, DIGEST, Token
 
@@ -65,6 +66,22 @@ def token_from_ids(ids: Iterable[str], domain: str) -> str | None:
     return None
 
 
+_DIAGNOSTIC = re.compile(rb"^Diagnostic-Code:[ \t]*(?:smtp;)?[ \t]*([^\r\n]{1,300})", re.I | re.M)
+_STATUS = re.compile(rb"^Status:[ \t]*([245]\.\d{1,3}\.\d{1,3})", re.I | re.M)
+
+
+def bounce_reason(raw: bytes, detail: str) -> str:
+    """The receiving server's own words from a DSN (Diagnostic-Code, Status), else `detail`."""
+    head = raw[:262_144]
+    diagnostic = _DIAGNOSTIC.search(head)
+    if diagnostic:
+        return diagnostic.group(1).decode("utf-8", "replace").strip()
+    status = _STATUS.search(head)
+    if status:
+        return f"status {status.group(1).decode('ascii')} ({detail})"
+    return detail
+
+
 def weeks_between(older: str, newer: str) -> int:
     def monday(label: str) -> date:
         year, week = label.split("-W")
@@ -80,8 +97,10 @@ def _pick(candidates: Sequence[Partnership], skill: str | None, subject: str) ->
         chosen = [p for p in candidates if p.skill == " ".join(skill.lower().split())]
         if len(chosen) == 1:
             return chosen[0]
-    folded = subject.casefold()
-    chosen = [p for p in candidates if p.skill.casefold() in folded]
+    # Whole words only: "go" must not pick "Going well with the queries".
+    chosen = [
+        p for p in candidates if re.search(rf"(?<!\w){re.escape(p.skill)}(?!\w)", subject, re.I)
+    ]
     return chosen[0] if len(chosen) == 1 else None
 
 
@@ -152,8 +171,15 @@ def decide(
         if p.status == ENDED:
             return Decision(QUARANTINE, f"partnership {p.id} has ended", partnership_id=p.id)
     elif to_plain_address:
-        candidates = [q for q in partnerships.values() if q.member == sender and q.status != ENDED]
+        mine = [q for q in partnerships.values() if q.member == sender and q.status != ENDED]
+        candidates = [q for q in mine if q.consent == CONSENT_ACCEPTED]
         if not candidates:
+            if mine:
+                return Decision(
+                    QUARANTINE,
+                    f"the partner of {sender} has not accepted yet",
+                    partnership_id=mine[0].id,
+                )
             return Decision(QUARANTINE, f"no active partnership with member {sender or '?'}")
         extracted = extract_commands(parsed.text, date.min)
         p = _pick(candidates, extracted.skill, parsed.subject)
@@ -230,6 +256,13 @@ def decide(
             f"{MAX_TOKEN_AGE_WEEKS} weeks before {current}",
             partnership_id=pid,
             period=token.period,
+        )
+    if local_today(p) < p.start:
+        return Decision(
+            INBOUND,
+            f"before the start date {p.start}: not counted",
+            partnership_id=pid,
+            inbound=inbound("early_note", f"before {p.start}", pid, None, text=parsed.text),
         )
     period = report_period(p, token.period if token else None)
     extracted = extract_commands(parsed.text, local_today(p))

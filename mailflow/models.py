@@ -7,7 +7,8 @@ dates are local calendar dates of the person they belong to.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import copy
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -47,9 +48,18 @@ class Person:
     bounce_reason: str = ""
 
     def to_doc(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["offers"] = list(self.offers)
-        return d
+        # Explicit rather than asdict(): asdict deep-copies every field, and documents are
+        # built by the thousand in a fan-out.
+        return {
+            "email": self.email,
+            "name": self.name,
+            "department": self.department,
+            "manager": self.manager,
+            "timezone": self.timezone,
+            "offers": list(self.offers),
+            "bouncing": self.bouncing,
+            "bounce_reason": self.bounce_reason,
+        }
 
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> Person:
@@ -233,9 +243,19 @@ class Report:
     raw_ref: str = ""  # where the raw message is kept, relative to data_dir
 
     def to_doc(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["received_at"] = to_iso(self.received_at)
-        return d
+        return {
+            "partnership_id": self.partnership_id,
+            "period": self.period,
+            "received_at": to_iso(self.received_at),
+            "message_id": self.message_id,
+            "sender": self.sender,
+            "text": self.text,
+            "setback": self.setback,
+            "done": self.done,
+            "setback_text": self.setback_text,
+            "next": self.next,
+            "raw_ref": self.raw_ref,
+        }
 
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> Report:
@@ -278,10 +298,21 @@ class Outgoing:
     error: str = ""
 
     def to_doc(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("created_at", "next_attempt_at", "sent_at"):
-            d[k] = to_iso(getattr(self, k))
-        return d
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "to": self.to,
+            "message_id": self.message_id,
+            "path": self.path,
+            "created_at": to_iso(self.created_at),
+            "partnership_id": self.partnership_id,
+            "period": self.period,
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": to_iso(self.next_attempt_at),
+            "sent_at": to_iso(self.sent_at),
+            "error": self.error,
+        }
 
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> Outgoing:
@@ -317,9 +348,17 @@ class Inbound:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["received_at"] = to_iso(self.received_at)
-        return d
+        return {
+            "message_id": self.message_id,
+            "received_at": to_iso(self.received_at),
+            "kind": self.kind,
+            "sender": self.sender,
+            "detail": self.detail,
+            "partnership_id": self.partnership_id,
+            "period": self.period,
+            "raw_ref": self.raw_ref,
+            "extra": copy.deepcopy(self.extra),  # as asdict did: the doc shares nothing
+        }
 
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> Inbound:

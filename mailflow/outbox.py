@@ -237,9 +237,13 @@ class Outbox:
         on our machines, more than the rest of a check-in's path; one sync() for the batch
         costs about as much as a few of them.
         """
-        path = self.message_path(key, period)
         # CRLF line ends (the SMTP policy), keeping the message's other policy choices (utf8).
         data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+        return self.write_bytes(key, period, data, sync=sync)
+
+    def write_bytes(self, key: str, period: str, data: bytes, *, sync: bool = True) -> str:
+        """As write_message, for a message already in its wire form (CRLF line ends)."""
+        path = self.message_path(key, period)
         self._ensure_dir(path.parent)
         try:
             same = path.read_bytes() == data

@@ -10,7 +10,7 @@ import csv
 import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -120,6 +120,40 @@ def check_new_people(new: Sequence[Person], existing: Mapping[str, Person]) -> l
         if person.manager and _in_cycle(person.email, everyone):
             problems.append(f"{i}: manager chain of {person.email} loops back to itself")
     return problems
+
+
+def update_person(
+    current: Person,
+    existing: Mapping[str, Person],
+    *,
+    name: str | None = None,
+    department: str | None = None,
+    manager: str | None = None,
+    timezone: str | None = None,
+    offers: Iterable[str] | None = None,
+    clear_bouncing: bool = False,
+) -> Person:
+    """`current` with the given fields changed, checked like a new person.
+
+    `manager=""` removes the manager; a manager must exist and may not close a loop.
+    """
+    updated = make_person(
+        current.email,
+        current.name if name is None else name,
+        current.department if department is None else department,
+        current.manager if manager is None else (manager or None),
+        current.timezone if timezone is None else timezone,
+        current.offers if offers is None else offers,
+        current.timezone,
+    )
+    if updated.manager and updated.manager not in existing:
+        raise DomainError(f"manager: {updated.manager} does not exist")
+    if updated.manager and _in_cycle(updated.email, {**existing, updated.email: updated}):
+        raise DomainError(f"manager: {updated.manager} would make a loop in the manager chain")
+    bouncing = current.bouncing and not clear_bouncing
+    return replace(
+        updated, bouncing=bouncing, bounce_reason=current.bounce_reason if bouncing else ""
+    )
 
 
 def _in_cycle(email: str, people: Mapping[str, Person]) -> bool:

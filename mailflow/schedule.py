@@ -138,8 +138,8 @@ def due_jobs(
     its check-in is still to come: only a digest owed for them can be due.
     """
     jobs: list[Job] = []
-    if p.status == ENDED:
-        return jobs
+    if p.status == ENDED or p.consent != CONSENT_ACCEPTED:
+        return jobs  # a partner who has not said yes gets nothing, not even a digest
     paused = is_paused(p, now.astimezone(tz).date())
     for other in others:
         if other is not None and _digest_due(other[1], s, now):
@@ -183,18 +183,33 @@ def upcoming_period(
 
 
 def report_period(
-    p: Partnership, tz: ZoneInfo, s: Settings, now: datetime, token_period: str | None
+    p: Partnership,
+    tz: ZoneInfo,
+    s: Settings,
+    now: datetime,
+    token_period: str | None,
+    current_open: bool,
 ) -> str:
     """Which period a member's report counts for.
 
-    A reply to the current check-in counts for its period; anything else (a reply to an
-    earlier check-in, or mail to the plain address) counts for the ISO week under way in
-    her zone, which may still be waiting for its check-in (an early report).
+    A reply to the current check-in counts for its period, and so does any report while the
+    current check-in is out and still unanswered (whatever address it was sent to). Otherwise
+    (the current period is answered, or its check-in has not gone out) it counts for the ISO
+    week under way in her zone, which may still be waiting for its check-in: an early report.
     """
     current = current_period(p, tz, s, now)
-    if token_period is not None and current is not None and token_period == current.label:
-        return token_period
+    if current is not None and (token_period == current.label or current_open):
+        return current.label
     return period_label(now.astimezone(tz).date())
+
+
+def first_checkin(p: Partnership, tz: ZoneInfo, s: Settings, now: datetime) -> datetime:
+    """When the first check-in goes out (once accepted): a moment already passed this week
+    is caught up at the next tick, so it is `now`."""
+    period = _period_of(p, tz, s, max(p.start, now.astimezone(tz).date()))
+    if period.checkin_at.astimezone(tz).date() < p.start:
+        period = _period_of(p, tz, s, period.checkin_at.astimezone(tz).date() + timedelta(7))
+    return max(period.checkin_at, now)
 
 
 def days_left(due: date, today: date) -> int:

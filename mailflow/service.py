@@ -34,6 +34,7 @@ from mailflow import partnerships as pships
 from mailflow.compose import Templates, message_bytes
 from mailflow.config import Config
 from mailflow.models import (
+    ACTIVE,
     CONSENT_ACCEPTED,
     CONSENT_PENDING,
     ENDED,
@@ -58,6 +59,7 @@ from mailflow.schedule import (
     Settings,
     current_period,
     due_jobs,
+    first_checkin,
     period_label,
     previous_period,
     report_period,
@@ -215,7 +217,8 @@ class Service:
                 state = "pending" if label == cur.label and not info.no_report_sent else "missed"
             else:
                 state = "pending" if label == cur.label else "paused"
-            out.append({"period": label, "label": label.split("-")[1], "state": state})
+            if out or state != "paused":  # weeks before the first check-in are not history
+                out.append({"period": label, "label": label.split("-")[1], "state": state})
             day += timedelta(days=7)
         return out
 
@@ -408,6 +411,10 @@ class Service:
                 fsync_dir(folder)
         if bounced:
             self._mark_bouncing(bounced, now, out)
+        working = {d.sender for _, d, _ in fresh if d.action in _PROVEN and d.sender}
+        working |= {d.report.sender for _, d, _ in fresh if d.report is not None}
+        if working & self._bouncing():
+            self._clear_bouncing(working, out)
 
     def _record_period(self, decision: ingest.Decision, entry: SpoolEntry) -> str:
         return decision.period or utc_week(entry.received_at)
@@ -446,14 +453,28 @@ class Service:
             partnerships=partnerships,
             people=people,
             current_period=lambda q: self.current_label(q, people, at),
-            report_period=lambda q, tp: report_period(q, tz(q), self.settings, at, tp),
+            report_period=lambda q, tp: report_period(
+                q, tz(q), self.settings, at, tp, self._open(q, people, at)
+            ),
             local_today=lambda q: at.astimezone(tz(q)).date(),
             received_at=at,
             raw_ref="",
         )
+        if decision.bounced:
+            reason = ingest.bounce_reason(entry.raw, parsed.detail)
+            decision = replace(decision, reason=f"bounce: {reason}")
         folder = decision.period or utc_week(at)
         archive = f"mail/in/{folder}/{entry.id}.eml"
         return _with_ref(decision, archive), archive
+
+    def _open(self, p: Partnership, people: dict[str, Person], at: datetime) -> bool:
+        """Is the current period's check-in out and still without a report?"""
+        label = self.current_label(p, people, at)
+        if label is None:
+            return False
+        view = self.store.week(label)
+        week = view.week(p.id)
+        return bool(week and week.checkin_at) and view.report_count(p.id) == 0
 
     def _side_effects(
         self, d: ingest.Decision, mid: str, entry: SpoolEntry, now: datetime, out: TickReport
@@ -539,7 +560,25 @@ class Service:
         ctx.update(done_items=[], problems=[], question="", report_stored=False, role="partner")
         items: list[Prepared] = []
         if p.consent != CONSENT_PENDING:
-            return []  # answered already; a second answer changes nothing
+            # Answered already: a second answer changes nothing, but she must know that.
+            when = p.consent_at.date().isoformat() if p.consent_at else "earlier"
+            admin = self.config.service.admin_address or "the program admin"
+            ctx["question"] = (
+                f"You already {p.consent} on {when}; that answer stands. To change it, "
+                f"please write to {admin}."
+            )
+            out.add(f"partnership {p.id}: consent answer ignored, already {p.consent}")
+            return [
+                self.prepare(
+                    key=f"receipt:{_hash(mid)}",
+                    name="receipt",
+                    period=period,
+                    to=partner,
+                    ctx=ctx,
+                    now=at,
+                    pid=p.id,
+                )
+            ]
         if d.consent is None:
             ctx["question"] = (
                 "We could not tell whether that was a yes or a no. Please "
@@ -704,6 +743,18 @@ class Service:
             )
         return items
 
+    def _bouncing(self) -> set[str]:
+        return {p.email for p in self.store.core().people() if p.bouncing}
+
+    def _clear_bouncing(self, addresses: set[str], out: TickReport) -> None:
+        """Mail that arrived from an address proves it works again."""
+        with self.store.core_tx() as core:
+            for addr in sorted(addresses):
+                person = core.person(addr)
+                if person is not None and person.bouncing:
+                    core.put_person(replace(person, bouncing=False, bounce_reason=""))
+                    out.add(f"{addr} no longer bouncing (mail arrived from it)")
+
     def _mark_bouncing(
         self, bounced: list[tuple[str, str]], now: datetime, out: TickReport
     ) -> None:
@@ -755,11 +806,16 @@ class Service:
         items = []
         day = (p.checkin_day or self.settings.checkin_day).title()
         at = p.checkin_time or self.config.schedule.checkin_time
+        first = first_checkin(p, self.tz_of(people[p.member]), self.settings, now)
         for role, who in (("member", people[p.member]), ("partner", people[p.partner])):
             reply = self.address(AGREE, p.id, period) if role == "partner" else self.plain_address
             ctx = self.base(p, people, period, reply, who.timezone, now)
             ctx.update(
-                role=role, accepted=p.consent == CONSENT_ACCEPTED, checkin_day=day, checkin_time=at
+                role=role,
+                accepted=p.consent == CONSENT_ACCEPTED,
+                checkin_day=day,
+                checkin_time=at,
+                first_checkin=digest.local_time(first, people[p.member].timezone),
             )
             items.append(
                 self.prepare(
@@ -814,8 +870,9 @@ class Service:
                     _state_of(nxt, states, p.id),
                 )
                 reason = pships.closing_reason(p, now.astimezone(tz).date())
-                if reason is not None and not any(job.kind == DIGEST for job in jobs):
-                    # The last digest goes out first; the summary follows at the next tick.
+                if reason is not None and _may_close(reason, current, prev, nxt, states, p.id):
+                    # Any digest still owed goes out first, and a last week still open runs
+                    # to its deadline; the summary follows at a later tick.
                     try:
                         prepared.extend(self._closing(p, people, now, reason, updates))
                     except Exception as exc:  # noqa: BLE001
@@ -847,8 +904,11 @@ class Service:
         now: datetime,
         updates: dict[int, dict[str, Any]],
     ) -> list[Prepared]:
-        """Introductions and a consent nobody gave."""
+        """Introductions, a consent nobody gave, and a dated pause that has lapsed."""
         items: list[Prepared] = []
+        local_today = now.astimezone(self.tz_of(people[p.member])).date()
+        if p.status == PAUSED and p.paused_until is not None and local_today >= p.paused_until:
+            updates.setdefault(p.id, {}).update(status=ACTIVE, paused_until=None)
         if p.introduced_at is None:
             items.extend(self._intro(p, people, now))
             updates.setdefault(p.id, {})["introduced_at"] = now
@@ -877,7 +937,7 @@ class Service:
         label = cur.label if cur else utc_week(now)
         if p.consent == CONSENT_ACCEPTED:
             history = self.history(p, people, now)
-            asked = sum(1 for h in history if h["state"] not in ("paused", "pending"))
+            asked = sum(1 for h in history if h["state"] != "paused")
             reported = sum(1 for h in history if h["state"] in ("reported", "setback"))
             setbacks = sum(1 for h in history if h["state"] == "setback")
             for role, who in (("member", people[p.member]), ("partner", people[p.partner])):
@@ -903,7 +963,7 @@ class Service:
                     )
                 )
         updates.setdefault(p.id, {}).update(
-            status=ENDED, ended_at=now, end_reason=f"completed: {reason}"
+            status=ENDED, ended_at=now, paused_until=None, end_reason=f"completed: {reason}"
         )
         return items
 
@@ -980,8 +1040,12 @@ class Service:
                 mark=mark_field("reminder_at", only_without_reports=True),
             )
         if job.kind == NO_REPORT:
+            base = self.base(p, people, period.label, partner_reply, partner.timezone, now)
+            for entry in base["history"]:
+                if entry["period"] == period.label:
+                    entry["state"] = "missed"  # this mail is what makes the week missed
             ctx = digest.no_report_context(
-                self.base(p, people, period.label, partner_reply, partner.timezone, now),
+                base,
                 sent_at,
                 partner.timezone,
                 self.config.schedule.deadline_after_hours,
@@ -1234,6 +1298,32 @@ def _decision_mid(decision: ingest.Decision) -> str:
     if decision.inbound is not None:
         return decision.inbound.message_id
     return ""
+
+
+_PROVEN = (ingest.REPORT, ingest.CONSENT, ingest.NOTE)
+
+
+def _may_close(
+    reason: str,
+    current: tuple[Period, PeriodState] | None,
+    prev: Period | None,
+    nxt: Period | None,
+    states: dict[str, dict[int, PeriodState]],
+    pid: int,
+) -> bool:
+    """No digest owed for any recent period, and no last week left waiting on its report."""
+    for item in (current, _state_of(prev, states, pid), _state_of(nxt, states, pid)):
+        if item is None:
+            continue
+        state = item[1]
+        if state.report_count > (state.week.digested_reports if state.week else 0):
+            return False
+    if reason.startswith("the last due date") and current is not None:
+        state = current[1]
+        week = state.week
+        if week and week.checkin_at and not state.report_count and not week.no_report_at:
+            return False
+    return True
 
 
 def _state_of(

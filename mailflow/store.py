@@ -19,6 +19,7 @@ need no lock: a rename is atomic, so they see the old file or the new one, never
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 import threading
@@ -36,6 +37,9 @@ from mailflow.models import Inbound, Outgoing, Partnership, Person, Report, Week
 
 LOCK_TIMEOUT_SECONDS = 60
 CACHE_FILES = 6
+# ...and at most this many bytes of JSON (parsed, a file takes several times its size): old
+# weeks of a 10,000-partnership program are 10+ MB each, and `serve` must stay small.
+CACHE_BYTES = 16 * 1024 * 1024
 
 
 class StoreError(Exception):
@@ -65,10 +69,12 @@ class AtomicJSONStorage(Storage):
             raise StoreError(f"{self.path}: database file is corrupt: not TinyDB tables")
         return data
 
-    def write(self, data: dict[str, dict[str, Any]]) -> None:
+    def write(self, data: dict[str, dict[str, Any]], payload: bytes | None = None) -> None:
+        """Replace the file with `data` (or with `payload`, data already serialised)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if payload is None:
+            payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -84,6 +90,54 @@ class AtomicJSONStorage(Storage):
 
     def close(self) -> None:
         pass
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class _Fragments:
+    """Serialised documents of one file, reused while the document objects stay the same.
+
+    A period file grows to thousands of documents, and a batch changes a few of them; a
+    transaction copies the tables but shares the documents, and a put replaces a document
+    rather than editing it. So a document that is the very object we serialised last time
+    has the same JSON, and a rewrite serialises only what changed (a table where nothing
+    changed is not even walked in Python). The output is byte for byte what
+    json.dumps(data, ensure_ascii=False, separators=(",", ":")) gives.
+    """
+
+    def __init__(self) -> None:
+        # table -> (doc ids, docs, {doc_id: (doc, '"id":{json}')}, the table's JSON)
+        self.tables: dict[str, tuple[list[str], list[Any], dict[str, tuple[Any, str]], str]] = {}
+
+    def _table(self, name: str, table: dict[str, Any]) -> str:
+        ids, docs = list(table), list(table.values())
+        old = self.tables.get(name)
+        if (
+            old is not None
+            and len(old[1]) == len(docs)
+            and old[0] == ids
+            and all(map(operator.is_, old[1], docs))
+        ):
+            return old[3]
+        cached = old[2] if old is not None else {}
+        fresh: dict[str, tuple[Any, str]] = {}
+        parts: list[str] = []
+        for doc_id, doc in zip(ids, docs, strict=True):
+            hit = cached.get(doc_id)
+            if hit is None or hit[0] is not doc:
+                hit = (doc, f"{_dumps(doc_id)}:{_dumps(doc)}")
+            fresh[doc_id] = hit
+            parts.append(hit[1])
+        text = "{" + ",".join(parts) + "}"
+        self.tables[name] = (ids, docs, fresh, text)
+        return text
+
+    def dumps(self, data: dict[str, dict[str, Any]]) -> bytes:
+        out = [f"{_dumps(name)}:{self._table(name, table)}" for name, table in data.items()]
+        for name in set(self.tables) - set(data):
+            del self.tables[name]
+        return ("{" + ",".join(out) + "}").encode()
 
 
 def fsync_dir(path: Path) -> None:
@@ -299,6 +353,7 @@ class Store:
         self._summaries: dict[Path, tuple[tuple[int, int, int], dict[int, PeriodSummary]]] = {}
         self._guards: dict[Path, threading.RLock] = {}
         self._guards_lock = threading.Lock()
+        self._fragments: tuple[Path, _Fragments] | None = None
         self._core_objects: (
             tuple[dict[str, dict[str, Any]], dict[str, Person], dict[int, Partnership]] | None
         ) = None
@@ -359,7 +414,10 @@ class Store:
         # recently used few parsed, so memory does not grow with years of history.
         self._cache.pop(path, None)
         self._cache[path] = entry
-        while len(self._cache) > CACHE_FILES:
+        while len(self._cache) > 1 and (
+            len(self._cache) > CACHE_FILES
+            or sum(c.stamp[2] for c in self._cache.values()) > CACHE_BYTES
+        ):
             self._cache.pop(next(iter(self._cache)))
 
     @contextmanager
@@ -381,7 +439,14 @@ class Store:
                 lock.release()
 
     def _commit(self, path: Path, data: dict[str, dict[str, Any]]) -> None:
-        AtomicJSONStorage(path).write(data)
+        # Keep serialised documents only for the file written last (the period under way):
+        # it is the one rewritten again and again, and the cache costs its size in memory.
+        # (Two threads writing two files may swap it under each other: harmless, a hit
+        # needs the very same document object, whichever file it came from.)
+        frag = self._fragments
+        if frag is None or frag[0] != path:
+            frag = self._fragments = (path, _Fragments())
+        AtomicJSONStorage(path).write(data, frag[1].dumps(data))
         st = path.stat()
         self._remember(path, _Cached((st.st_ino, st.st_mtime_ns, st.st_size), data))
 

@@ -102,7 +102,7 @@ def test_preview_takes_a_variant(shipped: Templates) -> None:
 
 def test_base_templates_take_exactly_the_base_keys() -> None:
     extra = {
-        "intro": {"role", "accepted", "checkin_day", "checkin_time"},
+        "intro": {"role", "accepted", "checkin_day", "checkin_time", "first_checkin"},
         "checkin_ack": {"checkin_at", "reports"},
         "receipt": {"done_items", "problems", "question", "report_stored", "role"},
         "pause_notice": {"action", "until"},
@@ -164,7 +164,7 @@ def test_member_intro_lists_commands_and_next_steps(shipped: Templates) -> None:
     assert "What Bruno Keller will tell you when a week goes wrong:" in text
     assert "One missed week is not a pattern." in html
     accepted = _render(shipped, "intro", "member accepted").text
-    assert "your first check-in arrives on Monday at\n09:00." in accepted
+    assert "your first check-in arrives on\nMonday 9 November, 09:00 (Europe/Berlin)." in accepted
     assert "asked Bruno Keller to accept" not in accepted
 
 

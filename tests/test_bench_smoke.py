@@ -1,0 +1,51 @@
+"""The benches still run: each with a tiny N, checking only the shape of its last line.
+
+No timing is asserted here (the numbers belong in the README, measured at full size).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+LAST = re.compile(r"^(\w+): ours [\d,]+/s, raw [\d,]+/s, ratio \d+\.\d\d$")
+
+
+def run_bench(name: str, *args: str) -> list[str]:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()
+
+
+@pytest.mark.timeout(120)
+def test_ingest_bench_runs() -> None:
+    lines = run_bench("ingest", "--n", "40", "--clients", "2", "--partnerships", "10")
+    m = LAST.match(lines[-1])
+    assert m and m.group(1) == "ingest", lines
+
+
+@pytest.mark.timeout(120)
+def test_fanout_bench_runs() -> None:
+    lines = run_bench("fanout", "--n", "30")
+    m = LAST.match(lines[-1])
+    assert m and m.group(1) == "fanout", lines
+
+
+@pytest.mark.timeout(120)
+def test_history_bench_runs() -> None:
+    lines = run_bench(
+        "history", "--n", "30", "--clients", "2", "--partnerships", "10", "--weeks", "2"
+    )
+    assert re.match(r"^serve peak RSS at 10 partnerships: \d+ MB$", lines[-2]), lines
+    m = LAST.match(lines[-1])
+    assert m and m.group(1) == "history", lines
