@@ -17,7 +17,6 @@ import argparse
 import shutil
 import smtplib
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def measure(n: int, profile: Path | None) -> tuple[float, float]:
     from mailflow.service import Service
     from mailflow.store import Store
 
-    root = Path(tempfile.mkdtemp(prefix="mailflow-bench-fanout-"))
+    root = c.workdir("mailflow-bench-fanout-")
     try:
         port = c.free_port()
         config_path = c.write_config(root, relay_port=port)

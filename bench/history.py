@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weeks", type=int, default=52, help="weeks of history (default 52)")
     args = ap.parse_args(argv)
     rss: list[float] = []
-    roots = [Path(tempfile.mkdtemp(prefix=f"mailflow-bench-history-{k}-")) for k in "ey"]
+    roots = [c.workdir(f"mailflow-bench-history-{k}-") for k in "ey"]
     try:
         c.progress("empty store")
         empty, _ = measure_ours(roots[0], args.n, args.clients, args.partnerships)

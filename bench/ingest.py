@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partnerships", type=int, default=1000)
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
     args = ap.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="mailflow-bench-ingest-"))
+    root = c.workdir("mailflow-bench-ingest-")
     try:
         raw = measure_raw(args.n, args.clients)
         ours, _ = measure_ours(root, args.n, args.clients, min(args.partnerships, args.n))

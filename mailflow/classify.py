@@ -239,6 +239,9 @@ def _dsn_fields(msg: Message) -> tuple[list[str], list[str]]:
     return actions, recipients
 
 
+_FAILISH_SUBJECT_RE = re.compile(r"undeliver|returned|failure|fail", re.I)
+
+
 def _plain_recipients(text: str, exclude: set[str]) -> list[str]:
     """Failed addresses named in a plain-text bounce (Postfix ``<a@b>:``, qmail, Exim forms)."""
     found: list[str] = []
@@ -344,10 +347,13 @@ def classify(
 
     bounce_subject = bool(_BOUNCE_SUBJECT_RE.search(subject))
     mta = ""
-    for name, pattern in _BOUNCE_BODY_PATTERNS:
-        if pattern.search(body):
-            mta = name
-            break
+    # The body patterns only matter for mail from a mailer daemon or with a bounce subject;
+    # skipping them for everything else saves about a millisecond per ordinary reply.
+    if daemon or bounce_subject or _FAILISH_SUBJECT_RE.search(subject):
+        for name, pattern in _BOUNCE_BODY_PATTERNS:
+            if pattern.search(body):
+                mta = name
+                break
     has_rfc822 = "message/rfc822" in part_types or "text/rfc822-headers" in part_types
 
     if (
@@ -391,6 +397,6 @@ def classify(
             f"plain-text bounce ({mta or 'mailer-daemon'})",
             tuple(_plain_recipients(body, exclude)),
         )
-    if mta and mta != "generic" and re.search(r"undeliver|returned|failure|fail", subject, re.I):
+    if mta and mta != "generic" and _FAILISH_SUBJECT_RE.search(subject):
         return "bounce", f"plain-text bounce ({mta})", tuple(_plain_recipients(body, exclude))
     return "reply", "reply", ()

@@ -955,10 +955,14 @@ def message_bytes(
     if date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("Date: a timezone-aware datetime is required")
     subject = _check_header_value("Subject", rendered.subject)
-    _address("From", from_address, from_name)
-    _address("To", to_address, to_name)
+    # A plain ASCII address and name (the regexes admit no control characters) needs none
+    # of the header registry's parsing; anything else is checked the thorough way.
+    if _plain_address(from_address, from_name) is None:
+        _address("From", from_address, from_name)
+    if _plain_address(to_address, to_name) is None:
+        _address("To", to_address, to_name)
     _check_msg_id("Message-ID", message_id)
-    if reply_to is not None:
+    if reply_to is not None and _plain_address(reply_to, "") is None:
         _address("Reply-To", reply_to, "")
     if in_reply_to is not None:
         _check_msg_id("In-Reply-To", in_reply_to)
@@ -1003,7 +1007,11 @@ def _boundary(text: str) -> str:
     # As email.generator.Generator._make_boundary: random, and never a line of the text.
     boundary = "=" * 15 + f"{random.randrange(sys.maxsize):019d}" + "=="
     candidate, counter = boundary, 0
-    while re.search("^--" + re.escape(candidate) + "(--)?$", text, re.MULTILINE):
+    # A substring test first: compiling the line pattern per message cost more than the
+    # rest of the boundary work, and a random boundary is practically never in the text.
+    while ("--" + candidate) in text and re.search(
+        "^--" + re.escape(candidate) + "(--)?$", text, re.MULTILINE
+    ):
         candidate = f"{boundary}.{counter}"
         counter += 1
     return candidate

@@ -56,7 +56,7 @@ log = logging.getLogger("mailflow.inbox")
 
 MAX_RECIPIENTS = 20
 # Enough to overlap a few fsyncs; more threads only queue on the same disk.
-SPOOL_WORKERS = 4
+SPOOL_WORKERS = 8
 
 REPLY_OK = "250 OK"
 REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
@@ -357,6 +357,10 @@ class Listener:
     def start(self) -> None:
         if self._controller is not None:
             raise ListenerError("listener already started")
+        # aiosmtpd logs every SMTP command at INFO ("mail.log"); that chatter cost about a
+        # tenth of the listener's CPU under load, and our handler already logs one line per
+        # accepted or refused message.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         o = self.options
         tls = self._tls_context()
         auth_kwargs: dict[str, Any] = {}

@@ -107,6 +107,27 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True, sync_file: b
         fsync_dir(path.parent)
 
 
+def _create_new(path: Path, data: bytes) -> bool:
+    """Write a file that did not exist, in place (one create, no rename); False if it exists.
+
+    Safe without the temp-file dance because nothing reads a message file before a record
+    points at it, and the record is written only after this file is complete and synced. A
+    writer that loses the race (the file exists) falls back to an atomic replace.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    except BaseException:
+        with suppress(OSError):
+            path.unlink()
+        raise
+    return True
+
+
 @dataclass
 class FlushResult:
     """What one flush did, for the log line and for `tick`'s output."""
@@ -250,7 +271,8 @@ class Outbox:
         except FileNotFoundError:
             same = False
         if not same:
-            write_atomic(path, data, sync_dir=sync, sync_file=sync)
+            if sync or not _create_new(path, data):
+                write_atomic(path, data, sync_dir=sync, sync_file=sync)
             if not sync:
                 self._unsynced = True
         return path.relative_to(self.data_dir).as_posix()

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 import secrets
 import signal
+import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -74,6 +76,7 @@ from mailflow.tokens import DIGEST as TOKEN_DIGEST
 log = logging.getLogger("mailflow")
 
 INGEST_BATCH = 500
+COMMIT_CHUNK = 500  # messages recorded per write while a tick's fan-out is under way
 INGEST_GATHER_SECONDS = 0.1  # serve: how long an ingest round waits for more mail to batch
 BOUNCE_LOCAL = "bounces"
 PLAIN_LOCAL = "checkin"
@@ -330,10 +333,13 @@ class Service:
         # Built once per core file version, not per batch: serve's batches are often small.
         people = self.store.people_map()
         partnerships = self.store.partnerships_map()
+        # One snapshot per period for the batch: a view indexes its tables on first use, so a
+        # snapshot per message made every message cost a pass over the period's records.
+        views: dict[str, WeekView] = {}
         decisions: list[tuple[SpoolEntry, ingest.Decision, str]] = []
         for entry in entries:
             try:
-                decision, archive = self._decide(entry, partnerships, people)
+                decision, archive = self._decide(entry, partnerships, people, views)
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the rest
                 log.exception("ingest failed for %s", entry.id)
                 decision = ingest.Decision(
@@ -347,18 +353,13 @@ class Service:
         prepared: list[Prepared] = []
         fresh: list[tuple[SpoolEntry, ingest.Decision, str]] = []
         seen: set[str] = set()
-        # One snapshot per period for the batch: a view indexes its tables on first use, so a
-        # snapshot per message made every message cost a pass over the period's records.
-        views: dict[str, WeekView] = {}
         for entry, decision, archive in decisions:
             if decision.action == ingest.QUARANTINE:
                 fresh.append((entry, decision, archive))
                 continue
             mid = _decision_mid(decision)
             period = self._record_period(decision, entry)
-            view = views.get(period)
-            if view is None:
-                view = views[period] = self.store.week(period)
+            view = self._view(views, period)
             if mid in seen or view.has_message(mid):
                 fresh.append((entry, ingest.Decision(ingest.INBOUND, "duplicate"), archive))
                 continue
@@ -419,8 +420,18 @@ class Service:
     def _record_period(self, decision: ingest.Decision, entry: SpoolEntry) -> str:
         return decision.period or utc_week(entry.received_at)
 
+    def _view(self, views: dict[str, WeekView], period: str) -> WeekView:
+        view = views.get(period)
+        if view is None:
+            view = views[period] = self.store.week(period)
+        return view
+
     def _decide(
-        self, entry: SpoolEntry, partnerships: dict[int, Partnership], people: dict[str, Person]
+        self,
+        entry: SpoolEntry,
+        partnerships: dict[int, Partnership],
+        people: dict[str, Person],
+        views: dict[str, WeekView],
     ) -> tuple[ingest.Decision, str]:
         parsed = parse_message(entry.raw)
         message_id = ingest.message_id_of(parsed, entry.raw)
@@ -454,7 +465,7 @@ class Service:
             people=people,
             current_period=lambda q: self.current_label(q, people, at),
             report_period=lambda q, tp: report_period(
-                q, tz(q), self.settings, at, tp, self._open(q, people, at)
+                q, tz(q), self.settings, at, tp, self._open(q, people, at, tp, views)
             ),
             local_today=lambda q: at.astimezone(tz(q)).date(),
             received_at=at,
@@ -467,12 +478,19 @@ class Service:
         archive = f"mail/in/{folder}/{entry.id}.eml"
         return _with_ref(decision, archive), archive
 
-    def _open(self, p: Partnership, people: dict[str, Person], at: datetime) -> bool:
+    def _open(
+        self,
+        p: Partnership,
+        people: dict[str, Person],
+        at: datetime,
+        token_period: str | None,
+        views: dict[str, WeekView],
+    ) -> bool:
         """Is the current period's check-in out and still without a report?"""
         label = self.current_label(p, people, at)
-        if label is None:
-            return False
-        view = self.store.week(label)
+        if label is None or label == token_period:
+            return False  # a reply to the current check-in needs no look-up
+        view = self._view(views, label)
         week = view.week(p.id)
         return bool(week and week.checkin_at) and view.report_count(p.id) == 0
 
@@ -831,8 +849,12 @@ class Service:
             )
         return items
 
-    def run_jobs(self, now: datetime) -> TickReport:
-        """Queue every message due at `now` (once each, ever)."""
+    def run_jobs(self, now: datetime, on_commit: Callable[[], None] | None = None) -> TickReport:
+        """Queue every message due at `now` (once each, ever).
+
+        Records are committed in chunks; `on_commit` is called after each, so a sender can
+        deliver one chunk while the next is rendered.
+        """
         out = TickReport()
         with self._jobs_lock:
             core = self.store.core()
@@ -886,7 +908,14 @@ class Service:
                     except Exception as exc:  # noqa: BLE001 - one bad job must not stop others
                         log.exception("job %s failed", job)
                         out.add(f"error: {job.kind} for partnership {p.id} {job.period}: {exc}")
+                if len(prepared) >= COMMIT_CHUNK:
+                    self.commit(prepared, out)
+                    prepared = []
+                    if on_commit is not None:
+                        on_commit()
             self.commit(prepared, out)
+            if on_commit is not None:
+                on_commit()
             if updates:
                 with self.store.core_tx() as tx:
                     for pid, changes in updates.items():
@@ -1093,10 +1122,38 @@ class Service:
             mark=mark_digest,
         )
 
+    def run_and_deliver(self, now: datetime) -> TickReport:
+        """Queue what is due and deliver it, sending each committed chunk while the next
+        one renders (the relay's round trips overlap our own work)."""
+        kick = threading.Event()
+        done = threading.Event()
+        results: list[Any] = []
+
+        def sender() -> None:
+            while True:
+                kick.wait()
+                kick.clear()
+                results.append(self.outbox.flush(now))
+                if done.is_set() and not kick.is_set():
+                    return
+
+        thread = threading.Thread(target=sender, name="mailflow-send", daemon=True)
+        thread.start()
+        try:
+            out = self.run_jobs(now, on_commit=kick.set)
+        finally:
+            done.set()
+            kick.set()
+            thread.join()
+        total = _sum_results(results)
+        for line in _flush_lines(total):
+            out.add(line)
+        return out
+
     def tick(self, now: datetime) -> TickReport:
         """Everything due at `now`, once: ingest spooled mail, queue jobs, deliver."""
         out = TickReport()
-        for part in (self.ingest(now), self.run_jobs(now), self.flush(now)):
+        for part in (self.ingest(now), self.run_and_deliver(now)):
             out.lines.extend(part.lines)
         return out
 
@@ -1189,7 +1246,7 @@ class Service:
         stop: threading.Event,
         ready: Callable[[], None] | None = None,
     ) -> None:
-        """Listener + ingest thread + scheduler loop until `stop` is set."""
+        """Listener + ingest process (or thread) + scheduler loop until `stop` is set."""
         from mailflow.inbox import Listener, ListenerOptions
 
         problems = self.templates.check()
@@ -1200,6 +1257,24 @@ class Service:
         self.spool.recover()
         self.outbox.init()
         wake = threading.Event()
+
+        def ingest_loop() -> None:
+            _ingest_loop(self, clock, wake, stop, parent=None)
+
+        # Parsing is the costly part of taking a reply; with the real clock it runs in a
+        # process of its own, so the listener and the parser use both cores (the spool and
+        # the store already work across processes). A test clock keeps it in a thread.
+        worker: Any = None
+        if clock is real_clock:
+            worker = _IngestWorker(self.config)
+            worker.start()
+            listener_wake: Callable[[], None] = worker.wake.set
+        else:
+            worker_thread = threading.Thread(
+                target=ingest_loop, name="mailflow-ingest", daemon=True
+            )
+            worker_thread.start()
+            listener_wake = wake.set
         lc = self.config.listener
         listener = Listener(
             ListenerOptions(
@@ -1216,28 +1291,16 @@ class Service:
             ),
             self.spool,
             self.rcpt_policy,
-            lambda _id: wake.set(),
+            lambda _id: listener_wake(),
             clock,
         )
-        listener.start()
+        try:
+            listener.start()
+        except BaseException:
+            if worker is not None:
+                worker.stop()
+            raise
         log.info("listening on %s:%d for *@%s", lc.host, lc.port, self.domain)
-
-        def ingest_loop() -> None:
-            while not stop.is_set():
-                if wake.wait(timeout=1.0):
-                    # Group commit: let the messages arriving meanwhile join this batch, so
-                    # the period file is rewritten once per batch, not once per message.
-                    stop.wait(INGEST_GATHER_SECONDS)
-                wake.clear()
-                if stop.is_set():
-                    break
-                try:
-                    self.ingest(clock())
-                except Exception:  # noqa: BLE001 - keep serving; the spool keeps the mail
-                    log.exception("ingest failed; will retry")
-
-        ingester = threading.Thread(target=ingest_loop, name="mailflow-ingest", daemon=True)
-        ingester.start()
         scheduler = schedule_lib.Scheduler()
 
         def scheduled_tick() -> None:
@@ -1245,8 +1308,7 @@ class Service:
                 problems = self.templates.refresh()
                 for problem in problems:
                     log.error("template not used (last good version stays): %s", problem)
-                self.run_jobs(clock())
-                self.flush(clock())
+                self.run_and_deliver(clock())
             except Exception:  # noqa: BLE001 - a failed tick is retried at the next one
                 log.exception("tick failed; will retry")
 
@@ -1258,13 +1320,95 @@ class Service:
         try:
             while not stop.is_set():
                 scheduler.run_pending()
+                if worker is not None and not worker.alive():
+                    log.error(
+                        "ingest process stopped (exit %s); starting a new one", worker.exitcode()
+                    )
+                    worker.restart()
                 stop.wait(timeout=min(1.0, self.config.schedule.tick_seconds))
         finally:
             log.info("stopping")
             listener.stop()
             wake.set()
-            ingester.join(timeout=5)
+            if worker is not None:
+                worker.stop()
+            else:
+                worker_thread.join(timeout=5)
             log.info("stopped")
+
+
+def _ingest_loop(
+    service: Service,
+    clock: Callable[[], datetime],
+    wake: Any,
+    stop: Any,
+    parent: int | None,
+) -> None:
+    """Wait for spooled mail and ingest it in batches until `stop` (or the parent is gone)."""
+    while not stop.is_set():
+        if wake.wait(timeout=1.0):
+            # Group commit: let the messages arriving meanwhile join this batch, so the
+            # period file is rewritten once per batch, not once per message.
+            stop.wait(INGEST_GATHER_SECONDS)
+        wake.clear()
+        if stop.is_set() or (parent is not None and os.getppid() != parent):
+            break  # a SIGKILLed `serve` must not leave an orphan ingesting behind it
+        try:
+            service.ingest(clock())
+        except Exception:  # noqa: BLE001 - keep serving; the spool keeps the mail
+            log.exception("ingest failed; will retry")
+
+
+def _ingest_process(config: Config, wake: Any, stop: Any, parent: int) -> None:
+    """Entry point of the ingest process (spawned: a fresh interpreter, no inherited locks)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    service = Service(config)
+    wake.set()  # whatever is in the spool already
+    _ingest_loop(service, real_clock, wake, stop, parent)
+
+
+class _IngestWorker:
+    """The ingest process of `serve`, restarted if it dies."""
+
+    def __init__(self, config: Config) -> None:
+        self.context = multiprocessing.get_context("spawn")
+        self.config = config
+        self.wake = self.context.Event()
+        self.stop_event = self.context.Event()
+        self.process: Any = None
+
+    def start(self) -> None:
+        self.process = self.context.Process(
+            target=_ingest_process,
+            args=(self.config, self.wake, self.stop_event, os.getpid()),
+            name="mailflow-ingest",
+            daemon=True,
+        )
+        self.process.start()
+
+    def alive(self) -> bool:
+        return bool(self.process is not None and self.process.is_alive())
+
+    def exitcode(self) -> int | None:
+        return None if self.process is None else self.process.exitcode
+
+    def restart(self) -> None:
+        self.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+        if self.process is not None:
+            self.process.join(timeout=5)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(timeout=2)
 
 
 class ServiceError(Exception):
@@ -1346,6 +1490,18 @@ def _states(weeks: Iterable[Week], reports: Iterable[Report]) -> dict[int, Perio
             week_by_pid.get(pid), len(rs), max((r.received_at for r in rs), default=None)
         )
     return out
+
+
+def _sum_results(results: list[Any]) -> Any:
+    from mailflow.outbox import FlushResult
+
+    total = FlushResult()
+    for r in results:
+        total.sent += r.sent
+        total.failed += r.failed
+        total.deferred += r.deferred
+        total.failures.extend(r.failures)
+    return total
 
 
 def _flush_lines(result: Any) -> list[str]:
