@@ -82,7 +82,11 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 
 
 def write_config(
-    root: Path, *, listen_port: int | None = None, relay_port: int | None = None
+    root: Path,
+    *,
+    listen_port: int | None = None,
+    relay_port: int | None = None,
+    ingest_process: bool = False,
 ) -> Path:
     lines = [
         "[service]",
@@ -93,6 +97,7 @@ def write_config(
         'host = "127.0.0.1"',
         f"port = {listen_port or free_port()}",
         "max_connections = 64",
+        f"ingest_process = {'true' if ingest_process else 'false'}",
         "[relay]",
         f'host = "{"127.0.0.1" if relay_port else ""}"',
         f"port = {relay_port or 25}",

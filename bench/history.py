@@ -27,11 +27,26 @@ import common as c  # noqa: E402
 from ingest import measure_ours  # noqa: E402
 
 
+def _hwm_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """serve's peak RSS plus that of its children (the ingest process): the whole service."""
+    total = _hwm_kb(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    kids = [_hwm_kb(int(child)) for child in children]
+    c.progress(f"peak RSS: serve {total / 1024:.0f} MB, ingest process {sum(kids) / 1024:.0f} MB")
+    return (total + sum(kids)) / 1024
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,10 +32,11 @@ def measure_ours(
     partnerships: int,
     history_weeks: int = 0,
     on_done: Callable[[int], object] | None = None,
+    ingest_process: bool = False,
 ) -> tuple[float, Path]:
     """Replies per second through `serve`, and the data dir (for a look afterwards)."""
     port = c.free_port()
-    config = c.write_config(root, listen_port=port)
+    config = c.write_config(root, listen_port=port, ingest_process=ingest_process)
     data = root / "data"
     now = c.now_in_period()
     c.progress(f"populating {partnerships} partnerships ({history_weeks} weeks of history)")
@@ -81,11 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8, help="concurrent SMTP clients")
     ap.add_argument("--partnerships", type=int, default=1000)
     ap.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    ap.add_argument(
+        "--ingest-process", action="store_true", help="serve with [listener] ingest_process"
+    )
     args = ap.parse_args(argv)
     root = c.workdir("mailflow-bench-ingest-")
     try:
         raw = measure_raw(args.n, args.clients)
-        ours, _ = measure_ours(root, args.n, args.clients, min(args.partnerships, args.n))
+        ours, _ = measure_ours(
+            root,
+            args.n,
+            args.clients,
+            min(args.partnerships, args.n),
+            ingest_process=args.ingest_process,
+        )
     finally:
         if args.keep:
             c.progress(f"kept {root}")

@@ -1261,11 +1261,12 @@ class Service:
         def ingest_loop() -> None:
             _ingest_loop(self, clock, wake, stop, parent=None)
 
-        # Parsing is the costly part of taking a reply; with the real clock it runs in a
+        # Parsing is the costly part of taking a reply; with `ingest_process` it runs in a
         # process of its own, so the listener and the parser use both cores (the spool and
-        # the store already work across processes). A test clock keeps it in a thread.
+        # the store already work across processes). Otherwise, or with a test clock, in a
+        # thread.
         worker: Any = None
-        if clock is real_clock:
+        if clock is real_clock and self.config.listener.ingest_process:
             worker = _IngestWorker(self.config)
             worker.start()
             listener_wake: Callable[[], None] = worker.wake.set

@@ -26,6 +26,7 @@ port = 2626
 max_message_bytes = 2048
 timeout_seconds = 5
 max_connections = 7
+ingest_process = true
 tls_cert = "/srv/tls/cert.pem"
 tls_key = "/srv/tls/key.pem"
 require_starttls = true
@@ -100,6 +101,7 @@ def test_every_key_of_every_section_is_accepted(tmp_path: Path) -> None:
         2048,
         5,
         7,
+        True,
         Path("/srv/tls/cert.pem"),
         Path("/srv/tls/key.pem"),
         True,

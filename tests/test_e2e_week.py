@@ -407,3 +407,47 @@ def test_serve_refuses_to_start_with_a_broken_template(tmp_path: Path) -> None:
     check = run(config, "templates", "check")
     assert check.returncode == 1
     assert f"{override / 'checkin.txt.j2'}:1:" in check.stderr
+
+
+def test_serve_with_an_ingest_process(tmp_path: Path, relay: RecordingSMTPServer) -> None:
+    """[listener] ingest_process: replies are parsed in a child, which stops with serve."""
+    listen = free_port()
+    config = write_config(tmp_path, relay.port, listen)
+    text = config.read_text().replace("[listener]\n", "[listener]\ningest_process = true\n")
+    config.write_text(text)
+    setup_people(config)
+    today = datetime.now(UTC)
+    pid = add_partnership(
+        config,
+        relay,
+        "ada@example.com",
+        "grace@example.com",
+        "public speaking",
+        "--checkin-day",
+        WEEKDAY[today.weekday()],
+        "--checkin-time",
+        "00:00",
+    )
+    serve = Serve(config, tmp_path / "serve.log")
+    try:
+        wait_port(listen)
+        [checkin] = relay.wait_for(1, timeout=20)
+        children = Path(f"/proc/{serve.proc.pid}/task/{serve.proc.pid}/children").read_text()
+        assert children.split(), "no ingest process"
+        answer = reply_to(checkin, "ada@example.com", "Done: practised\nSetback: none")
+        with smtplib.SMTP("127.0.0.1", listen, timeout=10) as smtp:
+            smtp.send_message(answer)
+        deadline = time.monotonic() + 20
+        reports: list[dict] = []
+        while time.monotonic() < deadline and not reports:
+            reports = json.loads(ok(config, "partnerships", "show", str(pid), "--json"))["reports"]
+            time.sleep(0.2)
+        assert [r["message_id"] for r in reports] == [answer["Message-ID"]]
+    finally:
+        took = serve.stop()
+    assert serve.proc.returncode == 0 and took < 10
+    for child in children.split():
+        assert (
+            not Path(f"/proc/{child}").exists()
+            or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
+        )
