@@ -775,6 +775,11 @@ def export_cmd(app: App, fmt: str, since: str | None) -> None:
 # -- entry point ------------------------------------------------------------------------------
 
 
+def one_line(message: str) -> str:
+    """An error must stay one line even when it quotes a value with CR/LF in it."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; the one place exceptions become `error:` lines and exit codes."""
     try:
@@ -801,7 +806,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo(f"error: {exc.format_message()}", err=True)
         return 1
     except (CliError, DomainError, ConfigError, StoreError) as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         return 1
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)

@@ -609,14 +609,33 @@ class Service:
                 if current is not None and current.consent == CONSENT_PENDING:
                     core.put_partnership(pships.set_consent(current, accepted, at, d.note))
             out.add(f"partnership {p.id}: partner {d.consent}")
+            member = people[p.member]
+            first = first_checkin(p, self.tz_of(member), self.settings, at)
+            first_text = digest.local_time(first, member.timezone)
             if accepted:
-                day = (p.checkin_day or self.settings.checkin_day).title()
                 ctx["done_items"] = [
-                    f"You accepted. Check-ins for {people[p.member].name} start on {day}s."
+                    f"You accepted. The first check-in for {member.name} goes out {first_text}."
                 ]
+                told = f"{partner.name} accepted. Your first check-in comes {first_text}."
             else:
                 ctx["done_items"] = ["You declined. We have told the program admin."]
+                told = f"{partner.name} declined; the program admin will be in touch."
                 items.extend(self._consent_notice(p, people, "declined", d.note, at))
+            # The member hears it too: her check-ins wait for exactly this answer.
+            mctx = self.base(p, people, period, self.plain_address, member.timezone, at)
+            mctx.update(done_items=[told], problems=[], question="", report_stored=False)
+            items.append(
+                self.prepare(
+                    key=f"consent_told:{p.id}",
+                    name="receipt",
+                    period=period,
+                    to=member,
+                    ctx=mctx,
+                    now=at,
+                    reply_to=self.plain_address,
+                    pid=p.id,
+                )
+            )
         items.append(
             self.prepare(
                 key=f"receipt:{_hash(mid)}",
@@ -1028,19 +1047,21 @@ class Service:
 
             return mark
 
-        if job.kind == CHECKIN:
-            reports = view.reports(p.id)
-            name = "checkin_ack" if reports else "checkin"
+        if job.kind in (CHECKIN, REMINDER):
+            # Both go to the member with her reply address; an early report turns the
+            # check-in into a short "got it" note, and the reminder counts from the check-in.
+            checkin = job.kind == CHECKIN
+            reports = view.reports(p.id) if checkin else []
             ctx = digest.checkin_context(
                 self.base(p, people, period.label, member_reply, member.timezone, now),
-                period.checkin_at,
+                period.checkin_at if checkin else sent_at,
                 member.timezone,
             )
             if reports:
                 ctx["reports"] = digest.report_items(reports, member.timezone)
             return self.prepare(
                 key=key,
-                name=name,
+                name="checkin_ack" if reports else job.kind,
                 period=period.label,
                 to=member,
                 ctx=ctx,
@@ -1048,25 +1069,9 @@ class Service:
                 reply_to=member_reply,
                 pid=p.id,
                 message_id=f"<{job.kind}.{token_c}@{self.domain}>",
-                mark=mark_field("checkin_at", only_without_reports=False),
-            )
-        if job.kind == REMINDER:
-            ctx = digest.checkin_context(
-                self.base(p, people, period.label, member_reply, member.timezone, now),
-                sent_at,
-                member.timezone,
-            )
-            return self.prepare(
-                key=key,
-                name="reminder",
-                period=period.label,
-                to=member,
-                ctx=ctx,
-                now=now,
-                reply_to=member_reply,
-                pid=p.id,
-                message_id=f"<{job.kind}.{token_c}@{self.domain}>",
-                mark=mark_field("reminder_at", only_without_reports=True),
+                mark=mark_field(
+                    "checkin_at" if checkin else "reminder_at", only_without_reports=not checkin
+                ),
             )
         if job.kind == NO_REPORT:
             base = self.base(p, people, period.label, partner_reply, partner.timezone, now)

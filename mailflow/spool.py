@@ -242,7 +242,9 @@ class Spool:
             raise
         fsync_dir(self.quarantine_dir)
         fsync_dir(self.new_dir)
-        log.warning("spool: quarantined %s: %s", entry_id, reason_line)
+        # INFO: quarantine is an expected outcome (the caller reports it, and `status` counts
+        # it); a warning would also print on the console of every `tick`.
+        log.info("spool: quarantined %s: %s", entry_id, reason_line)
         return dest
 
     def quarantined(self) -> list[tuple[str, str]]:

@@ -233,6 +233,8 @@ def test_introduction_and_consent_by_email_start_the_checkins(world: World) -> N
     assert "accepted" in text_of(receipt).lower()
     assert any(line.startswith("queued checkin to ada@example.com") for line in lines)
     assert world.show(pid)["consent"] == "accepted"
+    told = world.find("ada@example.com", "Grace accepted")
+    assert "first check-in" in text_of(told)
 
 
 def test_decline_and_no_answer_are_told_to_the_admin(world: World) -> None:
