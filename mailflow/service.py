@@ -356,6 +356,10 @@ class Service:
         for entry, decision, archive in decisions:
             if decision.action == ingest.QUARANTINE:
                 fresh.append((entry, decision, archive))
+                try:
+                    prepared.extend(self._not_counted(decision, entry, partnerships, people))
+                except Exception:  # noqa: BLE001 - the message is kept; the notice is a courtesy
+                    log.exception("not-counted notice failed for %s", entry.id)
                 continue
             mid = _decision_mid(decision)
             period = self._record_period(decision, entry)
@@ -419,6 +423,57 @@ class Service:
 
     def _record_period(self, decision: ingest.Decision, entry: SpoolEntry) -> str:
         return decision.period or utc_week(entry.received_at)
+
+    def _not_counted(
+        self,
+        d: ingest.Decision,
+        entry: SpoolEntry,
+        partnerships: dict[int, Partnership],
+        people: dict[str, Person],
+    ) -> list[Prepared]:
+        """Tell a member when her own reply was set aside, so a report never just vanishes.
+
+        Only for reasons that come after the sender was checked (a stale check-in, an ended
+        partnership): anyone else's mail gets no answer from us.
+        """
+        if d.partnership_id is None or not d.reason.startswith(("stale token", "partnership")):
+            return []
+        p = partnerships.get(d.partnership_id)
+        if p is None or p.member not in people or p.partner not in people:
+            return []
+        member = people[p.member]
+        at = entry.received_at
+        period = utc_week(at)
+        cur = self.current_label(p, people, at)
+        reply = (
+            self.address(TOKEN_CHECKIN, p.id, cur)
+            if cur and p.status != ENDED
+            else self.plain_address
+        )
+        ctx = self.base(p, people, period, reply, member.timezone, at)
+        why = (
+            "this partnership has ended"
+            if p.status == ENDED
+            else ("it answered a check-in from more than 8 weeks ago; please answer the latest one")
+        )
+        ctx.update(
+            done_items=[],
+            problems=[f"Your reply was not counted: {why}."],
+            question="",
+            report_stored=False,
+        )
+        return [
+            self.prepare(
+                key=f"receipt:{_hash(entry.id)}",
+                name="receipt",
+                period=period,
+                to=member,
+                ctx=ctx,
+                now=at,
+                reply_to=None if p.status == ENDED else reply,
+                pid=p.id,
+            )
+        ]
 
     def _view(self, views: dict[str, WeekView], period: str) -> WeekView:
         view = views.get(period)

@@ -314,6 +314,11 @@ def test_goal_done_stop_twice_and_malformed_commands(world: World) -> None:
     world.tick(world.now)
     assert world.show(pid)["status"] == "ended"
     world.find("grace@example.com", "has ended")
+    # A reply after the end is kept for a human and she is told it was not counted.
+    world.send(reply(checkin, "ada@example.com", "Done: one more week"))
+    world.tick(world.now)
+    assert "not counted" in text_of(world.last_to("ada@example.com"))
+    assert world.status()["quarantined"] == 1
 
 
 def test_partner_answer_to_a_digest_reaches_the_member_only(world: World) -> None:
