@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -424,6 +424,48 @@ class Service:
     def _record_period(self, decision: ingest.Decision, entry: SpoolEntry) -> str:
         return decision.period or utc_week(entry.received_at)
 
+    def receipt(
+        self,
+        p: Partnership,
+        people: dict[str, Person],
+        *,
+        key: str,
+        to: Person,
+        period: str,
+        at: datetime,
+        reply: str,
+        reply_to: str | None,
+        ctx_period: str | None = None,
+        done: Sequence[str] = (),
+        problems: Sequence[str] = (),
+        question: str = "",
+        report_stored: bool = False,
+        role: str | None = None,
+    ) -> Prepared:
+        """A short receipt: what was done, what was not understood, what we ask back.
+
+        `reply` is the address the text names; `reply_to` the header (None: no Reply-To).
+        """
+        ctx = self.base(p, people, ctx_period or period, reply, to.timezone, at)
+        ctx.update(
+            done_items=list(done),
+            problems=list(problems),
+            question=question,
+            report_stored=report_stored,
+        )
+        if role is not None:
+            ctx["role"] = role
+        return self.prepare(
+            key=key,
+            name="receipt",
+            period=period,
+            to=to,
+            ctx=ctx,
+            now=at,
+            reply_to=reply_to,
+            pid=p.id,
+        )
+
     def _not_counted(
         self,
         d: ingest.Decision,
@@ -450,28 +492,22 @@ class Service:
             if cur and p.status != ENDED
             else self.plain_address
         )
-        ctx = self.base(p, people, period, reply, member.timezone, at)
         why = (
             "this partnership has ended"
             if p.status == ENDED
             else ("it answered a check-in from more than 8 weeks ago; please answer the latest one")
         )
-        ctx.update(
-            done_items=[],
-            problems=[f"Your reply was not counted: {why}."],
-            question="",
-            report_stored=False,
-        )
         return [
-            self.prepare(
+            self.receipt(
+                p,
+                people,
                 key=f"receipt:{_hash(entry.id)}",
-                name="receipt",
-                period=period,
                 to=member,
-                ctx=ctx,
-                now=at,
+                period=period,
+                at=at,
+                reply=reply,
                 reply_to=None if p.status == ENDED else reply,
-                pid=p.id,
+                problems=[f"Your reply was not counted: {why}."],
             )
         ]
 
@@ -567,24 +603,18 @@ class Service:
                 return []
             p = mine[0]
             skills = ", ".join(sorted(q.skill for q in mine))
-            ctx = self.base(p, people, period, self.plain_address, people[p.member].timezone, at)
-            ctx.update(
-                done_items=[],
-                problems=[],
-                report_stored=False,
-                question=f"Which partnership is this for? Reply with a line "
-                f'"skill: SKILL" (yours: {skills}).',
-            )
             return [
-                self.prepare(
+                self.receipt(
+                    p,
+                    people,
                     key=f"receipt:{_hash(mid)}",
-                    name="receipt",
-                    period=period,
                     to=people[p.member],
-                    ctx=ctx,
-                    now=at,
+                    period=period,
+                    at=at,
+                    reply=self.plain_address,
                     reply_to=self.plain_address,
-                    pid=p.id,
+                    question=f"Which partnership is this for? Reply with a line "
+                    f'"skill: SKILL" (yours: {skills}).',
                 )
             ]
         pid = d.partnership_id
@@ -629,80 +659,72 @@ class Service:
     ) -> list[Prepared]:
         partner = people[p.partner]
         reply = self.address(AGREE, p.id, period)
-        ctx = self.base(p, people, period, reply, partner.timezone, at)
-        ctx.update(done_items=[], problems=[], question="", report_stored=False, role="partner")
+
+        def to_partner(
+            reply_to: str | None, done: Sequence[str] = (), question: str = ""
+        ) -> Prepared:
+            return self.receipt(
+                p,
+                people,
+                key=f"receipt:{_hash(mid)}",
+                to=partner,
+                period=period,
+                at=at,
+                reply=reply,
+                reply_to=reply_to,
+                done=done,
+                question=question,
+                role="partner",
+            )
+
         items: list[Prepared] = []
         if p.consent != CONSENT_PENDING:
             # Answered already: a second answer changes nothing, but she must know that.
             when = p.consent_at.date().isoformat() if p.consent_at else "earlier"
             admin = self.config.service.admin_address or "the program admin"
-            ctx["question"] = (
+            out.add(f"partnership {p.id}: consent answer ignored, already {p.consent}")
+            question = (
                 f"You already {p.consent} on {when}; that answer stands. To change it, "
                 f"please write to {admin}."
             )
-            out.add(f"partnership {p.id}: consent answer ignored, already {p.consent}")
-            return [
-                self.prepare(
-                    key=f"receipt:{_hash(mid)}",
-                    name="receipt",
-                    period=period,
-                    to=partner,
-                    ctx=ctx,
-                    now=at,
-                    pid=p.id,
-                )
-            ]
+            return [to_partner(None, question=question)]
         if d.consent is None:
-            ctx["question"] = (
+            question = (
                 "We could not tell whether that was a yes or a no. Please "
                 'reply "yes" to accept or "no" to decline.'
             )
+            return [to_partner(reply, question=question)]
+        accepted = d.consent == cmds.ACCEPT
+        with self.store.core_tx() as core:
+            current = core.partnership(p.id)
+            if current is not None and current.consent == CONSENT_PENDING:
+                core.put_partnership(pships.set_consent(current, accepted, at, d.note))
+        out.add(f"partnership {p.id}: partner {d.consent}")
+        member = people[p.member]
+        first = first_checkin(p, self.tz_of(member), self.settings, at)
+        first_text = digest.local_time(first, member.timezone)
+        if accepted:
+            done = f"You accepted. The first check-in for {member.name} goes out {first_text}."
+            told = f"{partner.name} accepted. Your first check-in comes {first_text}."
         else:
-            accepted = d.consent == cmds.ACCEPT
-            with self.store.core_tx() as core:
-                current = core.partnership(p.id)
-                if current is not None and current.consent == CONSENT_PENDING:
-                    core.put_partnership(pships.set_consent(current, accepted, at, d.note))
-            out.add(f"partnership {p.id}: partner {d.consent}")
-            member = people[p.member]
-            first = first_checkin(p, self.tz_of(member), self.settings, at)
-            first_text = digest.local_time(first, member.timezone)
-            if accepted:
-                ctx["done_items"] = [
-                    f"You accepted. The first check-in for {member.name} goes out {first_text}."
-                ]
-                told = f"{partner.name} accepted. Your first check-in comes {first_text}."
-            else:
-                ctx["done_items"] = ["You declined. We have told the program admin."]
-                told = f"{partner.name} declined; the program admin will be in touch."
-                items.extend(self._consent_notice(p, people, "declined", d.note, at))
-            # The member hears it too: her check-ins wait for exactly this answer.
-            mctx = self.base(p, people, period, self.plain_address, member.timezone, at)
-            mctx.update(done_items=[told], problems=[], question="", report_stored=False)
-            items.append(
-                self.prepare(
-                    key=f"consent_told:{p.id}",
-                    name="receipt",
-                    period=period,
-                    to=member,
-                    ctx=mctx,
-                    now=at,
-                    reply_to=self.plain_address,
-                    pid=p.id,
-                )
-            )
+            done = "You declined. We have told the program admin."
+            told = f"{partner.name} declined; the program admin will be in touch."
+            items.extend(self._consent_notice(p, people, "declined", d.note, at))
+        # The member hears it too: her check-ins wait for exactly this answer.
         items.append(
-            self.prepare(
-                key=f"receipt:{_hash(mid)}",
-                name="receipt",
+            self.receipt(
+                p,
+                people,
+                key=f"consent_told:{p.id}",
+                to=member,
                 period=period,
-                to=partner,
-                ctx=ctx,
-                now=at,
-                reply_to=reply,
-                pid=p.id,
+                at=at,
+                reply=self.plain_address,
+                reply_to=self.plain_address,
+                done=[told],
             )
         )
+        items.append(to_partner(reply, done=[done]))
         return items
 
     def _consent_notice(
@@ -791,23 +813,21 @@ class Service:
         for line in done:
             out.add(f"partnership {p.id}: {line}")
         reply = self.address(TOKEN_CHECKIN, p.id, d.period or period)
-        ctx = self.base(current, people, d.period or period, reply, member.timezone, at)
-        ctx.update(
-            done_items=done,
-            problems=problems,
-            question=question,
-            report_stored=d.report is not None,
-        )
         items = [
-            self.prepare(
+            self.receipt(
+                current,
+                people,
                 key=f"receipt:{_hash(mid)}",
-                name="receipt",
-                period=period,
                 to=member,
-                ctx=ctx,
-                now=at,
+                period=period,
+                at=at,
+                reply=reply,
                 reply_to=reply,
-                pid=p.id,
+                ctx_period=d.period or period,
+                done=done,
+                problems=problems,
+                question=question,
+                report_stored=d.report is not None,
             )
         ]
         partner = people[p.partner]

@@ -171,23 +171,26 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise AssertionError(f"nothing listens on {port}")
 
 
-def test_week_by_email_end_to_end(tmp_path: Path, relay: RecordingSMTPServer) -> None:
-    listen = free_port()
-    config = write_config(tmp_path, relay.port, listen)
+def due_now_partnership(config: Path, relay: RecordingSMTPServer) -> int:
+    """People, and Ada's partnership with a check-in at 00:00 UTC today: due when serve starts."""
     setup_people(config)
-    today = datetime.now(UTC)
-    # Check-in at 00:00 UTC today: due the moment `serve` starts.
-    pid = add_partnership(
+    return add_partnership(
         config,
         relay,
         "ada@example.com",
         "grace@example.com",
         "public speaking",
         "--checkin-day",
-        WEEKDAY[today.weekday()],
+        WEEKDAY[datetime.now(UTC).weekday()],
         "--checkin-time",
         "00:00",
     )
+
+
+def test_week_by_email_end_to_end(tmp_path: Path, relay: RecordingSMTPServer) -> None:
+    listen = free_port()
+    config = write_config(tmp_path, relay.port, listen)
+    pid = due_now_partnership(config, relay)
     serve = Serve(config, tmp_path / "serve.log")
     try:
         wait_port(listen)
@@ -415,19 +418,7 @@ def test_serve_with_an_ingest_process(tmp_path: Path, relay: RecordingSMTPServer
     config = write_config(tmp_path, relay.port, listen)
     text = config.read_text().replace("[listener]\n", "[listener]\ningest_process = true\n")
     config.write_text(text)
-    setup_people(config)
-    today = datetime.now(UTC)
-    pid = add_partnership(
-        config,
-        relay,
-        "ada@example.com",
-        "grace@example.com",
-        "public speaking",
-        "--checkin-day",
-        WEEKDAY[today.weekday()],
-        "--checkin-time",
-        "00:00",
-    )
+    pid = due_now_partnership(config, relay)
     serve = Serve(config, tmp_path / "serve.log")
     try:
         wait_port(listen)

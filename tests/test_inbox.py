@@ -10,7 +10,6 @@ import shutil
 import smtplib
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import free_port
+from smtp_recorder import make_self_signed_cert
 
 from mailflow.inbox import Listener, ListenerError, ListenerOptions, normalise_line_endings
 from mailflow.spool import MAGIC, UNREADABLE, Spool
@@ -507,35 +507,9 @@ def test_port_taken_fails_fast(h: Harness, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
+    if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={DOMAIN}",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
+    return make_self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 
 def insecure_context() -> ssl.SSLContext:
