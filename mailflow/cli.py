@@ -11,7 +11,8 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,7 +21,9 @@ from zoneinfo import ZoneInfo
 import click
 
 from mailflow import partnerships as pships
-from mailflow.config import Config, ConfigError, load
+from mailflow.clock import Clock, shifted_clock, system_clock
+from mailflow.config import Config, load
+from mailflow.errors import MailflowError, UsageProblem, one_line
 from mailflow.models import Partnership, Person
 from mailflow.people import (
     CSV_COLUMNS,
@@ -33,28 +36,47 @@ from mailflow.people import (
     read_csv,
     split_offers,
 )
-from mailflow.store import Store, StoreError
+from mailflow.store import Store
 
 PROGRESS_BAR_ROWS = 500
 
 
-class CliError(Exception):
+class CliError(UsageProblem):
     """Raised by commands: printed as one `error:` line, exit 1."""
 
 
-class App:
-    """What a command needs, built lazily so `--help` works without a config."""
+@dataclass(frozen=True)
+class Edge:
+    """What the caller of `main` hands in: the clock and the environment (tests pass theirs)."""
 
-    def __init__(self, config_path: Path | None, clock: Callable[[], datetime]) -> None:
+    clock: Clock
+    environ: Mapping[str, str]
+
+
+class App:
+    """What a command needs, built lazily so `--help` works without a config.
+
+    `clock` is the one clock of this run: the system clock, or what a test or `--now` gave.
+    """
+
+    def __init__(
+        self,
+        config_path: Path | None,
+        clock: Clock,
+        environ: Mapping[str, str],
+        now_text: str | None = None,
+    ) -> None:
         self.config_path = config_path
-        self.clock = clock
+        self.base_clock = clock
+        self.environ = environ
+        self.now_text = now_text
         self._config: Config | None = None
         self._store: Store | None = None
 
     @property
     def config(self) -> Config:
         if self._config is None:
-            self._config = load(self.config_path)
+            self._config = load(self.config_path, self.environ)
         return self._config
 
     @property
@@ -65,7 +87,16 @@ class App:
         return self._store
 
     def now(self) -> datetime:
-        return self.clock()
+        """The instant a one-shot command runs at: `--now` if given, else the clock."""
+        if self.now_text is not None:
+            return parse_instant(self.now_text, self.config.service.timezone, "--now")
+        return self.base_clock()
+
+    def running_clock(self) -> Clock:
+        """For `serve`: a clock that starts at `--now` (if given) and runs on."""
+        if self.now_text is None:
+            return self.base_clock
+        return shifted_clock(self.now(), self.base_clock)
 
 
 pass_app = click.make_pass_decorator(App)
@@ -87,13 +118,25 @@ def emit_json(value: Any) -> None:
     default=None,
     help="TOML config file (default: $MAILFLOW_CONFIG, else built-in defaults).",
 )
+@click.option(
+    "--now",
+    "now_text",
+    default=None,
+    metavar="ISO8601",
+    help="Run as of this instant (serve: the clock starts there and runs on).",
+)
 @click.version_option(package_name="mailflow")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None) -> None:
+def cli(ctx: click.Context, config_path: Path | None, now_text: str | None) -> None:
     """Hot Team accountability partnerships by email."""
-    if config_path is None and os.environ.get("MAILFLOW_CONFIG"):
-        config_path = Path(os.environ["MAILFLOW_CONFIG"])
-    ctx.obj = App(config_path, clock=lambda: datetime.now(UTC))
+    edge = ctx.obj if isinstance(ctx.obj, Edge) else Edge(system_clock, os.environ)
+    if config_path is None and edge.environ.get("MAILFLOW_CONFIG"):
+        config_path = Path(edge.environ["MAILFLOW_CONFIG"])
+    if now_text is not None:
+        # Checked before any command runs, so a typo fails fast; the zone of a value without
+        # an offset comes from the config, which is read only when the command needs it.
+        parse_instant(now_text, "UTC", "--now")
+    ctx.obj = App(config_path, edge.clock, edge.environ, now_text)
 
 
 # -- people ---------------------------------------------------------------------------------
@@ -616,17 +659,22 @@ def _service(app: App) -> Any:
     return Service(app.config)
 
 
-def parse_now(value: str | None, app: App) -> datetime:
-    """--now: ISO 8601; without an offset it is read in the service's time zone."""
-    if value is None:
-        return app.now()
+def parse_instant(value: str, zone: str, option: str) -> datetime:
+    """An ISO 8601 instant as aware UTC; without an offset it is read in `zone`."""
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
-        fail(f'--now: expected ISO 8601 like 2026-11-30T09:00:00+01:00, got "{value}"')
+        fail(f'{option}: expected ISO 8601 like 2026-11-30T09:00:00+01:00, got "{value}"')
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=ZoneInfo(app.config.service.timezone))
+        dt = dt.replace(tzinfo=ZoneInfo(zone))
     return dt.astimezone(UTC)
+
+
+def parse_now(value: str | None, app: App) -> datetime:
+    """A command's own --now (ISO 8601; without an offset, the service's zone), else app.now()."""
+    if value is None:
+        return app.now()
+    return parse_instant(value, app.config.service.timezone, "--now")
 
 
 @cli.command()
@@ -655,7 +703,7 @@ def serve(app: App) -> None:
     import logging
     import threading
 
-    from mailflow.service import ServiceError, install_signal_handlers, real_clock
+    from mailflow.service import ServiceError, install_signal_handlers
 
     logging.basicConfig(
         level=logging.INFO,
@@ -666,7 +714,7 @@ def serve(app: App) -> None:
     stop = threading.Event()
     install_signal_handlers(stop)
     try:
-        service.serve(real_clock, stop)
+        service.serve(app.running_clock(), stop)
     except ServiceError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -706,11 +754,12 @@ def status(app: App, as_json: bool, now_text: str | None) -> None:
 
 
 @cli.command()
-def demo() -> None:
+@pass_app
+def demo(app: App) -> None:
     """A whole week in simulated time, in a temporary data dir."""
     from mailflow.demo import run_demo
 
-    run_demo(click.echo)
+    run_demo(click.echo, app.now())
 
 
 # -- partners and export ----------------------------------------------------------------------
@@ -775,18 +824,24 @@ def export_cmd(app: App, fmt: str, since: str | None) -> None:
 # -- entry point ------------------------------------------------------------------------------
 
 
-def one_line(message: str) -> str:
-    """An error must stay one line even when it quotes a value with CR/LF in it."""
-    return message.replace("\r", "\\r").replace("\n", "\\n")
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    clock: Clock = system_clock,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Run the CLI; the one place exceptions become `error:` lines and exit codes.
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; the one place exceptions become `error:` lines and exit codes."""
+    `clock` and `environ` are the edge: the system clock and `os.environ` unless a caller (a
+    test, the demo) hands in its own. Nothing below reads either directly.
+    """
+    env = os.environ if environ is None else environ
     try:
         cli.main(
             args=list(argv) if argv is not None else None,
             prog_name="mailflow",
             standalone_mode=False,
+            obj=Edge(clock, env),
         )
         return 0
     except click.exceptions.Exit as exc:
@@ -805,9 +860,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         return 1
-    except (CliError, DomainError, ConfigError, StoreError) as exc:
+    except MailflowError as exc:
         click.echo(f"error: {one_line(str(exc))}", err=True)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
@@ -817,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stops the flush at exit
         return 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
-        if os.environ.get("MAILFLOW_DEBUG"):
+        if env.get("MAILFLOW_DEBUG"):
             raise
         click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
         return 1

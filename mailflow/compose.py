@@ -41,6 +41,8 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
+from mailflow import errors
+
 __all__ = [
     "SHIPPED_DIR",
     "TEMPLATE_NAMES",
@@ -108,7 +110,7 @@ class Rendered:
     html: str
 
 
-class TemplateError(Exception):
+class TemplateError(errors.TemplateError):
     """A template could not be loaded, compiled or rendered.
 
     ``str(error)`` is a single line ``FILE:LINE: message`` (or ``FILE: message`` when no line

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 
+from mailflow.errors import ConfigError
+
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-
-
-class ConfigError(Exception):
-    """A configuration problem; str() is one line that names the key."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +101,14 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     templates: TemplatesConfig = field(default_factory=TemplatesConfig)
+    # The values of the environment variables this config names (secret_env, password_env,
+    # auth_password_env), read once at load: nothing else reads the environment. Not from the
+    # file, never printed, not compared.
+    secrets: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def secret(self, env_name: str) -> str | None:
+        """The value the environment gave `env_name` at load, or None when unset or empty."""
+        return self.secrets.get(env_name) or None
 
 
 _SECTIONS: dict[str, type] = {
@@ -259,8 +265,17 @@ def _validate(cfg: Config) -> None:
         raise bad("schedule.deadline_after_hours", "must fall within the week (at most 167)")
 
 
-def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Config:
-    """Build a checked Config from parsed TOML. Relative paths resolve against base_dir."""
+def from_mapping(
+    data: Mapping[str, Any],
+    *,
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build a checked Config from parsed TOML. Relative paths resolve against base_dir.
+
+    `environ` (a mapping like `os.environ`; None: empty) supplies the secrets the config names
+    by environment variable; only those variables are kept, in `Config.secrets`.
+    """
     sections: dict[str, Any] = {}
     for name, raw in data.items():
         if name not in _SECTIONS:
@@ -282,12 +297,13 @@ def from_mapping(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Co
     if cfg.schedule.checkin_day != cfg.schedule.checkin_day.lower():
         cfg = _replace(cfg, "schedule", checkin_day=cfg.schedule.checkin_day.lower())
     _validate(cfg)
+    if environ:
+        names = (cfg.service.secret_env, cfg.relay.password_env, cfg.listener.auth_password_env)
+        cfg = replace(cfg, secrets={n: environ[n] for n in names if environ.get(n)})
     return cfg
 
 
 def _replace(cfg: Config, section: str, **changes: Any) -> Config:
-    from dataclasses import replace
-
     return replace(cfg, **{section: replace(getattr(cfg, section), **changes)})
 
 
@@ -305,10 +321,13 @@ def _resolve_paths(cfg: Config, base_dir: Path) -> Config:
     return cfg
 
 
-def load(path: Path | None) -> Config:
-    """Load a TOML file (None: built-in defaults). Paths in the file are relative to it."""
+def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load a TOML file (None: built-in defaults). Paths in the file are relative to it.
+
+    `environ` supplies the secrets (see `from_mapping`); the CLI passes its environment.
+    """
     if path is None:
-        return from_mapping({})
+        return from_mapping({}, environ=environ)
     try:
         text = path.read_bytes()
     except OSError as exc:
@@ -319,4 +338,4 @@ def load(path: Path | None) -> Config:
         raise ConfigError(f"{path}: config is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return from_mapping(data, base_dir=path.resolve().parent)
+    return from_mapping(data, base_dir=path.resolve().parent, environ=environ)

@@ -11,7 +11,7 @@ import smtplib
 import socket
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -64,7 +64,8 @@ def _reply(to: EmailMessage, sender: str, mid: str, body: str, quoted_text: str)
     return reply
 
 
-def run_demo(echo: Callable[[str], None]) -> None:
+def run_demo(echo: Callable[[str], None], now: datetime) -> None:
+    """The demo week, set two weeks after `now` (the CLI's clock), in a temporary data dir."""
     from mailflow.inbox import Listener, ListenerOptions
 
     with tempfile.TemporaryDirectory(prefix="mailflow-demo-") as tmp:
@@ -82,7 +83,7 @@ def run_demo(echo: Callable[[str], None]) -> None:
         service = Service(config)
         # Monday 09:00 in Berlin of the week after next: a fresh, whole week.
         berlin = ZoneInfo("Europe/Berlin")
-        today = datetime.now(UTC).astimezone(berlin).date()
+        today = now.astimezone(berlin).date()
         monday = today + timedelta(days=14 - today.weekday())
         at = datetime(monday.year, monday.month, monday.day, 9, 0, tzinfo=berlin)
         clock = [at - timedelta(days=3)]

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
+from mailflow.errors import StoreError
+
 ACTIVE = "active"
 PAUSED = "paused"
 ENDED = "ended"
@@ -30,6 +32,18 @@ def to_iso(dt: datetime | None) -> str | None:
 
 def from_iso(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def stamp(d: dict[str, Any], key: str, what: str) -> datetime:
+    """A required stamp of a stored record; StoreError naming the record when it is missing.
+
+    A missing stamp is never filled with "now": that would mix the wall clock into decisions
+    made on an injected clock (and hide a damaged file).
+    """
+    value = from_iso(d.get(key))
+    if value is None:
+        raise StoreError(f'{what}: missing "{key}"')
+    return value
 
 
 def _date(value: str | None) -> date | None:
@@ -164,7 +178,7 @@ class Partnership:
             why=d["why"],
             saddle=d["saddle"],
             start=date.fromisoformat(d["start"]),
-            created_at=from_iso(d["created_at"]) or datetime.now(UTC),
+            created_at=stamp(d, "created_at", f"partnership {d['id']}"),
             checkin_day=d.get("checkin_day"),
             checkin_time=d.get("checkin_time"),
             status=d.get("status", ACTIVE),
@@ -262,7 +276,7 @@ class Report:
         return cls(
             partnership_id=int(d["partnership_id"]),
             period=d["period"],
-            received_at=from_iso(d["received_at"]) or datetime.now(UTC),
+            received_at=stamp(d, "received_at", f"report {d['message_id']}"),
             message_id=d["message_id"],
             sender=d["sender"],
             text=d["text"],
@@ -322,7 +336,7 @@ class Outgoing:
             to=d["to"],
             message_id=d["message_id"],
             path=d["path"],
-            created_at=from_iso(d["created_at"]) or datetime.now(UTC),
+            created_at=stamp(d, "created_at", f"outgoing {d['key']}"),
             partnership_id=d.get("partnership_id"),
             period=d.get("period"),
             status=d.get("status", QUEUED),
@@ -364,7 +378,7 @@ class Inbound:
     def from_doc(cls, d: dict[str, Any]) -> Inbound:
         return cls(
             message_id=d["message_id"],
-            received_at=from_iso(d["received_at"]) or datetime.now(UTC),
+            received_at=stamp(d, "received_at", f"inbound {d['message_id']}"),
             kind=d["kind"],
             sender=d["sender"],
             detail=d.get("detail", ""),

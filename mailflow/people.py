@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from email_validator import EmailNotValidError, validate_email
 
 from mailflow.config import check_timezone
+from mailflow.errors import DomainError
 from mailflow.models import ENDED, Partnership, Person
 
 # Control characters (C0, DEL, C1) and the Unicode line/paragraph separators: any of them in a
@@ -22,10 +23,6 @@ from mailflow.models import ENDED, Partnership, Person
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_FIELD = 200
 CSV_COLUMNS = ("email", "name", "department", "manager", "timezone", "offers")
-
-
-class DomainError(Exception):
-    """A rule was broken; str() is one line a user can act on."""
 
 
 def check_text(field: str, value: str, *, required: bool = True, limit: int = MAX_FIELD) -> str:

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import pickle
 import secrets
 import signal
 import sys
@@ -33,6 +34,7 @@ from filelock import FileLock
 from mailflow import commands as cmds
 from mailflow import digest, ingest
 from mailflow import partnerships as pships
+from mailflow.clock import Clock
 from mailflow.compose import Templates, message_bytes
 from mailflow.config import Config
 from mailflow.models import (
@@ -84,11 +86,13 @@ STOP_CONFIRM_DAYS = 7
 HISTORY_WEEKS = 26
 
 
-def load_secret(env_name: str, data_dir: Path) -> bytes:
-    """The token key: from the environment when set, else a key made once in data_dir."""
-    value = os.environ.get(env_name)
+def load_secret(config: Config) -> bytes:
+    """The token key: from `service.secret_env` (read at config load) when set, else a key
+    made once in data_dir/secret.key."""
+    value = config.secret(config.service.secret_env)
     if value:
         return value.encode("utf-8")
+    data_dir = config.service.data_dir
     path = data_dir / "secret.key"
     try:
         return path.read_bytes().strip()
@@ -147,10 +151,10 @@ class Service:
         self.store.init()
         self.templates = templates or Templates(config.templates.dir)
         self.settings = Settings.from_config(config.schedule)
-        self.secret = load_secret(config.service.secret_env, self.data_dir)
+        self.secret = load_secret(config)
         self.bounce_address = f"{BOUNCE_LOCAL}@{self.domain}"
         self.plain_address = f"{PLAIN_LOCAL}@{self.domain}"
-        password = os.environ.get(config.relay.password_env) if config.relay.host else None
+        password = config.secret(config.relay.password_env) if config.relay.host else None
         self.outbox = Outbox(self.store, config.relay, password, self.bounce_address, self.data_dir)
         self.spool = Spool(self.data_dir / "spool")
         self._ingest_lock = threading.Lock()
@@ -1322,7 +1326,7 @@ class Service:
 
     def serve(
         self,
-        clock: Callable[[], datetime],
+        clock: Clock,
         stop: threading.Event,
         ready: Callable[[], None] | None = None,
     ) -> None:
@@ -1343,11 +1347,17 @@ class Service:
 
         # Parsing is the costly part of taking a reply; with `ingest_process` it runs in a
         # process of its own, so the listener and the parser use both cores (the spool and
-        # the store already work across processes). Otherwise, or with a test clock, in a
-        # thread.
+        # the store already work across processes). Otherwise in a thread. The process gets
+        # the same clock, which must therefore be a value that pickles (see `clock`).
         worker: Any = None
-        if clock is real_clock and self.config.listener.ingest_process:
-            worker = _IngestWorker(self.config)
+        if self.config.listener.ingest_process:
+            try:
+                pickle.dumps(clock)
+            except (pickle.PicklingError, AttributeError, TypeError):
+                raise ServiceError(
+                    "listener.ingest_process needs a clock that can be sent to another process"
+                ) from None
+            worker = _IngestWorker(self.config, clock)
             worker.start()
             listener_wake: Callable[[], None] = worker.wake.set
         else:
@@ -1368,7 +1378,7 @@ class Service:
                 tls_cert=lc.tls_cert,
                 tls_key=lc.tls_key,
                 require_starttls=lc.require_starttls,
-                auth_users=lc.auth_users(os.environ),
+                auth_users=lc.auth_users(self.config.secrets),
             ),
             self.spool,
             self.rcpt_policy,
@@ -1420,7 +1430,7 @@ class Service:
 
 def _ingest_loop(
     service: Service,
-    clock: Callable[[], datetime],
+    clock: Clock,
     wake: Any,
     stop: Any,
     parent: int | None,
@@ -1440,7 +1450,7 @@ def _ingest_loop(
             log.exception("ingest failed; will retry")
 
 
-def _ingest_process(config: Config, wake: Any, stop: Any, parent: int) -> None:
+def _ingest_process(config: Config, clock: Clock, wake: Any, stop: Any, parent: int) -> None:
     """Entry point of the ingest process (spawned: a fresh interpreter, no inherited locks)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -1451,15 +1461,16 @@ def _ingest_process(config: Config, wake: Any, stop: Any, parent: int) -> None:
     )
     service = Service(config)
     wake.set()  # whatever is in the spool already
-    _ingest_loop(service, real_clock, wake, stop, parent)
+    _ingest_loop(service, clock, wake, stop, parent)
 
 
 class _IngestWorker:
     """The ingest process of `serve`, restarted if it dies."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Clock) -> None:
         self.context = multiprocessing.get_context("spawn")
         self.config = config
+        self.clock = clock
         self.wake = self.context.Event()
         self.stop_event = self.context.Event()
         self.process: Any = None
@@ -1467,7 +1478,7 @@ class _IngestWorker:
     def start(self) -> None:
         self.process = self.context.Process(
             target=_ingest_process,
-            args=(self.config, self.wake, self.stop_event, os.getpid()),
+            args=(self.config, self.clock, self.wake, self.stop_event, os.getpid()),
             name="mailflow-ingest",
             daemon=True,
         )
@@ -1503,10 +1514,6 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-
-
-def real_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def _with_ref(decision: ingest.Decision, ref: str) -> ingest.Decision:

@@ -33,6 +33,7 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 from tinydb.storages import Storage
 
+from mailflow.errors import StoreError
 from mailflow.models import Inbound, Outgoing, Partnership, Person, Report, Week
 
 LOCK_TIMEOUT_SECONDS = 60
@@ -40,10 +41,6 @@ CACHE_FILES = 6
 # ...and at most this many bytes of JSON (parsed, a file takes several times its size): old
 # weeks of a 10,000-partnership program are 10+ MB each, and `serve` must stay small.
 CACHE_BYTES = 16 * 1024 * 1024
-
-
-class StoreError(Exception):
-    """A storage problem a user must act on; str() names the file."""
 
 
 class AtomicJSONStorage(Storage):

@@ -12,9 +12,11 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import now_args
 
 from mailflow.cli import main
 
@@ -35,7 +37,19 @@ class Result:
 class Mailflow:
     """Runs CLI commands with a config file in tmp_path; data lives in tmp_path/data."""
 
-    def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str = "") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        extra: str = "",
+        now: datetime | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        # One clock for the whole test: every command runs as of `self.now` (settable), which
+        # defaults to the wall clock when the test starts (shifted in CI's guard run).
+        self.now = now or datetime.now(UTC)
+        self.environ = {k: v for k, v in os.environ.items() if k != "MAILFLOW_CONFIG"}
+        self.environ.update(environ or {})
         self.tmp_path = tmp_path
         self.capsys = capsys
         self.config = tmp_path / "mailflow.toml"
@@ -45,7 +59,9 @@ class Mailflow:
 
     def __call__(self, *args: str) -> Result:
         self.capsys.readouterr()
-        code = main(["--config", str(self.config), *args])
+        code = main(
+            ["--config", str(self.config), *args], clock=lambda: self.now, environ=self.environ
+        )
         captured = self.capsys.readouterr()
         return Result(code, captured.out, captured.err)
 
@@ -88,12 +104,15 @@ class Mailflow:
         )
 
 
-def run_console(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
-    """Run the installed `mailflow` console script (the real entry point) in a subprocess."""
+def run_console(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, now: datetime | None = None
+) -> Result:
+    """Run the installed `mailflow` console script (the real entry point) in a subprocess,
+    as of `now` (default: the test's wall clock) through the global `--now`."""
     full_env = {k: v for k, v in os.environ.items() if k != "MAILFLOW_CONFIG"}
     full_env.update(env or {})
     proc = subprocess.run(
-        [str(VENV_BIN / "mailflow"), *args],
+        [str(VENV_BIN / "mailflow"), *now_args(now), *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,

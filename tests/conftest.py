@@ -1,13 +1,26 @@
-"""Shared test helpers: free loopback ports and the shared corpus location."""
+"""Shared test helpers: free loopback ports, the shared corpus location, and the clock guard.
+
+The clock guard: with `MAILFLOW_TEST_SHIFT_DAYS=N` in the environment (CI's second run), every
+in-process wall clock (`time.time`, `datetime.now`, `date.today`, ...) starts N days ahead of
+today for the whole session and keeps ticking, through `time-machine`. A test that reads the
+wall clock somewhere and a simulated clock elsewhere then sees the two disagree by N days and
+fails, so a time bomb shows up today instead of on the day it goes off. Monotonic clocks are
+left alone (timeouts and waits stay real). Subprocesses get the test's clock explicitly, with
+the global `mailflow --now` option: see `clitools.now_args`.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHIFT_ENV = "MAILFLOW_TEST_SHIFT_DAYS"
 
 
 def free_port() -> int:
@@ -20,3 +33,41 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+def shift_days() -> int:
+    """How far CI's guard run moves the wall clock ahead (0: not moved)."""
+    raw = os.environ.get(SHIFT_ENV, "").strip()
+    return int(raw) if raw else 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shifted_wall_clock() -> Iterator[None]:
+    days = shift_days()
+    if not days:
+        yield
+        return
+    import time_machine
+
+    traveller = time_machine.travel(datetime.now(UTC) + timedelta(days=days), tick=True)
+    traveller.start()
+    try:
+        yield
+    finally:
+        traveller.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    days = shift_days()
+    if not days:
+        return "wall clock: real"
+    return f"wall clock: shifted {days} days ahead ({SHIFT_ENV})"
+
+
+def now_args(now: datetime | None = None) -> list[str]:
+    """The global `--now` for a `mailflow` subprocess, so it shares the test's clock.
+
+    Default: this process's wall clock, which CI's guard run shifts; a subprocess that read its
+    own wall clock instead would then be 400 days behind the test and fail it.
+    """
+    return ["--now", (now or datetime.now(UTC)).isoformat()]

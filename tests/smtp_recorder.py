@@ -115,7 +115,9 @@ def _cert_with_cryptography(cert: Path, key: Path) -> tuple[Path, Path]:  # prag
 
     pkey = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    # OpenSSL checks validity against the real system time, whatever clock a test simulates:
+    # a fixed, wide window works on any date.
+    start = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -123,7 +125,7 @@ def _cert_with_cryptography(cert: Path, key: Path) -> tuple[Path, Path]:  # prag
         .public_key(pkey.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=2))
+        .not_valid_after(dt.datetime(2999, 12, 31, tzinfo=dt.UTC))
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]

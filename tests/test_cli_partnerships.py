@@ -381,7 +381,7 @@ def test_pause_resume_end_life_cycle(mf: Mailflow) -> None:
     assert mf.ok("partnerships", "resume", pid).out == f"resumed {pid}\n"
     assert show(mf, pid)["status"] == "active"
 
-    until = (datetime.now(UTC).date() + timedelta(days=10)).isoformat()
+    until = (mf.now.date() + timedelta(days=10)).isoformat()
     assert mf.ok("partnerships", "pause", pid, "--until", until).out == (
         f"paused {pid} until {until}\n"
     )
@@ -400,7 +400,7 @@ def test_pause_resume_end_life_cycle(mf: Mailflow) -> None:
 def test_pause_refuses_bad_or_past_dates(mf: Mailflow, until: str) -> None:
     pid = add(mf)
     if until == "today":  # the member's zone is UTC: today is not in the future
-        until = datetime.now(UTC).date().isoformat()
+        until = mf.now.date().isoformat()
     err = mf.bad("partnerships", "pause", pid, "--until", until)
     assert err.startswith("error: until: ")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from clitools import Mailflow, run_console
-from conftest import free_port
+from conftest import free_port, now_args
 from replytools import SECRET, address_for, config_with, period_now, reply, wait_until
 from smtp_recorder import RecordingSMTPServer
 from test_e2e_week import (
@@ -57,9 +57,11 @@ def serve_env_setup(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def start_week(config: Path, relay: RecordingSMTPServer) -> int:
-    """People and one accepted partnership whose check-in (today 00:00 UTC) is due now."""
-    setup_people(config)
+    """People and one accepted partnership whose check-in (today 00:00 UTC) is due now.
+
+    "Today" is the test's wall clock (shifted in CI's guard run), handed to every command."""
     today = datetime.now(UTC)
+    setup_people(config, now=today.isoformat())
     return add_partnership(
         config,
         relay,
@@ -70,6 +72,7 @@ def start_week(config: Path, relay: RecordingSMTPServer) -> int:
         WEEKDAY[today.weekday()],
         "--checkin-time",
         "00:00",
+        now=today.isoformat(),
     )
 
 
@@ -279,6 +282,7 @@ def test_relay_faults_during_fanout_deliver_each_checkin_once(
             capsys,
             f'domain = "{DOMAIN}"\n'
             f'[relay]\nhost = "127.0.0.1"\nport = {relay.port}\ntimeout_seconds = 5\n',
+            now=datetime(2026, 11, 27, 12, 0, tzinfo=UTC),  # the Friday before the ticks
         )
         csv = tmp_path / "people.csv"
         rows = ["email,name,department,manager,timezone,offers"]
@@ -420,7 +424,8 @@ def test_cli_writes_while_serve_ingests_lose_nothing(
                     verb = "pause" if pauses % 2 == 0 else "resume"
                     # A separate process, as an admin's shell would be.
                     proc = subprocess.run(
-                        [MAILFLOW, "--config", str(config), "partnerships", verb, str(other)],
+                        [MAILFLOW, *now_args(), "--config", str(config), "partnerships", verb,
+                         str(other)],
                         capture_output=True, text=True, timeout=60,
                     )  # fmt: skip
                     assert proc.returncode == 0, proc.stderr

@@ -83,7 +83,8 @@ class World:
 
     def cli(self, *args: str, code: int = 0) -> str:
         self.capsys.readouterr()
-        got = main(["--config", str(self.config_path), *args])
+        # The CLI runs on the world's clock, like the service and the listener.
+        got = main(["--config", str(self.config_path), *args], clock=lambda: self.now)
         out, err = self.capsys.readouterr()
         assert got == code, err
         assert "Traceback" not in err

@@ -16,12 +16,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, now_args
 from smtp_recorder import RecordedMessage, RecordingSMTPServer
 
 MAILFLOW = str(Path(sys.executable).parent / "mailflow")
@@ -51,22 +51,27 @@ def write_config(tmp_path: Path, relay_port: int, listen_port: int, **schedule: 
     return path
 
 
-def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run(config: Path, *args: str, now: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`mailflow --now NOW --config CONFIG ARGS...`; NOW defaults to this test's wall clock."""
+    when = now_args(datetime.fromisoformat(now)) if now else now_args()
     proc = subprocess.run(
-        [MAILFLOW, "--config", str(config), *args], capture_output=True, text=True, timeout=60
+        [MAILFLOW, *when, "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
 
 
-def ok(config: Path, *args: str) -> str:
-    proc = run(config, *args)
+def ok(config: Path, *args: str, now: str | None = None) -> str:
+    proc = run(config, *args, now=now)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
 
-def setup_people(config: Path) -> None:
-    ok(config, "people", "add", "ada@example.com", "--name", "Ada", "--department", "Eng")
+def setup_people(config: Path, now: str | None = None) -> None:
+    ok(config, "people", "add", "ada@example.com", "--name", "Ada", "--department", "Eng", now=now)
     ok(
         config,
         "people",
@@ -78,15 +83,34 @@ def setup_people(config: Path) -> None:
         "Sales",
         "--offers",
         "public speaking",
+        now=now,
     )
-    ok(config, "people", "add", "linus@example.com", "--name", "Linus", "--department", "Ops")
-    ok(config, "people", "add", "barbara@example.com", "--name", "Barbara", "--department", "Legal")
+    for email, name, dept in (("linus", "Linus", "Ops"), ("barbara", "Barbara", "Legal")):
+        ok(
+            config,
+            "people",
+            "add",
+            f"{email}@example.com",
+            "--name",
+            name,
+            "--department",
+            dept,
+            now=now,
+        )
 
 
 def add_partnership(
-    config: Path, relay: RecordingSMTPServer, member: str, partner: str, skill: str, *extra: str
+    config: Path,
+    relay: RecordingSMTPServer,
+    member: str,
+    partner: str,
+    skill: str,
+    *extra: str,
+    now: str | None = None,
 ) -> int:
-    """Add an accepted partnership; its two introductions are checked and cleared."""
+    """Add an accepted partnership as of `now` (default: the test's wall clock), with a goal
+    200 days later; its two introductions are checked and cleared."""
+    created = datetime.fromisoformat(now) if now else datetime.now(UTC)
     before = len(relay.messages)
     out = ok(
         config,
@@ -99,13 +123,14 @@ def add_partnership(
         "--skill",
         skill,
         "--goal",
-        "2027-06-30 Give the all-hands talk",
+        f"{(created + timedelta(days=200)).date()} Give the all-hands talk",
         "--why",
         "I want to lead design reviews",
         "--saddle",
         "Book the room again",
         "--accepted",
         *extra,
+        now=now,
     )
     intros = relay.wait_for(before + 2)[before:]
     assert sorted(m.rcpt_tos[0] for m in intros) == sorted([member, partner])
@@ -147,7 +172,7 @@ class Serve:
     def __init__(self, config: Path, log: Path) -> None:
         self.log = log
         self.proc = subprocess.Popen(
-            [MAILFLOW, "--config", str(config), "serve"],
+            [MAILFLOW, *now_args(), "--config", str(config), "serve"],
             stdout=subprocess.DEVNULL,
             stderr=log.open("wb"),
         )
@@ -172,8 +197,11 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 
 def due_now_partnership(config: Path, relay: RecordingSMTPServer) -> int:
-    """People, and Ada's partnership with a check-in at 00:00 UTC today: due when serve starts."""
-    setup_people(config)
+    """People, and Ada's partnership with a check-in at 00:00 UTC today: due when serve starts.
+
+    "Today" is the test's wall clock (shifted in CI's guard run), handed to every command."""
+    now = datetime.now(UTC)
+    setup_people(config, now=now.isoformat())
     return add_partnership(
         config,
         relay,
@@ -181,9 +209,10 @@ def due_now_partnership(config: Path, relay: RecordingSMTPServer) -> int:
         "grace@example.com",
         "public speaking",
         "--checkin-day",
-        WEEKDAY[datetime.now(UTC).weekday()],
+        WEEKDAY[now.weekday()],
         "--checkin-time",
         "00:00",
+        now=now.isoformat(),
     )
 
 
@@ -272,11 +301,22 @@ def test_week_by_email_end_to_end(tmp_path: Path, relay: RecordingSMTPServer) ->
     assert len(relay.messages) == 2  # nothing else was sent
 
 
+# The time-travel tests set everything up as of the Friday before their first tick.
+FRIDAY_BEFORE = "2026-11-27T12:00:00+00:00"
+
+
 def test_no_report_digest_and_repeat_tick(tmp_path: Path, relay: RecordingSMTPServer) -> None:
     config = write_config(tmp_path, relay.port, free_port())
-    setup_people(config)
+    setup_people(config, now=FRIDAY_BEFORE)
     pid = add_partnership(
-        config, relay, "linus@example.com", "barbara@example.com", "sql", "--start", "2026-11-30"
+        config,
+        relay,
+        "linus@example.com",
+        "barbara@example.com",
+        "sql",
+        "--start",
+        "2026-11-30",
+        now=FRIDAY_BEFORE,
     )
     monday = "2026-11-30T09:00:00+00:00"
     out = ok(config, "tick", "--now", monday)
@@ -304,7 +344,7 @@ def test_relay_down_then_up_nothing_lost_or_doubled(
     tmp_path: Path, relay: RecordingSMTPServer
 ) -> None:
     config = write_config(tmp_path, relay.port, free_port())
-    setup_people(config)
+    setup_people(config, now=FRIDAY_BEFORE)
     add_partnership(
         config,
         relay,
@@ -313,9 +353,17 @@ def test_relay_down_then_up_nothing_lost_or_doubled(
         "public speaking",
         "--start",
         "2026-11-30",
+        now=FRIDAY_BEFORE,
     )
     add_partnership(
-        config, relay, "linus@example.com", "barbara@example.com", "sql", "--start", "2026-11-30"
+        config,
+        relay,
+        "linus@example.com",
+        "barbara@example.com",
+        "sql",
+        "--start",
+        "2026-11-30",
+        now=FRIDAY_BEFORE,
     )
     relay.down()
     out = ok(config, "tick", "--now", "2026-11-30T09:00:00+00:00")
@@ -337,6 +385,7 @@ def test_relay_down_then_up_nothing_lost_or_doubled(
 
 def test_dst_change_checkins_follow_local_time(tmp_path: Path, relay: RecordingSMTPServer) -> None:
     config = write_config(tmp_path, relay.port, free_port())
+    setup = "2026-10-16T12:00:00+00:00"  # the Friday before the first tick
     ok(
         config,
         "people",
@@ -348,6 +397,7 @@ def test_dst_change_checkins_follow_local_time(tmp_path: Path, relay: RecordingS
         "A",
         "--timezone",
         "Europe/Berlin",
+        now=setup,
     )
     ok(
         config,
@@ -360,8 +410,11 @@ def test_dst_change_checkins_follow_local_time(tmp_path: Path, relay: RecordingS
         "B",
         "--timezone",
         "America/New_York",
+        now=setup,
     )
-    add_partnership(config, relay, "m@example.com", "p@example.com", "sql", "--start", "2026-10-19")
+    add_partnership(
+        config, relay, "m@example.com", "p@example.com", "sql", "--start", "2026-10-19", now=setup
+    )
     # 09:00 Berlin is 07:00 UTC in summer time (19 Oct) and 08:00 UTC after 25 Oct.
     assert ok(config, "tick", "--now", "2026-10-19T06:59:00+00:00").count("queued") == 0
     assert "queued checkin" in ok(config, "tick", "--now", "2026-10-19T07:00:00+00:00")

@@ -138,10 +138,7 @@ class World:
 
 
 @pytest.fixture
-def world(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[World]:
-    monkeypatch.setenv("MAILFLOW_SECRET", SECRET)
+def world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[World]:
     with RecordingSMTPServer() as relay:
         mf = Mailflow(
             tmp_path,
@@ -150,6 +147,8 @@ def world(
             "[listener]\ntimeout_seconds = 30\n"
             f'[relay]\nhost = "127.0.0.1"\nport = {relay.port}\ntimeout_seconds = 5\n'
             "[schedule]\ndigest_delay_minutes = 0\n",
+            now=CHECKIN_AT - timedelta(days=17),  # set up the Friday before the first period
+            environ={"MAILFLOW_SECRET": SECRET},
         )
         for email, dept in ((ADA, "Eng"), (GRACE, "Sales"), (LINUS, "Ops"), (BARBARA, "Legal")):
             mf.add_person(email, dept)
@@ -161,7 +160,7 @@ def world(
                 "--start", "2026-11-16", "--accepted",
             )  # fmt: skip
             assert out.last_line in ("1", "2")
-        w = World(mf, relay, Service(config_mod.load(mf.config)))
+        w = World(mf, relay, Service(config_mod.load(mf.config, mf.environ)))
         try:
             yield w
         finally:
@@ -747,7 +746,7 @@ def test_templates_are_sandboxed(world: World, payload: str) -> None:
     # Nothing is sent with it: tick refuses, serve refuses to start.
     result = world.mf("tick", "--now", CHECKIN_AT.isoformat())
     assert result.code == 1 and len(world.relay.messages) == sent_before
-    service = Service(config_mod.load(world.mf.config))
+    service = Service(config_mod.load(world.mf.config, world.mf.environ))
     with pytest.raises(ServiceError, match="templates have errors"):
         service.serve(lambda: CHECKIN_AT, __import__("threading").Event())
 

@@ -116,8 +116,8 @@ def test_serve_accepts_a_reply_only_after_starttls_and_auth(
         listen,
         f'tls_cert = "{cert}"\ntls_key = "{key}"\nrequire_starttls = true\nauth_username = "mta"',
     )
-    setup_people(config)
-    today = datetime.now(UTC)
+    today = datetime.now(UTC)  # the test's one clock, handed to every command
+    setup_people(config, now=today.isoformat())
     pid = add_partnership(
         config,
         relay,
@@ -128,6 +128,7 @@ def test_serve_accepts_a_reply_only_after_starttls_and_auth(
         WEEKDAY[today.weekday()],
         "--checkin-time",
         "00:00",
+        now=today.isoformat(),
     )
     to = address_for(pid, period_now(config, pid, today))
     raw = reply("Ada <ada@example.com>", to, "Done: spoke at standup", "<tls-1@example.com>")
