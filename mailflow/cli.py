@@ -23,7 +23,7 @@ import click
 from mailflow import partnerships as pships
 from mailflow.clock import Clock, shifted_clock, system_clock
 from mailflow.config import Config, load
-from mailflow.errors import MailflowError, UsageProblem, one_line
+from mailflow.errors import MailflowError, StartupError, UsageProblem, one_line
 from mailflow.models import Partnership, Person
 from mailflow.people import (
     CSV_COLUMNS,
@@ -39,10 +39,6 @@ from mailflow.people import (
 from mailflow.store import Store
 
 PROGRESS_BAR_ROWS = 500
-
-
-class CliError(UsageProblem):
-    """Raised by commands: printed as one `error:` line, exit 1."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +99,8 @@ pass_app = click.make_pass_decorator(App)
 
 
 def fail(message: str) -> NoReturn:
-    raise CliError(message)
+    """Stop the command with one `error:` line (exit 1); `main` prints it."""
+    raise UsageProblem(message)
 
 
 def emit_json(value: Any) -> None:
@@ -606,12 +603,7 @@ def templates_check(app: App) -> None:
 @pass_app
 def templates_preview(app: App, name: str, setback: bool, variant: str | None) -> None:
     """Print the rendered text version of template NAME."""
-    from mailflow.compose import TemplateError
-
-    try:
-        rendered = _templates(app).preview(name, setback=setback, variant=variant)
-    except TemplateError as exc:
-        fail(str(exc))
+    rendered = _templates(app).preview(name, setback=setback, variant=variant)
     click.echo(f"Subject: {rendered.subject}\n")
     click.echo(rendered.text.rstrip("\n"))
 
@@ -703,7 +695,7 @@ def serve(app: App) -> None:
     import logging
     import threading
 
-    from mailflow.service import ServiceError, install_signal_handlers
+    from mailflow.service import install_signal_handlers
 
     logging.basicConfig(
         level=logging.INFO,
@@ -715,10 +707,8 @@ def serve(app: App) -> None:
     install_signal_handlers(stop)
     try:
         service.serve(app.running_clock(), stop)
-    except ServiceError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot start: {exc}")
+    except OSError as exc:  # the data directory or a port: before anything ran
+        raise StartupError(f"cannot start: {exc}") from None
 
 
 @cli.command()

@@ -36,6 +36,14 @@ class StartupError(MailflowError):
     """A reason `serve` (or another long-running command) cannot start."""
 
 
+class ListenerError(StartupError):
+    """The SMTP listener cannot start (port taken, bad TLS files, inconsistent options)."""
+
+
+class SpoolError(MailflowError):
+    """A spool file could not be read back (it is quarantined with this reason)."""
+
+
 class UsageProblem(MailflowError):
     """A command given values it cannot use (the CLI's own checks)."""
 

@@ -50,6 +50,7 @@ from typing import Any, Protocol
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailflow.errors import ListenerError
 from mailflow.spool import Spool
 
 log = logging.getLogger("mailflow.inbox")
@@ -67,13 +68,6 @@ REPLY_TOO_MANY_CONNS = "421 4.7.0 too many connections, try again later"
 
 # A bare LF (not preceded by CR) or a bare CR (not followed by LF).
 _BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
-
-
-class ListenerError(OSError):
-    """The listener cannot start (port taken, bad TLS files, inconsistent options).
-
-    An OSError, so that `serve` reports it as one `error: cannot start: ...` line.
-    """
 
 
 class RcptPolicy(Protocol):

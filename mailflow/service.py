@@ -37,6 +37,7 @@ from mailflow import partnerships as pships
 from mailflow.clock import Clock
 from mailflow.compose import Templates, message_bytes
 from mailflow.config import Config
+from mailflow.errors import ListenerError, StartupError
 from mailflow.models import (
     ACTIVE,
     CONSENT_ACCEPTED,
@@ -1335,7 +1336,7 @@ class Service:
 
         problems = self.templates.check()
         if problems:
-            raise ServiceError("templates have errors; fix them first: " + "; ".join(problems))
+            raise StartupError("templates have errors; fix them first: " + "; ".join(problems))
         # Only `serve` clears half-written files: a CLI command running next to it must not
         # delete what the running listener or sender is writing at that moment.
         self.spool.recover()
@@ -1354,7 +1355,7 @@ class Service:
             try:
                 pickle.dumps(clock)
             except (pickle.PicklingError, AttributeError, TypeError):
-                raise ServiceError(
+                raise StartupError(
                     "listener.ingest_process needs a clock that can be sent to another process"
                 ) from None
             worker = _IngestWorker(self.config, clock)
@@ -1387,9 +1388,11 @@ class Service:
         )
         try:
             listener.start()
-        except BaseException:
+        except BaseException as exc:
             if worker is not None:
                 worker.stop()
+            if isinstance(exc, ListenerError | OSError):
+                raise StartupError(f"cannot start: {exc}") from None
             raise
         log.info("listening on %s:%d for *@%s", lc.host, lc.port, self.domain)
         scheduler = schedule_lib.Scheduler()
@@ -1501,10 +1504,6 @@ class _IngestWorker:
             if self.process.is_alive():
                 self.process.terminate()
                 self.process.join(timeout=2)
-
-
-class ServiceError(Exception):
-    """A reason the service cannot start; one line."""
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

@@ -40,8 +40,9 @@ from test_e2e_week import DOMAIN, html_of, text_of
 from test_inbox import RawClient
 
 from mailflow import config as config_mod
+from mailflow.errors import StartupError
 from mailflow.inbox import Listener, ListenerOptions
-from mailflow.service import Service, ServiceError
+from mailflow.service import Service
 from mailflow.spool import MAGIC
 from mailflow.tokens import CHECKIN, DIGEST, make_token, reply_address
 
@@ -747,7 +748,7 @@ def test_templates_are_sandboxed(world: World, payload: str) -> None:
     result = world.mf("tick", "--now", CHECKIN_AT.isoformat())
     assert result.code == 1 and len(world.relay.messages) == sent_before
     service = Service(config_mod.load(world.mf.config, world.mf.environ))
-    with pytest.raises(ServiceError, match="templates have errors"):
+    with pytest.raises(StartupError, match="templates have errors"):
         service.serve(lambda: CHECKIN_AT, __import__("threading").Event())
 
 
