@@ -15,8 +15,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from mailflow.models import Partnership, Person, Report
-from mailflow.parse import REPLY_MARKER
 from mailflow.schedule import days_left, parse_period
+from mailflow.tokens import REPLY_MARKER
 
 
 def period_label(period: str) -> str:

@@ -35,9 +35,10 @@ from mailflow import commands as cmds
 from mailflow import digest, ingest
 from mailflow import partnerships as pships
 from mailflow.clock import Clock
-from mailflow.compose import Templates, message_bytes
+from mailflow.compose import Templates
 from mailflow.config import Config
 from mailflow.errors import ListenerError, StartupError
+from mailflow.mime import message_bytes
 from mailflow.models import (
     ACTIVE,
     CONSENT_ACCEPTED,

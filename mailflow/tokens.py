@@ -19,6 +19,8 @@ DIGEST = "d"  # a partner's answer to a digest
 AGREE = "a"  # a partner's answer to the introduction (consent)
 KINDS = (CHECKIN, DIGEST, AGREE)
 LOCAL_PREFIX = "checkin"
+REPLY_MARKER = "--- reply above this line ---"
+"""First line of the check-in and reminder text: the reply parser cuts quoted history there."""
 _TOKEN = re.compile(r"^([a-z])(\d{1,9})-(\d{4})w(\d{2})-([a-z2-7]{26})$")
 
 

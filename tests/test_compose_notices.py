@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 from clitools import Mailflow
 
-from mailflow.compose import (
-    TEMPLATE_NAMES,
-    Rendered,
-    TemplateError,
-    Templates,
-    sample_context,
-    sample_variants,
-)
+from mailflow.compose import TEMPLATE_NAMES, Rendered, TemplateError, Templates
+from mailflow.samples import sample_context, sample_variants
 
 NEW_NAMES = (
     "intro",
