@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -51,19 +51,6 @@ def message_id_of(parsed: ParsedMessage, raw: bytes) -> str:
     if parsed.message_id:
         return parsed.message_id
     return f"<sha256.{hashlib.sha256(raw).hexdigest()[:40]}@mailflow.invalid>"
-
-
-def token_from_ids(ids: Iterable[str], domain: str) -> str | None:
-    """Our Message-IDs look like <KIND.TOKEN@DOMAIN>: recover TOKEN from a reference."""
-    suffix = "@" + domain.lower()
-    for mid in ids:
-        value = mid.strip().strip("<>").lower()
-        if value.endswith(suffix):
-            local = value[: -len(suffix)]
-            _, dot, token = local.partition(".")
-            if dot and token:
-                return token
-    return None
 
 
 _DIAGNOSTIC = re.compile(rb"^Diagnostic-Code:[ \t]*(?:smtp;)?[ \t]*([^\r\n]{1,300})", re.I | re.M)

@@ -11,7 +11,6 @@ keyed by the message), then one write per period, then the spool file is archive
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -73,7 +72,18 @@ from mailflow.schedule import (
 )
 from mailflow.spool import Spool, SpoolEntry
 from mailflow.store import Store, WeekView, fsync_dir
-from mailflow.tokens import AGREE, make_token, parse_token, reply_address, token_of_address
+from mailflow.tokens import (
+    AGREE,
+    BOUNCE_LOCAL,
+    PLAIN_LOCAL,
+    Rcpt,
+    classify_rcpt,
+    hash16,
+    make_token,
+    parse_token,
+    reply_address,
+    token_from_ids,
+)
 from mailflow.tokens import CHECKIN as TOKEN_CHECKIN
 from mailflow.tokens import DIGEST as TOKEN_DIGEST
 
@@ -82,8 +92,6 @@ log = logging.getLogger("mailflow")
 INGEST_BATCH = 500
 COMMIT_CHUNK = 500  # messages recorded per write while a tick's fan-out is under way
 INGEST_GATHER_SECONDS = 0.1  # serve: how long an ingest round waits for more mail to batch
-BOUNCE_LOCAL = "bounces"
-PLAIN_LOCAL = "checkin"
 STOP_CONFIRM_DAYS = 7
 HISTORY_WEEKS = 26
 
@@ -136,10 +144,6 @@ class Prepared:
 
 def utc_week(now: datetime) -> str:
     return period_label(now.astimezone(UTC).date())
-
-
-def _hash(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 class Service:
@@ -251,7 +255,7 @@ class Service:
         """Render and write one message (not yet synced or recorded)."""
         to_addr, to_name = (to.email, to.name) if isinstance(to, Person) else (to, "")
         rendered = self.templates.render(name, ctx)
-        mid = message_id or f"<{name}.{_hash(key)}@{self.domain}>"
+        mid = message_id or f"<{name}.{hash16(key)}@{self.domain}>"
         data = message_bytes(
             rendered,
             from_address=self.config.service.sender,
@@ -308,18 +312,9 @@ class Service:
 
     # -- inbound ----------------------------------------------------------------------------
 
-    def rcpt_policy(self, address: str) -> str | None:
+    def rcpt_policy(self, address: str) -> Rcpt:
         """RCPT: only our signed reply addresses, the plain address and the bounce address."""
-        addr = address.strip().strip("<>")
-        local, _, host = addr.rpartition("@")
-        if host.lower() != self.domain.lower():
-            return f"550 5.7.1 <{addr}>: relaying denied"
-        if local.lower() in (BOUNCE_LOCAL, PLAIN_LOCAL):
-            return None
-        token = token_of_address(addr, self.domain)
-        if token is None or parse_token(self.secret, token) is None:
-            return f"550 5.1.1 <{addr}>: no such check-in address"
-        return None
+        return classify_rcpt(address, self.domain, self.secret)[0]
 
     def ingest(self, now: datetime, limit: int = INGEST_BATCH) -> TickReport:
         """Turn spooled mail into records; safe to run from several threads and processes."""
@@ -507,7 +502,7 @@ class Service:
             self.receipt(
                 p,
                 people,
-                key=f"receipt:{_hash(entry.id)}",
+                key=f"receipt:{hash16(entry.id)}",
                 to=member,
                 period=period,
                 at=at,
@@ -535,14 +530,12 @@ class Service:
         token = None
         to_bounce = to_plain = False
         for rcpt in entry.rcpt_tos:
-            local = rcpt.lower().rpartition("@")[0]
-            to_bounce = to_bounce or local == BOUNCE_LOCAL
-            to_plain = to_plain or local == PLAIN_LOCAL
-            raw_token = token_of_address(rcpt, self.domain)
-            if raw_token and token is None:
-                token = parse_token(self.secret, raw_token)
+            kind, found = classify_rcpt(rcpt, self.domain, self.secret)
+            to_bounce = to_bounce or kind is Rcpt.BOUNCES
+            to_plain = to_plain or kind is Rcpt.PLAIN
+            token = token or found
         if token is None and not to_bounce:
-            ref = ingest.token_from_ids(
+            ref = token_from_ids(
                 [i for i in (parsed.in_reply_to, *parsed.references) if i], self.domain
             )
             token = parse_token(self.secret, ref) if ref else None
@@ -613,7 +606,7 @@ class Service:
                 self.receipt(
                     p,
                     people,
-                    key=f"receipt:{_hash(mid)}",
+                    key=f"receipt:{hash16(mid)}",
                     to=people[p.member],
                     period=period,
                     at=at,
@@ -636,7 +629,7 @@ class Service:
             ctx.update(note=d.note, received_at=digest.local_time(at, member.timezone))
             return [
                 self.prepare(
-                    key=f"note:{_hash(mid)}",
+                    key=f"note:{hash16(mid)}",
                     name="partner_note",
                     period=period,
                     to=member,
@@ -672,7 +665,7 @@ class Service:
             return self.receipt(
                 p,
                 people,
-                key=f"receipt:{_hash(mid)}",
+                key=f"receipt:{hash16(mid)}",
                 to=partner,
                 period=period,
                 at=at,
@@ -823,7 +816,7 @@ class Service:
             self.receipt(
                 current,
                 people,
-                key=f"receipt:{_hash(mid)}",
+                key=f"receipt:{hash16(mid)}",
                 to=member,
                 period=period,
                 at=at,
@@ -849,7 +842,7 @@ class Service:
             pctx.update(action=action, until=until)
             items.append(
                 self.prepare(
-                    key=f"pause_notice:{_hash(mid)}:{action}",
+                    key=f"pause_notice:{hash16(mid)}:{action}",
                     name="pause_notice",
                     period=period,
                     to=partner,
