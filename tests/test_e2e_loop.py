@@ -21,10 +21,9 @@ import pytest
 from conftest import free_port
 from smtp_recorder import RecordedMessage, RecordingSMTPServer
 
+from mailflow.app import build
 from mailflow.cli import main
 from mailflow.config import load
-from mailflow.inbox import Listener, ListenerOptions
-from mailflow.service import Service
 
 DOMAIN = "hot.example.com"
 ADMIN = "admin@example.com"
@@ -48,20 +47,14 @@ class World:
             "[schedule]\ndigest_delay_minutes = 0\nconsent_days = 5\n"
         )
         self.now = MONDAY - timedelta(days=7)
-        self.service = Service(load(self.config_path))
-        self.listener = Listener(
-            ListenerOptions(
-                host="127.0.0.1",
-                port=self.listen,
-                max_message_bytes=1 << 20,
-                timeout_seconds=10,
-                max_connections=10,
-                hostname=DOMAIN,
-            ),
-            self.service.spool,
-            self.service.rcpt_policy,
-            lambda _id: None,
+        self.service = build(load(self.config_path))
+        self.listener = self.service.listener(
             lambda: self.now,
+            host="127.0.0.1",
+            port=self.listen,
+            max_message_bytes=1 << 20,
+            timeout_seconds=10,
+            max_connections=10,
         )
         self.listener.start()
         for email, name, dept in (

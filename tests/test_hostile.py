@@ -1,6 +1,6 @@
 """Hostile input through the whole inbound path: listener -> spool -> ingest -> store.
 
-Everything here is real: aiosmtpd on loopback with `Service.rcpt_policy`, the spool and the
+Everything here is real: aiosmtpd on loopback with `App.rcpt_policy`, the spool and the
 TinyDB files under tmp_path, a recording relay for outgoing mail, the CLI in-process. The
 clock is fixed (Monday 2026-11-30 09:00 UTC, the check-in moment of period 2026-W49).
 
@@ -24,7 +24,7 @@ import socket
 import string
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -40,9 +40,9 @@ from test_e2e_week import DOMAIN, html_of, text_of
 from test_inbox import RawClient
 
 from mailflow import config as config_mod
+from mailflow.app import App, build, serve
 from mailflow.errors import StartupError
-from mailflow.inbox import Listener, ListenerOptions
-from mailflow.service import Service
+from mailflow.inbox import Listener
 from mailflow.spool import MAGIC
 from mailflow.tokens import CHECKIN, DIGEST, make_token, reply_address
 
@@ -84,7 +84,7 @@ class World:
 
     mf: Mailflow
     relay: RecordingSMTPServer
-    service: Service
+    service: App
     now: datetime = CHECKIN_AT
     listeners: list[Listener] = field(default_factory=list)
 
@@ -94,21 +94,18 @@ class World:
 
     def listen(self, **overrides: object) -> int:
         lc = self.service.config.listener
-        options = ListenerOptions(
-            host="127.0.0.1",
-            port=free_port(),
-            max_message_bytes=lc.max_message_bytes,
-            timeout_seconds=lc.timeout_seconds,
-            max_connections=lc.max_connections,
-            hostname=DOMAIN,
-        )
-        options = replace(options, **overrides)  # type: ignore[arg-type]
-        listener = Listener(
-            options, self.service.spool, self.service.rcpt_policy, lambda _id: None, self.clock
-        )
+        options = {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "max_message_bytes": lc.max_message_bytes,
+            "timeout_seconds": lc.timeout_seconds,
+            "max_connections": lc.max_connections,
+            **overrides,
+        }
+        listener = self.service.listener(self.clock, **options)
         listener.start()
         self.listeners.append(listener)
-        return options.port
+        return int(options["port"])
 
     def clock(self) -> datetime:
         return self.now
@@ -161,7 +158,7 @@ def world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[World]
                 "--start", "2026-11-16", "--accepted",
             )  # fmt: skip
             assert out.last_line in ("1", "2")
-        w = World(mf, relay, Service(config_mod.load(mf.config, mf.environ)))
+        w = World(mf, relay, build(config_mod.load(mf.config, mf.environ)))
         try:
             yield w
         finally:
@@ -747,9 +744,9 @@ def test_templates_are_sandboxed(world: World, payload: str) -> None:
     # Nothing is sent with it: tick refuses, serve refuses to start.
     result = world.mf("tick", "--now", CHECKIN_AT.isoformat())
     assert result.code == 1 and len(world.relay.messages) == sent_before
-    service = Service(config_mod.load(world.mf.config, world.mf.environ))
+    app = build(config_mod.load(world.mf.config, world.mf.environ))
     with pytest.raises(StartupError, match="templates have errors"):
-        service.serve(lambda: CHECKIN_AT, __import__("threading").Event())
+        serve(app, lambda: CHECKIN_AT, __import__("threading").Event())
 
 
 # -- forged sender, replayed token, ended partnership -------------------------------------------

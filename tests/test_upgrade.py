@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 from smtp_recorder import RecordingSMTPServer
 
+from mailflow.app import build
 from mailflow.config import from_mapping
-from mailflow.service import Service
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "upgrade"
 SCENARIO = json.loads((FIXTURE / "scenario.json").read_text())
@@ -87,7 +87,7 @@ def upgraded(tmp_path: Path) -> Iterator[Upgraded]:
             },
             environ={},  # the token key is the fixture's data/secret.key
         )
-        yield Upgraded(Service(config), relay, data)
+        yield Upgraded(build(config), relay, data)
 
 
 def _json(value: Any) -> Any:
