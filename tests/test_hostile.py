@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pytest
 from clitools import Mailflow
-from conftest import SHARED, free_port
+from conftest import SHARED, SettableClock, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from replytools import SECRET, reply
-from smtp_recorder import RecordingSMTPServer
-from test_e2e_week import DOMAIN, html_of, text_of
+from smtp_recorder import RecordingSMTPServer, html_of, text_of
+from test_e2e_week import DOMAIN
 from test_inbox import RawClient
 
 from mailflow import config as config_mod
@@ -78,37 +78,45 @@ def on_the_wire(raw: bytes) -> bytes:
     return b"\r\n".join(out)
 
 
+@pytest.fixture
+def app_settings() -> dict[str, dict[str, object]]:
+    return {"listener": {"timeout_seconds": 30}, "schedule": {"digest_delay_minutes": 0}}
+
+
+@pytest.fixture
+def clock() -> SettableClock:
+    return SettableClock(CHECKIN_AT)
+
+
 @dataclass
 class World:
-    """A data dir with people and partnerships, a Service on it, listeners on demand."""
+    """The shared app world (conftest) with people and partnerships; listeners on demand."""
 
     mf: Mailflow
     relay: RecordingSMTPServer
     service: App
-    now: datetime = CHECKIN_AT
+    clock: SettableClock
     listeners: list[Listener] = field(default_factory=list)
+
+    @property
+    def now(self) -> datetime:
+        return self.clock.now
+
+    @now.setter
+    def now(self, value: datetime) -> None:
+        self.clock.now = value
 
     @property
     def data_dir(self) -> Path:
         return self.service.data_dir
 
     def listen(self, **overrides: object) -> int:
-        lc = self.service.config.listener
-        options = {
-            "host": "127.0.0.1",
-            "port": free_port(),
-            "max_message_bytes": lc.max_message_bytes,
-            "timeout_seconds": lc.timeout_seconds,
-            "max_connections": lc.max_connections,
-            **overrides,
-        }
+        """Start another listener of the app (on a free port; `overrides`: its options)."""
+        options: dict[str, object] = {"host": "127.0.0.1", "port": free_port(), **overrides}
         listener = self.service.listener(self.clock, **options)
         listener.start()
         self.listeners.append(listener)
-        return int(options["port"])
-
-    def clock(self) -> datetime:
-        return self.now
+        return int(listener.options.port)
 
     def records(self) -> tuple[list, list]:
         """(reports, inbound) of every period."""
@@ -136,34 +144,34 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[World]:
-    with RecordingSMTPServer() as relay:
-        mf = Mailflow(
-            tmp_path,
-            capsys,
-            f'domain = "{DOMAIN}"\n'
-            "[listener]\ntimeout_seconds = 30\n"
-            f'[relay]\nhost = "127.0.0.1"\nport = {relay.port}\ntimeout_seconds = 5\n'
-            "[schedule]\ndigest_delay_minutes = 0\n",
-            now=CHECKIN_AT - timedelta(days=17),  # set up the Friday before the first period
-            environ={"MAILFLOW_SECRET": SECRET},
-        )
-        for email, dept in ((ADA, "Eng"), (GRACE, "Sales"), (LINUS, "Ops"), (BARBARA, "Legal")):
-            mf.add_person(email, dept)
-        for member, partner, skill in ((ADA, GRACE, "public speaking"), (LINUS, BARBARA, "sql")):
-            out = mf.ok(
-                "partnerships", "add", "--member", member, "--partner", partner,
-                "--skill", skill, "--goal", "2027-06-30 Give the all-hands talk",
-                "--why", "I want to lead design reviews", "--saddle", "Book the room again",
-                "--start", "2026-11-16", "--accepted",
-            )  # fmt: skip
-            assert out.last_line in ("1", "2")
-        w = World(mf, relay, build(config_mod.load(mf.config, mf.environ)))
-        try:
-            yield w
-        finally:
-            for listener in w.listeners:
-                listener.stop()
+def world(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    app: App,
+    relay: RecordingSMTPServer,
+    config_file: Path,
+    environ: dict[str, str],
+    clock: SettableClock,
+) -> Iterator[World]:
+    # Set up the Friday before the first period.
+    setup = CHECKIN_AT - timedelta(days=17)
+    mf = Mailflow(tmp_path, capsys, now=setup, environ=environ, config=config_file)
+    for email, dept in ((ADA, "Eng"), (GRACE, "Sales"), (LINUS, "Ops"), (BARBARA, "Legal")):
+        mf.add_person(email, dept)
+    for member, partner, skill in ((ADA, GRACE, "public speaking"), (LINUS, BARBARA, "sql")):
+        out = mf.ok(
+            "partnerships", "add", "--member", member, "--partner", partner,
+            "--skill", skill, "--goal", "2027-06-30 Give the all-hands talk",
+            "--why", "I want to lead design reviews", "--saddle", "Book the room again",
+            "--start", "2026-11-16", "--accepted",
+        )  # fmt: skip
+        assert out.last_line in ("1", "2")
+    w = World(mf, relay, app, clock)
+    try:
+        yield w
+    finally:
+        for listener in w.listeners:
+            listener.stop()
 
 
 def transact(smtp: smtplib.SMTP, mail_from: str, rcpts: list[str], raw: bytes) -> tuple[int, str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import message_from_bytes, policy
@@ -27,8 +26,7 @@ from typing import Any
 import pytest
 from smtp_recorder import RecordingSMTPServer
 
-from mailflow.app import build
-from mailflow.config import from_mapping
+from mailflow.app import App
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "upgrade"
 SCENARIO = json.loads((FIXTURE / "scenario.json").read_text())
@@ -39,7 +37,7 @@ ADA = "ada@example.com"
 
 @dataclass
 class Upgraded:
-    app: Any
+    app: App
     relay: RecordingSMTPServer
     data: Path
 
@@ -70,24 +68,27 @@ class Upgraded:
 
 
 @pytest.fixture
-def upgraded(tmp_path: Path) -> Iterator[Upgraded]:
+def data_dir(tmp_path: Path) -> Path:
+    """The fixture's data directory, copied: what an upgraded install has on disk."""
     data = tmp_path / "data"
     shutil.copytree(FIXTURE / "data", data)
-    with RecordingSMTPServer() as relay:
-        config = from_mapping(
-            {
-                "service": {
-                    "domain": DOMAIN,
-                    "data_dir": str(data),
-                    "timezone": "Europe/Berlin",
-                    "admin_address": SCENARIO["admin"],
-                },
-                "relay": {"host": "127.0.0.1", "port": relay.port, "timeout_seconds": 5},
-                "schedule": {"consent_days": 7},
-            },
-            environ={},  # the token key is the fixture's data/secret.key
-        )
-        yield Upgraded(build(config), relay, data)
+    return data
+
+
+@pytest.fixture
+def environ() -> dict[str, str]:
+    return {}  # the token key is the fixture's data/secret.key
+
+
+@pytest.fixture
+def app_settings() -> dict[str, dict[str, object]]:
+    service = {"domain": DOMAIN, "timezone": "Europe/Berlin", "admin_address": SCENARIO["admin"]}
+    return {"service": service, "schedule": {"consent_days": 7}}
+
+
+@pytest.fixture
+def upgraded(app: App, relay: RecordingSMTPServer, data_dir: Path) -> Upgraded:
+    return Upgraded(app, relay, data_dir)
 
 
 def _json(value: Any) -> Any:
