@@ -42,6 +42,7 @@ from mailflow.tokens import (
     REPLY_MARKER,
     Keys,
     hash16,
+    reply_address,
     token_message_id,
 )
 
@@ -291,89 +292,104 @@ def history(
 
 
 # -- the week's mail --------------------------------------------------------------------------
+#
+# A week's mail answers to a token of its period: the member's mail carries her check-in
+# token (reply address and Message-ID), the partner's the digest token, so a reply by
+# address or by reference finds its partnership and period without a lookup.
+
+
+@dataclass(frozen=True)
+class _Weekly:
+    """The parts every mail of one partnership's week shares, for the member or the partner."""
+
+    pair: Pair
+    period: Period
+    svc: ServiceInfo
+    to_partner: bool
+
+    @property
+    def reader(self) -> Person:
+        return self.pair.partner if self.to_partner else self.pair.member
+
+    @property
+    def token(self) -> str:
+        kind = DIGEST if self.to_partner else CHECKIN
+        return self.svc.keys.token(kind, self.pair.p.id, self.period.label)
+
+    def context(self, now: datetime) -> dict[str, Any]:
+        reply = reply_address(self.token, self.svc.domain)
+        return base(self.pair, self.period.label, reply, self.reader, now, self.svc)
+
+    def letter(
+        self,
+        template: str,
+        job: str,
+        id_kind: str,
+        ctx: dict[str, Any],
+        mark: Mark | DigestMark,
+        key_suffix: str = "",
+    ) -> Letter:
+        """The job key is `JOB:PID:PERIOD` + `key_suffix`; the Message-ID `<ID_KIND.TOKEN@…>`."""
+        p = self.pair.p
+        return Letter(
+            template,
+            f"{job}:{p.id}:{self.period.label}{key_suffix}",
+            Recipient.of(self.reader),
+            self.period.label,
+            ctx,
+            reply_to=ctx["reply_address"],
+            message_id=token_message_id(id_kind, self.token, self.svc.domain),
+            partnership_id=p.id,
+            mark=mark,
+        )
 
 
 def checkin(pair: Pair, period: Period, svc: ServiceInfo, now: datetime) -> Letter:
     """The member's check-in: her goals, the questions, her reply address."""
-    return _checkin(pair, period, (), svc, now)
+    week = _Weekly(pair, period, svc, to_partner=False)
+    ctx = week.context(now)
+    ctx["checkin_at"] = local_time(period.checkin_at, pair.member.timezone)
+    return week.letter("checkin", "checkin", "checkin", ctx, Mark("checkin_at"))
 
 
 def checkin_ack(
     pair: Pair, period: Period, reports: Sequence[Report], svc: ServiceInfo, now: datetime
 ) -> Letter:
-    """The check-in of a period she already reported for early: "got it", with her report."""
-    return _checkin(pair, period, reports, svc, now)
+    """The check-in of a period she already reported for early: "got it", with her report.
 
-
-def _checkin(
-    pair: Pair, period: Period, reports: Sequence[Report], svc: ServiceInfo, now: datetime
-) -> Letter:
-    p, member = pair.p, pair.member
-    token = svc.keys.token(CHECKIN, p.id, period.label)
-    reply = svc.keys.address(CHECKIN, p.id, period.label)
-    ctx = base(pair, period.label, reply, member, now, svc)
-    ctx["checkin_at"] = local_time(period.checkin_at, member.timezone)
-    if reports:
-        ctx["reports"] = report_items(reports, member.timezone)
-    return Letter(
-        "checkin_ack" if reports else "checkin",
-        f"checkin:{p.id}:{period.label}",
-        Recipient.of(member),
-        period.label,
-        ctx,
-        reply_to=reply,
-        message_id=token_message_id("checkin", token, svc.domain),
-        partnership_id=p.id,
-        mark=Mark("checkin_at"),
-    )
+    The same job as the check-in (one per period, ever), in another template.
+    """
+    week = _Weekly(pair, period, svc, to_partner=False)
+    ctx = week.context(now)
+    ctx["checkin_at"] = local_time(period.checkin_at, pair.member.timezone)
+    ctx["reports"] = report_items(reports, pair.member.timezone)
+    return week.letter("checkin_ack", "checkin", "checkin", ctx, Mark("checkin_at"))
 
 
 def reminder(
     pair: Pair, period: Period, week: Week | None, svc: ServiceInfo, now: datetime
 ) -> Letter:
     """One reminder to the member; "the check-in was due" counts from when it went out."""
-    p, member = pair.p, pair.member
-    token = svc.keys.token(CHECKIN, p.id, period.label)
-    reply = svc.keys.address(CHECKIN, p.id, period.label)
-    ctx = base(pair, period.label, reply, member, now, svc)
-    ctx["checkin_at"] = local_time(_sent_at(week, now), member.timezone)
-    return Letter(
-        "reminder",
-        f"reminder:{p.id}:{period.label}",
-        Recipient.of(member),
-        period.label,
-        ctx,
-        reply_to=reply,
-        message_id=token_message_id("reminder", token, svc.domain),
-        partnership_id=p.id,
-        mark=Mark("reminder_at", only_without_reports=True),
-    )
+    mail = _Weekly(pair, period, svc, to_partner=False)
+    ctx = mail.context(now)
+    ctx["checkin_at"] = local_time(_sent_at(week, now), pair.member.timezone)
+    mark = Mark("reminder_at", only_without_reports=True)
+    return mail.letter("reminder", "reminder", "reminder", ctx, mark)
 
 
 def no_report(
     pair: Pair, period: Period, week: Week | None, svc: ServiceInfo, now: datetime
 ) -> Letter:
     """The partner's digest of a week without a report: it says so, with the why."""
-    p, partner = pair.p, pair.partner
-    token = svc.keys.token(DIGEST, p.id, period.label)
-    reply = svc.keys.address(DIGEST, p.id, period.label)
-    ctx = base(pair, period.label, reply, partner, now, svc)
+    mail = _Weekly(pair, period, svc, to_partner=True)
+    ctx = mail.context(now)
     for entry in ctx["history"]:
         if entry["period"] == period.label:
             entry["state"] = "missed"  # this mail is what makes the week missed
-    ctx["checkin_at"] = local_time(_sent_at(week, now), partner.timezone)
+    ctx["checkin_at"] = local_time(_sent_at(week, now), pair.partner.timezone)
     ctx["deadline_hours"] = svc.deadline_hours
-    return Letter(
-        "no_report",
-        f"no_report:{p.id}:{period.label}",
-        Recipient.of(partner),
-        period.label,
-        ctx,
-        reply_to=reply,
-        message_id=token_message_id("no_report", token, svc.domain),
-        partnership_id=p.id,
-        mark=Mark("no_report_at", only_without_reports=True),
-    )
+    mark = Mark("no_report_at", only_without_reports=True)
+    return mail.letter("no_report", "no_report", "no_report", ctx, mark)
 
 
 def digest(
@@ -388,28 +404,17 @@ def digest(
 
     A later report makes a new digest (keyed by the number of reports), marked `updated`.
     """
-    p, partner = pair.p, pair.partner
-    token = svc.keys.token(DIGEST, p.id, period.label)
-    reply = svc.keys.address(DIGEST, p.id, period.label)
+    mail = _Weekly(pair, period, svc, to_partner=True)
     count = len(reports)
-    items = report_items(reports, partner.timezone)
-    ctx = base(pair, period.label, reply, partner, now, svc)
+    items = report_items(reports, pair.partner.timezone)
+    ctx = mail.context(now)
     ctx.update(
         reports=items,
         setback=any(item["setback"] for item in items),
         updated=bool(week and week.digested_reports),
     )
-    return Letter(
-        "digest",
-        f"digest:{p.id}:{period.label}:{count}",
-        Recipient.of(partner),
-        period.label,
-        ctx,
-        reply_to=reply,
-        message_id=token_message_id(f"digest{count}", token, svc.domain),
-        partnership_id=p.id,
-        mark=DigestMark(count),
-    )
+    mark = DigestMark(count)
+    return mail.letter("digest", "digest", f"digest{count}", ctx, mark, key_suffix=f":{count}")
 
 
 def _sent_at(week: Week | None, now: datetime) -> datetime:
