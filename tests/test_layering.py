@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("store", "spool", "outbox", "inbox", "compose"),  # disk, network, template files
     ("mailroom", "intake", "jobs", "status", "admin"),  # use cases
     ("app",),  # wiring
-    ("cli", "demo"),  # edges
+    ("cli", "demo", "__main__"),  # edges
 )
 PURE = set(LAYERS[0] + LAYERS[1] + LAYERS[2] + LAYERS[3] + LAYERS[4]) - {"clock", "config"}
 IO = {"store", "spool", "inbox", "outbox", "mailroom", "app", "intake", "jobs", "status", "admin"}
