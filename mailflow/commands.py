@@ -148,6 +148,8 @@ class Step:
 
 @dataclass(frozen=True)
 class CommandResult:
+    """What a reply's commands did, together."""
+
     partnership: Partnership
     done: tuple[str, ...]
     problems: tuple[str, ...]  # '"LINE": why', for commands the rules refused

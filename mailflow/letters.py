@@ -76,11 +76,14 @@ def require_template(name: str) -> None:
 
 @dataclass(frozen=True)
 class Recipient:
+    """Who a letter goes to: an address and a display name ("" for none)."""
+
     address: str
     name: str = ""
 
     @classmethod
     def of(cls, person: Person) -> Recipient:
+        """A person's address and name."""
         return cls(person.email, person.name)
 
 
@@ -138,6 +141,7 @@ class ServiceInfo:
 
     @classmethod
     def from_config(cls, config: Config, secret: bytes) -> ServiceInfo:
+        """The service as `config` describes it, signing tokens with `secret`."""
         return cls(
             keys=Keys(secret, config.service.domain),
             from_address=config.service.sender,
@@ -151,6 +155,7 @@ class ServiceInfo:
 
     @property
     def domain(self) -> str:
+        """Our domain: of reply addresses and Message-IDs."""
         return self.keys.domain
 
     def context(self) -> dict[str, str]:
@@ -188,6 +193,8 @@ def local_time(dt: datetime, tz: str) -> str:
 
 
 def goal_items(p: Partnership, today: date) -> list[dict[str, Any]]:
+    """The goals as templates show them: due date (ISO), days left and whether overdue or
+    done, as of the reader's `today`."""
     return [
         {
             "n": g.n,
@@ -202,6 +209,7 @@ def goal_items(p: Partnership, today: date) -> list[dict[str, Any]]:
 
 
 def report_items(reports: Sequence[Report], tz: str) -> list[dict[str, Any]]:
+    """Reports oldest first, each received-at in the reader's zone `tz`."""
     return [
         {
             "received_at": local_time(r.received_at, tz),
@@ -309,14 +317,17 @@ class _Weekly:
 
     @property
     def reader(self) -> Person:
+        """Who gets it: the partner or the member."""
         return self.pair.partner if self.to_partner else self.pair.member
 
     @property
     def token(self) -> str:
+        """The period's digest token for the partner, check-in token for the member."""
         kind = DIGEST if self.to_partner else CHECKIN
         return self.svc.keys.token(kind, self.pair.p.id, self.period.label)
 
     def context(self, now: datetime) -> dict[str, Any]:
+        """The base context, its reply address the token's."""
         reply = reply_address(self.token, self.svc.domain)
         return base(self.pair, self.period.label, reply, self.reader, now, self.svc)
 

@@ -46,6 +46,7 @@ class TickReport:
     entries: list[Line] = field(default_factory=list)
 
     def add(self, text: str) -> None:
+        """One thing done (also logged)."""
         self.entries.append(Line("done", text))
         log.info(text)
 
@@ -55,14 +56,17 @@ class TickReport:
         log.info("error: %s", text)
 
     def extend(self, other: TickReport) -> None:
+        """Another run's lines, after these."""
         self.entries.extend(other.entries)
 
     @property
     def lines(self) -> list[str]:
+        """Every line as printed, in order."""
         return [line.text for line in self.entries]
 
     @property
     def errors(self) -> list[str]:
+        """The lines of jobs that failed."""
         return [line.text for line in self.entries if line.kind == "error"]
 
 
@@ -172,6 +176,7 @@ def apply_mark(week: WeekView, mark: Mark | DigestMark, o: Outgoing) -> bool:
 
 
 def sum_results(results: Iterable[FlushResult]) -> FlushResult:
+    """Several deliveries' results as one."""
     total = FlushResult()
     for r in results:
         total.sent += r.sent
@@ -182,6 +187,7 @@ def sum_results(results: Iterable[FlushResult]) -> FlushResult:
 
 
 def flush_lines(result: FlushResult) -> list[str]:
+    """What a delivery did, as report lines: sent, deferred, each failure."""
     lines = []
     if result.sent:
         lines.append(f"sent {result.sent} message(s)")

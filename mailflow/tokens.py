@@ -98,6 +98,7 @@ class Rcpt(Enum):
 
     @property
     def accepted(self) -> bool:
+        """Whether the listener takes mail for it."""
         return self in (Rcpt.TOKEN, Rcpt.PLAIN, Rcpt.BOUNCES)
 
 
@@ -152,6 +153,7 @@ class Keys:
     domain: str
 
     def token(self, kind: str, partnership_id: int, period: str) -> str:
+        """The token of a reply of `kind` (CHECKIN, DIGEST, AGREE) to a partnership's period."""
         return make_token(self.secret, kind, partnership_id, period)
 
     def address(self, kind: str, partnership_id: int, period: str) -> str:
@@ -160,14 +162,18 @@ class Keys:
 
     @property
     def plain_address(self) -> str:
+        """checkin@DOMAIN: where members write without a token."""
         return f"{PLAIN_LOCAL}@{self.domain}"
 
     @property
     def bounce_address(self) -> str:
+        """bounces@DOMAIN: the envelope sender of our mail."""
         return f"{BOUNCE_LOCAL}@{self.domain}"
 
     def rcpt(self, address: str) -> tuple[Rcpt, Token | None]:
+        """`classify_rcpt` with this key and domain."""
         return classify_rcpt(address, self.domain, self.secret)
 
     def parse(self, token: str) -> Token | None:
+        """`parse_token` with this key: the token's meaning, or None when not ours."""
         return parse_token(self.secret, token)
