@@ -27,6 +27,7 @@ on the input size, because every byte of inbound mail is attacker-controlled.
 
 from __future__ import annotations
 
+import codecs
 import email
 import re
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ __all__ = [
     "detect_setback",
     "extract_reply_text",
     "find_sections",
+    "fold_typography",
     "html_to_text",
     "parse_message",
 ]
@@ -60,6 +62,59 @@ MAX_LINES = 20_000
 MAX_LINE_CHARS = 4_000
 
 SECTION_KEYS = ("done", "setback", "next")
+
+# Typographic punctuation that clients and autocorrect put where people type ASCII. Folded
+# (one character for one, so positions still match the original) before any phrase is
+# looked for: labels, setback phrases, negations, no-values, footers, the reply marker.
+_FOLD_TABLE = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201a": "'",
+        "\u201b": "'",
+        "\u2032": "'",
+        "\u02bc": "'",
+        "\uff07": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u201e": '"',
+        "\u201f": '"',
+        "\u2033": '"',
+        "\u00ab": '"',
+        "\u00bb": '"',
+        "\uff02": '"',
+        "\u2010": "-",
+        "\u2011": "-",
+        "\u2012": "-",
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2015": "-",
+        "\u2212": "-",
+        "\ufe63": "-",
+        "\uff0d": "-",
+        "\u2026": ".",
+        "\u00a0": " ",
+        "\u2002": " ",
+        "\u2003": " ",
+        "\u2007": " ",
+        "\u2008": " ",
+        "\u2009": " ",
+        "\u200a": " ",
+        "\u202f": " ",
+        "\u205f": " ",
+        "\u3000": " ",
+    }
+)
+
+
+def fold_typography(text: str) -> str:
+    """``text`` with curly quotes, dashes, ellipses and odd spaces as their ASCII forms.
+
+    Same length as ``text`` (an ellipsis becomes one "."), so a match in the folded text is at
+    the same position in the original. Used for matching only; the member's text is kept as
+    she wrote it.
+    """
+    return text.translate(_FOLD_TABLE)
 
 
 @dataclass(frozen=True)
@@ -118,21 +173,124 @@ _CHARSET_ALIASES = {
 }
 
 
+# Labels of single-byte charsets: any byte string "decodes" under them, so a body that is valid
+# UTF-8 with non-ASCII sequences in such a part is UTF-8 mislabelled (Outlook, web forms and
+# gateways do this), not Latin text that happens to form UTF-8 sequences.
+_SINGLE_BYTE_RE = re.compile(
+    r"^(cp125\d|windows-125\d|iso-?8859-?\d{1,2}|iso_8859-\d{1,2}|latin-?\d|l\d|koi8-\w|mac\w*"
+    r"|x-mac-\w+|cp437|cp850|cp852|cp866|ibm\d+|tis-620|cp874|ascii)$"
+)
+_LATIN1_LABELS = frozenset({"iso-8859-1", "iso8859-1", "iso_8859-1", "latin1", "l1", "iso-ir-100"})
+# What the detector may answer: the charsets mail is actually written in. Unrestricted, it
+# picks exotic code pages (mac_latin2, cp1006) for short Western text.
+_DETECT_CANDIDATES = (
+    "utf_8",
+    "cp1252",
+    "iso8859_15",
+    "cp1250",
+    "iso8859_2",
+    "cp1251",
+    "koi8_r",
+    "cp1253",
+    "iso8859_7",
+    "cp1254",
+    "cp1255",
+    "cp1256",
+    "cp1257",
+    "cp932",
+    "euc_jp",
+    "gb18030",
+    "big5",
+    "cp949",
+)
+_SURROGATE_RUN_RE = re.compile("[\udc80-\udcff]+")
+
+
+def _codec_name(name: str) -> str:
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return ""
+
+
+def _detect(data: bytes, declared: str) -> str | None:
+    """charset-normalizer's best guess among mail charsets, ties going to the declared one."""
+    try:
+        from charset_normalizer import from_bytes
+
+        results = from_bytes(data, cp_isolation=list(_DETECT_CANDIDATES))
+        best = results.best()
+        if best is None:
+            return None
+        tied = [m for m in results if (m.chaos, m.coherence) == (best.chaos, best.coherence)]
+        chosen = best.encoding
+        for prefer in (_codec_name(declared) if declared else "", "cp1252"):
+            hit = next(
+                (
+                    m.encoding
+                    for m in tied
+                    if prefer and prefer in {_codec_name(c) for c in m.could_be_from_charset}
+                ),
+                None,
+            )
+            if hit:
+                chosen = prefer
+                break
+        return data.decode(chosen, "replace")
+    except Exception:
+        return None
+
+
+def _mixed_utf8(data: bytes) -> str | None:
+    """UTF-8 with a few stray 8-bit bytes: keep the UTF-8, read the strays as Windows-1252."""
+    text = data.decode("utf-8", "surrogateescape")
+    valid = _SURROGATE_RUN_RE.sub("", text)
+    if valid.isascii():
+        return None  # not one real UTF-8 sequence: a single-byte charset, ask the detector
+
+    def stray(m: re.Match[str]) -> str:
+        raw = m.group(0).encode("utf-8", "surrogateescape")
+        try:
+            return raw.decode("cp1252")
+        except UnicodeDecodeError:
+            return raw.decode("latin-1")
+
+    return _SURROGATE_RUN_RE.sub(stray, text)
+
+
 def _decode_bytes(data: bytes, charset: str | None) -> str:
-    """Decode with the declared charset, falling back to UTF-8 then Windows-1252."""
-    name = (charset or "").strip().strip('"').lower()
-    name = _CHARSET_ALIASES.get(name, name)
+    """Decode a body: the label, unless it lies; never drop what cannot be decoded.
+
+    Valid UTF-8 (with non-ASCII) under a single-byte label is UTF-8. Bytes the label (or its
+    absence) can't explain are UTF-8 if they are, UTF-8 with stray bytes if mostly so, else
+    charset-normalizer's best guess; replacement characters only as a last resort.
+    """
+    label = (charset or "").strip().strip('"').lower()
+    name = _CHARSET_ALIASES.get(label, label)
+    if data.isascii() and (not name or _SINGLE_BYTE_RE.match(name) or name == "utf-8"):
+        return data.decode("ascii")
+    if name and _SINGLE_BYTE_RE.match(name):
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
     if name:
         try:
-            if name == "ascii":
-                return data.decode("ascii")
             return data.decode(name)
         except (LookupError, UnicodeDecodeError, ValueError):
             pass
+        if label in _LATIN1_LABELS:
+            return data.decode("latin-1")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
+    mixed = _mixed_utf8(data)
+    if mixed is not None:
+        return mixed
+    guess = _detect(data, name)
+    if guess is not None:
+        return guess
     if name:
         try:
             return data.decode(name, "replace")
@@ -149,8 +307,9 @@ def _decode_header_value(value: object) -> str:
         text = str(make_header(decode_header(raw)))
     except Exception:
         text = raw
-    if any("\udc80" <= ch <= "\udcff" for ch in text):
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if _SURROGATE_RUN_RE.search(text):
+        # raw 8-bit bytes in a header: decoded like a body without a label
+        text = _decode_bytes(text.encode("utf-8", "surrogateescape"), None)
     return " ".join(text.split())
 
 
@@ -504,8 +663,36 @@ def _prev_nonblank(lines: list[str], i: int) -> str:
     return lines[j].strip() if j >= 0 else ""
 
 
+def _quote_content(line: str) -> str:
+    """A quoted line without its quote prefix(es)."""
+    return _QUOTE_PREFIX_RE.sub("", line, count=1).strip()
+
+
+_QUOTE_PREFIX_RE = re.compile(r"^(?:[ \t]{0,8}(?:>|&gt;|\|(?=\s|$)))+")
+# Signature delimiters as clients and people write them (see _strip_signature).
+_SIG_DELIMS = frozenset({"--", "-- ", "\u2014", "__", "\\--", "\\-\\-", "\\-- "})
+
+
+def _label_key(text: str) -> tuple[str, str] | None | bool:
+    """(key, label) for a ``Done:``-style label line; False for another ``Word:`` line; None."""
+    m = _LABEL_LINE_RE.match(fold_typography(text[:MAX_LINE_CHARS]))
+    if not m:
+        return None
+    label = " ".join(m.group(1).lower().split()).strip("*_ ")
+    key = _LABEL_TO_KEY.get(label)
+    if key is None and label.endswith("(s)"):
+        key = _LABEL_TO_KEY.get(label[:-3])
+    if key is None:
+        return False
+    return key, m.group(1).strip().strip("*_").strip()
+
+
 def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
-    """Drop attribution lines and ``>`` blocks; keep interleaved answers between them.
+    """Drop attribution lines and ``>`` blocks; keep what the sender wrote around them.
+
+    Text above, below and between quote blocks is the sender's. An answer written right under
+    a quoted ``Done:`` / ``Setback:`` / ``Next:`` question gets that label (the question is the
+    label; its quoted text is not kept), so the sections find it.
 
     An attribution followed by unquoted text (no ``>`` at all after it) introduces a full
     unquoted copy of the earlier mail, so everything from it on is dropped. When such unquoted
@@ -517,6 +704,11 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
     i = 0
     n = len(lines)
     skip_blanks = False
+    # The label of the quoted question the next unquoted block answers, and how many quoted
+    # lines of question text followed it (a wrapped question is still that question).
+    question: tuple[str, str] | None = None
+    question_tail = 0
+    pending: tuple[str, str] | None = None
     while i < n:
         line = lines[i]
         if skip_blanks and not line.strip():
@@ -527,10 +719,23 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
         if _is_quote_line(line):
             if first_quote_at is None:
                 first_quote_at = len(out)
+            content = _quote_content(line)
+            if content:
+                found = _label_key(content)
+                if found:
+                    question, question_tail = found, 0  # type: ignore[assignment]
+                elif found is False:
+                    question = None
+                else:
+                    question_tail += 1
+                    if question_tail > 2:
+                        question = None
+            pending = question
             i += 1
             skip_blanks = True
             continue
-        if prev_quote and not _PROSE_RE.search(line):
+        stripped = line.strip()
+        if prev_quote and not _PROSE_RE.search(line) and stripped not in _SIG_DELIMS:
             # A wrapped link or fragment that lost its ">" belongs to the quote above it.
             i += 1
             continue
@@ -553,7 +758,13 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
                 first_quote_at = len(out)
             i += span
             skip_blanks = True
+            question = pending = None
             continue
+        if pending is not None and stripped not in _SIG_DELIMS:
+            if not _label_key(stripped):
+                line = f"{pending[1]}: {stripped}"
+        pending = None
+        question = None
         out.append(line)
         i += 1
     if first_quote_at is not None:
@@ -634,6 +845,48 @@ _MOBILE_RE = re.compile(
     r"\s*[.!]?\s*(<https?://[^\s<>]{1,200}>)?\s*$",
     re.IGNORECASE,
 )
+# A link inside a footer line: "Sent from Mail<https://go.microsoft.com/...> for Windows".
+_FOOTER_LINK_RE = re.compile(
+    r"\s*(?:<(?:https?://|mailto:|www\.)[^<>\s]{1,400}>|\[(?:https?://|mailto:)[^\]\s]{1,400}\]"
+    r"|\((?:https?://|mailto:)[^)\s]{1,400}\))"
+)
+# Translations of "Sent from Mail for Windows" and "Get Outlook for Android/iOS": a verb of
+# sending or getting, a mail app, a platform. Only ever looked for as a whole, short line at
+# the end of the text.
+_APP_FOOTER_RE = re.compile(
+    r"^(?:"
+    # "Gesendet von Mail für Windows", "Envoyé à partir de Courrier pour Windows", ...
+    r"(?:gesendet|envoy[ée]|enviado|inviato|verzonden|verstuurd|skickat|skickades|sendt|wysłane"
+    r"|odesláno|отправлено|lähetetty|trimis|küldve|αποστολή|sent)\b.{0,40}"
+    r"\b(?:mail|e-?mail|courrier|correo|posta|e-post|poczta|pošty|почты|почта|sähköposti\w*"
+    r"|outlook)\b.{0,30}\b(?:windows|android|ios|iphone|ipad|mac)\b.{0,12}"
+    # "Outlook für Android herunterladen", "Télécharger Outlook pour Android", ...
+    r"|(?:get|download|holen sie sich|laden sie|herunterladen|télécharger|téléchargez|obtenir"
+    r"|obtenez|obtener|obtén|descargar|descarga|ottieni|scarica|obter|obtenha|baixe|baixar|hent"
+    r"|få|skaffa|hämta|hanki|lataa|pobierz|uzyskaj|získat|získejte|stáhněte|stáhnout|получить"
+    r"|получите|загрузите|скачайте|скачать|отримати|завантажте|λήψη|obțineți|descărcați"
+    r"|szerezze|töltse|download)\b.{0,25}\boutlook\b.{0,30}\b(?:android|ios|iphone|ipad)\b.{0,20}"
+    r"|outlook\b.{0,30}\b(?:android|ios|iphone|ipad)\b.{0,30}"
+    r"(?:herunterladen|downloaden|edinin|indirin|letöltése|rendszerre|-sovellus\w*)"
+    r"|.{0,30}\b(?:android|ios|iphone|ipad)\b.{0,10}(?:版|용)\s?outlook.{0,12}"
+    r"|.{0,20}(?:获取|取得|下载|下載|獲取).{0,20}outlook.{0,10}"
+    r"|.{0,20}\bwindows\b.{0,20}(?:のメールから送信|版邮件发送|版郵件傳送|용 메일에서 보냄|için posta.{0,12})"
+    r")[.!]?$",
+    re.IGNORECASE,
+)
+
+
+def _is_app_footer(line: str) -> bool:
+    """A phone or mail-app footer line ("Sent from my iPhone", "Get Outlook for Android")."""
+    if len(line) > 300:
+        return False
+    plain = _FOOTER_LINK_RE.sub("", fold_typography(line))
+    plain = " ".join(plain.replace("<>", " ").split())
+    if len(plain) > 120:
+        return False
+    return bool(_MOBILE_RE.match(plain) or _APP_FOOTER_RE.match(plain))
+
+
 _SIGNOFF_RE = re.compile(
     r"^\s*(thanks|thank you|many thanks|thanks again|thx|cheers|regards|best regards|kind regards"
     r"|warm regards|best wishes|best|all the best|sincerely|yours|yours truly|cordially|take care"
@@ -656,9 +909,10 @@ _DASH_NAME_RE = re.compile(r"^(-|—\s?|–\s?|~|/{1,2})\w[\w .'-]{0,40}$")
 def _strip_signature(lines: list[str]) -> list[str]:
     for i, line in enumerate(lines):
         stripped = line.strip()
-        # "-- " delimiter (RFC 3676); a bare "--" counts too, but only on its own line.
+        # "-- " delimiter (RFC 3676); a bare "--" counts too, but only on its own line, and so
+        # does a Markdown-escaped "\\--" (Nylas and other Markdown editors).
         # A delimiter on the very first line means the whole text is signature.
-        if stripped in ("--", "—", "__", "-- ") and _has_content_before(lines, i):
+        if stripped in _SIG_DELIMS and _has_content_before(lines, i):
             lines = lines[:i]
             break
         # A dash rule followed by a few short lines (name, title, phone) is a signature too.
@@ -687,7 +941,7 @@ def _strip_signature(lines: list[str]) -> list[str]:
             stripped = lines[j].strip()
             if (
                 stripped
-                and _MOBILE_RE.match(stripped)
+                and _is_app_footer(stripped)
                 and _tail_is_short(lines, j + 1, end, 30, 100)
                 and _has_content_before(lines, j)
             ):
@@ -784,7 +1038,8 @@ def _tail_is_short(
 # Public text API
 # ---------------------------------------------------------------------------------------------
 
-_MARKER_RE = re.compile(r"-{2,}\s*reply above this line\s*-{2,}", re.IGNORECASE)
+# Matched on folded text, so an autocorrected "— reply above this line —" counts too.
+_MARKER_RE = re.compile(r"-{1,}\s*reply above this line\s*-{1,}", re.IGNORECASE)
 _BLANK_RUN_RE = re.compile(r"\n{3,}")
 
 
@@ -830,38 +1085,87 @@ def _skip_header_block(lines: list[str], start: int) -> list[str]:
     return lines[j:]
 
 
-def extract_reply_text(body: str) -> str:
-    """The new text of a plain-text body: quoted history, attribution and signature removed."""
+def _apply_marker(lines: list[str]) -> list[str]:
+    """Our ``--- reply above this line ---``: where the quoted check-in begins, nothing more.
+
+    Quoted (``> --- reply above ...``), it changes nothing: the quote passes remove the quoted
+    check-in and keep what the member wrote above, below or between its lines. Unquoted, the
+    check-in below it is an unquoted copy (Outlook, Yahoo, Lotus): cut there -- unless the
+    client quotes by indenting (s-nail's default prefix is a tab), i.e. the marker and the lines
+    after it share an indent; then that indented block is the quote and is marked as one.
+    """
+    for i, line in enumerate(lines):
+        if "reply above" not in line.lower() or not _MARKER_RE.search(fold_typography(line)):
+            continue
+        if _is_quote_line(line):
+            return lines
+        indent = line[: len(line) - len(line.lstrip(" \t"))]
+        following = [x for x in lines[i + 1 : i + 12] if x.strip()][:3]
+        if not indent or not following or not all(x.startswith(indent) for x in following):
+            return lines[:i]
+        out = lines[:i]
+        j = i
+        while j < len(lines) and (not lines[j].strip() or lines[j].startswith(indent)):
+            out.append("> " + lines[j][len(indent) :] if lines[j].strip() else "")
+            j += 1
+        return out + lines[j:]
+    return lines
+
+
+def extract_reply_text(body: str, *, forward: bool = False) -> str:
+    """The new text of a plain-text body: quoted history, attribution and signature removed.
+
+    ``forward``: the message is a forward (its subject says so), so the first block of history
+    is the forwarded message -- content, like the note above it -- not quoted history.
+    """
     try:
-        lines = _normalise(body)
-        for i, line in enumerate(lines):
-            if _MARKER_RE.search(line):
-                lines = lines[:i]
-                break
-        lines = _drop_banner(lines)
-        first = next((k for k, x in enumerate(lines) if x.strip()), None)
-        if first is not None and _FORWARD_RE.match(lines[first].strip()):
-            # Only a forwarded message and no note: its body is the content.
-            lines = lines[_block_end(lines, first + 1) :]
-        cut = _cut_index(lines)
-        if not any(x.strip() for x in lines[:cut]) and cut < len(lines):
-            # The text opens with a header block: it is this message's own header pasted in
-            # (or a bare forward), so the content is what follows it.
-            lines = _skip_header_block(lines, cut)
-            cut = _cut_index(lines)
-        history_cut = cut < len(lines)
-        lines = _strip_quotes(lines[:cut], history_cut)
-        # Trailing attribution for a cut history, e.g. "On Mon, Bob wrote:" left on its own.
-        while lines and (not lines[-1].strip() or _attribution_span(lines, len(lines) - 1)):
-            lines.pop()
-        if len(lines) >= 2 and _attribution_span(lines, len(lines) - 2) == 2:
-            lines = lines[:-2]
-        lines = _strip_signature(lines)
-        text = "\n".join(lines).strip("\n")
-        text = _BLANK_RUN_RE.sub("\n\n", text)
-        return text.strip()
+        return _extract(_normalise(body), forward)
     except Exception:
         return body[:MAX_BODY_CHARS].strip()
+
+
+def _extract(lines: list[str], forward: bool) -> str:
+    lines = _apply_marker(lines)
+    lines = _drop_banner(lines)
+    first = next((k for k, x in enumerate(lines) if x.strip()), None)
+    if first is not None and _FORWARD_RE.match(lines[first].strip()):
+        # Only a forwarded message and no note: its body is the content.
+        lines = lines[_block_end(lines, first + 1) :]
+    cut = _cut_index(lines)
+    if not any(x.strip() for x in lines[:cut]) and cut < len(lines):
+        # The text opens with a header block: it is this message's own header pasted in
+        # (or a bare forward), so the content is what follows it.
+        lines = _skip_header_block(lines, cut)
+        cut = _cut_index(lines)
+    forwarded = ""
+    if forward and cut < len(lines):
+        # Outlook forwards with a rule + header block and no "Forwarded message" banner.
+        forwarded = _extract(_skip_header_block(lines, _header_start(lines, cut)), False)
+        lines = lines[:cut]
+    history_cut = cut < len(lines)
+    lines = _strip_quotes(lines[:cut], history_cut)
+    # Trailing attribution for a cut history, e.g. "On Mon, Bob wrote:" left on its own.
+    while lines and (not lines[-1].strip() or _attribution_span(lines, len(lines) - 1)):
+        lines.pop()
+    if len(lines) >= 2 and _attribution_span(lines, len(lines) - 2) == 2:
+        lines = lines[:-2]
+    lines = _strip_signature(lines)
+    text = "\n".join(lines).strip("\n")
+    if forwarded:
+        text = f"{text}\n\n{forwarded}" if text.strip() else forwarded
+    text = _BLANK_RUN_RE.sub("\n\n", text)
+    return text.strip()
+
+
+def _header_start(lines: list[str], cut: int) -> int:
+    """First line of the header block at a history cut (past a rule or "Original Message")."""
+    j = cut
+    stripped = lines[j].strip()
+    if _RULE_RE.match(stripped) or _ORIGINAL_MESSAGE_RE.match(stripped):
+        j += 1
+    while j < len(lines) and not lines[j].strip():
+        j += 1
+    return j
 
 
 _LABELS: dict[str, tuple[str, ...]] = {
@@ -1182,6 +1486,16 @@ def detect_setback(text: str, sections: dict[str, str]) -> bool:
 # Whole messages
 # ---------------------------------------------------------------------------------------------
 
+# Forward prefixes of the common clients, by language (after any "Re:"-style prefixes):
+# FW/Fwd (en), WG (de), TR (fr), RV (es), ENC (pt), I (it), Doorst (nl), VB (sv), VS (da/no),
+# VL (fi), PD (pl), PŘ (cs), TOV (hu), İLT (tr), ΠΡΘ (el), Пересл (ru), 转发/轉寄 (zh),
+# 転送 (ja), 전달 (ko), הועבר (he), "إعادة توجيه" (ar).
+_FORWARD_SUBJECT_RE = re.compile(
+    r"^\W{0,3}(?:(?:re|aw|sv|antw|r|rif|odp|vs|ynt|απ|ответ|答复|回复|返信|회신)\s{0,3}[:：]\s*)*"
+    r"(?:fwd?|wg|tr|rv|enc|i|doorst|vb|vs|vl|pd|př|tov|i̇lt|ilt|πρθ|пересл|fw|转发|轉寄|転送|전달"
+    r"|הועבר|إعادة توجيه|\[fwd)\s{0,3}[:：]",
+    re.IGNORECASE,
+)
 _MSGID_RE = re.compile(r"<[^<>\s]{1,500}>")
 
 
@@ -1248,7 +1562,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
             kind, detail, bounced = classify(msg, subject, from_addr, body)
         except Exception:
             kind, detail, bounced = "reply", "reply", ()
-        text = extract_reply_text(body)
+        text = extract_reply_text(body, forward=bool(_FORWARD_SUBJECT_RE.match(subject)))
         sections = find_sections(text)
         setback = detect_setback(text, sections) if kind == "reply" else None
         return ParsedMessage(
