@@ -142,9 +142,11 @@ _SUCCESS_SUBJECT_RE = re.compile(
 # words that also start ordinary subjects (away, vacation, holiday, absence, auto) count only
 # followed by ":" or as a bracketed tag ("[Auto-Reply]", "Away: ...", "AUTO: Ana is out").
 _OOO_PHRASES = (
-    r"out of (?:the )?office|out-of-office|automatic (?:reply|response)|automated (?:reply|response)"
-    r"|auto[- ]?(?:reply|replied|response|responder|respond)|autoreply|autoresponse|autoresponder"
-    r"|vacation (?:reply|response|notice|message)|holiday (?:reply|notice)|away from (?:the )?office"
+    r"out of (?:the )?office|out-of-office|automatic (?:reply|response)"
+    r"|automated (?:reply|response)|autoreply|autoresponse|autoresponder"
+    r"|auto[- ]?(?:reply|replied|response|responder|respond)"
+    r"|vacation (?:reply|response|notice|message)|holiday (?:reply|notice)"
+    r"|away from (?:the )?office"
     # German, French, Spanish, Portuguese, Italian, Dutch
     r"|automatische antwort|abwesenheitsnotiz|abwesenheitsmeldung|auto-?antwort|nicht im büro"
     r"|r[ée]ponse automatique|absent\(e\) du bureau|h[ôo]rs du bureau"
@@ -164,7 +166,8 @@ _OOO_PHRASES = (
     r"|аутоматски одговор|תשובה אוטומטית|מענה אוטומטי|رد تلقائي|الرد التلقائي|رد آلي"
     r"|trả lời tự động|balasan otomatis"
     # Chinese, Japanese, Korean
-    r"|自动回复|自動回覆|自动答复|自動回復|自動応答|自動返信|不在通知|자동 ?회신|자동 ?응답|부재 ?중"
+    r"|自动回复|自動回覆|自动答复|自動回復|自動応答|自動返信|不在通知"
+    r"|자동 ?회신|자동 ?응답|부재 ?중"
 )
 _OOO_WORDS = (
     r"auto|away|ooo|oof|vacation|holiday|holidays|absence|absent|abwesend|urlaub|ferie"

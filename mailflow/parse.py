@@ -46,6 +46,7 @@ __all__ = [
     "extract_reply_text",
     "find_sections",
     "fold_typography",
+    "free_text",
     "html_to_text",
     "parse_message",
 ]
@@ -416,17 +417,34 @@ _ATTR_START_RE = re.compile(
     r"^\W{0,6}(on|am|le|el|em|il|op|den|d\.|w dniu|dnia|dne|в|在|于|on\s+\w+day)\b",
     re.IGNORECASE,
 )
+# Verbs that end an attribution line, by language.
+_ATTR_VERBS = (
+    "wrote", "writes", "sent", "said", "schrieb", "schreibt", "geschrieben", "a écrit",
+    "a ecrit", "écrit", "escribió", "escribio", "escreveu", "ha scritto", "scrisse", "schreef",
+    "heeft geschreven", "skrev", "skriver", "kirjoitti", "pisze", "napisał", "napisał(a)",
+    "napisała", "napisal", "napsal", "napsala", "napsal(a)", "написал", "написала",
+    "написал(а)", "пишет", "написав", "написала(а)", "yazdı", "írta", "scrie", "a scris",
+    "έγραψε", "kirjutas", "rašė", "rakstīja", "napisao", "написа", "viết", "menulis",
+    "wrote on", "写道", "寫道", "写了", "のメッセージ", "書きました", "書き込みました",
+    "님이 작성", "작성", "wrote the following", "пише", "geschreven", "het volgende geschreven",
+)  # fmt: skip
 # The verb that ends an attribution, optionally followed by a colon.
 _ATTR_END_RE = re.compile(
-    r"(wrote|writes|sent|said|schrieb|schreibt|geschrieben|a écrit|a ecrit|écrit|escribió|escribio"
-    r"|escreveu|ha scritto|scrisse|schreef|heeft geschreven|skrev|skriver|kirjoitti|pisze"
-    r"|napisał|napisał\(a\)|napisała|napisal|napsal|napsala|napsal\(a\)|написал|написала"
-    r"|написал\(а\)|пишет|написав|написала\(а\)|yazdı|írta|scrie|a scris|έγραψε|kirjutas|rašė"
-    r"|rakstīja|napisao|написа|viết|menulis|wrote\s+on|写道|寫道|写了|のメッセージ|書きました"
-    r"|書き込みました|님이 작성|작성|wrote the following|пише|написал|geschreven"
-    r"|het volgende geschreven)\s*[:：]?\s*(-{2,}\s*)?$",
+    "("
+    + "|".join(r"\s+".join(re.escape(w) for w in verb.split()) for verb in _ATTR_VERBS)
+    + r")\s*[:：]?\s*(-{2,}\s*)?$",
     re.IGNORECASE,
 )
+# Last words of those verbs: a cheap test that must pass before the pattern is tried (it has
+# ~60 alternatives at every position of the line, ~0.5 us per character).
+_ATTR_VERB_LAST_WORDS = tuple({verb.split()[-1].lower() for verb in _ATTR_VERBS})
+
+
+def _ends_with_attr_verb(text: str) -> bool:
+    """True if ``text`` ends with an attribution verb ("wrote:", "a écrit :", "写道：", ...)."""
+    if not text.rstrip(" \t:：-").lower().endswith(_ATTR_VERB_LAST_WORDS):
+        return False
+    return bool(_ATTR_END_RE.search(text[-120:]))
 # Verb followed by the author and address: "Den 24. nov. 2025 skrev Peter <p@example.com>:".
 _ATTR_VERB_ADDR_RE = re.compile(
     r"\b(wrote|schrieb|skrev|schreef|escribió|escreveu|a écrit|ha scritto|napisał\(a\)|napisał"
@@ -494,7 +512,13 @@ _FORWARD_RE = re.compile(
     r"^\s*[-=_*]{2,}\s*(forwarded message|weitergeleitete nachricht|message transféré"
     r"|mensaje reenviado|mensagem encaminhada|messaggio inoltrato|doorgestuurd bericht"
     r"|vidarebefordrat meddelande|videresendt meddelelse|wiadomość przekazana"
-    r"|пересылаемое сообщение|转发的邮件)\s*[-=_*]{2,}\s*$|^\s*begin forwarded message\s*:\s*$",
+    r"|пересылаемое сообщение|转发的邮件)\s*[-=_*]{2,}\s*$"
+    # Apple Mail's banner over a quoted forward, in its languages
+    r"|^\s*(begin forwarded message|anfang der weitergeleiteten nachricht"
+    r"|début du message réexpédié|inicio del mensaje reenviado|início da mensagem reencaminhada|inizio messaggio inoltrato"
+    r"|begin doorgestuurd bericht|vidarebefordrat mejl|videresendt besked|videresendt melding"
+    r"|välitetty viesti alkaa|początek przekazywanej wiadomości|转发的邮件|転送されたメッセージ"
+    r"|전달된 메시지)\s*[:：]\s*$",
     re.IGNORECASE,
 )
 _RULE_RE = re.compile(r"^\s*(_{8,}|-{8,}|={8,})\s*$")
@@ -557,7 +581,13 @@ def _attribution_span(lines: list[str], i: int) -> int:
             and bool(_VERB_ANY_RE.search(joined))
             and bool(_HAS_DATE_OR_ADDR_RE.search(joined))
         )
-        if not (_ATTR_END_RE.search(joined) or _ATTR_VERB_ADDR_RE.search(joined) or verb_then_name):
+        # Both patterns are anchored at the end: the first can only match in the last few
+        # dozen characters, the second only on a line ending with a colon.
+        if not (
+            verb_then_name
+            or _ends_with_attr_verb(joined)
+            or (joined.endswith((":", "：")) and _ATTR_VERB_ADDR_RE.search(joined))
+        ):
             continue
         starts = bool(_ATTR_START_RE.match(joined))
         if starts and (step == 0 or _HAS_DATE_OR_ADDR_RE.search(joined)):
@@ -675,6 +705,8 @@ _SIG_DELIMS = frozenset({"--", "-- ", "\u2014", "__", "\\--", "\\-\\-", "\\-- "}
 
 def _label_key(text: str) -> tuple[str, str] | None | bool:
     """(key, label) for a ``Done:``-style label line; False for another ``Word:`` line; None."""
+    if ":" not in text and "：" not in text:
+        return None
     m = _LABEL_LINE_RE.match(fold_typography(text[:MAX_LINE_CHARS]))
     if not m:
         return None
@@ -709,6 +741,8 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
     question: tuple[str, str] | None = None
     question_tail = 0
     pending: tuple[str, str] | None = None
+    after_quote = False  # only blank lines since the last quote line or attribution
+    last_quote_at: int | None = None  # len(out) when the last quote block ended
     while i < n:
         line = lines[i]
         if skip_blanks and not line.strip():
@@ -719,6 +753,8 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
         if _is_quote_line(line):
             if first_quote_at is None:
                 first_quote_at = len(out)
+            after_quote = True
+            last_quote_at = len(out)
             content = _quote_content(line)
             if content:
                 found = _label_key(content)
@@ -735,6 +771,15 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
             skip_blanks = True
             continue
         stripped = line.strip()
+        if after_quote and stripped in _SIG_DELIMS:
+            # A signature right under the quote (mutt, Thunderbird replying below): drop it
+            # here, or a reply that is only quote + signature would keep the signature.
+            j = i + 1
+            while j < n and not _is_quote_line(lines[j]):
+                j += 1
+            if _tail_is_short(lines, i + 1, j, 8, 80):
+                i = j
+                continue
         if prev_quote and not _PROSE_RE.search(line) and stripped not in _SIG_DELIMS:
             # A wrapped link or fragment that lost its ">" belongs to the quote above it.
             i += 1
@@ -759,24 +804,49 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
             i += span
             skip_blanks = True
             question = pending = None
+            after_quote = True
             continue
-        if pending is not None and stripped not in _SIG_DELIMS:
-            if not _label_key(stripped):
-                line = f"{pending[1]}: {stripped}"
+        if pending is not None and stripped not in _SIG_DELIMS and not _label_key(stripped):
+            line = f"{pending[1]}: {stripped}"
         pending = None
         question = None
+        after_quote = False
         out.append(line)
         i += 1
     if first_quote_at is not None:
         top = out[:first_quote_at]
         if history_cut and sum(1 for x in top if x.strip()) >= 1:
             return top
+        # Top-posted, with only a name (and a title or phone) under the quote: signature.
+        if (
+            last_quote_at is not None
+            and any(x.strip() for x in top)
+            and _is_name_block(out[last_quote_at:])
+        ):
+            out = out[:last_quote_at]
         # Interleaved fragments must contain words; stray characters are wrapped quote debris.
         tail = out[first_quote_at:]
         if not any(_WORDISH_RE.search(x) for x in tail):
             return top
         return top + _drop_debris(tail)
     return out
+
+
+_NAME_LINE_RE = re.compile(r"^[^\W\d_][\w'.-]{0,30}(?: [^\W\d_][\w'.-]{0,30}){0,3}$")
+
+
+def _is_name_block(lines: list[str]) -> bool:
+    """One short block: a capitalised name, then at most three title / contact lines."""
+    block = [x.strip() for x in lines if x.strip()]
+    if not block or len(block) > 4:
+        return False
+    first_at = next(k for k, x in enumerate(lines) if x.strip())
+    if any(not x.strip() for x in lines[first_at : first_at + len(block)]):
+        return False  # more than one paragraph
+    name = block[0]
+    if not _NAME_LINE_RE.match(name) or not all(w[0].isupper() for w in name.split()):
+        return False
+    return all(len(x) <= 60 and not x.endswith((".", "!", "?", ":")) for x in block[1:])
 
 
 # A plain word standing alone (not part of a URL or token) marks a line as written text.
@@ -791,7 +861,7 @@ def _shared_line_attribution(line: str) -> str | None:
     if idx <= 0 or len(line) > 600 or not line[:idx].strip():
         return None
     tail = line[idx:]
-    if not (_ATTR_END_RE.search(tail) and _HAS_DATE_OR_ADDR_RE.search(tail)):
+    if not (_ends_with_attr_verb(tail) and _HAS_DATE_OR_ADDR_RE.search(tail)):
         return None
     head = line[:idx].rstrip().rstrip("-").rstrip()
     return head if head.strip() else None
@@ -870,7 +940,8 @@ _APP_FOOTER_RE = re.compile(
     r"(?:herunterladen|downloaden|edinin|indirin|letöltése|rendszerre|-sovellus\w*)"
     r"|.{0,30}\b(?:android|ios|iphone|ipad)\b.{0,10}(?:版|용)\s?outlook.{0,12}"
     r"|.{0,20}(?:获取|取得|下载|下載|獲取).{0,20}outlook.{0,10}"
-    r"|.{0,20}\bwindows\b.{0,20}(?:のメールから送信|版邮件发送|版郵件傳送|용 메일에서 보냄|için posta.{0,12})"
+    r"|.{0,20}\bwindows\b.{0,20}"
+    r"(?:のメールから送信|版邮件发送|版郵件傳送|용 메일에서 보냄|için posta.{0,12})"
     r")[.!]?$",
     re.IGNORECASE,
 )
@@ -903,7 +974,7 @@ _SIGNOFF_RE = re.compile(
 )
 _UNDERSCORE_RULE_RE = re.compile(r"^_{4,}$")
 _DASH_RULE_RE = re.compile(r"^-{2,40}$")
-_DASH_NAME_RE = re.compile(r"^(-|—\s?|–\s?|~|/{1,2})\w[\w .'-]{0,40}$")
+_DASH_NAME_RE = re.compile(r"^(-|--\s?|\\--\s?|—\s?|–\s?|~|/{1,2})\w[\w .'-]{0,40}$")
 
 
 def _strip_signature(lines: list[str]) -> list[str]:
@@ -1127,6 +1198,7 @@ def extract_reply_text(body: str, *, forward: bool = False) -> str:
 def _extract(lines: list[str], forward: bool) -> str:
     lines = _apply_marker(lines)
     lines = _drop_banner(lines)
+    lines = _unquote_forwards(lines)
     first = next((k for k, x in enumerate(lines) if x.strip()), None)
     if first is not None and _FORWARD_RE.match(lines[first].strip()):
         # Only a forwarded message and no note: its body is the content.
@@ -1157,6 +1229,29 @@ def _extract(lines: list[str], forward: bool) -> str:
     return text.strip()
 
 
+_FORWARD_ENDS = (":", "：", "-", "=", "_", "*")  # last characters of the lines _FORWARD_RE matches
+_ONE_QUOTE_LEVEL_RE = re.compile(r"^[ \t]{0,8}(?:>|&gt;) ?")
+
+
+def _unquote_forwards(lines: list[str]) -> list[str]:
+    """A forward that quotes the forwarded message (Apple Mail: "Begin forwarded message:"
+    over ``>`` lines) is content: the quote block right under the banner loses one level."""
+    for i, line in enumerate(lines[:MAX_LINES]):
+        if not line.endswith(_FORWARD_ENDS) or not _FORWARD_RE.match(line.strip()):
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        if j >= len(lines) or not _is_quote_line(lines[j]):
+            continue
+        out = lines[:j]
+        while j < len(lines) and (not lines[j].strip() or _is_quote_line(lines[j])):
+            out.append(_ONE_QUOTE_LEVEL_RE.sub("", lines[j], count=1))
+            j += 1
+        return out + lines[j:]
+    return lines
+
+
 def _header_start(lines: list[str], cut: int) -> int:
     """First line of the header block at a history cut (past a rule or "Original Message")."""
     j = cut
@@ -1179,6 +1274,11 @@ _LABELS: dict[str, tuple[str, ...]] = {
         "wins",
         "what i did",
         "this week",
+        "done this week",
+        "did this week",
+        "this week's progress",
+        "progress this week",
+        "what i've done",
         "erledigt",
         "gemacht",
         "fortschritt",
@@ -1226,6 +1326,9 @@ _LABELS: dict[str, tuple[str, ...]] = {
         "obstacle",
         "obstacles",
         "challenges",
+        "setback this week",
+        "setbacks this week",
+        "what went wrong",
         "rückschlag",
         "rückschläge",
         "probleme",
@@ -1271,6 +1374,12 @@ _LABELS: dict[str, tuple[str, ...]] = {
         "plan",
         "plans",
         "plan for next week",
+        "plans for next week",
+        "for next week",
+        "next up",
+        "up next",
+        "coming week",
+        "what's next",
         "todo",
         "to do",
         "nächste woche",
@@ -1315,21 +1424,19 @@ _LABEL_LINE_RE = re.compile(
 
 
 def find_sections(text: str) -> dict[str, str]:
-    """Content under Done/Setback/Next-style labels (``Label: text`` or a label line + lines)."""
+    """Content under Done/Setback/Next-style labels (``Label: text`` or a label line + lines).
+
+    Lines before the first label are free text: they stay in the reply's text only (see
+    :func:`free_text`); lines after a label belong to it until the next label.
+    """
     sections = dict.fromkeys(SECTION_KEYS, "")
     current: str | None = None
     collected: dict[str, list[str]] = {k: [] for k in SECTION_KEYS}
     for line in text[:MAX_BODY_CHARS].split("\n")[:MAX_LINES]:
-        m = _LABEL_LINE_RE.match(line[:MAX_LINE_CHARS])
-        key = None
-        if m:
-            label = " ".join(m.group(1).lower().split()).strip("*_ ")
-            key = _LABEL_TO_KEY.get(label)
-            if key is None and label.endswith("(s)"):
-                key = _LABEL_TO_KEY.get(label[:-3])
-        if key is not None and m is not None:
+        line = line[:MAX_LINE_CHARS]
+        key, rest = _section_label(line)
+        if key is not None:
             current = key
-            rest = m.group(2).strip().strip("*_").strip()
             if rest:
                 collected[key].append(rest)
             continue
@@ -1338,6 +1445,37 @@ def find_sections(text: str) -> dict[str, str]:
     for key in SECTION_KEYS:
         sections[key] = "\n".join(collected[key]).strip()
     return sections
+
+
+def _section_label(line: str) -> tuple[str | None, str]:
+    """(section key, text after the label) for a label line, else (None, "")."""
+    if ":" not in line and "：" not in line:
+        return None, ""
+    # Folded, so "Setback\u00a0:" and "What I’ve done:" match; same length, same positions.
+    m = _LABEL_LINE_RE.match(fold_typography(line))
+    if not m:
+        return None, ""
+    label = " ".join(m.group(1).lower().split()).strip("*_ ")
+    key = _LABEL_TO_KEY.get(label)
+    if key is None and label.endswith("(s)"):
+        key = _LABEL_TO_KEY.get(label[:-3])
+    if key is None:
+        return None, ""
+    return key, line[m.start(2) : m.end(2)].strip().strip("*_").strip()
+
+
+def free_text(text: str) -> str:
+    """The part of a reply's text under no label: what comes before the first section label.
+
+    ``text`` always holds everything the member wrote; ``find_sections`` only the labelled
+    parts. A reader that shows the sections must show this too, or a reply like "Rough week,
+    the flu got me.\nNext week: catch up" loses its first line.
+    """
+    lines = text[:MAX_BODY_CHARS].split("\n")[:MAX_LINES]
+    for i, line in enumerate(lines):
+        if _section_label(line[:MAX_LINE_CHARS])[0] is not None:
+            return "\n".join(lines[:i]).strip()
+    return text.strip()
 
 
 _NO_SETBACK_VALUES = frozenset(
@@ -1449,17 +1587,25 @@ def _clause_admits(clause: str) -> bool:
 
 
 def _is_no_value(value: str) -> bool:
-    cleaned = value.strip().lower()
+    """A Setback section that says "none" -- and nothing after it that admits one."""
+    cleaned = fold_typography(value).strip().lower()
     cleaned = re.sub(r"^[-*•·+\s]{1,10}", "", cleaned)
     cleaned = cleaned.rstrip(".!").strip()
     if cleaned in _NO_SETBACK_VALUES or not cleaned:
         return True
-    first = cleaned.split("\n", 1)[0].strip().rstrip(".!,")
-    if first in _NO_SETBACK_VALUES and len(cleaned) < 80:
-        return True
-    if re.match(r"^(none|no|nothing|nope|n/a|keine|aucun|nada|geen|inga|brak|нет)\b", cleaned):
-        return not _clause_admits_any(cleaned.split(",", 1)[-1]) if "," in cleaned else True
+    first, _, rest = cleaned.partition("\n")
+    if first.strip().rstrip(".!,") in _NO_SETBACK_VALUES:
+        # "none" on the first line; later lines (a paragraph the section swallowed) count only
+        # if they admit a setback.
+        return not (rest.strip() and _clause_admits_any(rest))
+    if _NO_START_RE.match(cleaned):
+        # "None so far, but I missed Friday": the first clause is the "none".
+        clauses = [c for c in _CLAUSE_SPLIT_RE.split(cleaned) if c.strip()]
+        return not any(_clause_admits(c) for c in clauses[1:])
     return False
+
+
+_NO_START_RE = re.compile(r"^(none|no|nothing|nope|n/a|keine|aucun|nada|geen|inga|brak|нет)\b")
 
 
 def _clause_admits_any(text: str) -> bool:
@@ -1472,12 +1618,11 @@ def detect_setback(text: str, sections: dict[str, str]) -> bool:
         value = sections.get("setback", "")
         if value.strip():
             return not _is_no_value(value)
+        folded = fold_typography(text[:MAX_BODY_CHARS])
         # An explicit "Setbacks: none" label with an empty remainder also reads as no setback.
-        if re.search(
-            r"(?im)^\s*[-*•]?\s*(setbacks?|blockers?|problems?)\s*[:：]\s*$", text[:MAX_BODY_CHARS]
-        ):
+        if re.search(r"(?im)^\s*[-*•]?\s*(setbacks?|blockers?|problems?)\s*[:：]\s*$", folded):
             return False
-        return _clause_admits_any(text[:MAX_BODY_CHARS])
+        return _clause_admits_any(folded)
     except Exception:
         return False
 

@@ -344,6 +344,8 @@ def run_mutt(name: str, mbox: Path, work: Path, out: Path) -> None:
     sig = work / "signature"
     sig.write_text(SIGNATURE, encoding="utf-8")
     muttrc = work / f"{name}.muttrc"
+    editor = _wrapper(work, name + ".edit", "--edit", name, pass_args=True)
+    mta = _wrapper(work, name + ".mta", "--capture", str(out), pass_args=False)
     # Only what non-interactive use needs (no prompts, no copies) plus the identity; quoting,
     # attribution, charsets and format stay mutt's defaults.
     muttrc.write_text(
@@ -370,8 +372,8 @@ def run_mutt(name: str, mbox: Path, work: Path, out: Path) -> None:
                 "set charset=utf-8",
                 "set mark_old=no",
                 "set sleep_time=0",
-                f'set editor="{_wrapper(work, name + ".edit", "--edit", name, pass_args=True)}"',
-                f'set sendmail="{_wrapper(work, name + ".mta", "--capture", str(out), pass_args=False)}"',
+                f'set editor="{editor}"',
+                f'set sendmail="{mta}"',
                 'push "<reply><send-message><quit>"',
                 "",
             ]
