@@ -445,6 +445,8 @@ def _ends_with_attr_verb(text: str) -> bool:
     if not text.rstrip(" \t:：-").lower().endswith(_ATTR_VERB_LAST_WORDS):
         return False
     return bool(_ATTR_END_RE.search(text[-120:]))
+
+
 # Verb followed by the author and address: "Den 24. nov. 2025 skrev Peter <p@example.com>:".
 _ATTR_VERB_ADDR_RE = re.compile(
     r"\b(wrote|schrieb|skrev|schreef|escribió|escreveu|a écrit|ha scritto|napisał\(a\)|napisał"
@@ -515,7 +517,8 @@ _FORWARD_RE = re.compile(
     r"|пересылаемое сообщение|转发的邮件)\s*[-=_*]{2,}\s*$"
     # Apple Mail's banner over a quoted forward, in its languages
     r"|^\s*(begin forwarded message|anfang der weitergeleiteten nachricht"
-    r"|début du message réexpédié|inicio del mensaje reenviado|início da mensagem reencaminhada|inizio messaggio inoltrato"
+    r"|début du message réexpédié|inicio del mensaje reenviado"
+    r"|início da mensagem reencaminhada|inizio messaggio inoltrato"
     r"|begin doorgestuurd bericht|vidarebefordrat mejl|videresendt besked|videresendt melding"
     r"|välitetty viesti alkaa|początek przekazywanej wiadomości|转发的邮件|転送されたメッセージ"
     r"|전달된 메시지)\s*[:：]\s*$",
