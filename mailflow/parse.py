@@ -245,9 +245,12 @@ def _detect(data: bytes, declared: str) -> str | None:
 def _mixed_utf8(data: bytes) -> str | None:
     """UTF-8 with a few stray 8-bit bytes: keep the UTF-8, read the strays as Windows-1252."""
     text = data.decode("utf-8", "surrogateescape")
-    valid = _SURROGATE_RUN_RE.sub("", text)
-    if valid.isascii():
-        return None  # not one real UTF-8 sequence: a single-byte charset, ask the detector
+    runs = _SURROGATE_RUN_RE.findall(text)
+    valid = len(text) - len(text.encode("ascii", "ignore")) - sum(map(len, runs))
+    if valid <= 0 or len(runs) > valid:
+        # Not one real UTF-8 sequence (a single-byte charset), or more junk than UTF-8 (binary,
+        # another multi-byte charset): ask the detector.
+        return None
 
     def stray(m: re.Match[str]) -> str:
         raw = m.group(0).encode("utf-8", "surrogateescape")
@@ -309,7 +312,6 @@ def _decode_header_value(value: object) -> str:
     except Exception:
         text = raw
     if _SURROGATE_RUN_RE.search(text):
-        # raw 8-bit bytes in a header: decoded like a body without a label
         text = _decode_bytes(text.encode("utf-8", "surrogateescape"), None)
     return " ".join(text.split())
 
@@ -989,6 +991,15 @@ def _strip_signature(lines: list[str]) -> list[str]:
         if stripped in _SIG_DELIMS and _has_content_before(lines, i):
             lines = lines[:i]
             break
+        # "-- Ana Member" (the name on the delimiter line) over a few short lines.
+        if (
+            stripped.startswith(("--", "\\--"))
+            and _DASH_NAME_RE.match(stripped)
+            and _has_content_before(lines, i)
+            and _tail_is_short(lines, i + 1, len(lines), 6, 80)
+        ):
+            lines = lines[:i]
+            break
         # A dash rule followed by a few short lines (name, title, phone) is a signature too.
         if (
             _DASH_RULE_RE.match(stripped)
@@ -1593,7 +1604,7 @@ def _is_no_value(value: str) -> bool:
     """A Setback section that says "none" -- and nothing after it that admits one."""
     cleaned = fold_typography(value).strip().lower()
     cleaned = re.sub(r"^[-*•·+\s]{1,10}", "", cleaned)
-    cleaned = cleaned.rstrip(".!").strip()
+    cleaned = cleaned.rstrip(".!").strip().strip("\"'").strip()
     if cleaned in _NO_SETBACK_VALUES or not cleaned:
         return True
     first, _, rest = cleaned.partition("\n")
@@ -1671,6 +1682,12 @@ def _from_address(value: str) -> str | None:
 
 def _safe_header(msg: Message, name: str) -> str:
     try:
+        lower = name.lower()
+        raw = next((v for k, v in msg.raw_items() if k.lower() == lower), None)
+        if isinstance(raw, str) and _SURROGATE_RUN_RE.search(raw):
+            # Raw 8-bit bytes in a header (compat32 would turn them into U+FFFD): decoded like
+            # a body without a label, then any encoded words in it as usual.
+            return _decode_header_value(_decode_bytes(raw.encode("utf-8", "surrogateescape"), None))
         value = msg.get(name)
     except Exception:
         return ""
