@@ -404,7 +404,7 @@ def _body_text(msg: Message) -> str:
         if text.strip() or html is None:
             return text
     if html is not None:
-        return html_to_text(_part_body(html))
+        return html_to_text(_part_body(html), quotes_as_text=True)
     if not msg.is_multipart() and msg.get_content_maintype() in ("text", ""):
         return _part_body(msg)
     return ""
