@@ -11,7 +11,8 @@ pairs returned by :func:`classify`):
   ``"plain-text bounce (<mta>)"``. Only bounces mark a recipient as bouncing.
 * ``auto_reply`` -- everything automatic that is *not* a final failure. Besides RFC 3834
   auto-replies (detail e.g. ``"auto-submitted: auto-replied"``, ``"x-autoreply"``,
-  ``"precedence: bulk"``, ``"x-apple-action: vacation"``, ``"ooo subject"``) this kind also
+  ``"precedence: bulk"``, ``"x-apple-action: vacation"``, ``"ooo subject"`` -- an
+  out-of-office phrase at the *start* of the subject only) this kind also
   holds, because none of them may count as a report nor mark an address as bouncing:
 
   - delay notifications (DSN Action ``delayed``, or "delivery delayed" notices):

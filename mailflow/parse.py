@@ -8,17 +8,29 @@ Done / Setback / Next sections and decides whether a setback was admitted.
 
 Choices worth knowing:
 
+* Our ``--- reply above this line ---`` marker only says where the quoted check-in begins.
+  Everything the sender wrote outside quotes -- above, below or between quoted blocks -- is
+  her text; an answer right under a quoted ``Done:`` / ``Setback:`` / ``Next:`` question gets
+  that label. An unquoted marker starts an unquoted copy of the check-in and cuts the text,
+  unless the marker's block is indented like a quote (s-nail's default prefix is a tab).
 * Quoted history is cut at the first unquoted history marker (Outlook header block,
   "-----Original Message-----", an attribution followed by unquoted text); ``>`` lines and
   attributions introducing them are dropped, and text between quote blocks is kept as the
   sender's interleaved answers -- unless the sender top-posted above unquoted history, in which
   case the text between older quotes belongs to the thread, not to this reply.
-* A forwarded message ("---------- Forwarded message ----------") is content, not history.
-* Signatures: ``-- `` (not on the first line), an underscore rule, a dash rule over a short
-  block, phone/app footers and what follows them, a formal closing over a name
-  ("Best regards,\nAna"), a closing over a name + title/contact block, "-Name" as the last
-  line, and a trailing name + contact-details paragraph. "Thanks,\nAna" and a bare "Thanks!"
-  are kept: they read as part of the message.
+* A forwarded message is content, not history: after a "Forwarded message" banner, under
+  Apple Mail's quoted "Begin forwarded message:", and -- when the subject has a forward prefix
+  (FW:, WG:, TR:, RV:, ...) -- below Outlook's rule + header block.
+* Signatures: ``-- `` / ``--`` / ``\\--`` (not on the first line; also right under a quote), an
+  underscore rule, a dash rule over a short block, phone/app footers (links inside them
+  ignored) and what follows them, a formal closing over a name ("Best regards,\nAna"), a
+  closing over a name + title/contact block, "-Name" as the last line, a trailing name +
+  contact-details paragraph, and a lone name block under the quote of a top-posted reply.
+  "Thanks,\nAna" and a bare "Thanks!" are kept: they read as part of the message.
+* Typographic punctuation is folded to ASCII (:func:`fold_typography`) for every phrase
+  looked for; the text keeps what the sender typed.
+* Charsets: a single-byte label over valid UTF-8 is a lie (UTF-8 wins); bytes no label
+  explains go to charset-normalizer's best guess instead of becoming U+FFFD.
 
 Everything here is pure: no I/O, no clock, no module-level mutable state, and no input makes it
 raise. Regular expressions are linear (no nested quantifiers) and all work is bounded by caps
