@@ -459,7 +459,7 @@ def main(argv: list[str]) -> int:
             if not target.exists() or not target.stat().st_size:
                 print(f"error: {name}: the client sent nothing")
                 return 1
-            print(f"wrote {target.relative_to(ROOT)}")
+            print(f"wrote {target}")
         expected = {f"{name}.eml": EXPECTED[name] for name in ANSWERS}
         (args.out / "expected.json").write_text(
             json.dumps(expected, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"

@@ -3,7 +3,10 @@
 ``tests/fixtures/kinds/`` holds whole messages (named ``kN_...`` after the kind they test) with
 their expectations in ``expected.json``, in the shared real-mail format (kind, setback,
 text_contains, text_excludes) plus ``sections_contain``; they go through the real command
-line. The functions below pin each kind's rules on smaller inputs:
+line. Like ``tests/fixtures/clients/``, they answer ``tests/fixtures/clients/checkin.eml``
+(partnership 1, 2026-W49, From the member priya@fernhill.example, token signed with the
+fixture script's MAILFLOW_SECRET), so they can be replayed through the listener as they are.
+The functions below pin each kind's rules on smaller inputs:
 
 1. our reply marker inside the quote does not cut the reply; answers under quoted questions
 2. forwards are content
