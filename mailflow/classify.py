@@ -176,7 +176,8 @@ _OOO_WORDS = (
     r"|urlop|dovolená|отпуск|отсутствую|休暇|不在|부재"
 )
 _OOO_SUBJECT_RE = re.compile(
-    r"^[\s\[(*]{0,3}(?:"
+    # A gateway's tag may come first: "[EXTERNAL] Automatic reply: ...".
+    r"^\s*(?:\[[^\]\n]{1,24}\]\s*|\*{1,2}[^*\n]{1,24}\*{1,2}\s*)?[\s\[(*]{0,3}(?:"
     r"(?:" + _OOO_PHRASES + r")(?![^\W_])"
     r"|(?:" + _OOO_WORDS + r")\s{0,2}(?:[:：\])]|$)"
     r")",

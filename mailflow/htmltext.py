@@ -204,7 +204,9 @@ def _has_text_after(tag: Tag) -> bool:
     return False
 
 
-def _remove_history(soup: BeautifulSoup, quotes_as_text: bool = False) -> None:
+def _remove_history(
+    soup: BeautifulSoup, quotes_as_text: bool = False, keep_history: bool = False
+) -> None:
     # extract(), not decompose(): extracting a node already detached with its ancestor is
     # harmless, and it avoids probing attributes that bs4 would turn into subtree searches.
     for tag in list(soup.find_all(True)):
@@ -222,6 +224,8 @@ def _remove_history(soup: BeautifulSoup, quotes_as_text: bool = False) -> None:
     for tag in list(soup.find_all("blockquote", limit=50)):
         if not tag.get(_QUOTED_ATTR) and _has_text_before(tag):
             tag.extract()
+    if keep_history:
+        return
     start = None
     for tag in soup.find_all(True):
         if _is_history_start(tag):
@@ -306,7 +310,7 @@ def _render(node: Tag, out: list[str], pre: bool) -> None:
             _break(out, gap)
 
 
-def html_to_text(html: str, quotes_as_text: bool = False) -> str:
+def html_to_text(html: str, quotes_as_text: bool = False, keep_history: bool = False) -> str:
     """Visible text of an HTML body with quoted-history containers removed first.
 
     Block elements become line breaks, ``<br>`` a newline, ``<hr>`` an underscore rule,
@@ -315,11 +319,12 @@ def html_to_text(html: str, quotes_as_text: bool = False) -> str:
     ``quotes_as_text``: a quote (``blockquote type=cite``, gmail_quote, ...) that the member
     wrote below or between is kept as ``> `` lines instead of removed, so the plain-text
     passes keep her answers with the quoted questions as their labels (the parser's choice;
-    the plain helper keeps the old contract).
+    the plain helper keeps the old contract). ``keep_history``: the Outlook header block and
+    what follows it stay (a forward: the forwarded message is content).
     """
     try:
         soup = BeautifulSoup(html[:MAX_HTML_CHARS], "html.parser")
-        _remove_history(soup, quotes_as_text)
+        _remove_history(soup, quotes_as_text, keep_history)
         out: list[str] = []
         _render(soup, out, False)
         text = "".join(out)

@@ -409,14 +409,16 @@ def _body_parts(msg: Message) -> tuple[Message | None, Message | None]:
     return plain, html
 
 
-def _body_text(msg: Message) -> str:
+def _body_text(msg: Message, forward: bool = False) -> str:
     plain, html = _body_parts(msg)
     if plain is not None:
         text = _part_body(plain)
         if text.strip() or html is None:
             return text
     if html is not None:
-        return html_to_text(_part_body(html), quotes_as_text=True)
+        # A forward's Outlook header block (divRplyFwdMsg) introduces the forwarded report: it
+        # is kept as text, and the text passes treat it as a forward.
+        return html_to_text(_part_body(html), quotes_as_text=True, keep_history=forward)
     if not msg.is_multipart() and msg.get_content_maintype() in ("text", ""):
         return _part_body(msg)
     return ""
@@ -955,7 +957,11 @@ _APP_FOOTER_RE = re.compile(
     r"|szerezze|töltse|download)\b.{0,25}\boutlook\b.{0,30}\b(?:android|ios|iphone|ipad)\b.{0,20}"
     r"|outlook\b.{0,30}\b(?:android|ios|iphone|ipad)\b.{0,30}"
     r"(?:herunterladen|downloaden|edinin|indirin|letöltése|rendszerre|-sovellus\w*)"
-    r"|.{0,30}\b(?:android|ios|iphone|ipad)\b.{0,10}(?:版|용)\s?outlook.{0,12}"
+    r"|.{0,30}\b(?:android|ios|iphone|ipad)\s?(?:版|용)\s?outlook.{0,12}"
+    # "Von Outlook für Android gesendet": the verb last
+    r"|(?:von|vanaf|från|fra|z)\b.{0,40}\b(?:outlook|mail|e-?mail|posta|e-post|poczta)\b.{0,30}"
+    r"\b(?:windows|android|ios|iphone|ipad)\b.{0,12}\b(?:gesendet|verzonden|skickat|sendt"
+    r"|wysłane|wysłano)"
     r"|.{0,20}(?:获取|取得|下载|下載|獲取).{0,20}outlook.{0,10}"
     r"|.{0,20}\bwindows\b.{0,20}"
     r"(?:のメールから送信|版邮件发送|版郵件傳送|용 메일에서 보냄|için posta.{0,12})"
@@ -1238,7 +1244,7 @@ def _extract(lines: list[str], forward: bool) -> str:
     forwarded = ""
     if forward and cut < len(lines):
         # Outlook forwards with a rule + header block and no "Forwarded message" banner.
-        forwarded = _extract(_skip_header_block(lines, _header_start(lines, cut)), False)
+        forwarded = _extract(_skip_forward_header(lines, _header_start(lines, cut)), False)
         lines = lines[:cut]
     history_cut = cut < len(lines)
     lines = _strip_quotes(lines[:cut], history_cut)
@@ -1276,6 +1282,20 @@ def _unquote_forwards(lines: list[str]) -> list[str]:
             j += 1
         return out + lines[j:]
     return lines
+
+
+def _skip_forward_header(lines: list[str], start: int) -> list[str]:
+    """The lines after a forwarded message's header block (its field lines, wrapped ones too).
+
+    Stops at a blank line or at the first line that is not a header field: HTML forwards
+    often leave no blank line between the block and the forwarded text.
+    """
+    j = start
+    while j < len(lines) and j < start + 30 and lines[j].strip():
+        if not (_FIELD_RE.match(lines[j]) or (j > start and lines[j][:1] in " \t")):
+            break
+        j += 1
+    return lines[j:]
 
 
 def _header_start(lines: list[str], cut: int) -> int:
@@ -1731,15 +1751,16 @@ def parse_message(raw: bytes) -> ParsedMessage:
         message_id = _msgid(_safe_header(msg, "Message-ID"))
         in_reply_to = _msgid(_safe_header(msg, "In-Reply-To"))
         references = tuple(_MSGID_RE.findall(_safe_header(msg, "References")))[:100]
+        forward = bool(_FORWARD_SUBJECT_RE.match(subject))
         try:
-            body = _body_text(msg)
+            body = _body_text(msg, forward)
         except Exception:
             body = ""
         try:
             kind, detail, bounced = classify(msg, subject, from_addr, body)
         except Exception:
             kind, detail, bounced = "reply", "reply", ()
-        text = extract_reply_text(body, forward=bool(_FORWARD_SUBJECT_RE.match(subject)))
+        text = extract_reply_text(body, forward=forward)
         sections = find_sections(text)
         setback = detect_setback(text, sections) if kind == "reply" else None
         return ParsedMessage(

@@ -184,6 +184,7 @@ OOO_SUBJECTS = [
     "自動応答: Your check-in", "自动回复: Your check-in", "自動回覆: Your check-in",
     "자동 회신: Your check-in", "תשובה אוטומטית: Your check-in", "رد تلقائي: Your check-in",
     "Abwesenheitsnotiz: Your check-in", "Réponse automatique : Your check-in",
+    "[EXTERNAL] Automatic reply: Your check-in", "*EXTERNAL* Out of Office: Your check-in",
 ]  # fmt: skip
 REAL_SUBJECTS = [
     "Re: Your absence management check-in for week 48",
@@ -191,6 +192,7 @@ REAL_SUBJECTS = [
     "Holiday planning: my week", "Re: Out of office etiquette check-in",
     "Automation check-in, week 48", "Re: Your auto-reply design check-in",
     "Away-day planning", "Absence management week 48",
+    "[EXTERNAL] Re: Your absence management check-in",
 ]  # fmt: skip
 
 
@@ -236,6 +238,10 @@ FOOTERS = [
     "Von meinem iPhone gesendet",
     "Android 版 Outlook を入手<https://aka.ms/ghei36>",
     "获取 Android 版 Outlook<https://aka.ms/ghei36>",
+    "iOS용 Outlook 받기",
+    "Get [Outlook for Android](https://aka.ms/ghei36)",
+    "Von Outlook für Android gesendet",
+    "Sent from Outlook<http://aka.ms/weboutlook>",
 ]
 
 
