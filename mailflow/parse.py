@@ -722,6 +722,11 @@ _QUOTE_PREFIX_RE = re.compile(r"^(?:[ \t]{0,8}(?:>|&gt;|\|(?=\s|$)))+")
 _SIG_DELIMS = frozenset({"--", "-- ", "\u2014", "__", "\\--", "\\-\\-", "\\-- "})
 
 
+# Lines that start like a command in a reply (mailflow.commands: pause, resume, goal N done,
+# stop, confirm stop, skill: X); an inline answer's label is never put in front of one.
+_COMMAND_LIKE_RE = re.compile(r"^[-•*>\s]*(pause|unpause|resume|goal|stop|confirm|skill)\b", re.I)
+
+
 def _label_key(text: str) -> tuple[str, str] | None | bool:
     """(key, label) for a ``Done:``-style label line; False for another ``Word:`` line; None."""
     if ":" not in text and "：" not in text:
@@ -824,6 +829,12 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
             skip_blanks = True
             question = pending = None
             after_quote = True
+            continue
+        if pending is not None and _COMMAND_LIKE_RE.match(fold_typography(stripped)):
+            # A command ("pause 2 weeks") must stay on a line of its own; the label goes to
+            # the answer's next line.
+            out.append(line)
+            i += 1
             continue
         if pending is not None and stripped not in _SIG_DELIMS and not _label_key(stripped):
             line = f"{pending[1]}: {stripped}"

@@ -132,6 +132,18 @@ def test_answers_under_quoted_questions_fill_the_sections() -> None:
         assert quoted not in parsed.text
 
 
+def test_a_command_under_a_quoted_question_stays_a_command() -> None:
+    body = (
+        "> Done: what you did this week\n\nRan twice.\n\n"
+        "> Next: what you'll do next week\n\npause 2 weeks\nThen 10k.\n"
+    )
+    text = extract_reply_text(body)
+    assert text == "Done: Ran twice.\n\npause 2 weeks\nNext: Then 10k."
+    got = extract_commands(text, date(2026, 11, 30))
+    assert [c.kind for c in got.commands] == [PAUSE_UNTIL]
+    assert find_sections(got.text) == {"done": "Ran twice.", "setback": "", "next": "Then 10k."}
+
+
 def test_an_answer_with_its_own_label_keeps_it() -> None:
     body = "> Done: what you did this week\n\nSetback: the rain\n"
     assert find_sections(extract_reply_text(body))["setback"] == "the rain"
