@@ -184,10 +184,18 @@ _QUOTED_ATTR = "data-mailflow-quoted"
 
 
 def _has_text_after(tag: Tag) -> bool:
-    """Visible text follows ``tag`` in document order (outside it)."""
+    """Visible text follows ``tag`` in document order (outside it).
+
+    Bounded for hostile nesting: past 40 levels up the answer is "no" (the quote is removed,
+    as before quotes_as_text existed).
+    """
     node: Tag | None = tag
     steps = 0
+    levels = 0
     while node is not None and node.name not in ("body", "html", "[document]"):
+        levels += 1
+        if levels > 40:
+            return False
         for sib in node.next_siblings:
             steps += 1
             if steps > 500:
@@ -255,7 +263,9 @@ _PARAGRAPH_TAGS = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol"
 def _break(out: list[str], count: int) -> None:
     """End the current line; ``count`` 2 leaves a blank line (paragraph), 1 a line break."""
     trailing = 0
-    for chunk in reversed(out):
+    # Only the last few chunks: a long run of whitespace-only chunks (thousands of empty
+    # <div> </div>) made this scan, and so the conversion, quadratic.
+    for chunk in out[-1:-33:-1]:
         stripped = chunk.rstrip(" ")
         if not stripped:
             continue
