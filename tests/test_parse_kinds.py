@@ -21,6 +21,7 @@ The functions below pin each kind's rules on smaller inputs:
 from __future__ import annotations
 
 import re
+import time
 from datetime import date
 from email.header import Header
 from pathlib import Path
@@ -154,6 +155,21 @@ def test_text_under_a_non_question_quote_gets_no_label() -> None:
     text = extract_reply_text(body)
     assert text == "On track for both."
     assert find_sections(text) == {"done": "", "setback": "", "next": ""}
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        b'<blockquote type="cite">q</blockquote>' + b"<div> </div>" * 20_000 + b"answer",
+        b'<blockquote type="cite">' * 2000 + b"q" + b"</blockquote>" * 2000 + b"answer",
+        b'<blockquote type="cite">q</blockquote>answer' * 10_000,
+    ],
+)
+def test_keeping_html_quotes_stays_bounded(html: bytes) -> None:
+    start = time.monotonic()
+    parsed = parse_message(b"Subject: x\nContent-Type: text/html\n\n" + html)
+    assert time.monotonic() - start < 10
+    assert "answer" in parsed.text
 
 
 # --- 2. forwards -----------------------------------------------------------------------------
