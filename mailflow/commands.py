@@ -14,6 +14,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from mailflow.parse import fold_typography
+
 PAUSE_UNTIL = "pause_until"
 RESUME = "resume"
 GOAL_DONE = "goal_done"
@@ -46,7 +48,9 @@ class Extracted:
 
 
 def _norm(line: str) -> str:
-    line = unicodedata.normalize("NFKC", line).strip().strip("*_`").strip()
+    # Curly quotes and dashes as typed by phones and autocorrect ("d’accord", "pause until
+    # 2026‑12‑20" with non-breaking hyphens) read like their ASCII forms.
+    line = fold_typography(unicodedata.normalize("NFKC", line)).strip().strip("*_`").strip()
     line = line.lstrip("-•*> ").rstrip(".!")
     return " ".join(line.lower().split())
 
