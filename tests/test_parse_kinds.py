@@ -21,7 +21,6 @@ The functions below pin each kind's rules on smaller inputs:
 from __future__ import annotations
 
 import re
-import time
 from datetime import date
 from email.header import Header
 from pathlib import Path
@@ -165,10 +164,9 @@ def test_text_under_a_non_question_quote_gets_no_label() -> None:
         b'<blockquote type="cite">q</blockquote>answer' * 10_000,
     ],
 )
+@pytest.mark.timeout(60)  # a hang guard (quadratic work took minutes), not a speed assertion
 def test_keeping_html_quotes_stays_bounded(html: bytes) -> None:
-    start = time.monotonic()
     parsed = parse_message(b"Subject: x\nContent-Type: text/html\n\n" + html)
-    assert time.monotonic() - start < 10
     assert "answer" in parsed.text
 
 
