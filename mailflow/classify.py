@@ -11,7 +11,8 @@ pairs returned by :func:`classify`):
   ``"plain-text bounce (<mta>)"``. Only bounces mark a recipient as bouncing.
 * ``auto_reply`` -- everything automatic that is *not* a final failure. Besides RFC 3834
   auto-replies (detail e.g. ``"auto-submitted: auto-replied"``, ``"x-autoreply"``,
-  ``"precedence: bulk"``, ``"x-apple-action: vacation"``, ``"ooo subject"``) this kind also
+  ``"precedence: bulk"``, ``"x-apple-action: vacation"``, ``"ooo subject"`` -- an
+  out-of-office phrase at the *start* of the subject only) this kind also
   holds, because none of them may count as a report nor mark an address as bouncing:
 
   - delay notifications (DSN Action ``delayed``, or "delivery delayed" notices):
@@ -136,18 +137,51 @@ _SUCCESS_SUBJECT_RE = re.compile(
     re.I,
 )
 
+# Out-of-office subjects, only ever as the *start* of the subject: a real reply's subject can
+# hold the same words later on ("Re: Your absence management check-in", "vacation rental
+# pricing"). Phrases that only an auto-reply starts with count as a prefix on their own;
+# words that also start ordinary subjects (away, vacation, holiday, absence, auto) count only
+# followed by ":" or as a bracketed tag ("[Auto-Reply]", "Away: ...", "AUTO: Ana is out").
+_OOO_PHRASES = (
+    r"out of (?:the )?office|out-of-office|automatic (?:reply|response)"
+    r"|automated (?:reply|response)|autoreply|autoresponse|autoresponder"
+    r"|auto[- ]?(?:reply|replied|response|responder|respond)"
+    r"|vacation (?:reply|response|notice|message)|holiday (?:reply|notice)"
+    r"|away from (?:the )?office"
+    # German, French, Spanish, Portuguese, Italian, Dutch
+    r"|automatische antwort|abwesenheitsnotiz|abwesenheitsmeldung|auto-?antwort|nicht im büro"
+    r"|r[ée]ponse automatique|absent\(e\) du bureau|h[ôo]rs du bureau"
+    r"|respuesta autom[áa]tica|fuera de (?:la )?oficina|resposta autom[áa]tica"
+    r"|fora do escrit[óo]rio|risposta automatica|fuori (?:sede|ufficio)"
+    r"|automatisch antwoord|niet aanwezig|afwezigheidsbericht"
+    # Nordic: Danish, Norwegian, Swedish, Finnish, Icelandic
+    r"|automatisk svar|automatiskt svar|autosvar|fraværsmelding|frånvaromeddelande"
+    r"|automaattinen vastaus|sjálfvirkt svar"
+    # Polish, Czech, Slovak, Romanian, Hungarian, Greek, Turkish, Slovenian, Croatian
+    r"|automatyczna odpowied[źz]|odpowied[źz] automatyczna|poza biurem"
+    r"|automatick[áa] odpov[ěe][ďd]|automatick[áa] odpove[ďd]|mimo kancel[áa][řr]"
+    r"|r[ăa]spuns automat|automatikus v[áa]lasz|αυτόματη απάντηση|εκτός γραφείου"
+    r"|otomatik yan[ıi]t|otomatik cevap|ofis d[ıi][şs][ıi]nda|samodejni odgovor|automatski odgovor"
+    # Cyrillic, Hebrew, Arabic, Vietnamese, Indonesian
+    r"|автоматический ответ|автоответ|автоматична відповідь|автоматичен отговор"
+    r"|аутоматски одговор|תשובה אוטומטית|מענה אוטומטי|رد تلقائي|الرد التلقائي|رد آلي"
+    r"|trả lời tự động|balasan otomatis"
+    # Chinese, Japanese, Korean
+    r"|自动回复|自動回覆|自动答复|自動回復|自動応答|自動返信|不在通知"
+    r"|자동 ?회신|자동 ?응답|부재 ?중"
+)
+_OOO_WORDS = (
+    r"auto|away|ooo|oof|vacation|holiday|holidays|absence|absent|abwesend|urlaub|ferie"
+    r"|fravær|frånvaro|poissa|afwezig|ausente|ausência|assente|congés|vacances|nieobecno[śs][ćc]"
+    r"|urlop|dovolená|отпуск|отсутствую|休暇|不在|부재"
+)
 _OOO_SUBJECT_RE = re.compile(
-    r"out of (the )?office|automatic reply|auto(matic)?[- ]?(reply|response|respon)|autoreply"
-    r"|auto-?antwort|automatische antwort|abwesenheit|abwesend|r[ée]ponse automatique"
-    r"|absence|absent|respuesta autom[áa]tica|fuera de (la )?oficina|resposta autom[áa]tica"
-    r"|ausente|fora do escrit[óo]rio|risposta automatica|fuori (sede|ufficio)"
-    r"|automatisch antwoord|afwezig|niet aanwezig|autosvar|fr[åa]nvaro|frav[æa]r|ferie|vacation"
-    r"|on holiday|on leave|away from (the )?office|automatyczna odpowied[źz]|poza biurem"
-    r"|nieobecno|automatick[áa] odpov[ěe][ďd]|mimo kancel|автоответ|автоматический ответ"
-    r"|отсутств|нет на месте|в отпуске|自动回复|自動回覆|自動応答|自動返信|不在|休暇"
-    r"|자동 ?회신|자동 ?응답|부재|poissa|automaattinen vastaus|otomatik yan[ıi]t|ofis d[ıi][şs]"
-    r"|automatikus v[áa]lasz|h[ôo]rs du bureau",
-    re.I,
+    # A gateway's tag may come first: "[EXTERNAL] Automatic reply: ...".
+    r"^\s*(?:\[[^\]\n]{1,24}\]\s*|\*{1,2}[^*\n]{1,24}\*{1,2}\s*)?[\s\[(*]{0,3}(?:"
+    r"(?:" + _OOO_PHRASES + r")(?![^\W_])"
+    r"|(?:" + _OOO_WORDS + r")\s{0,2}(?:[:：\])]|$)"
+    r")",
+    re.IGNORECASE,
 )
 _OOO_BODY_RE = re.compile(
     r"\b(i am|i'm|i will be) (currently )?(out of (the )?office|on (vacation|holiday|leave)"
@@ -385,7 +419,7 @@ def classify(
     precedence = _header(msg, "Precedence").lower()
     if precedence in ("auto_reply", "bulk", "junk", "list"):
         return "auto_reply", f"precedence: {precedence}", ()
-    if _OOO_SUBJECT_RE.search(subject):
+    if _OOO_SUBJECT_RE.match(subject):
         return "auto_reply", "ooo subject", ()
     if null_sender:
         if _OOO_BODY_RE.search(body[:4000]):

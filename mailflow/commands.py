@@ -22,6 +22,7 @@ from datetime import date, datetime, timedelta
 from mailflow import partnerships as pships
 from mailflow.errors import DomainError
 from mailflow.models import Partnership
+from mailflow.parse import fold_typography
 
 PAUSE_UNTIL = "pause_until"
 RESUME = "resume"
@@ -56,7 +57,9 @@ class Extracted:
 
 
 def _norm(line: str) -> str:
-    line = unicodedata.normalize("NFKC", line).strip().strip("*_`").strip()
+    # Curly quotes and dashes as typed by phones and autocorrect ("d’accord", "pause until
+    # 2026‑12‑20" with non-breaking hyphens) read like their ASCII forms.
+    line = fold_typography(unicodedata.normalize("NFKC", line)).strip().strip("*_`").strip()
     line = line.lstrip("-•*> ").rstrip(".!")
     return " ".join(line.lower().split())
 

@@ -179,17 +179,61 @@ def _is_history_start(tag: Tag) -> bool:
     )
 
 
-def _remove_history(soup: BeautifulSoup) -> None:
+# Set on a quote the member answered below or between (see ``quotes_as_text``).
+_QUOTED_ATTR = "data-mailflow-quoted"
+
+
+def _has_text_after(tag: Tag) -> bool:
+    """Visible text follows ``tag`` in document order (outside it).
+
+    Bounded for hostile nesting: past 40 levels up the answer is "no" (the quote is removed,
+    as before quotes_as_text existed).
+    """
+    node: Tag | None = tag
+    steps = 0
+    levels = 0
+    while node is not None and node.name not in ("body", "html", "[document]"):
+        levels += 1
+        if levels > 40:
+            return False
+        for sib in node.next_siblings:
+            steps += 1
+            if steps > 500:
+                return True
+            if isinstance(sib, Comment):
+                continue
+            if isinstance(sib, NavigableString):
+                if sib.strip():
+                    return True
+            elif isinstance(sib, Tag) and sib.name not in _DROP_TAGS and sib.get_text().strip():
+                return True
+        parent = node.parent
+        node = parent if isinstance(parent, Tag) else None
+    return False
+
+
+def _remove_history(
+    soup: BeautifulSoup, quotes_as_text: bool = False, keep_history: bool = False
+) -> None:
     # extract(), not decompose(): extracting a node already detached with its ancestor is
     # harmless, and it avoids probing attributes that bs4 would turn into subtree searches.
     for tag in list(soup.find_all(True)):
         if _is_quote_container(tag) and not _is_forward(tag):
-            tag.extract()
+            if quotes_as_text and tag.name == "blockquote" and _has_text_after(tag):
+                # The member wrote below or between the quoted lines: keep the quote as "> "
+                # lines so the text passes see the questions her answers are under.
+                tag[_QUOTED_ATTR] = "1"
+            elif quotes_as_text and tag.name != "blockquote" and tag.find("blockquote"):
+                continue  # a wrapper (gmail_quote div): its blockquotes decide for themselves
+            else:
+                tag.extract()
     # An untyped <blockquote> after the reply's own text is a quote too (Outlook, web mail);
     # one holding everything is kept, or nothing would be left.
     for tag in list(soup.find_all("blockquote", limit=50)):
-        if _has_text_before(tag):
+        if not tag.get(_QUOTED_ATTR) and _has_text_before(tag):
             tag.extract()
+    if keep_history:
+        return
     start = None
     for tag in soup.find_all(True):
         if _is_history_start(tag):
@@ -219,7 +263,9 @@ _PARAGRAPH_TAGS = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol"
 def _break(out: list[str], count: int) -> None:
     """End the current line; ``count`` 2 leaves a blank line (paragraph), 1 a line break."""
     trailing = 0
-    for chunk in reversed(out):
+    # Only the last few chunks: a long run of whitespace-only chunks (thousands of empty
+    # <div> </div>) made this scan, and so the conversion, quadratic.
+    for chunk in out[-1:-33:-1]:
         stripped = chunk.rstrip(" ")
         if not stripped:
             continue
@@ -254,6 +300,13 @@ def _render(node: Tag, out: list[str], pre: bool) -> None:
         if name == "hr":
             out.append("\n" + HR_LINE + "\n")
             continue
+        if child.get(_QUOTED_ATTR):
+            inner: list[str] = []
+            _render(child, inner, pre)
+            quoted = [line.strip(" \t\u00a0") for line in "".join(inner).strip("\n").split("\n")]
+            _break(out, 1)
+            out.append("\n".join(f"> {line}" if line else ">" for line in quoted) + "\n")
+            continue
         is_block = name in _BLOCK_TAGS
         gap = 2 if name in _PARAGRAPH_TAGS else 1
         if is_block:
@@ -267,15 +320,21 @@ def _render(node: Tag, out: list[str], pre: bool) -> None:
             _break(out, gap)
 
 
-def html_to_text(html: str) -> str:
+def html_to_text(html: str, quotes_as_text: bool = False, keep_history: bool = False) -> str:
     """Visible text of an HTML body with quoted-history containers removed first.
 
     Block elements become line breaks, ``<br>`` a newline, ``<hr>`` an underscore rule,
     list items a ``- `` bullet. Link targets, image sources, scripts and styles are dropped.
+
+    ``quotes_as_text``: a quote (``blockquote type=cite``, gmail_quote, ...) that the member
+    wrote below or between is kept as ``> `` lines instead of removed, so the plain-text
+    passes keep her answers with the quoted questions as their labels (the parser's choice;
+    the plain helper keeps the old contract). ``keep_history``: the Outlook header block and
+    what follows it stay (a forward: the forwarded message is content).
     """
     try:
         soup = BeautifulSoup(html[:MAX_HTML_CHARS], "html.parser")
-        _remove_history(soup)
+        _remove_history(soup, quotes_as_text, keep_history)
         out: list[str] = []
         _render(soup, out, False)
         text = "".join(out)

@@ -8,17 +8,29 @@ Done / Setback / Next sections and decides whether a setback was admitted.
 
 Choices worth knowing:
 
+* Our ``--- reply above this line ---`` marker only says where the quoted check-in begins.
+  Everything the sender wrote outside quotes -- above, below or between quoted blocks -- is
+  her text; an answer right under a quoted ``Done:`` / ``Setback:`` / ``Next:`` question gets
+  that label. An unquoted marker starts an unquoted copy of the check-in and cuts the text,
+  unless the marker's block is indented like a quote (s-nail's default prefix is a tab).
 * Quoted history is cut at the first unquoted history marker (Outlook header block,
   "-----Original Message-----", an attribution followed by unquoted text); ``>`` lines and
   attributions introducing them are dropped, and text between quote blocks is kept as the
   sender's interleaved answers -- unless the sender top-posted above unquoted history, in which
   case the text between older quotes belongs to the thread, not to this reply.
-* A forwarded message ("---------- Forwarded message ----------") is content, not history.
-* Signatures: ``-- `` (not on the first line), an underscore rule, a dash rule over a short
-  block, phone/app footers and what follows them, a formal closing over a name
-  ("Best regards,\nAna"), a closing over a name + title/contact block, "-Name" as the last
-  line, and a trailing name + contact-details paragraph. "Thanks,\nAna" and a bare "Thanks!"
-  are kept: they read as part of the message.
+* A forwarded message is content, not history: after a "Forwarded message" banner, under
+  Apple Mail's quoted "Begin forwarded message:", and -- when the subject has a forward prefix
+  (FW:, WG:, TR:, RV:, ...) -- below Outlook's rule + header block.
+* Signatures: ``-- `` / ``--`` / ``\\--`` (not on the first line; also right under a quote), an
+  underscore rule, a dash rule over a short block, phone/app footers (links inside them
+  ignored) and what follows them, a formal closing over a name ("Best regards,\nAna"), a
+  closing over a name + title/contact block, "-Name" as the last line, a trailing name +
+  contact-details paragraph, and a lone name block under the quote of a top-posted reply.
+  "Thanks,\nAna" and a bare "Thanks!" are kept: they read as part of the message.
+* Typographic punctuation is folded to ASCII (:func:`fold_typography`) for every phrase
+  looked for; the text keeps what the sender typed.
+* Charsets: a single-byte label over valid UTF-8 is a lie (UTF-8 wins); bytes no label
+  explains go to charset-normalizer's best guess instead of becoming U+FFFD.
 
 Everything here is pure: no I/O, no clock, no module-level mutable state, and no input makes it
 raise. Regular expressions are linear (no nested quantifiers) and all work is bounded by caps
@@ -27,6 +39,7 @@ on the input size, because every byte of inbound mail is attacker-controlled.
 
 from __future__ import annotations
 
+import codecs
 import email
 import re
 from dataclasses import dataclass, field
@@ -45,6 +58,8 @@ __all__ = [
     "detect_setback",
     "extract_reply_text",
     "find_sections",
+    "fold_typography",
+    "free_text",
     "html_to_text",
     "parse_message",
 ]
@@ -59,6 +74,59 @@ MAX_LINES = 20_000
 MAX_LINE_CHARS = 4_000
 
 SECTION_KEYS = ("done", "setback", "next")
+
+# Typographic punctuation that clients and autocorrect put where people type ASCII. Folded
+# (one character for one, so positions still match the original) before any phrase is
+# looked for: labels, setback phrases, negations, no-values, footers, the reply marker.
+_FOLD_TABLE = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201a": "'",
+        "\u201b": "'",
+        "\u2032": "'",
+        "\u02bc": "'",
+        "\uff07": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u201e": '"',
+        "\u201f": '"',
+        "\u2033": '"',
+        "\u00ab": '"',
+        "\u00bb": '"',
+        "\uff02": '"',
+        "\u2010": "-",
+        "\u2011": "-",
+        "\u2012": "-",
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2015": "-",
+        "\u2212": "-",
+        "\ufe63": "-",
+        "\uff0d": "-",
+        "\u2026": ".",
+        "\u00a0": " ",
+        "\u2002": " ",
+        "\u2003": " ",
+        "\u2007": " ",
+        "\u2008": " ",
+        "\u2009": " ",
+        "\u200a": " ",
+        "\u202f": " ",
+        "\u205f": " ",
+        "\u3000": " ",
+    }
+)
+
+
+def fold_typography(text: str) -> str:
+    """``text`` with curly quotes, dashes, ellipses and odd spaces as their ASCII forms.
+
+    Same length as ``text`` (an ellipsis becomes one "."), so a match in the folded text is at
+    the same position in the original. Used for matching only; the member's text is kept as
+    she wrote it.
+    """
+    return text.translate(_FOLD_TABLE)
 
 
 @dataclass(frozen=True)
@@ -117,21 +185,127 @@ _CHARSET_ALIASES = {
 }
 
 
+# Labels of single-byte charsets: any byte string "decodes" under them, so a body that is valid
+# UTF-8 with non-ASCII sequences in such a part is UTF-8 mislabelled (Outlook, web forms and
+# gateways do this), not Latin text that happens to form UTF-8 sequences.
+_SINGLE_BYTE_RE = re.compile(
+    r"^(cp125\d|windows-125\d|iso-?8859-?\d{1,2}|iso_8859-\d{1,2}|latin-?\d|l\d|koi8-\w|mac\w*"
+    r"|x-mac-\w+|cp437|cp850|cp852|cp866|ibm\d+|tis-620|cp874|ascii)$"
+)
+_LATIN1_LABELS = frozenset({"iso-8859-1", "iso8859-1", "iso_8859-1", "latin1", "l1", "iso-ir-100"})
+# What the detector may answer: the charsets mail is actually written in. Unrestricted, it
+# picks exotic code pages (mac_latin2, cp1006) for short Western text.
+_DETECT_CANDIDATES = (
+    "utf_8",
+    "cp1252",
+    "iso8859_15",
+    "cp1250",
+    "iso8859_2",
+    "cp1251",
+    "koi8_r",
+    "cp1253",
+    "iso8859_7",
+    "cp1254",
+    "cp1255",
+    "cp1256",
+    "cp1257",
+    "cp932",
+    "euc_jp",
+    "gb18030",
+    "big5",
+    "cp949",
+)
+_SURROGATE_RUN_RE = re.compile("[\udc80-\udcff]+")
+
+
+def _codec_name(name: str) -> str:
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return ""
+
+
+def _detect(data: bytes, declared: str) -> str | None:
+    """charset-normalizer's best guess among mail charsets, ties going to the declared one."""
+    try:
+        from charset_normalizer import from_bytes
+
+        results = from_bytes(data, cp_isolation=list(_DETECT_CANDIDATES))
+        best = results.best()
+        if best is None:
+            return None
+        tied = [m for m in results if (m.chaos, m.coherence) == (best.chaos, best.coherence)]
+        chosen = best.encoding
+        for prefer in (_codec_name(declared) if declared else "", "cp1252"):
+            hit = next(
+                (
+                    m.encoding
+                    for m in tied
+                    if prefer and prefer in {_codec_name(c) for c in m.could_be_from_charset}
+                ),
+                None,
+            )
+            if hit:
+                chosen = prefer
+                break
+        return data.decode(chosen, "replace")
+    except Exception:
+        return None
+
+
+def _mixed_utf8(data: bytes) -> str | None:
+    """UTF-8 with a few stray 8-bit bytes: keep the UTF-8, read the strays as Windows-1252."""
+    text = data.decode("utf-8", "surrogateescape")
+    runs = _SURROGATE_RUN_RE.findall(text)
+    valid = len(text) - len(text.encode("ascii", "ignore")) - sum(map(len, runs))
+    if valid <= 0 or len(runs) > valid:
+        # Not one real UTF-8 sequence (a single-byte charset), or more junk than UTF-8 (binary,
+        # another multi-byte charset): ask the detector.
+        return None
+
+    def stray(m: re.Match[str]) -> str:
+        raw = m.group(0).encode("utf-8", "surrogateescape")
+        try:
+            return raw.decode("cp1252")
+        except UnicodeDecodeError:
+            return raw.decode("latin-1")
+
+    return _SURROGATE_RUN_RE.sub(stray, text)
+
+
 def _decode_bytes(data: bytes, charset: str | None) -> str:
-    """Decode with the declared charset, falling back to UTF-8 then Windows-1252."""
-    name = (charset or "").strip().strip('"').lower()
-    name = _CHARSET_ALIASES.get(name, name)
+    """Decode a body: the label, unless it lies; never drop what cannot be decoded.
+
+    Valid UTF-8 (with non-ASCII) under a single-byte label is UTF-8. Bytes the label (or its
+    absence) can't explain are UTF-8 if they are, UTF-8 with stray bytes if mostly so, else
+    charset-normalizer's best guess; replacement characters only as a last resort.
+    """
+    label = (charset or "").strip().strip('"').lower()
+    name = _CHARSET_ALIASES.get(label, label)
+    if data.isascii() and (not name or _SINGLE_BYTE_RE.match(name) or name == "utf-8"):
+        return data.decode("ascii")
+    if name and _SINGLE_BYTE_RE.match(name):
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
     if name:
         try:
-            if name == "ascii":
-                return data.decode("ascii")
             return data.decode(name)
         except (LookupError, UnicodeDecodeError, ValueError):
             pass
+        if label in _LATIN1_LABELS:
+            return data.decode("latin-1")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
+    mixed = _mixed_utf8(data)
+    if mixed is not None:
+        return mixed
+    guess = _detect(data, name)
+    if guess is not None:
+        return guess
     if name:
         try:
             return data.decode(name, "replace")
@@ -148,8 +322,8 @@ def _decode_header_value(value: object) -> str:
         text = str(make_header(decode_header(raw)))
     except Exception:
         text = raw
-    if any("\udc80" <= ch <= "\udcff" for ch in text):
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if _SURROGATE_RUN_RE.search(text):
+        text = _decode_bytes(text.encode("utf-8", "surrogateescape"), None)
     return " ".join(text.split())
 
 
@@ -234,14 +408,16 @@ def _body_parts(msg: Message) -> tuple[Message | None, Message | None]:
     return plain, html
 
 
-def _body_text(msg: Message) -> str:
+def _body_text(msg: Message, forward: bool = False) -> str:
     plain, html = _body_parts(msg)
     if plain is not None:
         text = _part_body(plain)
         if text.strip() or html is None:
             return text
     if html is not None:
-        return html_to_text(_part_body(html))
+        # A forward's Outlook header block (divRplyFwdMsg) introduces the forwarded report: it
+        # is kept as text, and the text passes treat it as a forward.
+        return html_to_text(_part_body(html), quotes_as_text=True, keep_history=forward)
     if not msg.is_multipart() and msg.get_content_maintype() in ("text", ""):
         return _part_body(msg)
     return ""
@@ -256,17 +432,36 @@ _ATTR_START_RE = re.compile(
     r"^\W{0,6}(on|am|le|el|em|il|op|den|d\.|w dniu|dnia|dne|в|在|于|on\s+\w+day)\b",
     re.IGNORECASE,
 )
+# Verbs that end an attribution line, by language.
+_ATTR_VERBS = (
+    "wrote", "writes", "sent", "said", "schrieb", "schreibt", "geschrieben", "a écrit",
+    "a ecrit", "écrit", "escribió", "escribio", "escreveu", "ha scritto", "scrisse", "schreef",
+    "heeft geschreven", "skrev", "skriver", "kirjoitti", "pisze", "napisał", "napisał(a)",
+    "napisała", "napisal", "napsal", "napsala", "napsal(a)", "написал", "написала",
+    "написал(а)", "пишет", "написав", "написала(а)", "yazdı", "írta", "scrie", "a scris",
+    "έγραψε", "kirjutas", "rašė", "rakstīja", "napisao", "написа", "viết", "menulis",
+    "wrote on", "写道", "寫道", "写了", "のメッセージ", "書きました", "書き込みました",
+    "님이 작성", "작성", "wrote the following", "пише", "geschreven", "het volgende geschreven",
+)  # fmt: skip
 # The verb that ends an attribution, optionally followed by a colon.
 _ATTR_END_RE = re.compile(
-    r"(wrote|writes|sent|said|schrieb|schreibt|geschrieben|a écrit|a ecrit|écrit|escribió|escribio"
-    r"|escreveu|ha scritto|scrisse|schreef|heeft geschreven|skrev|skriver|kirjoitti|pisze"
-    r"|napisał|napisał\(a\)|napisała|napisal|napsal|napsala|napsal\(a\)|написал|написала"
-    r"|написал\(а\)|пишет|написав|написала\(а\)|yazdı|írta|scrie|a scris|έγραψε|kirjutas|rašė"
-    r"|rakstīja|napisao|написа|viết|menulis|wrote\s+on|写道|寫道|写了|のメッセージ|書きました"
-    r"|書き込みました|님이 작성|작성|wrote the following|пише|написал|geschreven"
-    r"|het volgende geschreven)\s*[:：]?\s*(-{2,}\s*)?$",
+    "("
+    + "|".join(r"\s+".join(re.escape(w) for w in verb.split()) for verb in _ATTR_VERBS)
+    + r")\s*[:：]?\s*(-{2,}\s*)?$",
     re.IGNORECASE,
 )
+# Last words of those verbs: a cheap test that must pass before the pattern is tried (it has
+# ~60 alternatives at every position of the line, ~0.5 us per character).
+_ATTR_VERB_LAST_WORDS = tuple({verb.split()[-1].lower() for verb in _ATTR_VERBS})
+
+
+def _ends_with_attr_verb(text: str) -> bool:
+    """True if ``text`` ends with an attribution verb ("wrote:", "a écrit :", "写道：", ...)."""
+    if not text.rstrip(" \t:：-").lower().endswith(_ATTR_VERB_LAST_WORDS):
+        return False
+    return bool(_ATTR_END_RE.search(text[-120:]))
+
+
 # Verb followed by the author and address: "Den 24. nov. 2025 skrev Peter <p@example.com>:".
 _ATTR_VERB_ADDR_RE = re.compile(
     r"\b(wrote|schrieb|skrev|schreef|escribió|escreveu|a écrit|ha scritto|napisał\(a\)|napisał"
@@ -334,7 +529,14 @@ _FORWARD_RE = re.compile(
     r"^\s*[-=_*]{2,}\s*(forwarded message|weitergeleitete nachricht|message transféré"
     r"|mensaje reenviado|mensagem encaminhada|messaggio inoltrato|doorgestuurd bericht"
     r"|vidarebefordrat meddelande|videresendt meddelelse|wiadomość przekazana"
-    r"|пересылаемое сообщение|转发的邮件)\s*[-=_*]{2,}\s*$|^\s*begin forwarded message\s*:\s*$",
+    r"|пересылаемое сообщение|转发的邮件)\s*[-=_*]{2,}\s*$"
+    # Apple Mail's banner over a quoted forward, in its languages
+    r"|^\s*(begin forwarded message|anfang der weitergeleiteten nachricht"
+    r"|début du message réexpédié|inicio del mensaje reenviado"
+    r"|início da mensagem reencaminhada|inizio messaggio inoltrato"
+    r"|begin doorgestuurd bericht|vidarebefordrat mejl|videresendt besked|videresendt melding"
+    r"|välitetty viesti alkaa|początek przekazywanej wiadomości|转发的邮件|転送されたメッセージ"
+    r"|전달된 메시지)\s*[:：]\s*$",
     re.IGNORECASE,
 )
 _RULE_RE = re.compile(r"^\s*(_{8,}|-{8,}|={8,})\s*$")
@@ -397,7 +599,13 @@ def _attribution_span(lines: list[str], i: int) -> int:
             and bool(_VERB_ANY_RE.search(joined))
             and bool(_HAS_DATE_OR_ADDR_RE.search(joined))
         )
-        if not (_ATTR_END_RE.search(joined) or _ATTR_VERB_ADDR_RE.search(joined) or verb_then_name):
+        # Both patterns are anchored at the end: the first can only match in the last few
+        # dozen characters, the second only on a line ending with a colon.
+        if not (
+            verb_then_name
+            or _ends_with_attr_verb(joined)
+            or (joined.endswith((":", "：")) and _ATTR_VERB_ADDR_RE.search(joined))
+        ):
             continue
         starts = bool(_ATTR_START_RE.match(joined))
         if starts and (step == 0 or _HAS_DATE_OR_ADDR_RE.search(joined)):
@@ -503,8 +711,43 @@ def _prev_nonblank(lines: list[str], i: int) -> str:
     return lines[j].strip() if j >= 0 else ""
 
 
+def _quote_content(line: str) -> str:
+    """A quoted line without its quote prefix(es)."""
+    return _QUOTE_PREFIX_RE.sub("", line, count=1).strip()
+
+
+_QUOTE_PREFIX_RE = re.compile(r"^(?:[ \t]{0,8}(?:>|&gt;|\|(?=\s|$)))+")
+# Signature delimiters as clients and people write them (see _strip_signature).
+_SIG_DELIMS = frozenset({"--", "-- ", "\u2014", "__", "\\--", "\\-\\-", "\\-- "})
+
+
+# Lines that start like a command in a reply (mailflow.commands: pause, resume, goal N done,
+# stop, confirm stop, skill: X); an inline answer's label is never put in front of one.
+_COMMAND_LIKE_RE = re.compile(r"^[-•*>\s]*(pause|unpause|resume|goal|stop|confirm|skill)\b", re.I)
+
+
+def _label_key(text: str) -> tuple[str, str] | None | bool:
+    """(key, label) for a ``Done:``-style label line; False for another ``Word:`` line; None."""
+    if ":" not in text and "：" not in text:
+        return None
+    m = _LABEL_LINE_RE.match(fold_typography(text[:MAX_LINE_CHARS]))
+    if not m:
+        return None
+    label = " ".join(m.group(1).lower().split()).strip("*_ ")
+    key = _LABEL_TO_KEY.get(label)
+    if key is None and label.endswith("(s)"):
+        key = _LABEL_TO_KEY.get(label[:-3])
+    if key is None:
+        return False
+    return key, m.group(1).strip().strip("*_").strip()
+
+
 def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
-    """Drop attribution lines and ``>`` blocks; keep interleaved answers between them.
+    """Drop attribution lines and ``>`` blocks; keep what the sender wrote around them.
+
+    Text above, below and between quote blocks is the sender's. An answer written right under
+    a quoted ``Done:`` / ``Setback:`` / ``Next:`` question gets that label (the question is the
+    label; its quoted text is not kept), so the sections find it.
 
     An attribution followed by unquoted text (no ``>`` at all after it) introduces a full
     unquoted copy of the earlier mail, so everything from it on is dropped. When such unquoted
@@ -516,6 +759,13 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
     i = 0
     n = len(lines)
     skip_blanks = False
+    # The label of the quoted question the next unquoted block answers, and how many quoted
+    # lines of question text followed it (a wrapped question is still that question).
+    question: tuple[str, str] | None = None
+    question_tail = 0
+    pending: tuple[str, str] | None = None
+    after_quote = False  # only blank lines since the last quote line or attribution
+    last_quote_at: int | None = None  # len(out) when the last quote block ended
     while i < n:
         line = lines[i]
         if skip_blanks and not line.strip():
@@ -526,10 +776,34 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
         if _is_quote_line(line):
             if first_quote_at is None:
                 first_quote_at = len(out)
+            after_quote = True
+            last_quote_at = len(out)
+            content = _quote_content(line)
+            if content:
+                found = _label_key(content)
+                if found:
+                    question, question_tail = found, 0  # type: ignore[assignment]
+                elif found is False:
+                    question = None
+                else:
+                    question_tail += 1
+                    if question_tail > 2:
+                        question = None
+            pending = question
             i += 1
             skip_blanks = True
             continue
-        if prev_quote and not _PROSE_RE.search(line):
+        stripped = line.strip()
+        if after_quote and stripped in _SIG_DELIMS:
+            # A signature right under the quote (mutt, Thunderbird replying below): drop it
+            # here, or a reply that is only quote + signature would keep the signature.
+            j = i + 1
+            while j < n and not _is_quote_line(lines[j]):
+                j += 1
+            if _tail_is_short(lines, i + 1, j, 8, 80):
+                i = j
+                continue
+        if prev_quote and not _PROSE_RE.search(line) and stripped not in _SIG_DELIMS:
             # A wrapped link or fragment that lost its ">" belongs to the quote above it.
             i += 1
             continue
@@ -552,19 +826,56 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
                 first_quote_at = len(out)
             i += span
             skip_blanks = True
+            question = pending = None
+            after_quote = True
             continue
+        if pending is not None and _COMMAND_LIKE_RE.match(fold_typography(stripped)):
+            # A command ("pause 2 weeks") must stay on a line of its own; the label goes to
+            # the answer's next line.
+            out.append(line)
+            i += 1
+            continue
+        if pending is not None and stripped not in _SIG_DELIMS and not _label_key(stripped):
+            line = f"{pending[1]}: {stripped}"
+        pending = None
+        question = None
+        after_quote = False
         out.append(line)
         i += 1
     if first_quote_at is not None:
         top = out[:first_quote_at]
         if history_cut and sum(1 for x in top if x.strip()) >= 1:
             return top
+        # Top-posted, with only a name (and a title or phone) under the quote: signature.
+        if (
+            last_quote_at is not None
+            and any(x.strip() for x in top)
+            and _is_name_block(out[last_quote_at:])
+        ):
+            out = out[:last_quote_at]
         # Interleaved fragments must contain words; stray characters are wrapped quote debris.
         tail = out[first_quote_at:]
         if not any(_WORDISH_RE.search(x) for x in tail):
             return top
         return top + _drop_debris(tail)
     return out
+
+
+_NAME_LINE_RE = re.compile(r"^[^\W\d_][\w'.-]{0,30}(?: [^\W\d_][\w'.-]{0,30}){0,3}$")
+
+
+def _is_name_block(lines: list[str]) -> bool:
+    """One short block: a capitalised name, then at most three title / contact lines."""
+    block = [x.strip() for x in lines if x.strip()]
+    if not block or len(block) > 4:
+        return False
+    first_at = next(k for k, x in enumerate(lines) if x.strip())
+    if any(not x.strip() for x in lines[first_at : first_at + len(block)]):
+        return False  # more than one paragraph
+    name = block[0]
+    if not _NAME_LINE_RE.match(name) or not all(w[0].isupper() for w in name.split()):
+        return False
+    return all(len(x) <= 60 and not x.endswith((".", "!", "?", ":")) for x in block[1:])
 
 
 # A plain word standing alone (not part of a URL or token) marks a line as written text.
@@ -579,7 +890,7 @@ def _shared_line_attribution(line: str) -> str | None:
     if idx <= 0 or len(line) > 600 or not line[:idx].strip():
         return None
     tail = line[idx:]
-    if not (_ATTR_END_RE.search(tail) and _HAS_DATE_OR_ADDR_RE.search(tail)):
+    if not (_ends_with_attr_verb(tail) and _HAS_DATE_OR_ADDR_RE.search(tail)):
         return None
     head = line[:idx].rstrip().rstrip("-").rstrip()
     return head if head.strip() else None
@@ -633,6 +944,53 @@ _MOBILE_RE = re.compile(
     r"\s*[.!]?\s*(<https?://[^\s<>]{1,200}>)?\s*$",
     re.IGNORECASE,
 )
+# A link inside a footer line: "Sent from Mail<https://go.microsoft.com/...> for Windows".
+_FOOTER_LINK_RE = re.compile(
+    r"\s*(?:<(?:https?://|mailto:|www\.)[^<>\s]{1,400}>|\[(?:https?://|mailto:)[^\]\s]{1,400}\]"
+    r"|\((?:https?://|mailto:)[^)\s]{1,400}\))"
+)
+# Translations of "Sent from Mail for Windows" and "Get Outlook for Android/iOS": a verb of
+# sending or getting, a mail app, a platform. Only ever looked for as a whole, short line at
+# the end of the text.
+_APP_FOOTER_RE = re.compile(
+    r"^(?:"
+    # "Gesendet von Mail für Windows", "Envoyé à partir de Courrier pour Windows", ...
+    r"(?:gesendet|envoy[ée]|enviado|inviato|verzonden|verstuurd|skickat|skickades|sendt|wysłane"
+    r"|odesláno|отправлено|lähetetty|trimis|küldve|αποστολή|sent)\b.{0,40}"
+    r"\b(?:mail|e-?mail|courrier|correo|posta|e-post|poczta|pošty|почты|почта|sähköposti\w*"
+    r"|outlook)\b.{0,30}\b(?:windows|android|ios|iphone|ipad|mac)\b.{0,12}"
+    # "Outlook für Android herunterladen", "Télécharger Outlook pour Android", ...
+    r"|(?:get|download|holen sie sich|laden sie|herunterladen|télécharger|téléchargez|obtenir"
+    r"|obtenez|obtener|obtén|descargar|descarga|ottieni|scarica|obter|obtenha|baixe|baixar|hent"
+    r"|få|skaffa|hämta|hanki|lataa|pobierz|uzyskaj|získat|získejte|stáhněte|stáhnout|получить"
+    r"|получите|загрузите|скачайте|скачать|отримати|завантажте|λήψη|obțineți|descărcați"
+    r"|szerezze|töltse|download)\b.{0,25}\boutlook\b.{0,30}\b(?:android|ios|iphone|ipad)\b.{0,20}"
+    r"|outlook\b.{0,30}\b(?:android|ios|iphone|ipad)\b.{0,30}"
+    r"(?:herunterladen|downloaden|edinin|indirin|letöltése|rendszerre|-sovellus\w*)"
+    r"|.{0,30}\b(?:android|ios|iphone|ipad)\s?(?:版|용)\s?outlook.{0,12}"
+    # "Von Outlook für Android gesendet": the verb last
+    r"|(?:von|vanaf|från|fra|z)\b.{0,40}\b(?:outlook|mail|e-?mail|posta|e-post|poczta)\b.{0,30}"
+    r"\b(?:windows|android|ios|iphone|ipad)\b.{0,12}\b(?:gesendet|verzonden|skickat|sendt"
+    r"|wysłane|wysłano)"
+    r"|.{0,20}(?:获取|取得|下载|下載|獲取).{0,20}outlook.{0,10}"
+    r"|.{0,20}\bwindows\b.{0,20}"
+    r"(?:のメールから送信|版邮件发送|版郵件傳送|용 메일에서 보냄|için posta.{0,12})"
+    r")[.!]?$",
+    re.IGNORECASE,
+)
+
+
+def _is_app_footer(line: str) -> bool:
+    """A phone or mail-app footer line ("Sent from my iPhone", "Get Outlook for Android")."""
+    if len(line) > 300:
+        return False
+    plain = _FOOTER_LINK_RE.sub("", fold_typography(line))
+    plain = " ".join(plain.replace("<>", " ").split())
+    if len(plain) > 120:
+        return False
+    return bool(_MOBILE_RE.match(plain) or _APP_FOOTER_RE.match(plain))
+
+
 _SIGNOFF_RE = re.compile(
     r"^\s*(thanks|thank you|many thanks|thanks again|thx|cheers|regards|best regards|kind regards"
     r"|warm regards|best wishes|best|all the best|sincerely|yours|yours truly|cordially|take care"
@@ -649,15 +1007,25 @@ _SIGNOFF_RE = re.compile(
 )
 _UNDERSCORE_RULE_RE = re.compile(r"^_{4,}$")
 _DASH_RULE_RE = re.compile(r"^-{2,40}$")
-_DASH_NAME_RE = re.compile(r"^(-|—\s?|–\s?|~|/{1,2})\w[\w .'-]{0,40}$")
+_DASH_NAME_RE = re.compile(r"^(-|--\s?|\\--\s?|—\s?|–\s?|~|/{1,2})\w[\w .'-]{0,40}$")
 
 
 def _strip_signature(lines: list[str]) -> list[str]:
     for i, line in enumerate(lines):
         stripped = line.strip()
-        # "-- " delimiter (RFC 3676); a bare "--" counts too, but only on its own line.
+        # "-- " delimiter (RFC 3676); a bare "--" counts too, but only on its own line, and so
+        # does a Markdown-escaped "\\--" (Nylas and other Markdown editors).
         # A delimiter on the very first line means the whole text is signature.
-        if stripped in ("--", "—", "__", "-- ") and _has_content_before(lines, i):
+        if stripped in _SIG_DELIMS and _has_content_before(lines, i):
+            lines = lines[:i]
+            break
+        # "-- Ana Member" (the name on the delimiter line) over a few short lines.
+        if (
+            stripped.startswith(("--", "\\--"))
+            and _DASH_NAME_RE.match(stripped)
+            and _has_content_before(lines, i)
+            and _tail_is_short(lines, i + 1, len(lines), 6, 80)
+        ):
             lines = lines[:i]
             break
         # A dash rule followed by a few short lines (name, title, phone) is a signature too.
@@ -686,7 +1054,7 @@ def _strip_signature(lines: list[str]) -> list[str]:
             stripped = lines[j].strip()
             if (
                 stripped
-                and _MOBILE_RE.match(stripped)
+                and _is_app_footer(stripped)
                 and _tail_is_short(lines, j + 1, end, 30, 100)
                 and _has_content_before(lines, j)
             ):
@@ -783,7 +1151,8 @@ def _tail_is_short(
 # Public text API
 # ---------------------------------------------------------------------------------------------
 
-_MARKER_RE = re.compile(r"-{2,}\s*reply above this line\s*-{2,}", re.IGNORECASE)
+# Matched on folded text, so an autocorrected "— reply above this line —" counts too.
+_MARKER_RE = re.compile(r"-{1,}\s*reply above this line\s*-{1,}", re.IGNORECASE)
 _BLANK_RUN_RE = re.compile(r"\n{3,}")
 
 
@@ -829,38 +1198,125 @@ def _skip_header_block(lines: list[str], start: int) -> list[str]:
     return lines[j:]
 
 
-def extract_reply_text(body: str) -> str:
-    """The new text of a plain-text body: quoted history, attribution and signature removed."""
+def _apply_marker(lines: list[str]) -> list[str]:
+    """Our ``--- reply above this line ---``: where the quoted check-in begins, nothing more.
+
+    Quoted (``> --- reply above ...``), it changes nothing: the quote passes remove the quoted
+    check-in and keep what the member wrote above, below or between its lines. Unquoted, the
+    check-in below it is an unquoted copy (Outlook, Yahoo, Lotus): cut there -- unless the
+    client quotes by indenting (s-nail's default prefix is a tab), i.e. the marker and the lines
+    after it share an indent; then that indented block is the quote and is marked as one.
+    """
+    for i, line in enumerate(lines):
+        if "reply above" not in line.lower() or not _MARKER_RE.search(fold_typography(line)):
+            continue
+        if _is_quote_line(line):
+            return lines
+        indent = line[: len(line) - len(line.lstrip(" \t"))]
+        following = [x for x in lines[i + 1 : i + 12] if x.strip()][:3]
+        if not indent or not following or not all(x.startswith(indent) for x in following):
+            return lines[:i]
+        out = lines[:i]
+        j = i
+        while j < len(lines) and (not lines[j].strip() or lines[j].startswith(indent)):
+            out.append("> " + lines[j][len(indent) :] if lines[j].strip() else "")
+            j += 1
+        return out + lines[j:]
+    return lines
+
+
+def extract_reply_text(body: str, *, forward: bool = False) -> str:
+    """The new text of a plain-text body: quoted history, attribution and signature removed.
+
+    ``forward``: the message is a forward (its subject says so), so the first block of history
+    is the forwarded message -- content, like the note above it -- not quoted history.
+    """
     try:
-        lines = _normalise(body)
-        for i, line in enumerate(lines):
-            if _MARKER_RE.search(line):
-                lines = lines[:i]
-                break
-        lines = _drop_banner(lines)
-        first = next((k for k, x in enumerate(lines) if x.strip()), None)
-        if first is not None and _FORWARD_RE.match(lines[first].strip()):
-            # Only a forwarded message and no note: its body is the content.
-            lines = lines[_block_end(lines, first + 1) :]
-        cut = _cut_index(lines)
-        if not any(x.strip() for x in lines[:cut]) and cut < len(lines):
-            # The text opens with a header block: it is this message's own header pasted in
-            # (or a bare forward), so the content is what follows it.
-            lines = _skip_header_block(lines, cut)
-            cut = _cut_index(lines)
-        history_cut = cut < len(lines)
-        lines = _strip_quotes(lines[:cut], history_cut)
-        # Trailing attribution for a cut history, e.g. "On Mon, Bob wrote:" left on its own.
-        while lines and (not lines[-1].strip() or _attribution_span(lines, len(lines) - 1)):
-            lines.pop()
-        if len(lines) >= 2 and _attribution_span(lines, len(lines) - 2) == 2:
-            lines = lines[:-2]
-        lines = _strip_signature(lines)
-        text = "\n".join(lines).strip("\n")
-        text = _BLANK_RUN_RE.sub("\n\n", text)
-        return text.strip()
+        return _extract(_normalise(body), forward)
     except Exception:
         return body[:MAX_BODY_CHARS].strip()
+
+
+def _extract(lines: list[str], forward: bool) -> str:
+    lines = _apply_marker(lines)
+    lines = _drop_banner(lines)
+    lines = _unquote_forwards(lines)
+    first = next((k for k, x in enumerate(lines) if x.strip()), None)
+    if first is not None and _FORWARD_RE.match(lines[first].strip()):
+        # Only a forwarded message and no note: its body is the content.
+        lines = lines[_block_end(lines, first + 1) :]
+    cut = _cut_index(lines)
+    if not any(x.strip() for x in lines[:cut]) and cut < len(lines):
+        # The text opens with a header block: it is this message's own header pasted in
+        # (or a bare forward), so the content is what follows it.
+        lines = _skip_header_block(lines, cut)
+        cut = _cut_index(lines)
+    forwarded = ""
+    if forward and cut < len(lines):
+        # Outlook forwards with a rule + header block and no "Forwarded message" banner.
+        forwarded = _extract(_skip_forward_header(lines, _header_start(lines, cut)), False)
+        lines = lines[:cut]
+    history_cut = cut < len(lines)
+    lines = _strip_quotes(lines[:cut], history_cut)
+    # Trailing attribution for a cut history, e.g. "On Mon, Bob wrote:" left on its own.
+    while lines and (not lines[-1].strip() or _attribution_span(lines, len(lines) - 1)):
+        lines.pop()
+    if len(lines) >= 2 and _attribution_span(lines, len(lines) - 2) == 2:
+        lines = lines[:-2]
+    lines = _strip_signature(lines)
+    text = "\n".join(lines).strip("\n")
+    if forwarded:
+        text = f"{text}\n\n{forwarded}" if text.strip() else forwarded
+    text = _BLANK_RUN_RE.sub("\n\n", text)
+    return text.strip()
+
+
+_FORWARD_ENDS = (":", "：", "-", "=", "_", "*")  # last characters of the lines _FORWARD_RE matches
+_ONE_QUOTE_LEVEL_RE = re.compile(r"^[ \t]{0,8}(?:>|&gt;) ?")
+
+
+def _unquote_forwards(lines: list[str]) -> list[str]:
+    """A forward that quotes the forwarded message (Apple Mail: "Begin forwarded message:"
+    over ``>`` lines) is content: the quote block right under the banner loses one level."""
+    for i, line in enumerate(lines[:MAX_LINES]):
+        if not line.endswith(_FORWARD_ENDS) or not _FORWARD_RE.match(line.strip()):
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        if j >= len(lines) or not _is_quote_line(lines[j]):
+            continue
+        out = lines[:j]
+        while j < len(lines) and (not lines[j].strip() or _is_quote_line(lines[j])):
+            out.append(_ONE_QUOTE_LEVEL_RE.sub("", lines[j], count=1))
+            j += 1
+        return out + lines[j:]
+    return lines
+
+
+def _skip_forward_header(lines: list[str], start: int) -> list[str]:
+    """The lines after a forwarded message's header block (its field lines, wrapped ones too).
+
+    Stops at a blank line or at the first line that is not a header field: HTML forwards
+    often leave no blank line between the block and the forwarded text.
+    """
+    j = start
+    while j < len(lines) and j < start + 30 and lines[j].strip():
+        if not (_FIELD_RE.match(lines[j]) or (j > start and lines[j][:1] in " \t")):
+            break
+        j += 1
+    return lines[j:]
+
+
+def _header_start(lines: list[str], cut: int) -> int:
+    """First line of the header block at a history cut (past a rule or "Original Message")."""
+    j = cut
+    stripped = lines[j].strip()
+    if _RULE_RE.match(stripped) or _ORIGINAL_MESSAGE_RE.match(stripped):
+        j += 1
+    while j < len(lines) and not lines[j].strip():
+        j += 1
+    return j
 
 
 _LABELS: dict[str, tuple[str, ...]] = {
@@ -874,6 +1330,11 @@ _LABELS: dict[str, tuple[str, ...]] = {
         "wins",
         "what i did",
         "this week",
+        "done this week",
+        "did this week",
+        "this week's progress",
+        "progress this week",
+        "what i've done",
         "erledigt",
         "gemacht",
         "fortschritt",
@@ -921,6 +1382,9 @@ _LABELS: dict[str, tuple[str, ...]] = {
         "obstacle",
         "obstacles",
         "challenges",
+        "setback this week",
+        "setbacks this week",
+        "what went wrong",
         "rückschlag",
         "rückschläge",
         "probleme",
@@ -966,6 +1430,12 @@ _LABELS: dict[str, tuple[str, ...]] = {
         "plan",
         "plans",
         "plan for next week",
+        "plans for next week",
+        "for next week",
+        "next up",
+        "up next",
+        "coming week",
+        "what's next",
         "todo",
         "to do",
         "nächste woche",
@@ -1010,21 +1480,19 @@ _LABEL_LINE_RE = re.compile(
 
 
 def find_sections(text: str) -> dict[str, str]:
-    """Content under Done/Setback/Next-style labels (``Label: text`` or a label line + lines)."""
+    """Content under Done/Setback/Next-style labels (``Label: text`` or a label line + lines).
+
+    Lines before the first label are free text: they stay in the reply's text only (see
+    :func:`free_text`); lines after a label belong to it until the next label.
+    """
     sections = dict.fromkeys(SECTION_KEYS, "")
     current: str | None = None
     collected: dict[str, list[str]] = {k: [] for k in SECTION_KEYS}
     for line in text[:MAX_BODY_CHARS].split("\n")[:MAX_LINES]:
-        m = _LABEL_LINE_RE.match(line[:MAX_LINE_CHARS])
-        key = None
-        if m:
-            label = " ".join(m.group(1).lower().split()).strip("*_ ")
-            key = _LABEL_TO_KEY.get(label)
-            if key is None and label.endswith("(s)"):
-                key = _LABEL_TO_KEY.get(label[:-3])
-        if key is not None and m is not None:
+        line = line[:MAX_LINE_CHARS]
+        key, rest = _section_label(line)
+        if key is not None:
             current = key
-            rest = m.group(2).strip().strip("*_").strip()
             if rest:
                 collected[key].append(rest)
             continue
@@ -1033,6 +1501,37 @@ def find_sections(text: str) -> dict[str, str]:
     for key in SECTION_KEYS:
         sections[key] = "\n".join(collected[key]).strip()
     return sections
+
+
+def _section_label(line: str) -> tuple[str | None, str]:
+    """(section key, text after the label) for a label line, else (None, "")."""
+    if ":" not in line and "：" not in line:
+        return None, ""
+    # Folded, so "Setback\u00a0:" and "What I’ve done:" match; same length, same positions.
+    m = _LABEL_LINE_RE.match(fold_typography(line))
+    if not m:
+        return None, ""
+    label = " ".join(m.group(1).lower().split()).strip("*_ ")
+    key = _LABEL_TO_KEY.get(label)
+    if key is None and label.endswith("(s)"):
+        key = _LABEL_TO_KEY.get(label[:-3])
+    if key is None:
+        return None, ""
+    return key, line[m.start(2) : m.end(2)].strip().strip("*_").strip()
+
+
+def free_text(text: str) -> str:
+    """The part of a reply's text under no label: what comes before the first section label.
+
+    ``text`` always holds everything the member wrote; ``find_sections`` only the labelled
+    parts. A reader that shows the sections must show this too, or a reply like "Rough week,
+    the flu got me.\nNext week: catch up" loses its first line.
+    """
+    lines = text[:MAX_BODY_CHARS].split("\n")[:MAX_LINES]
+    for i, line in enumerate(lines):
+        if _section_label(line[:MAX_LINE_CHARS])[0] is not None:
+            return "\n".join(lines[:i]).strip()
+    return text.strip()
 
 
 _NO_SETBACK_VALUES = frozenset(
@@ -1144,17 +1643,25 @@ def _clause_admits(clause: str) -> bool:
 
 
 def _is_no_value(value: str) -> bool:
-    cleaned = value.strip().lower()
+    """A Setback section that says "none" -- and nothing after it that admits one."""
+    cleaned = fold_typography(value).strip().lower()
     cleaned = re.sub(r"^[-*•·+\s]{1,10}", "", cleaned)
-    cleaned = cleaned.rstrip(".!").strip()
+    cleaned = cleaned.rstrip(".!").strip().strip("\"'").strip()
     if cleaned in _NO_SETBACK_VALUES or not cleaned:
         return True
-    first = cleaned.split("\n", 1)[0].strip().rstrip(".!,")
-    if first in _NO_SETBACK_VALUES and len(cleaned) < 80:
-        return True
-    if re.match(r"^(none|no|nothing|nope|n/a|keine|aucun|nada|geen|inga|brak|нет)\b", cleaned):
-        return not _clause_admits_any(cleaned.split(",", 1)[-1]) if "," in cleaned else True
+    first, _, rest = cleaned.partition("\n")
+    if first.strip().rstrip(".!,") in _NO_SETBACK_VALUES:
+        # "none" on the first line; later lines (a paragraph the section swallowed) count only
+        # if they admit a setback.
+        return not (rest.strip() and _clause_admits_any(rest))
+    if _NO_START_RE.match(cleaned):
+        # "None so far, but I missed Friday": the first clause is the "none".
+        clauses = [c for c in _CLAUSE_SPLIT_RE.split(cleaned) if c.strip()]
+        return not any(_clause_admits(c) for c in clauses[1:])
     return False
+
+
+_NO_START_RE = re.compile(r"^(none|no|nothing|nope|n/a|keine|aucun|nada|geen|inga|brak|нет)\b")
 
 
 def _clause_admits_any(text: str) -> bool:
@@ -1167,12 +1674,11 @@ def detect_setback(text: str, sections: dict[str, str]) -> bool:
         value = sections.get("setback", "")
         if value.strip():
             return not _is_no_value(value)
+        folded = fold_typography(text[:MAX_BODY_CHARS])
         # An explicit "Setbacks: none" label with an empty remainder also reads as no setback.
-        if re.search(
-            r"(?im)^\s*[-*•]?\s*(setbacks?|blockers?|problems?)\s*[:：]\s*$", text[:MAX_BODY_CHARS]
-        ):
+        if re.search(r"(?im)^\s*[-*•]?\s*(setbacks?|blockers?|problems?)\s*[:：]\s*$", folded):
             return False
-        return _clause_admits_any(text[:MAX_BODY_CHARS])
+        return _clause_admits_any(folded)
     except Exception:
         return False
 
@@ -1181,6 +1687,16 @@ def detect_setback(text: str, sections: dict[str, str]) -> bool:
 # Whole messages
 # ---------------------------------------------------------------------------------------------
 
+# Forward prefixes of the common clients, by language (after any "Re:"-style prefixes):
+# FW/Fwd (en), WG (de), TR (fr), RV (es), ENC (pt), I (it), Doorst (nl), VB (sv), VS (da/no),
+# VL (fi), PD (pl), PŘ (cs), TOV (hu), İLT (tr), ΠΡΘ (el), Пересл (ru), 转发/轉寄 (zh),
+# 転送 (ja), 전달 (ko), הועבר (he), "إعادة توجيه" (ar).
+_FORWARD_SUBJECT_RE = re.compile(
+    r"^\W{0,3}(?:(?:re|aw|sv|antw|r|rif|odp|vs|ynt|απ|ответ|答复|回复|返信|회신)\s{0,3}[:：]\s*)*"
+    r"(?:fwd?|wg|tr|rv|enc|i|doorst|vb|vs|vl|pd|př|tov|i̇lt|ilt|πρθ|пересл|fw|转发|轉寄|転送|전달"
+    r"|הועבר|إعادة توجيه|\[fwd)\s{0,3}[:：]",
+    re.IGNORECASE,
+)
 _MSGID_RE = re.compile(r"<[^<>\s]{1,500}>")
 
 
@@ -1208,6 +1724,12 @@ def _from_address(value: str) -> str | None:
 
 def _safe_header(msg: Message, name: str) -> str:
     try:
+        lower = name.lower()
+        raw = next((v for k, v in msg.raw_items() if k.lower() == lower), None)
+        if isinstance(raw, str) and _SURROGATE_RUN_RE.search(raw):
+            # Raw 8-bit bytes in a header (compat32 would turn them into U+FFFD): decoded like
+            # a body without a label, then any encoded words in it as usual.
+            return _decode_header_value(_decode_bytes(raw.encode("utf-8", "surrogateescape"), None))
         value = msg.get(name)
     except Exception:
         return ""
@@ -1239,15 +1761,16 @@ def parse_message(raw: bytes) -> ParsedMessage:
         message_id = _msgid(_safe_header(msg, "Message-ID"))
         in_reply_to = _msgid(_safe_header(msg, "In-Reply-To"))
         references = tuple(_MSGID_RE.findall(_safe_header(msg, "References")))[:100]
+        forward = bool(_FORWARD_SUBJECT_RE.match(subject))
         try:
-            body = _body_text(msg)
+            body = _body_text(msg, forward)
         except Exception:
             body = ""
         try:
             kind, detail, bounced = classify(msg, subject, from_addr, body)
         except Exception:
             kind, detail, bounced = "reply", "reply", ()
-        text = extract_reply_text(body)
+        text = extract_reply_text(body, forward=forward)
         sections = find_sections(text)
         setback = detect_setback(text, sections) if kind == "reply" else None
         return ParsedMessage(

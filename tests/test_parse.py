@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -363,10 +362,9 @@ def test_to_json_dict_exact_contract() -> None:
         b"Subject: x\n\nFrom: a\n" + b"Sent: b\n" * 50_000,
     ],
 )
+@pytest.mark.timeout(60)  # a hang guard, not a speed assertion (speed is measured in bench/)
 def test_hostile_input_is_bounded_and_never_raises(raw: bytes) -> None:
-    start = time.monotonic()
     parsed = parse_message(raw)
-    assert time.monotonic() - start < 10
     assert parsed.kind in ("reply", "auto_reply", "bounce")
     json.dumps(parsed.to_json_dict())
 
