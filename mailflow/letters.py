@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -320,7 +321,7 @@ class _Weekly:
         """Who gets it: the partner or the member."""
         return self.pair.partner if self.to_partner else self.pair.member
 
-    @property
+    @cached_property
     def token(self) -> str:
         """The period's digest token for the partner, check-in token for the member."""
         kind = DIGEST if self.to_partner else CHECKIN
