@@ -102,7 +102,12 @@ class Jobs:
         """
         out = TickReport()
         with self._lock:
-            roster = Roster(self.store.people_map(), self.store.partnerships_map())
+            # Objects of this run only (not the store's cached maps, which ingest keeps): a
+            # tick of 10,000 partnerships holds its period views at the same time, and serve's
+            # peak memory is that moment.
+            core = self.store.core()
+            people = {p.email: p for p in core.people()}
+            roster = Roster(people, {p.id: p for p in core.partnerships()})
             updates: Updates = {}
             prepared: list[Prepared] = []
             plans: list[tuple[Partnership, Periods]] = []
