@@ -98,6 +98,20 @@ class SettableClock:
         return self.now
 
 
+class OnClock:
+    """A test world whose `now` is its `clock`'s (setting it moves the listener's time too)."""
+
+    clock: SettableClock
+
+    @property
+    def now(self) -> datetime:
+        return self.clock.now
+
+    @now.setter
+    def now(self, value: datetime) -> None:
+        self.clock.now = value
+
+
 @pytest.fixture
 def relay() -> Iterator[Any]:
     from smtp_recorder import RecordingSMTPServer

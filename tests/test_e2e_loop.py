@@ -17,7 +17,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import DOMAIN, SettableClock
+from conftest import DOMAIN, OnClock, SettableClock
 from smtp_recorder import RecordedMessage, RecordingSMTPServer, html_of, text_of
 
 from mailflow.app import App
@@ -41,7 +41,7 @@ def clock() -> SettableClock:
     return SettableClock(MONDAY - timedelta(days=7))
 
 
-class World:
+class World(OnClock):
     """The CLI and the shared app world (conftest): its listener, relay and settable clock."""
 
     def __init__(
@@ -77,14 +77,6 @@ class World:
                 "--offers",
                 "public speaking",
             )
-
-    @property
-    def now(self) -> datetime:
-        return self.clock.now
-
-    @now.setter
-    def now(self, value: datetime) -> None:
-        self.clock.now = value
 
     def cli(self, *args: str, code: int = 0) -> str:
         self.capsys.readouterr()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from clitools import Mailflow
-from conftest import SHARED, SettableClock, free_port
+from conftest import SHARED, OnClock, SettableClock, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from replytools import SECRET, reply
@@ -89,7 +89,7 @@ def clock() -> SettableClock:
 
 
 @dataclass
-class World:
+class World(OnClock):
     """The shared app world (conftest) with people and partnerships; listeners on demand."""
 
     mf: Mailflow
@@ -97,14 +97,6 @@ class World:
     service: App
     clock: SettableClock
     listeners: list[Listener] = field(default_factory=list)
-
-    @property
-    def now(self) -> datetime:
-        return self.clock.now
-
-    @now.setter
-    def now(self, value: datetime) -> None:
-        self.clock.now = value
 
     @property
     def data_dir(self) -> Path:
