@@ -165,7 +165,11 @@ def test_bounce_notice_uses_minimal_context(shipped: Templates) -> None:
 
 def test_html_escapes_user_text_but_text_shows_it_raw(shipped: Templates) -> None:
     ctx = sample_context("digest")
-    ctx["reports"][0]["done"] = "<script>alert('x')</script> & more"
+    ctx["reports"][0]["parts"][0] = {
+        "label": "Done",
+        "text": "<script>alert('x')</script> & more",
+        "paragraphs": ["<script>alert('x')</script> & more"],
+    }
     ctx["member"]["name"] = "Zoë <b>Adler</b>"
     rendered = shipped.render("digest", ctx)
     assert "<script>" not in rendered.html
