@@ -230,7 +230,7 @@ def test_commands_are_taken_out_of_the_report() -> None:
 def test_an_empty_reply_is_quarantined() -> None:
     got = decided("")
     assert got == Quarantine(
-        "empty reply: no new text above the quoted check-in", partnership_id=1, period="2026-W49"
+        "empty reply: no new text outside the quoted check-in", partnership_id=1, period="2026-W49"
     )
 
 
@@ -271,5 +271,5 @@ def test_a_partners_answers() -> None:
     raw = mail(GRACE, "")
     empty = decide(parse_message(raw), target_for(raw, Token(DIGEST, 1, "2026-W49")), FACTS)
     assert empty == Quarantine(
-        "empty reply: no new text above the quoted digest", partnership_id=1, period="2026-W49"
+        "empty reply: no new text outside the quoted digest", partnership_id=1, period="2026-W49"
     )
