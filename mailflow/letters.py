@@ -279,7 +279,8 @@ def _part(label: str, text: str) -> dict[str, Any]:
     return {"label": label, "text": "\n\n".join(paragraphs), "paragraphs": paragraphs}
 
 
-MIN_WRAP_WIDTH = 60  # text whose longest line is shorter was not wrapped by a program
+MIN_WRAP_WIDTH = 60  # a text whose lines all stay shorter was not wrapped by a program
+MAX_WRAP_WIDTH = 80  # mail clients wrap at 72 to 78 columns; a longer line is not a wrap's
 _LIST_LINE = re.compile(r"^\s*(?:[-*•·+–]\s|\d{1,3}[.)]\s|>)")
 
 
@@ -287,15 +288,16 @@ def reflow(text: str) -> list[str]:
     """The paragraphs of a member's text, with the line breaks her mail client added undone.
 
     The stored text has already lost format=flowed's soft breaks (the parser joins them, RFC
-    3676), so what is left of a flowed mail is one line per paragraph. A client that wraps
-    without format=flowed (mutt, many webmails) breaks lines at a fixed width: a line is
-    taken to continue on the next when the next line's first word would not have fitted on
-    it within the text's longest line (greedy wrapping would have put it there otherwise).
-    Blank lines stay paragraph breaks; list items, section labels and lines after a colon
-    keep their own line (as "\n" inside the paragraph).
+    3676), so a flowed mail arrives as one line per paragraph, and those are left as they
+    are. A client that wraps without format=flowed (mutt with its editor, many webmails)
+    breaks lines at a fixed width of at most 80 columns: when at least two lines reach
+    near the longest such line, that is the width, and a line is taken to continue on the
+    next when the next line's first word would not have fitted on it (greedy wrapping would
+    have put it there otherwise). Blank lines stay paragraph breaks; list items, section
+    labels and lines after a colon keep their own line (as "\n" inside the paragraph).
     """
     lines = [line.rstrip() for line in text.strip("\n").split("\n")]
-    width = max((len(line) for line in lines), default=0)
+    width = _wrap_width(lines)
     paragraphs: list[str] = []
     current: list[str] = []
     last = ""  # the last physical line, for the width test
@@ -305,7 +307,7 @@ def reflow(text: str) -> list[str]:
                 paragraphs.append("\n".join(current))
                 current = []
             continue
-        if current and _continues(last, line, width):
+        if current and width and _continues(last, line, width):
             current[-1] += " " + line.strip()
         else:
             current.append(line)
@@ -315,9 +317,18 @@ def reflow(text: str) -> list[str]:
     return paragraphs
 
 
+def _wrap_width(lines: list[str]) -> int:
+    """The width a program wrapped `lines` at, or 0 when they do not look wrapped."""
+    lengths = [len(line) for line in lines if len(line) <= MAX_WRAP_WIDTH]
+    width = max(lengths, default=0)
+    if width < MIN_WRAP_WIDTH or sum(1 for n in lengths if n >= width - 12) < 2:
+        return 0
+    return width
+
+
 def _continues(previous: str, line: str, width: int) -> bool:
-    """Whether `line` is the rest of `previous`, which a fixed-width wrap cut."""
-    if width < MIN_WRAP_WIDTH or previous.rstrip().endswith(":"):
+    """Whether `line` is the rest of `previous`, which a wrap at `width` cut."""
+    if len(previous) > width or previous.rstrip().endswith(":"):
         return False
     if _LIST_LINE.match(line) or label_of_line(line) is not None:
         return False

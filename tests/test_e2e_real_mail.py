@@ -157,8 +157,10 @@ def test_our_checkin_carries_the_address_the_fixtures_answer(world: World) -> No
     """The replay is honest: this world's real check-in is the one the clients replied to."""
     [checkin] = world.to(PRIYA, "check-in")
     recorded = message_from_bytes(fixture("checkin.eml"), policy=policy.default)
-    assert checkin.message["Reply-To"] == recorded["Reply-To"] == addressed_to(
-        fixture("mutt_bottom.eml")
+    assert (
+        checkin.message["Reply-To"]
+        == recorded["Reply-To"]
+        == addressed_to(fixture("mutt_bottom.eml"))
     )
     assert checkin.message["Message-ID"] == recorded["Message-ID"]
     assert "above or below the quoted check-in" in text_of(checkin)
