@@ -149,7 +149,9 @@ class Intake:
         if not isinstance(target, triage.Target):
             return _signed(target, parsed.from_address or entry.mail_from)
         facts = self._facts(target, roster, views)
-        decision = triage.decide(parsed, target, replace(facts, released=release))
+        if release:
+            facts = replace(facts, released=True)
+        decision = triage.decide(parsed, target, facts)
         return _signed(decision, parsed.from_address or entry.mail_from)
 
     def _facts(
