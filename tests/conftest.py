@@ -82,6 +82,16 @@ def now_args(now: datetime | None = None) -> list[str]:
     return ["--now", (now or datetime.now(UTC)).isoformat()]
 
 
+def die_with_parent() -> None:
+    """`preexec_fn` for long-running `mailflow` subprocesses: SIGKILL them when the test
+    process goes away, so a test killed by its timeout leaves no `serve` running behind it."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 # -- the shared world ---------------------------------------------------------------------------
 
 DOMAIN = "hot.example.com"

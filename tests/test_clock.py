@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from clitools import Mailflow, run_console
-from conftest import free_port
+from conftest import die_with_parent, free_port
 from smtp_recorder import RecordingSMTPServer
 
 import mailflow
@@ -146,6 +146,7 @@ def test_serve_starts_its_clock_at_now_and_lets_it_run(
             [MAILFLOW, "--now", WHEN.isoformat(), "--config", str(mf.config), "serve"],
             stdout=subprocess.DEVNULL,
             stderr=(tmp_path / "serve.log").open("wb"),
+            preexec_fn=die_with_parent,
         )
         try:
             [checkin] = relay.wait_for(1, timeout=20)

@@ -21,7 +21,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import free_port, now_args
+from conftest import die_with_parent, free_port, now_args
 from smtp_recorder import RecordedMessage, RecordingSMTPServer, html_of, text_of
 
 MAILFLOW = str(Path(sys.executable).parent / "mailflow")
@@ -163,6 +163,7 @@ class Serve:
             [MAILFLOW, *now_args(), "--config", str(config), "serve"],
             stdout=subprocess.DEVNULL,
             stderr=log.open("wb"),
+            preexec_fn=die_with_parent,
         )
 
     def stop(self) -> float:
