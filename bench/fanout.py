@@ -3,7 +3,7 @@
 Usage: ``.venv/bin/python bench/fanout.py [--n 10000] [--profile FILE.html]``
 
 Ours: N accepted partnerships whose check-in is due (written directly through Store), then
-one `Service.tick(now)`, timed: render every check-in, write and sync the files, record the
+one `App.tick(now)`, timed: render every check-in, write and sync the files, record the
 jobs, deliver through the relay (a do-nothing aiosmtpd sink, `bench/common.py sink`, in its
 own process) and mark them sent. Raw: plain smtplib sends the same N messages (the very
 files ours rendered, read into memory first) to the same sink over one connection.
@@ -26,8 +26,8 @@ import common as c  # noqa: E402
 
 
 def measure(n: int, profile: Path | None) -> tuple[float, float]:
+    from mailflow.app import build
     from mailflow.config import load
-    from mailflow.service import Service
     from mailflow.store import Store
 
     root = c.workdir("mailflow-bench-fanout-")
@@ -39,7 +39,7 @@ def measure(n: int, profile: Path | None) -> tuple[float, float]:
         c.progress(f"populating {n} partnerships with their check-in due")
         pop = c.populate(data, n, now, checkins_done=False)
         with c.sink(port):
-            service = Service(load(config_path, {"MAILFLOW_SECRET": c.SECRET}))
+            app = build(load(config_path, {"MAILFLOW_SECRET": c.SECRET}))
             c.progress("tick: render, record and send every check-in")
             profiler = None
             if profile is not None:
@@ -48,7 +48,7 @@ def measure(n: int, profile: Path | None) -> tuple[float, float]:
                 profiler = Profiler()
                 profiler.start()
             started = time.perf_counter()
-            report = service.tick(now)
+            report = app.tick(now)
             elapsed = time.perf_counter() - started
             if profiler is not None:
                 profiler.stop()
@@ -63,7 +63,7 @@ def measure(n: int, profile: Path | None) -> tuple[float, float]:
             messages = [
                 (o.to, (data / o.path).read_bytes()) for o in sorted(outgoing, key=lambda o: o.key)
             ]
-            sender = service.bounce_address
+            sender = app.svc.keys.bounce_address
             c.progress(f"raw: smtplib, one connection, {n} pre-built messages")
             raw_started = time.perf_counter()
             with smtplib.SMTP("127.0.0.1", port, local_hostname=c.DOMAIN, timeout=60) as smtp:

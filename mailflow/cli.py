@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +20,11 @@ from zoneinfo import ZoneInfo
 
 import click
 
+from mailflow import admin
 from mailflow import partnerships as pships
 from mailflow.clock import Clock, shifted_clock, system_clock
 from mailflow.config import Config, load
-from mailflow.errors import MailflowError, UsageProblem, one_line
+from mailflow.errors import MailflowError, StartupError, UsageProblem, one_line
 from mailflow.models import Partnership, Person
 from mailflow.people import (
     CSV_COLUMNS,
@@ -39,10 +40,6 @@ from mailflow.people import (
 from mailflow.store import Store
 
 PROGRESS_BAR_ROWS = 500
-
-
-class CliError(UsageProblem):
-    """Raised by commands: printed as one `error:` line, exit 1."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,8 @@ pass_app = click.make_pass_decorator(App)
 
 
 def fail(message: str) -> NoReturn:
-    raise CliError(message)
+    """Stop the command with one `error:` line (exit 1); `main` prints it."""
+    raise UsageProblem(message)
 
 
 def emit_json(value: Any) -> None:
@@ -426,22 +424,18 @@ def partnerships_add(
     if p.allow_same_line:
         click.echo("note: same department or reporting line allowed by --allow-same-line")
     try:
-        for line in _service(app).introduce(p.id, app.now()).lines:
+        for line in _build(app).jobs.introduce(p.id, app.now()).lines:
             click.echo(line)
     except Exception as exc:  # noqa: BLE001 - the partnership exists; `serve` retries the intro
         click.echo(f"warning: introductions not sent yet ({exc}); serve/tick will retry", err=True)
     click.echo(p.id)
 
 
-def _get_partnership(app: App, pid: str) -> Partnership:
+def _pid(pid: str) -> int:
     try:
-        number = int(pid)
+        return int(pid)
     except ValueError:
         fail(f'partnership id must be a number, got "{pid}"')
-    p = app.store.core().partnership(number)
-    if p is None:
-        fail(f"no partnership {number}")
-    return p
 
 
 @partnerships.command("list")
@@ -470,30 +464,14 @@ def partnerships_list(app: App, as_json: bool) -> None:
     )
 
 
-def reports_of(store: Store, pid: int) -> list[dict[str, Any]]:
-    out = []
-    for period in store.periods():
-        for r in store.week(period).reports(pid):
-            out.append(
-                {
-                    "period": r.period,
-                    "received_at": r.received_at.isoformat(),
-                    "message_id": r.message_id,
-                    "setback": r.setback,
-                    "text": r.text,
-                }
-            )
-    return sorted(out, key=lambda r: r["received_at"])
-
-
 @partnerships.command("show")
 @click.argument("pid", metavar="ID")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def partnerships_show(app: App, pid: str, as_json: bool) -> None:
     """Show one partnership with its goals and reports."""
-    p = _get_partnership(app, pid)
-    reports = reports_of(app.store, p.id)
+    p = admin.partnership(app.store, _pid(pid))
+    reports = admin.reports(app.store, p.id)
     if as_json:
         emit_json({**partnership_json(p), "reports": reports})
         return
@@ -525,22 +503,6 @@ def partnerships_show(app: App, pid: str, as_json: bool) -> None:
         click.echo(f"  {r['period']}  {r['received_at']}{flag}  {first[:60]}")
 
 
-def _member_today(app: App, p: Partnership) -> datetime:
-    person = app.store.core().person(p.member)
-    tz = ZoneInfo(person.timezone if person else app.config.service.timezone)
-    return app.now().astimezone(tz)
-
-
-def _update(app: App, pid: str, change: Callable[[Partnership], Partnership]) -> Partnership:
-    p = _get_partnership(app, pid)
-    with app.store.core_tx() as core:
-        current = core.partnership(p.id)
-        assert current is not None  # partnerships are never deleted
-        updated = change(current)
-        core.put_partnership(updated)
-    return updated
-
-
 @partnerships.command("pause")
 @click.argument("pid", metavar="ID")
 @click.option("--until", default=None, help="YYYY-MM-DD: resumes by itself on this date.")
@@ -548,9 +510,8 @@ def _update(app: App, pid: str, change: Callable[[Partnership], Partnership]) ->
 def partnerships_pause(app: App, pid: str, until: str | None) -> None:
     """Pause check-ins."""
     until_date = pships.parse_date(until, "until") if until else None
-    p = _get_partnership(app, pid)
-    today = _member_today(app, p).date()
-    updated = _update(app, pid, lambda cur: pships.pause(cur, until_date, today))
+    tz = app.config.service.timezone
+    updated = admin.pause(app.store, _pid(pid), until_date, app.now(), tz)
     click.echo(f"paused {updated.id}" + (f" until {until_date}" if until_date else ""))
 
 
@@ -559,7 +520,7 @@ def partnerships_pause(app: App, pid: str, until: str | None) -> None:
 @pass_app
 def partnerships_resume(app: App, pid: str) -> None:
     """Resume check-ins."""
-    updated = _update(app, pid, pships.resume)
+    updated = admin.resume(app.store, _pid(pid))
     click.echo(f"resumed {updated.id}")
 
 
@@ -568,8 +529,7 @@ def partnerships_resume(app: App, pid: str) -> None:
 @pass_app
 def partnerships_end(app: App, pid: str) -> None:
     """End a partnership for good."""
-    now = app.now()
-    updated = _update(app, pid, lambda cur: pships.end(cur, now))
+    updated = admin.end(app.store, _pid(pid), app.now())
     click.echo(f"ended {updated.id}")
 
 
@@ -606,12 +566,7 @@ def templates_check(app: App) -> None:
 @pass_app
 def templates_preview(app: App, name: str, setback: bool, variant: str | None) -> None:
     """Print the rendered text version of template NAME."""
-    from mailflow.compose import TemplateError
-
-    try:
-        rendered = _templates(app).preview(name, setback=setback, variant=variant)
-    except TemplateError as exc:
-        fail(str(exc))
+    rendered = _templates(app).preview(name, setback=setback, variant=variant)
     click.echo(f"Subject: {rendered.subject}\n")
     click.echo(rendered.text.rstrip("\n"))
 
@@ -653,10 +608,11 @@ def reply_parse(file: Path, as_json: bool) -> None:
 # -- the week -------------------------------------------------------------------------------
 
 
-def _service(app: App) -> Any:
-    from mailflow.service import Service
+def _build(app: App) -> Any:
+    """The parts of mailflow (`mailflow.app.build`), imported only by commands that run them."""
+    from mailflow.app import build
 
-    return Service(app.config)
+    return build(app.config)
 
 
 def parse_instant(value: str, zone: str, option: str) -> datetime:
@@ -683,13 +639,13 @@ def parse_now(value: str | None, app: App) -> datetime:
 def tick(app: App, now_text: str | None) -> None:
     """Run every job due at NOW once, print what was done, exit."""
     now = parse_now(now_text, app)
-    service = _service(app)
-    problems = service.templates.check()
+    parts = _build(app)
+    problems = parts.templates.check()
     if problems:
         for problem in problems:
             click.echo(problem, err=True)
         fail("templates have errors; nothing sent")
-    report = service.tick(now)
+    report = parts.tick(now)
     for line in report.lines:
         click.echo(line)
     if not report.lines:
@@ -703,22 +659,21 @@ def serve(app: App) -> None:
     import logging
     import threading
 
-    from mailflow.service import ServiceError, install_signal_handlers
+    from mailflow.app import install_signal_handlers
+    from mailflow.app import serve as serve_app
 
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    service = _service(app)
+    parts = _build(app)
     stop = threading.Event()
     install_signal_handlers(stop)
     try:
-        service.serve(app.running_clock(), stop)
-    except ServiceError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot start: {exc}")
+        serve_app(parts, app.running_clock(), stop)
+    except OSError as exc:  # the data directory or a port: before anything ran
+        raise StartupError(f"cannot start: {exc}") from None
 
 
 @cli.command()
@@ -727,7 +682,7 @@ def serve(app: App) -> None:
 @pass_app
 def status(app: App, as_json: bool, now_text: str | None) -> None:
     """This period: sent, replied, setbacks, missing, bouncing, quarantined, outgoing."""
-    data = _service(app).status(parse_now(now_text, app))
+    data = _build(app).status(parse_now(now_text, app))
     if as_json:
         emit_json(data)
         return
@@ -811,13 +766,13 @@ def partners_suggest(app: App, member: str, skill: str, as_json: bool) -> None:
 @pass_app
 def export_cmd(app: App, fmt: str, since: str | None) -> None:
     """Every progress record, one row each, oldest first, to stdout."""
-    from mailflow.export import export_rows, iter_reports, write_csv, write_json
+    from mailflow.export import export_rows, write_csv, write_json
 
     # Parsed before touching the store, so a typo fails fast with one `error:` line.
     since_date = pships.parse_date(since, "--since") if since is not None else None
     store = app.store
     by_id = {p.id: p for p in store.core().partnerships()}
-    rows = export_rows(by_id, iter_reports(store, since_date), since_date)
+    rows = export_rows(by_id, store.reports(since=since_date), since_date)
     (write_csv if fmt == "csv" else write_json)(rows, sys.stdout)
 
 

@@ -1,19 +1,27 @@
-"""Commands people write in replies, and a partner's yes/no to an introduction (pure).
+"""Commands people write in replies, what they do, and a partner's yes/no (pure).
 
 A member may put a command on a line of its own anywhere in a reply: `pause until
 YYYY-MM-DD`, `pause N weeks`, `resume`, `goal N done`, `stop` (and `confirm stop`), plus
 `skill: SKILL` to pick a partnership. Recognised lines are taken out of the report text; a
 short line that starts like a command but doesn't parse is reported back as not understood
 and stays in the text (it may be prose). Everything is linear-time over the lines.
+
+`apply_commands` applies them to a partnership, one small handler per command (`HANDLERS`),
+and says what was done, what could not be done and what the partner must be told. A `stop`
+takes two replies: the first asks, a second one within `STOP_CONFIRM_DAYS` ends it.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
+from mailflow import partnerships as pships
+from mailflow.errors import DomainError
+from mailflow.models import Partnership
 from mailflow.parse import fold_typography
 
 PAUSE_UNTIL = "pause_until"
@@ -21,6 +29,7 @@ RESUME = "resume"
 GOAL_DONE = "goal_done"
 STOP = "stop"
 MAX_PAUSE_WEEKS = 52
+STOP_CONFIRM_DAYS = 7
 _VERBS = ("pause", "resume", "goal", "stop", "confirm")
 _MAX_COMMAND_WORDS = 5
 
@@ -115,6 +124,112 @@ def _command(line: str, today: date) -> tuple[Command | None, str | None]:
         "confirm": 'write "confirm stop" on a line of its own',
     }
     return None, f'not understood: "{line}" ({hints[words[0]]})'
+
+
+# -- what the commands do ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Env:
+    """When a reply's commands run: the member's date, the instant, the reply's Message-ID."""
+
+    today: date
+    at: datetime
+    mid: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one command did: the partnership after it, a line for the receipt, a notice for
+    the partner (action, until), a question back to the member."""
+
+    partnership: Partnership
+    done: str = ""
+    notice: tuple[str, str] | None = None
+    question: str = ""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a reply's commands did, together."""
+
+    partnership: Partnership
+    done: tuple[str, ...]
+    problems: tuple[str, ...]  # '"LINE": why', for commands the rules refused
+    notices: tuple[tuple[str, str], ...]  # (action, until) for the partner, in order
+    question: str  # the last question asked back ("" for none)
+
+
+def _pause(p: Partnership, c: Command, env: Env) -> Step:
+    if c.until is None:
+        return Step(p)
+    return Step(
+        pships.pause(p, c.until, env.today),
+        f"Paused until {c.until}: no check-ins before then.",
+        ("paused", c.until.isoformat()),
+    )
+
+
+def _resume(p: Partnership, c: Command, env: Env) -> Step:
+    return Step(pships.resume(p), "Resumed: check-ins start again.", ("resumed", ""))
+
+
+def _goal_done(p: Partnership, c: Command, env: Env) -> Step:
+    if c.goal is None:
+        return Step(p)
+    updated = pships.goal_done(p, c.goal, env.today)
+    goal = next(g for g in updated.goals if g.n == c.goal)
+    return Step(updated, f"Goal {c.goal} marked achieved: {goal.text}")
+
+
+def _stop(p: Partnership, c: Command, env: Env) -> Step:
+    """The first stop asks; a second one (another reply) within STOP_CONFIRM_DAYS ends it."""
+    asked = p.stop_requested_at
+    if (
+        p.stop_requested
+        and p.stop_requested != env.mid
+        and asked is not None
+        and env.at - asked <= timedelta(days=STOP_CONFIRM_DAYS)
+    ):
+        ended = pships.end(p, env.at).with_changes(end_reason="stopped by the member")
+        return Step(ended, "Stopped: this partnership has ended.", ("stopped", ""))
+    return Step(
+        p.with_changes(stop_requested=env.mid, stop_requested_at=env.at),
+        question=f'To end this partnership, reply "stop" again within {STOP_CONFIRM_DAYS} days.',
+    )
+
+
+HANDLERS: dict[str, Callable[[Partnership, Command, Env], Step]] = {
+    PAUSE_UNTIL: _pause,
+    RESUME: _resume,
+    GOAL_DONE: _goal_done,
+    STOP: _stop,
+}
+
+
+def apply_commands(p: Partnership, commands: Sequence[Command], env: Env) -> CommandResult:
+    """Apply a reply's commands in order to `p` (the record as stored now).
+
+    A command the rules refuse (DomainError: pausing an ended partnership, an unknown goal)
+    becomes a problem line and the others still run.
+    """
+    done: list[str] = []
+    problems: list[str] = []
+    notices: list[tuple[str, str]] = []
+    question = ""
+    for c in commands:
+        try:
+            step = HANDLERS[c.kind](p, c, env)
+        except DomainError as exc:
+            problems.append(f'"{c.line}": {exc}')
+            continue
+        p = step.partnership
+        if step.done:
+            done.append(step.done)
+        if step.notice is not None:
+            notices.append(step.notice)
+        question = step.question or question
+    return CommandResult(p, tuple(done), tuple(problems), tuple(notices), question)
 
 
 ACCEPT = "accepted"

@@ -1,4 +1,4 @@
-"""Compose outgoing mail: render the Jinja2 templates and build the MIME message.
+"""Templates: load, sandbox, check, refresh and render the Jinja2 templates of outgoing mail.
 
 Templates live in ``templates/`` at the repository root (:data:`SHIPPED_DIR`). For every name in
 :data:`TEMPLATE_NAMES` there are three files: ``NAME.subject.j2``, ``NAME.txt.j2`` and
@@ -12,28 +12,21 @@ Rendering is done in a :class:`jinja2.sandbox.SandboxedEnvironment` with
 files are autoescaped, so user text is escaped in HTML and shown as written in plain text.
 
 A broken template must never reach an inbox. :meth:`Templates.check` renders every template in
-every variant with sample data (:func:`sample_context`) and reports each problem as one line
-``FILE:LINE: message``; it also looks, without rendering, for unknown variables and unknown keys
-in branches the sample data does not reach. :class:`Templates` keeps an in-memory copy of the
-last set of files that passed the check: :meth:`Templates.refresh` (called by ``serve``) switches
-to edited files only once they pass, and :meth:`Templates.render` always uses the last good set.
+every variant with sample data (:func:`mailflow.samples.variants`) and reports each problem as
+one line ``FILE:LINE: message``; it also looks, without rendering, for unknown variables and
+unknown keys in branches the sample data does not reach. :class:`Templates` keeps an in-memory
+copy of the last set of files that passed the check: :meth:`Templates.refresh` (called by
+``serve``) switches to edited files only once they pass, and :meth:`Templates.render` always
+uses the last good set.
 """
 
 from __future__ import annotations
 
-import email.policy
-import random
 import re
-import sys
 import traceback
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from email import quoprimime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,35 +34,12 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from mailflow import errors
+from mailflow.errors import TemplateError
+from mailflow.letters import TEMPLATE_NAMES, require_template
+from mailflow.mime import Rendered
+from mailflow.samples import sample_context, variants
 
-__all__ = [
-    "SHIPPED_DIR",
-    "TEMPLATE_NAMES",
-    "PARTS",
-    "Rendered",
-    "TemplateError",
-    "Templates",
-    "build_message",
-    "sample_context",
-    "sample_variants",
-]
-
-TEMPLATE_NAMES: tuple[str, ...] = (
-    "checkin",
-    "reminder",
-    "digest",
-    "no_report",
-    "bounce_notice",
-    "intro",
-    "checkin_ack",
-    "receipt",
-    "pause_notice",
-    "partner_note",
-    "summary",
-    "consent_notice",
-)
-"""The templates the sender uses; ``templates preview NAME`` accepts exactly these."""
+__all__ = ["PARTS", "SHIPPED_DIR", "TEMPLATE_NAMES", "Rendered", "TemplateError", "Templates"]
 
 PARTS: tuple[str, ...] = ("subject", "txt", "html")
 """The three files of one template: ``NAME.subject.j2``, ``NAME.txt.j2``, ``NAME.html.j2``."""
@@ -82,365 +52,11 @@ directory is ``REPO/mailflow`` and the templates are ``REPO/templates``. ``resol
 independent of the current directory and of symlinks to the module.
 """
 
-REPLY_MARKER = "--- reply above this line ---"
-"""First line of the check-in and reminder text: the reply parser cuts quoted history there."""
-
 _TEMPLATE_SUFFIX = ".j2"
 
 
 def _filename(name: str, part: str) -> str:
     return f"{name}.{part}{_TEMPLATE_SUFFIX}"
-
-
-def _one_line(text: str) -> str:
-    """Collapse all whitespace (newlines included) into single spaces."""
-    return " ".join(str(text).split())
-
-
-# --------------------------------------------------------------------------------------------
-# Results and errors
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """One rendered mail: a one-line subject, the plain-text body and the HTML body."""
-
-    subject: str
-    text: str
-    html: str
-
-
-class TemplateError(errors.TemplateError):
-    """A template could not be loaded, compiled or rendered.
-
-    ``str(error)`` is a single line ``FILE:LINE: message`` (or ``FILE: message`` when no line
-    applies, or just the message when no file does).
-    """
-
-    def __init__(self, message: str, file: str | None = None, line: int | None = None) -> None:
-        self.message = _one_line(message)
-        self.file = file
-        self.line = line
-        super().__init__(self._format())
-
-    def _format(self) -> str:
-        if self.file is None:
-            return self.message
-        if self.line is None:
-            return f"{self.file}: {self.message}"
-        return f"{self.file}:{self.line}: {self.message}"
-
-    def __str__(self) -> str:
-        return self._format()
-
-
-# --------------------------------------------------------------------------------------------
-# Sample data (the exact shapes the sender passes)
-
-
-def _sample_goals() -> list[dict[str, Any]]:
-    return [
-        {
-            "n": 1,
-            "due": "2026-11-20",
-            "text": "Finish the online course on structuring a talk (all 6 modules).",
-            "days_left": -3,
-            "overdue": True,
-            "done": False,
-        },
-        {
-            "n": 2,
-            "due": "2026-11-16",
-            "text": "Record myself giving a 5-minute talk and watch it back.",
-            "days_left": -7,
-            "overdue": False,
-            "done": True,
-        },
-        {
-            "n": 3,
-            "due": "2026-12-18",
-            "text": "Give a 10-minute talk at the team meeting, without notes & with Q&A.",
-            "days_left": 25,
-            "overdue": False,
-            "done": False,
-        },
-        {
-            "n": 4,
-            "due": "2026-11-24",
-            "text": "Book a slot on the team meeting agenda.",
-            "days_left": 1,
-            "overdue": False,
-            "done": False,
-        },
-    ]
-
-
-def _sample_reports(setback: bool, updated: bool) -> list[dict[str, Any]]:
-    good = {
-        "received_at": "Tuesday 24 November, 18:42 (Europe/Berlin)",
-        "text": (
-            "Done: Practised the talk twice in front of the mirror and once for my flatmate.\n"
-            "Setback: none\n"
-            "Next: Ask Bruno for 10 minutes of Q&A practice on Thursday."
-        ),
-        "done": "Practised the talk twice in front of the mirror and once for my flatmate.",
-        "setback_text": "none",
-        "next": "Ask Bruno for 10 minutes of Q&A practice on Thursday.",
-        "setback": False,
-    }
-    bad = {
-        "received_at": "Thursday 26 November, 21:05 (Europe/Berlin)",
-        "text": (
-            "Done: One practice run on Monday.\n"
-            "Setback: Missed my Wednesday slot, the release slipped and I stayed late "
-            "<again>.\n"
-            "Next: Two short runs before Friday, one with Bruno."
-        ),
-        "done": "One practice run on Monday.",
-        "setback_text": "Missed my Wednesday slot, the release slipped and I stayed late <again>.",
-        "next": "Two short runs before Friday, one with Bruno.",
-        "setback": True,
-    }
-    free_text = {
-        "received_at": "Saturday 28 November, 10:15 (Europe/Berlin)",
-        "text": "Quick update: I booked the team meeting slot for 16 December.",
-        "done": "",
-        "setback_text": "",
-        "next": "",
-        "setback": False,
-    }
-    reports = [bad] if setback else [good]
-    if updated:
-        reports = [good, bad] if setback else [good, free_text]
-    return reports
-
-
-def _sample_history(period: str, current: str) -> list[dict[str, Any]]:
-    """Week-by-week states from the sample start (2026-W45) up to ``period``, oldest first.
-
-    ``current`` is the state of ``period`` itself (e.g. "pending" before a report arrives).
-    """
-    states = ["reported", "setback", "paused", "reported", "missed", "reported", "setback"]
-    last = int(period.rsplit("W", 1)[1])
-    history = []
-    for week, state in zip(range(45, last + 1), states, strict=False):
-        history.append({"period": f"2026-W{week}", "label": f"W{week}", "state": state})
-    history[-1]["state"] = current
-    return history
-
-
-def _intro_goals() -> list[dict[str, Any]]:
-    """The sample goals as they stand on the partnership's first day (2026-11-02)."""
-    days = {1: 18, 2: 14, 3: 46, 4: 22}
-    return [
-        {**goal, "days_left": days[goal["n"]], "overdue": False, "done": False}
-        for goal in _sample_goals()
-    ]
-
-
-_SAMPLE_VARIANTS: dict[str, tuple[str, ...]] = {
-    "intro": ("member", "member accepted", "partner", "partner accepted"),
-    "checkin_ack": ("report", "setback", "updated"),
-    "receipt": ("done", "problems", "question", "partner"),
-    "pause_notice": ("paused", "paused open", "resumed", "stopped"),
-    "partner_note": ("note",),
-    "summary": ("member", "partner"),
-    "consent_notice": ("declined", "declined silently", "no answer"),
-}
-"""The named sample variants of the newer templates; the first is the default."""
-
-
-def sample_variants(name: str) -> tuple[str, ...]:
-    """The named sample variants of ``name`` (``sample_context(name, variant=...)``)."""
-    _require_name(name)
-    return _SAMPLE_VARIANTS.get(name, ())
-
-
-def sample_context(
-    name: str, setback: bool = False, updated: bool = False, variant: str | None = None
-) -> dict[str, Any]:
-    """Realistic sample data for template ``name``, in exactly the shape the sender passes.
-
-    ``setback`` and ``updated`` select the digest variants (a report admitting a setback; an
-    update of a digest already sent this period). ``variant`` selects one of
-    :func:`sample_variants` for the newer templates (default: the first). Unknown ``name`` or
-    ``variant``: :class:`TemplateError`.
-    """
-    _require_name(name)
-    variants = _SAMPLE_VARIANTS.get(name, ())
-    if variant is None or variant == "":
-        variant = variants[0] if variants else ""
-    elif variant not in variants:
-        valid = ", ".join(variants) if variants else "none"
-        raise TemplateError(f"unknown variant {variant!r} of {name}; valid variants: {valid}")
-    service = {
-        "name": "mailflow",
-        "domain": "mailflow.example.com",
-        "from_address": "mailflow@mailflow.example.com",
-    }
-    if name == "bounce_notice":
-        return {
-            "service": service,
-            "address": "bruno.keller@example.com",
-            "reason": "550 5.1.1 <bruno.keller@example.com>: Recipient address rejected: "
-            "User unknown in virtual mailbox table",
-            "period": "2026-W48",
-        }
-    if name == "consent_notice":
-        declined = variant != "no answer"
-        return {
-            "service": service,
-            "partnership": {"id": 7, "skill": "public speaking"},
-            "member": {"name": "Zoë Adler", "email": "zoe.adler@example.com"},
-            "partner": {"name": "Bruno Keller", "email": "bruno.keller@example.com"},
-            "state": "declined" if declined else "no_answer",
-            "days": 2 if declined else 7,
-            "text": (
-                "Sorry, I can't take this on right now: I'm away most of December <travel>."
-                if variant == "declined"
-                else ""
-            ),
-        }
-    context: dict[str, Any] = {
-        "service": service,
-        "member": {
-            "name": "Zoë Adler",
-            "email": "zoe.adler@example.com",
-            "timezone": "Europe/Berlin",
-        },
-        "partner": {"name": "Bruno Keller", "email": "bruno.keller@example.com"},
-        "partnership": {
-            "id": 7,
-            "skill": "public speaking",
-            "why": (
-                "I want to present my own team's work at the quarterly review instead of "
-                "asking someone else to do it, and to stop dreading the Monday stand-up."
-            ),
-            "saddle": (
-                "One missed week is not a pattern. Pick the smallest next step (five minutes "
-                "of practice today) and tell me when it's done. You've done harder things."
-            ),
-            "start": "2026-11-02",
-        },
-        "goals": _sample_goals(),
-        "period": "2026-W48",
-        "period_label": "week 48 of 2026",
-        "reply_marker": REPLY_MARKER,
-        "reply_address": "checkin+q7Hk2VxP9mR4tW8zL3nB5cD6fG1jA0sE@mailflow.example.com",
-    }
-    if name in ("checkin", "reminder"):
-        context["checkin_at"] = "Monday 23 November, 09:00 (Europe/Berlin)"
-    elif name == "digest":
-        reports = _sample_reports(setback, updated)
-        context["reports"] = reports
-        context["setback"] = any(r["setback"] for r in reports)
-        context["updated"] = updated
-        context["history"] = _sample_history("2026-W48", "setback" if setback else "reported")
-    elif name == "no_report":
-        context["checkin_at"] = "Monday 23 November, 09:00 (Europe/Berlin)"
-        context["deadline_hours"] = 96
-        context["history"] = _sample_history("2026-W48", "missed")
-    elif name == "intro":
-        context["goals"] = _intro_goals()
-        context["period"] = "2026-W45"
-        context["period_label"] = "week 45 of 2026"
-        context["role"] = "partner" if variant.startswith("partner") else "member"
-        context["accepted"] = variant.endswith("accepted")
-        context["checkin_day"] = "Monday"
-        context["checkin_time"] = "09:00"
-        context["first_checkin"] = "Monday 9 November, 09:00 (Europe/Berlin)"
-    elif name == "checkin_ack":
-        context["checkin_at"] = "Monday 23 November, 09:00 (Europe/Berlin)"
-        reports = _sample_reports(variant == "setback", variant == "updated")
-        # An early report: it arrived before this period's check-in was due.
-        times = [
-            "Sunday 22 November, 19:58 (Europe/Berlin)",
-            "Monday 23 November, 07:41 (Europe/Berlin)",
-        ]
-        for report, received_at in zip(reports, times, strict=False):
-            report["received_at"] = received_at
-        context["reports"] = reports
-    elif name == "receipt":
-        if variant == "done":
-            context["done_items"] = ["Paused until 2026-12-14", "Goal 2 marked achieved"]
-            context["problems"] = []
-            context["question"] = ""
-            context["report_stored"] = True
-        elif variant == "problems":
-            context["done_items"] = ["Goal 2 marked achieved"]
-            context["problems"] = [
-                'Not understood: "pause til friday" — write "pause until YYYY-MM-DD" or '
-                '"pause N weeks"',
-                'Not understood: "goal 9 done" — there is no goal 9 (goals 1 to 4)',
-            ]
-            context["question"] = ""
-            context["report_stored"] = True
-        elif variant == "question":
-            context["done_items"] = []
-            context["problems"] = []
-            context["question"] = "Reply stop again within 7 days to end this partnership."
-            context["report_stored"] = False
-        else:  # the partner answered the invitation
-            context["done_items"] = ["You accepted. Check-ins for Zoë Adler start on Mondays."]
-            context["problems"] = []
-            context["question"] = ""
-            context["report_stored"] = False
-        context["role"] = "partner" if variant == "partner" else "member"
-    elif name == "pause_notice":
-        context["action"] = variant.split()[0]
-        context["until"] = "2026-12-14" if variant == "paused" else ""
-    elif name == "partner_note":
-        context["received_at"] = "Thursday 26 November, 21:40 (Europe/Berlin)"
-        context["note"] = (
-            "Zoë, a missed slot in release week is normal. Two short runs are a good plan.\n"
-            "I'm free Thursday at 16:00 for the Q&A practice if you want <really>."
-        )
-    elif name == "summary":
-        context["role"] = variant
-        if variant == "member":
-            context["period"] = "2026-W51"
-            context["period_label"] = "week 51 of 2026"
-            context["goals"] = [
-                {**goal, "days_left": days, "overdue": False, "done": True}
-                for goal, days in zip(_sample_goals(), (-26, -30, 2, -22), strict=True)
-            ]
-            context["reason"] = "all goals achieved"
-            context["history"] = _sample_history("2026-W51", "pending")
-            context.update(weeks_asked=5, weeks_reported=4, setbacks=1)
-            context.update(goals_achieved=4, goals_total=4)
-        else:
-            context["period"] = "2026-W51"
-            context["period_label"] = "week 51 of 2026"
-            goals = _sample_goals()
-            context["goals"] = [
-                {**goal, "days_left": days, "overdue": not goal["done"] and days < 0}
-                for goal, days in zip(goals, (-29, -33, -1, -25), strict=True)
-            ]
-            context["reason"] = "the last due date has passed"
-            context["history"] = _sample_history("2026-W51", "setback")
-            context.update(weeks_asked=6, weeks_reported=5, setbacks=2)
-            context.update(goals_achieved=1, goals_total=4)
-    return context
-
-
-def _variants(name: str) -> list[tuple[str, dict[str, Any]]]:
-    """Every sample variant of one template, each with a short label for problem reports."""
-    if name == "digest":
-        return [
-            ("report", sample_context(name)),
-            ("setback", sample_context(name, setback=True)),
-            ("updated", sample_context(name, updated=True)),
-            ("updated setback", sample_context(name, setback=True, updated=True)),
-        ]
-    variants = _SAMPLE_VARIANTS.get(name)
-    if variants:
-        return [(label, sample_context(name, variant=label)) for label in variants]
-    return [("sample", sample_context(name))]
-
-
-def _require_name(name: str) -> None:
-    if name not in TEMPLATE_NAMES:
-        raise TemplateError(f"unknown template {name!r}; valid names: {', '.join(TEMPLATE_NAMES)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -595,7 +211,7 @@ def _location(exc: BaseException, tset: _TemplateSet, filename: str) -> tuple[st
 
 def _clean_subject(subject: str) -> str:
     """One line, stripped, without control characters (a header must never break)."""
-    collapsed = _one_line(subject)
+    collapsed = " ".join(subject.split())
     return "".join(ch for ch in collapsed if unicodedata.category(ch) != "Cc")
 
 
@@ -641,7 +257,7 @@ def _static_problems(tset: _TemplateSet, name: str, filename: str) -> list[str]:
         ast = tset.env.parse(source.text, filename, str(source.path))
     except jinja2.TemplateSyntaxError:
         return []  # reported by the compile step
-    contexts = [ctx for _label, ctx in _variants(name)]
+    contexts = [ctx for _label, ctx in variants(name)]
     known: dict[str, Any] = {}
     for ctx in contexts:
         for key, value in ctx.items():
@@ -712,7 +328,7 @@ class Templates:
 
     def render(self, name: str, context: Mapping[str, Any]) -> Rendered:
         """Render template ``name`` with ``context``; any failure is a :class:`TemplateError`."""
-        _require_name(name)
+        require_template(name)
         return self._active.render(name, context)
 
     def check(self) -> list[str]:
@@ -728,9 +344,9 @@ class Templates:
         """Render ``name`` with sample data.
 
         ``setback`` selects the digest's setback variant; ``variant`` one of
-        :func:`sample_variants` for the newer templates (default: the first).
+        ``samples.sample_variants`` for the newer templates (default: the first).
         """
-        _require_name(name)
+        require_template(name)
         return self.render(name, sample_context(name, setback=setback, variant=variant))
 
     def refresh(self) -> list[str]:
@@ -783,7 +399,7 @@ def _check_set(tset: _TemplateSet) -> list[str]:
                 continue
             if filename in broken:
                 continue
-            for label, context in _variants(name):
+            for label, context in variants(name):
                 try:
                     tset.render_part(name, part, context)
                 except TemplateError as exc:
@@ -803,217 +419,3 @@ def _check_set(tset: _TemplateSet) -> list[str]:
             seen.add(key)
             unique.append(problem)
     return unique
-
-
-# --------------------------------------------------------------------------------------------
-# The MIME message
-
-_POLICY = email.policy.SMTP
-
-
-def _check_header_value(field: str, value: str) -> str:
-    """Refuse control characters (CR, LF, NUL, ...) and Unicode line breaks in a header value."""
-    if not isinstance(value, str):
-        raise ValueError(f"{field}: expected a string, got {type(value).__name__}")
-    for ch in value:
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
-            raise ValueError(f"{field}: control character {ch!r} not allowed in a header")
-    return value
-
-
-def _check_msg_id(field: str, value: str) -> str:
-    _check_header_value(field, value)
-    if not value or any(ch.isspace() for ch in value):
-        raise ValueError(f"{field}: not a message id: {value!r}")
-    return value
-
-
-def _address(field: str, addr_spec: str, display_name: str) -> Address:
-    _check_header_value(field, addr_spec)
-    _check_header_value(field, display_name)
-    try:
-        address = Address(display_name=display_name, addr_spec=addr_spec)
-    except (ValueError, IndexError, TypeError) as exc:
-        raise ValueError(f"{field}: invalid address {addr_spec!r}: {exc}") from exc
-    if not address.username or not address.domain:
-        raise ValueError(f"{field}: invalid address {addr_spec!r}")
-    return address
-
-
-def build_message(
-    rendered: Rendered,
-    *,
-    from_address: str,
-    from_name: str,
-    to_address: str,
-    to_name: str,
-    message_id: str,
-    date: datetime,
-    reply_to: str | None = None,
-    in_reply_to: str | None = None,
-    references: Sequence[str] = (),
-) -> EmailMessage:
-    """A ``multipart/alternative`` message (text, then HTML; UTF-8, quoted-printable) for SMTP.
-
-    Headers: From and To (display names RFC 2047-encoded when needed), Subject (encoded when
-    non-ASCII), Date (``date`` must be timezone-aware), Message-ID exactly as given, Reply-To,
-    In-Reply-To and References when given, ``Auto-Submitted: auto-generated``,
-    ``X-Auto-Response-Suppress: All`` and ``MIME-Version``. Any header value containing CR, LF
-    or another control character raises :class:`ValueError`, so header injection is impossible.
-    The message uses :data:`email.policy.SMTP` (CRLF line ends, folded headers).
-    """
-    if date.tzinfo is None or date.utcoffset() is None:
-        raise ValueError("Date: a timezone-aware datetime is required")
-    subject = _check_header_value("Subject", rendered.subject)
-    msg = EmailMessage(policy=_POLICY)
-    msg["From"] = _address("From", from_address, from_name)
-    msg["To"] = _address("To", to_address, to_name)
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(date)
-    msg["Message-ID"] = _check_msg_id("Message-ID", message_id)
-    if reply_to is not None:
-        msg["Reply-To"] = _address("Reply-To", reply_to, "")
-    if in_reply_to is not None:
-        msg["In-Reply-To"] = _check_msg_id("In-Reply-To", in_reply_to)
-    refs = [_check_msg_id("References", ref) for ref in references]
-    if refs:
-        msg["References"] = " ".join(refs)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg["MIME-Version"] = "1.0"
-    # quoted-printable: 7-bit safe for any relay, and no body line can exceed SMTP's limit.
-    msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
-    return msg
-
-
-# A header line the email package would write unchanged: ASCII, at most 78 characters, single
-# spaces, nothing that looks like an RFC 2047 encoded word. Display names: atext words only
-# (nothing to quote). Anything else takes build_message's general path.
-_PLAIN_VALUE = re.compile(r"^[\x21-\x7e]+(?: [\x21-\x7e]+)*$")
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
-_PLAIN_ADDR = re.compile(
-    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*$"
-)
-_PART_HEAD = (
-    'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-    "Content-Transfer-Encoding: quoted-printable\r\n"
-)
-
-
-def _plain_address(addr: str, name: str) -> str | None:
-    if not _PLAIN_ADDR.match(addr) or (name and not _PLAIN_NAME.match(name)):
-        return None
-    return f"{name} <{addr}>" if name else addr
-
-
-def _qp_body(text: str) -> str:
-    # Exactly what EmailMessage.set_content(cte="quoted-printable") stores (see
-    # email.contentmanager._encode_text), with the generator's CRLF line ends.
-    lines = text.encode("utf-8").splitlines()
-    data = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), 78)
-    parts = _NEWLINES.split(data)
-    if not parts[-1]:
-        parts.pop()
-        return "\r\n".join(parts) + "\r\n"
-    return "\r\n".join(parts)
-
-
-_NEWLINES = re.compile(r"\r\n|\r|\n")
-
-
-def message_bytes(
-    rendered: Rendered,
-    *,
-    from_address: str,
-    from_name: str,
-    to_address: str,
-    to_name: str,
-    message_id: str,
-    date: datetime,
-    reply_to: str | None = None,
-    in_reply_to: str | None = None,
-    references: Sequence[str] = (),
-) -> bytes:
-    """The wire bytes (CRLF) of :func:`build_message`'s message, the same checks and output.
-
-    A fan-out builds thousands of messages, and the email package's header objects cost more
-    than rendering the templates. When every header is a plain ASCII line (the usual case)
-    the bytes are written directly, in the form the email package writes them; otherwise
-    (encoded names or subjects, long lines) build_message does it.
-    """
-    args = {
-        "from_address": from_address,
-        "from_name": from_name,
-        "to_address": to_address,
-        "to_name": to_name,
-        "message_id": message_id,
-        "date": date,
-        "reply_to": reply_to,
-        "in_reply_to": in_reply_to,
-        "references": references,
-    }
-    if date.tzinfo is None or date.utcoffset() is None:
-        raise ValueError("Date: a timezone-aware datetime is required")
-    subject = _check_header_value("Subject", rendered.subject)
-    # A plain ASCII address and name (the regexes admit no control characters) needs none
-    # of the header registry's parsing; anything else is checked the thorough way.
-    if _plain_address(from_address, from_name) is None:
-        _address("From", from_address, from_name)
-    if _plain_address(to_address, to_name) is None:
-        _address("To", to_address, to_name)
-    _check_msg_id("Message-ID", message_id)
-    if reply_to is not None and _plain_address(reply_to, "") is None:
-        _address("Reply-To", reply_to, "")
-    if in_reply_to is not None:
-        _check_msg_id("In-Reply-To", in_reply_to)
-    refs = [_check_msg_id("References", ref) for ref in references]
-    headers = [
-        ("From", _plain_address(from_address, from_name)),
-        ("To", _plain_address(to_address, to_name)),
-        ("Subject", subject),
-        ("Date", format_datetime(date)),
-        ("Message-ID", message_id),
-    ]
-    if reply_to is not None:
-        headers.append(("Reply-To", _plain_address(reply_to, "")))
-    if in_reply_to is not None:
-        headers.append(("In-Reply-To", in_reply_to))
-    if refs:
-        headers.append(("References", " ".join(refs)))
-    lines = []
-    for name, value in headers:
-        line = f"{name}: {value}"
-        if name == "Message-ID" and len(line) > 78 and _PLAIN_VALUE.match(value):
-            # The email package moves an id that is too long for the first line onto a
-            # continuation line when it fits there, and leaves it alone when not.
-            lines.append(f"{name}:\r\n {value}" if len(value) < 78 else line)
-            continue
-        if value is None or len(line) > 78 or "=?" in value or not _PLAIN_VALUE.match(value):
-            msg = build_message(rendered, **args)  # type: ignore[arg-type]
-            return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
-        lines.append(line)
-    text = _PART_HEAD.format(subtype="plain") + "\r\n" + _qp_body(rendered.text)
-    html = _PART_HEAD.format(subtype="html") + "MIME-Version: 1.0\r\n\r\n" + _qp_body(rendered.html)
-    boundary = _boundary(text + "\r\n" + html)
-    out = "\r\n".join(lines) + (
-        "\r\nAuto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: All\r\n"
-        f'MIME-Version: 1.0\r\nContent-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'
-        f"\r\n--{boundary}\r\n{text}\r\n--{boundary}\r\n{html}\r\n--{boundary}--\r\n"
-    )
-    return out.encode("ascii")
-
-
-def _boundary(text: str) -> str:
-    # As email.generator.Generator._make_boundary: random, and never a line of the text.
-    boundary = "=" * 15 + f"{random.randrange(sys.maxsize):019d}" + "=="
-    candidate, counter = boundary, 0
-    # A substring test first: compiling the line pattern per message cost more than the
-    # rest of the boundary work, and a random boundary is practically never in the text.
-    while ("--" + candidate) in text and re.search(
-        "^--" + re.escape(candidate) + "(--)?$", text, re.MULTILINE
-    ):
-        candidate = f"{boundary}.{counter}"
-        counter += 1
-    return candidate

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import time
 from pathlib import Path
@@ -180,89 +180,156 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     raise ConfigError(f"{key}: unsupported value {_describe(value)}")  # pragma: no cover
 
 
-def _validate(cfg: Config) -> None:
-    """Value checks that go beyond types; each names its key."""
+# -- value checks beyond types: one rule per line, checked in order, each names its key --------
 
-    def bad(key: str, why: str) -> ConfigError:
-        return ConfigError(f"{key}: {why}")
+Check = Callable[[Config], str | None]
+"""A rule's check: what is wrong with the config (one phrase), or None when it holds."""
 
-    s = cfg.service
-    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", s.domain) or (
-        ".." in s.domain
-    ):
-        raise bad("service.domain", f'not a valid domain name: "{s.domain}"')
-    for key, addr in (
-        ("service.from_address", s.from_address),
-        ("service.admin_address", s.admin_address),
-    ):
-        if addr:
-            try:
-                validate_email(addr, check_deliverability=False, test_environment=True)
-            except EmailNotValidError as exc:
-                raise bad(key, f'not a valid address "{addr}": {exc}') from None
+_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _domain(value: str) -> str | None:
+    if _DOMAIN.fullmatch(value) and ".." not in value:
+        return None
+    return f'not a valid domain name: "{value}"'
+
+
+def _address(value: str) -> str | None:
+    if not value:
+        return None
     try:
-        check_timezone(s.timezone)
+        validate_email(value, check_deliverability=False, test_environment=True)
+    except EmailNotValidError as exc:
+        return f'not a valid address "{value}": {exc}'
+    return None
+
+
+def _zone(value: str) -> str | None:
+    try:
+        check_timezone(value)
     except ValueError as exc:
-        raise bad("service.timezone", str(exc)) from None
-    if not _ENV_NAME.match(s.secret_env):
-        raise bad("service.secret_env", f'not an environment variable name: "{s.secret_env}"')
+        return str(exc)
+    return None
 
-    ls = cfg.listener
-    if not 0 < ls.port < 65536:
-        raise bad("listener.port", f"expected 1-65535, got {ls.port}")
-    if ls.max_message_bytes < 1024:
-        got = ls.max_message_bytes
-        raise bad("listener.max_message_bytes", f"expected at least 1024, got {got}")
-    if ls.timeout_seconds < 1:
-        raise bad("listener.timeout_seconds", f"expected at least 1, got {ls.timeout_seconds}")
-    if ls.max_connections < 1:
-        raise bad("listener.max_connections", f"expected at least 1, got {ls.max_connections}")
-    if (ls.tls_cert is None) != (ls.tls_key is None):
-        missing = "listener.tls_key" if ls.tls_key is None else "listener.tls_cert"
-        raise bad(missing, "tls_cert and tls_key go together: set both or neither")
-    if ls.require_starttls and ls.tls_cert is None:
-        raise bad("listener.require_starttls", "needs listener.tls_cert and listener.tls_key")
-    if ls.auth_username:
-        if ls.tls_cert is None:
-            raise bad("listener.auth_username", "AUTH needs TLS: set tls_cert and tls_key")
-        if any(c.isspace() or not c.isprintable() for c in ls.auth_username):
-            raise bad("listener.auth_username", "must not contain spaces or control characters")
-    if not _ENV_NAME.match(ls.auth_password_env):
-        raise bad(
-            "listener.auth_password_env",
-            f'not an environment variable name: "{ls.auth_password_env}"',
-        )
 
-    r = cfg.relay
-    if not 0 < r.port < 65536:
-        raise bad("relay.port", f"expected 1-65535, got {r.port}")
-    if r.starttls and r.ssl:
-        raise bad("relay.ssl", "starttls and ssl are exclusive: choose one")
-    if not _ENV_NAME.match(r.password_env):
-        raise bad("relay.password_env", f'not an environment variable name: "{r.password_env}"')
-    if r.timeout_seconds < 1:
-        raise bad("relay.timeout_seconds", f"expected at least 1, got {r.timeout_seconds}")
+def _env_name(value: str) -> str | None:
+    return None if _ENV_NAME.match(value) else f'not an environment variable name: "{value}"'
 
+
+def _port(value: int) -> str | None:
+    return None if 0 < value < 65536 else f"expected 1-65535, got {value}"
+
+
+def _at_least(minimum: int) -> Callable[[int], str | None]:
+    def check(value: int) -> str | None:
+        if value >= minimum:
+            return None
+        if minimum == 0:  # digest_delay_minutes: 0 means "at the next tick"
+            return f"expected 0 or more, got {value}"
+        return f"expected at least {minimum}, got {value}"
+
+    return check
+
+
+def _weekday(value: str) -> str | None:
+    return None if value.lower() in WEEKDAYS else f'expected a weekday name, got "{value}"'
+
+
+def _hhmm(value: str) -> str | None:
+    try:
+        parse_hhmm(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _value(key: str, check: Callable[[Any], str | None]) -> tuple[str, Check]:
+    """A rule on one value, found by its dotted key."""
+    section, name = key.split(".")
+    return key, lambda cfg: check(getattr(getattr(cfg, section), name))
+
+
+def _when(key: str, broken: Callable[[Config], bool], why: str) -> tuple[str, Check]:
+    """A rule across keys: `why` when `broken(cfg)`."""
+    return key, lambda cfg: why if broken(cfg) else None
+
+
+def _auth_name(value: str) -> str | None:
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return "must not contain spaces or control characters"
+    return None
+
+
+def _deadline_after_remind(cfg: Config) -> str | None:
     sc = cfg.schedule
-    if sc.checkin_day.lower() not in WEEKDAYS:
-        raise bad("schedule.checkin_day", f'expected a weekday name, got "{sc.checkin_day}"')
-    try:
-        parse_hhmm(sc.checkin_time)
-    except ValueError as exc:
-        raise bad("schedule.checkin_time", str(exc)) from None
-    if sc.digest_delay_minutes < 0:  # 0: the digest goes out at the next tick
-        got = sc.digest_delay_minutes
-        raise bad("schedule.digest_delay_minutes", f"expected 0 or more, got {got}")
-    for name in ("remind_after_hours", "deadline_after_hours", "tick_seconds", "consent_days"):
-        if getattr(sc, name) < 1:
-            raise bad(f"schedule.{name}", f"expected at least 1, got {getattr(sc, name)}")
     if sc.deadline_after_hours <= sc.remind_after_hours:
-        raise bad(
-            "schedule.deadline_after_hours",
-            f"must be greater than remind_after_hours ({sc.remind_after_hours})",
-        )
-    if sc.deadline_after_hours > 24 * 7 - 1:
-        raise bad("schedule.deadline_after_hours", "must fall within the week (at most 167)")
+        return f"must be greater than remind_after_hours ({sc.remind_after_hours})"
+    return None
+
+
+_RULES: tuple[tuple[str, Check], ...] = (
+    _value("service.domain", _domain),
+    _value("service.from_address", _address),
+    _value("service.admin_address", _address),
+    _value("service.timezone", _zone),
+    _value("service.secret_env", _env_name),
+    _value("listener.port", _port),
+    _value("listener.max_message_bytes", _at_least(1024)),
+    _value("listener.timeout_seconds", _at_least(1)),
+    _value("listener.max_connections", _at_least(1)),
+    _when(
+        "listener.tls_key",
+        lambda c: c.listener.tls_cert is not None and c.listener.tls_key is None,
+        "tls_cert and tls_key go together: set both or neither",
+    ),
+    _when(
+        "listener.tls_cert",
+        lambda c: c.listener.tls_cert is None and c.listener.tls_key is not None,
+        "tls_cert and tls_key go together: set both or neither",
+    ),
+    _when(
+        "listener.require_starttls",
+        lambda c: c.listener.require_starttls and c.listener.tls_cert is None,
+        "needs listener.tls_cert and listener.tls_key",
+    ),
+    _when(
+        "listener.auth_username",
+        lambda c: bool(c.listener.auth_username) and c.listener.tls_cert is None,
+        "AUTH needs TLS: set tls_cert and tls_key",
+    ),
+    _value("listener.auth_username", _auth_name),
+    _value("listener.auth_password_env", _env_name),
+    _value("relay.port", _port),
+    _when(
+        "relay.ssl",
+        lambda c: c.relay.starttls and c.relay.ssl,
+        "starttls and ssl are exclusive: choose one",
+    ),
+    _value("relay.password_env", _env_name),
+    _value("relay.timeout_seconds", _at_least(1)),
+    _value("schedule.checkin_day", _weekday),
+    _value("schedule.checkin_time", _hhmm),
+    _value("schedule.digest_delay_minutes", _at_least(0)),
+    _value("schedule.remind_after_hours", _at_least(1)),
+    _value("schedule.deadline_after_hours", _at_least(1)),
+    _value("schedule.tick_seconds", _at_least(1)),
+    _value("schedule.consent_days", _at_least(1)),
+    ("schedule.deadline_after_hours", _deadline_after_remind),
+    _when(
+        "schedule.deadline_after_hours",
+        lambda c: c.schedule.deadline_after_hours > 24 * 7 - 1,
+        "must fall within the week (at most 167)",
+    ),
+)
+
+
+def _validate(cfg: Config) -> None:
+    """Value checks that go beyond types, in `_RULES` order; the first broken one raises
+    ConfigError("KEY: why")."""
+    for key, check in _RULES:
+        why = check(cfg)
+        if why is not None:
+            raise ConfigError(f"{key}: {why}")
 
 
 def from_mapping(

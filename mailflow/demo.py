@@ -1,8 +1,8 @@
 """`mailflow demo`: one whole week in simulated time, in a temporary data directory.
 
-It runs the real parts: the store, the scheduler, the templates, the outbox (writing .eml
-files), and the SMTP listener on a free loopback port, to which the member's reply is sent
-with smtplib. Only the clock is simulated, by passing `now` to each tick.
+It runs the real parts (`app.build`): the store, the scheduler, the templates, the outbox
+(writing .eml files), and the SMTP listener on a free loopback port, to which the member's
+reply is sent with smtplib. Only the clock is simulated, by passing `now` to each tick.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from email.message import EmailMessage
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from mailflow.app import build
 from mailflow.config import from_mapping
 from mailflow.models import Person
 from mailflow.partnerships import new_partnership
-from mailflow.service import Service
 
 
 def _free_port() -> int:
@@ -64,128 +64,124 @@ def _reply(to: EmailMessage, sender: str, mid: str, body: str, quoted_text: str)
     return reply
 
 
-def run_demo(echo: Callable[[str], None], now: datetime) -> None:
-    """The demo week, set two weeks after `now` (the CLI's clock), in a temporary data dir."""
-    from mailflow.inbox import Listener, ListenerOptions
+class _Week:
+    """The demo's world: one app on a temporary data dir, its listener, a settable clock."""
 
-    with tempfile.TemporaryDirectory(prefix="mailflow-demo-") as tmp:
-        port = _free_port()
-        config = from_mapping(
+    def __init__(self, echo: Callable[[str], None], tmp: str, now: datetime) -> None:
+        self.echo = echo
+        self.port = _free_port()
+        self.config = from_mapping(
             {
                 "service": {
                     "domain": "demo.mailflow.localhost",
                     "data_dir": str(Path(tmp) / "data"),
                     "timezone": "Europe/Berlin",
                 },
-                "listener": {"port": port},
+                "listener": {"port": self.port},
             }
         )
-        service = Service(config)
+        self.app = build(self.config)
         # Monday 09:00 in Berlin of the week after next: a fresh, whole week.
         berlin = ZoneInfo("Europe/Berlin")
         today = now.astimezone(berlin).date()
-        monday = today + timedelta(days=14 - today.weekday())
-        at = datetime(monday.year, monday.month, monday.day, 9, 0, tzinfo=berlin)
-        clock = [at - timedelta(days=3)]
-        ada = Person("ada@demo.example.com", "Ada Lovelace", "Engineering", None, "Europe/Berlin")
-        grace = Person(
-            "grace@demo.example.com",
-            "Grace Hopper",
-            "Sales",
-            None,
-            "America/New_York",
-            offers=("public speaking",),
+        self.monday = today + timedelta(days=14 - today.weekday())
+        self.at = datetime(
+            self.monday.year, self.monday.month, self.monday.day, 9, 0, tzinfo=berlin
         )
-        with service.store.core_tx() as core:
-            core.put_person(ada)
-            core.put_person(grace)
+        self.now = self.at - timedelta(days=3)
+        self.outbox = self.app.data_dir / "outbox"
+        self.listener = self.app.listener(
+            lambda: self.now, max_message_bytes=1 << 20, timeout_seconds=10, max_connections=10
+        )
+
+    def populate(self) -> None:
+        """Ada (Berlin) learns public speaking from Grace (New York)."""
+        with self.app.store.core_tx() as core:
+            core.put_person(ADA)
+            core.put_person(GRACE)
             people = {p.email: p for p in core.people()}
             p = new_partnership(
                 pid=1,
-                member=ada.email,
-                partner=grace.email,
+                member=ADA.email,
+                partner=GRACE.email,
                 skill="public speaking",
                 goals=[
-                    f"{monday + timedelta(days=30)} Give a 10-minute talk at the all-hands",
-                    f"{monday + timedelta(days=60)} Speak at the regional meetup",
+                    f"{self.monday + timedelta(days=30)} Give a 10-minute talk at the all-hands",
+                    f"{self.monday + timedelta(days=60)} Speak at the regional meetup",
                 ],
                 why="I want to lead the design reviews, and that means speaking up.",
                 saddle="Ada, one bad week is data, not a verdict. Book the room for Thursday.",
                 people=people,
                 existing=[],
-                now=clock[0],
-                start=monday.isoformat(),
+                now=self.now,
+                start=self.monday.isoformat(),
             )
             core.put_partnership(p)
-        outbox = service.data_dir / "outbox"
-        listener = Listener(
-            ListenerOptions(
-                host="127.0.0.1",
-                port=port,
-                max_message_bytes=1 << 20,
-                timeout_seconds=10,
-                max_connections=10,
-                hostname=config.service.domain,
-            ),
-            service.spool,
-            service.rcpt_policy,
-            lambda _id: None,
-            lambda: clock[0],
-        )
 
-        def tick(when: datetime, note: str = "") -> None:
-            clock[0] = when
-            echo(f"\n[{when:%a %d %b %H:%M %Z}] tick{note}")
-            for line in service.tick(when).lines or ["nothing due"]:
-                echo(f"  {line}")
+    def tick(self, when: datetime, note: str = "") -> None:
+        self.now = when
+        self.echo(f"\n[{when:%a %d %b %H:%M %Z}] tick{note}")
+        for line in self.app.tick(when).lines or ["nothing due"]:
+            self.echo(f"  {line}")
 
+    def sent(self, pattern: str) -> Path:
+        return next(self.outbox.glob(pattern))
+
+    def answer(self, pattern: str, sender: str, mid: str, body: str) -> None:
+        """Reply to the mail matching `pattern` from `sender`, through the listener."""
+        mail = self.sent(pattern)
+        _send(self.port, _reply(_text_of(mail)[0], sender, mid, body, _text_of(mail)[1]))
+
+
+ADA = Person("ada@demo.example.com", "Ada Lovelace", "Engineering", None, "Europe/Berlin")
+GRACE = Person(
+    "grace@demo.example.com",
+    "Grace Hopper",
+    "Sales",
+    None,
+    "America/New_York",
+    offers=("public speaking",),
+)
+REPORT = (
+    "Done: rehearsed the all-hands talk twice, once in front of a mirror.\n"
+    "Setback: I missed Thursday's practice slot - a release went wrong.\n"
+    "Next: book the room for Thursday and run it with two colleagues.\n\n"
+    "Sent from my iPhone"
+)
+
+
+def run_demo(echo: Callable[[str], None], now: datetime) -> None:
+    """The demo week, set two weeks after `now` (the CLI's clock), in a temporary data dir."""
+    with tempfile.TemporaryDirectory(prefix="mailflow-demo-") as tmp:
+        week = _Week(echo, tmp, now)
+        week.populate()
         echo(f"demo data dir: {tmp}/data (removed afterwards)")
-        listener.start()
+        week.listener.start()
         try:
-            tick(clock[0], " (partnership just created)")
-            intro = _show(echo, "introduction to the partner", next(outbox.glob("intro*partner*")))
-            clock[0] += timedelta(hours=2)
-            echo(
-                f"\n=== [{clock[0]:%a %d %b %H:%M %Z}] the partner replies: Yes, happy to help ==="
-            )
-            _send(
-                port,
-                _reply(
-                    intro,
-                    f"Grace Hopper <{grace.email}>",
-                    "<demo-yes@example.com>",
-                    "Yes, happy to help!",
-                    _text_of(next(outbox.glob("intro*partner*")))[1],
-                ),
-            )
-            tick(clock[0])
-            tick(at)
-            checkin = _show(echo, "check-in to the member", next(outbox.glob("checkin*.eml")))
-            clock[0] = at + timedelta(hours=25, minutes=30)
-            body = (
-                "Done: rehearsed the all-hands talk twice, once in front of a mirror.\n"
-                "Setback: I missed Thursday's practice slot - a release went wrong.\n"
-                "Next: book the room for Thursday and run it with two colleagues.\n\n"
-                "Sent from my iPhone"
-            )
-            echo(
-                f"\n=== [{clock[0]:%a %d %b %H:%M %Z}] the member replies (smtplib to the "
-                "Reply-To, through the listener) ==="
-            )
-            echo(body.split("\n\nSent from")[0])
-            _send(
-                port,
-                _reply(
-                    checkin,
-                    f"Ada Lovelace <{ada.email}>",
-                    "<demo-reply-1@example.com>",
-                    body,
-                    _text_of(next(outbox.glob("checkin*.eml")))[1],
-                ),
-            )
-            tick(clock[0] + timedelta(minutes=1))
-            tick(clock[0] + timedelta(minutes=1 + config.schedule.digest_delay_minutes))
-            _show(echo, "digest to the partner", next(outbox.glob("digest*.eml")))
-            tick(at + timedelta(days=6), " (rest of the week)")
+            _play(week)
         finally:
-            listener.stop()
+            week.listener.stop()
+
+
+def _play(week: _Week) -> None:
+    echo, at = week.echo, week.at
+    week.tick(week.now, " (partnership just created)")
+    _show(echo, "introduction to the partner", week.sent("intro*partner*"))
+    week.now += timedelta(hours=2)
+    echo(f"\n=== [{week.now:%a %d %b %H:%M %Z}] the partner replies: Yes, happy to help ===")
+    grace = f"Grace Hopper <{GRACE.email}>"
+    week.answer("intro*partner*", grace, "<demo-yes@example.com>", "Yes, happy to help!")
+    week.tick(week.now)
+    week.tick(at)
+    _show(echo, "check-in to the member", week.sent("checkin*.eml"))
+    week.now = at + timedelta(hours=25, minutes=30)
+    echo(
+        f"\n=== [{week.now:%a %d %b %H:%M %Z}] the member replies (smtplib to the "
+        "Reply-To, through the listener) ==="
+    )
+    echo(REPORT.split("\n\nSent from")[0])
+    week.answer("checkin*.eml", f"Ada Lovelace <{ADA.email}>", "<demo-reply-1@example.com>", REPORT)
+    week.tick(week.now + timedelta(minutes=1))
+    week.tick(week.now + timedelta(minutes=1 + week.config.schedule.digest_delay_minutes))
+    _show(echo, "digest to the partner", week.sent("digest*.eml"))
+    week.tick(at + timedelta(days=6), " (rest of the week)")

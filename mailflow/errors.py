@@ -29,11 +29,39 @@ class StoreError(MailflowError):
 
 
 class TemplateError(MailflowError):
-    """A template that does not load or render; the message is FILE:LINE: message."""
+    """A template could not be loaded, compiled or rendered.
+
+    ``str(error)`` is a single line ``FILE:LINE: message`` (or ``FILE: message`` when no line
+    applies, or just the message when no file does); whitespace in the message is collapsed.
+    """
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None) -> None:
+        self.message = " ".join(str(message).split())
+        self.file = file
+        self.line = line
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        if self.file is None:
+            return self.message
+        if self.line is None:
+            return f"{self.file}: {self.message}"
+        return f"{self.file}:{self.line}: {self.message}"
+
+    def __str__(self) -> str:
+        return self._format()
 
 
 class StartupError(MailflowError):
     """A reason `serve` (or another long-running command) cannot start."""
+
+
+class ListenerError(StartupError):
+    """The SMTP listener cannot start (port taken, bad TLS files, inconsistent options)."""
+
+
+class SpoolError(MailflowError):
+    """A spool file could not be read back (it is quarantined with this reason)."""
 
 
 class UsageProblem(MailflowError):

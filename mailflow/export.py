@@ -1,20 +1,18 @@
-"""Export of progress records for a program's own reporting (CSV or JSON).
+"""Export of progress records for a program's own reporting (CSV or JSON), pure.
 
-`export_rows` and the writers are pure; `iter_reports` is the only part that reads the store.
-One row per stored progress record (a member's reply), oldest first.
+`export_rows` turns reports (read with `Store.reports(since=...)`) into rows, the writers
+print them. One row per stored progress record (a member's reply), oldest first.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, date, timedelta
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date
 from typing import Any, TextIO
 
 from mailflow.models import Partnership, Report
-from mailflow.schedule import parse_period
-from mailflow.store import Store
 
 EXPORT_FIELDS = (
     "partnership",
@@ -93,26 +91,3 @@ def write_json(rows: Sequence[Mapping[str, Any]], out: TextIO) -> None:
     """A JSON array of row objects; setback stays a boolean, text stays exactly as stored."""
     json.dump(list(rows), out, ensure_ascii=False, indent=2)
     out.write("\n")
-
-
-def iter_reports(store: Store, since: date | None) -> Iterator[Report]:
-    """Every stored report, skipping period files that cannot hold one received since `since`.
-
-    A report is stored under the member's period at receipt, and a period runs from one
-    check-in to the next in the member's zone. So a report received on UTC day `since` can sit
-    in a period labelled up to two ISO weeks earlier (a day of time-zone offset, plus a late
-    check-in day such as Sunday evening). The cut-off is therefore the ISO week of `since - 8
-    days`; it only saves reading files, `export_rows` still filters exactly.
-    """
-    cutoff: tuple[int, int] | None = None
-    if since is not None:
-        year, week, _ = (since - timedelta(days=8)).isocalendar()
-        cutoff = (year, week)
-    for period in store.periods():
-        if cutoff is not None:
-            try:
-                if parse_period(period) < cutoff:
-                    continue
-            except ValueError:
-                pass  # not a label we write; read it rather than silently drop its reports
-        yield from store.week(period).reports()

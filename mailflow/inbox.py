@@ -2,8 +2,8 @@
 
 This is the only module that imports aiosmtpd. One handler (`_Handler`) holds the protocol
 decisions in small hooks, as aiosmtpd intends:
-- RCPT: the caller's `RcptPolicy` decides (we are never an open relay); at most
-  `MAX_RECIPIENTS` per message.
+- RCPT: the caller's `RcptPolicy` says which of our addresses it is, `rcpt_reply` turns a
+  refusal into SMTP words (we are never an open relay); at most `MAX_RECIPIENTS` per message.
 - MAIL: any sender, including the null sender `<>` that bounces use (stored as "").
 - DATA: size checked again, line endings checked (see below), then `Spool.put` in a worker
   thread (the fsyncs must not stall other sessions), and only then `250`. A failed write
@@ -50,7 +50,9 @@ from typing import Any, Protocol
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailflow.errors import ListenerError
 from mailflow.spool import Spool
+from mailflow.tokens import Rcpt
 
 log = logging.getLogger("mailflow.inbox")
 
@@ -69,17 +71,20 @@ REPLY_TOO_MANY_CONNS = "421 4.7.0 too many connections, try again later"
 _BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 
 
-class ListenerError(OSError):
-    """The listener cannot start (port taken, bad TLS files, inconsistent options).
-
-    An OSError, so that `serve` reports it as one `error: cannot start: ...` line.
-    """
-
-
 class RcptPolicy(Protocol):
-    def __call__(self, address: str) -> str | None:
-        """None: accept `address`; else the full SMTP reply, e.g. "550 5.1.1 <x@y>: ..."."""
+    def __call__(self, address: str) -> Rcpt:
+        """Which of our addresses `address` is (`tokens.classify_rcpt`); see `rcpt_reply`."""
         ...
+
+
+def rcpt_reply(verdict: Rcpt, address: str) -> str | None:
+    """The SMTP refusal for a recipient we do not take, or None to accept it."""
+    if verdict.accepted:
+        return None
+    addr = address.strip().strip("<>")
+    if verdict is Rcpt.FOREIGN:
+        return f"550 5.7.1 <{addr}>: relaying denied"
+    return f"550 5.1.1 <{addr}>: no such check-in address"
 
 
 @dataclass
@@ -158,7 +163,7 @@ class _Handler:
             log.info("refused rcpt %s from %s: too many recipients", address, peer)
             return REPLY_TOO_MANY_RCPTS
         try:
-            verdict = self.rcpt_policy(address)
+            verdict = rcpt_reply(self.rcpt_policy(address), address)
         except Exception:
             # A broken policy must not accept (open relay) nor crash the session.
             log.exception("rcpt policy failed for %s; answering 451", address)

@@ -8,6 +8,7 @@ dates are local calendar dates of the person they belong to.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
@@ -387,3 +388,29 @@ class Inbound:
             raw_ref=d.get("raw_ref", ""),
             extra=dict(d.get("extra", {})),
         )
+
+
+@dataclass(frozen=True)
+class PeriodSummary:
+    """What one period file says about one partnership, for the week-by-week strip."""
+
+    checkin_sent: bool = False
+    no_report_sent: bool = False
+    reports: int = 0
+    setback: bool = False
+
+
+@dataclass(frozen=True)
+class Roster:
+    """People and partnerships as of one read: a batch of work decides against one snapshot.
+
+    Built once per tick or ingest batch (`Store.people_map`/`partnerships_map` are cached
+    per version of the core file); a use case about one partnership does not need one.
+    """
+
+    people: Mapping[str, Person]
+    partnerships: Mapping[int, Partnership]
+
+    def has_both(self, p: Partnership) -> bool:
+        """Both people of the partnership exist (a removed person's partnerships are idle)."""
+        return p.member in self.people and p.partner in self.people

@@ -50,6 +50,7 @@ from email.utils import getaddresses
 
 from mailflow.classify import classify
 from mailflow.htmltext import HR_LINE, html_to_text
+from mailflow.tokens import REPLY_MARKER
 
 __all__ = [
     "REPLY_MARKER",
@@ -62,8 +63,6 @@ __all__ = [
     "html_to_text",
     "parse_message",
 ]
-
-REPLY_MARKER = "--- reply above this line ---"
 
 # Raw messages beyond this are truncated before MIME parsing; the listener rejects far larger
 # mail anyway, and a reply's new text is at the top.

@@ -13,7 +13,7 @@ past period. The loop in `serve` holds no memory: everything comes from `Week` r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from mailflow.config import WEEKDAYS, ScheduleConfig, parse_hhmm
@@ -76,6 +76,21 @@ def period_label(d: date) -> str:
 def parse_period(label: str) -> tuple[int, int]:
     year, week = label.split("-W")
     return int(year), int(week)
+
+
+def utc_week(now: datetime) -> str:
+    """The period label of `now`'s ISO week in UTC: where mail that is nobody's week goes."""
+    return period_label(now.astimezone(UTC).date())
+
+
+def weeks_between(older: str, newer: str) -> int:
+    """Whole weeks from period `older` to period `newer` (negative when newer is older)."""
+
+    def monday(label: str) -> date:
+        year, week = parse_period(label)
+        return date.fromisocalendar(year, week, 1)
+
+    return (monday(newer) - monday(older)).days // 7
 
 
 def checkin_moment(p: Partnership, tz: ZoneInfo, s: Settings, year: int, week: int) -> datetime:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mailflow.errors import SpoolError
 from mailflow.store import fsync_dir
 
 log = logging.getLogger("mailflow.spool")
@@ -47,10 +48,6 @@ WRITERS_LOCK = ".writers.lock"
 # An envelope line is small (at most a few dozen recipients); anything longer than this
 # without a newline is a damaged file, and we refuse to read it into memory as a header.
 _MAX_HEADER_BYTES = 256 * 1024
-
-
-class SpoolError(Exception):
-    """A spool file could not be read back."""
 
 
 @dataclass(frozen=True)

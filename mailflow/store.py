@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from filelock import Timeout as LockTimeout
 from tinydb.storages import Storage
 
 from mailflow.errors import StoreError
-from mailflow.models import Inbound, Outgoing, Partnership, Person, Report, Week
+from mailflow.models import Inbound, Outgoing, Partnership, PeriodSummary, Person, Report, Week
 
 LOCK_TIMEOUT_SECONDS = 60
 CACHE_FILES = 6
@@ -322,14 +323,6 @@ class WeekView(_View):
         self._put("outgoing", item.to_doc())
 
 
-@dataclass(frozen=True)
-class PeriodSummary:
-    checkin_sent: bool = False
-    no_report_sent: bool = False
-    reports: int = 0
-    setback: bool = False
-
-
 @dataclass
 class _Cached:
     stamp: tuple[int, int, int]
@@ -547,3 +540,33 @@ class Store:
         if not folder.is_dir():
             return []
         return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
+
+    def reports(self, pid: int | None = None, since: date | None = None) -> Iterator[Report]:
+        """Every stored report (of partnership `pid`), period file by period file, oldest first.
+
+        With `since`, period files that cannot hold a report received (UTC) on or after that
+        day are skipped. A report is stored under the member's period at receipt, and a
+        period runs from one check-in to the next in the member's zone, so a report received
+        on UTC day `since` can sit in a period labelled up to two ISO weeks earlier (a day of
+        time-zone offset, plus a late check-in day such as Sunday evening). The cut-off is
+        therefore the ISO week of `since - 8 days`; it only saves reading files, a caller
+        still filters exactly by `received_at`.
+        """
+        cutoff: tuple[int, int] | None = None
+        if since is not None:
+            year, week, _ = (since - timedelta(days=8)).isocalendar()
+            cutoff = (year, week)
+        for period in self.periods():
+            if cutoff is not None and _label_key(period, cutoff) < cutoff:
+                continue
+            yield from self.week(period).reports(pid)
+
+
+def _label_key(label: str, default: tuple[int, int]) -> tuple[int, int]:
+    """(year, week) of a period label; `default` for a file name we did not write (read it
+    rather than silently drop its reports)."""
+    try:
+        year, week = label.split("-W")
+        return int(year), int(week)
+    except ValueError:
+        return default

@@ -44,6 +44,7 @@ class Mailflow:
         extra: str = "",
         now: datetime | None = None,
         environ: dict[str, str] | None = None,
+        config: Path | None = None,
     ) -> None:
         # One clock for the whole test: every command runs as of `self.now` (settable), which
         # defaults to the wall clock when the test starts (shifted in CI's guard run).
@@ -52,8 +53,10 @@ class Mailflow:
         self.environ.update(environ or {})
         self.tmp_path = tmp_path
         self.capsys = capsys
-        self.config = tmp_path / "mailflow.toml"
-        self.config.write_text(f'[service]\ndata_dir = "data"\n{extra}', encoding="utf-8")
+        if config is None:  # else: an existing config (the conftest world's), data in tmp/data
+            config = tmp_path / "mailflow.toml"
+            config.write_text(f'[service]\ndata_dir = "data"\n{extra}', encoding="utf-8")
+        self.config = config
         self.data_dir = tmp_path / "data"
         self.core_path = self.data_dir / "db" / "core.json"
 

@@ -1,4 +1,11 @@
-"""Shared test helpers: free loopback ports, the shared corpus location, and the clock guard.
+"""Shared test helpers: free loopback ports, the shared corpus location, the clock guard, and
+one real-parts world for in-process end-to-end tests.
+
+The world: `relay` (a recording SMTP server), `config_file` (tmp_path/mailflow.toml: the test
+domain, data in `data_dir`, the relay, plus what the module's `app_settings` fixture adds),
+`app` (`mailflow.app.build` of it, signing with `SECRET` from `environ`), `clock` (a settable
+clock the listener reads) and `listening` (the app's SMTP listener started on a free port).
+A test module configures it by overriding `app_settings`, `clock`, `data_dir` or `environ`.
 
 The clock guard: with `MAILFLOW_TEST_SHIFT_DAYS=N` in the environment (CI's second run), every
 in-process wall clock (`time.time`, `datetime.now`, `date.today`, ...) starts N days ahead of
@@ -11,11 +18,13 @@ the global `mailflow --now` option: see `clitools.now_args`.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +90,100 @@ def die_with_parent() -> None:
 
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+# -- the shared world ---------------------------------------------------------------------------
+
+DOMAIN = "hot.example.com"
+SECRET = "crash-and-hostile-test-secret-0123456789"
+
+
+class SettableClock:
+    """A clock that says what the test sets (`clock.now = ...`)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class OnClock:
+    """A test world whose `now` is its `clock`'s (setting it moves the listener's time too)."""
+
+    clock: SettableClock
+
+    @property
+    def now(self) -> datetime:
+        return self.clock.now
+
+    @now.setter
+    def now(self, value: datetime) -> None:
+        self.clock.now = value
+
+
+@pytest.fixture
+def relay() -> Iterator[Any]:
+    from smtp_recorder import RecordingSMTPServer
+
+    with RecordingSMTPServer() as server:
+        yield server
+
+
+@pytest.fixture
+def app_settings() -> dict[str, dict[str, Any]]:
+    """Config keys a test module adds to the world's config, by section (override me)."""
+    return {}
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def environ() -> dict[str, str]:
+    """The environment the world's app and CLI read: the token key."""
+    return {"MAILFLOW_SECRET": SECRET}
+
+
+@pytest.fixture
+def config_file(
+    tmp_path: Path, data_dir: Path, relay: Any, app_settings: dict[str, dict[str, Any]]
+) -> Path:
+    sections: dict[str, dict[str, Any]] = {
+        "service": {"domain": DOMAIN, "data_dir": str(data_dir)},
+        "relay": {"host": "127.0.0.1", "port": relay.port, "timeout_seconds": 5},
+    }
+    for name, values in app_settings.items():
+        sections.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
+    path = tmp_path / "mailflow.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def app(config_file: Path, environ: dict[str, str]) -> Any:
+    from mailflow.app import build
+    from mailflow.config import load
+
+    return build(load(config_file, environ))
+
+
+@pytest.fixture
+def clock() -> SettableClock:
+    return SettableClock(datetime(2026, 11, 30, 9, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def listening(app: Any, port: int, clock: SettableClock) -> Iterator[Any]:
+    listener = app.listener(clock, host="127.0.0.1", port=port)
+    listener.start()
+    try:
+        yield listener
+    finally:
+        listener.stop()

@@ -15,14 +15,13 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 
+from conftest import SECRET
 from test_e2e_week import DOMAIN, write_config
 
 from mailflow import config as config_mod
 from mailflow.schedule import Settings, current_period
 from mailflow.store import Store
 from mailflow.tokens import CHECKIN, make_token, reply_address
-
-SECRET = "crash-and-hostile-test-secret-0123456789"
 
 
 def config_with(

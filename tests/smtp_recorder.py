@@ -8,6 +8,7 @@ host may resolve to ::1) on a port chosen with `free_port()`, so tests run in pa
         ...  # point [relay] host/port at "127.0.0.1", relay.port
         got = relay.wait_for(3, timeout=5)        # bounded; raises AssertionError on timeout
         assert got[0].rcpt_tos == ("a@example.com",)
+        assert "Done:" in text_of(got[0])           # the plain part (html_of: the HTML part)
 
 Faults (set them at any time from the test thread; the server reads them under a lock):
 - `refuse_rcpt[address] = "550 5.1.1 no such user"` (or a 4xx): RCPT answer for that address.
@@ -68,6 +69,20 @@ class RecordedMessage:
     session: int  # 1-based number of the connection it arrived on
     tls: bool
     auth_login: str | None
+
+
+def text_of(msg: RecordedMessage) -> str:
+    """The plain-text part of a recorded message."""
+    body = msg.message.get_body(preferencelist=("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def html_of(msg: RecordedMessage) -> str:
+    """The HTML part of a recorded message."""
+    body = msg.message.get_body(preferencelist=("html",))
+    assert body is not None
+    return str(body.get_content())
 
 
 def make_self_signed_cert(directory: Path) -> tuple[Path, Path]:

@@ -11,16 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mailflow.compose import (
-    SHIPPED_DIR,
-    TEMPLATE_NAMES,
-    Rendered,
-    TemplateError,
-    Templates,
-    build_message,
-    sample_context,
-    sample_variants,
-)
+from mailflow.compose import SHIPPED_DIR, TEMPLATE_NAMES, Rendered, TemplateError, Templates
+from mailflow.mime import build_message
+from mailflow.samples import sample_context, sample_variants
 
 VARIANTS = [
     ("checkin", {}),

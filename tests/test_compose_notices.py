@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 from clitools import Mailflow
 
-from mailflow.compose import (
-    TEMPLATE_NAMES,
-    Rendered,
-    TemplateError,
-    Templates,
-    sample_context,
-    sample_variants,
-)
+from mailflow.compose import TEMPLATE_NAMES, Rendered, TemplateError, Templates
+from mailflow.samples import sample_context, sample_letter, sample_variants
 
 NEW_NAMES = (
     "intro",
@@ -27,17 +21,6 @@ NEW_NAMES = (
     "summary",
     "consent_notice",
 )
-BASE_KEYS = {
-    "service",
-    "member",
-    "partner",
-    "partnership",
-    "goals",
-    "period",
-    "period_label",
-    "reply_marker",
-    "reply_address",
-}
 COMMANDS = ("pause until YYYY-MM-DD", "pause N weeks", "resume", "goal N done", "stop")
 COLOURS = {
     "reported": "#10b981",
@@ -100,27 +83,13 @@ def test_preview_takes_a_variant(shipped: Templates) -> None:
     assert partner.subject == "Will you be Zoë Adler's public speaking partner?"
 
 
-def test_base_templates_take_exactly_the_base_keys() -> None:
-    extra = {
-        "intro": {"role", "accepted", "checkin_day", "checkin_time", "first_checkin"},
-        "checkin_ack": {"checkin_at", "reports"},
-        "receipt": {"done_items", "problems", "question", "report_stored", "role"},
-        "pause_notice": {"action", "until"},
-        "partner_note": {"note", "received_at"},
-        "summary": {
-            "role",
-            "reason",
-            "weeks_asked",
-            "weeks_reported",
-            "setbacks",
-            "goals_achieved",
-            "goals_total",
-            "history",
-        },
-    }
-    for name, keys in extra.items():
-        for variant in sample_variants(name):
-            assert set(sample_context(name, variant=variant)) == BASE_KEYS | keys, name
+def test_samples_are_what_the_builders_make() -> None:
+    # No hand-kept mirror: a sample is the letter its builder makes for the sample program
+    # (tests/test_letters.py holds every builder to the context keys mail has always had).
+    for name in TEMPLATE_NAMES:
+        letter = sample_letter(name, variant=(sample_variants(name) or ("",))[0])
+        assert letter.template == name
+        assert dict(letter.ctx) == sample_context(name)
 
 
 # ------------------------------------------------------------------------------------------
@@ -257,7 +226,7 @@ def test_receipt_to_the_partner_greets_the_partner(shipped: Templates) -> None:
 
 def test_receipt_without_role_is_for_the_member(shipped: Templates) -> None:
     ctx = sample_context("receipt")
-    del ctx["role"]
+    assert "role" not in ctx  # what the sender gives a member's receipt
     rendered = shipped.render("receipt", ctx)
     assert "Hi Zoë Adler," in rendered.text and "Hi Zoë Adler," in rendered.html
 
@@ -334,7 +303,7 @@ def test_summary_member_numbers_in_sentences(shipped: Templates) -> None:
     text = rendered.text
     assert rendered.subject == "Your public speaking partnership: the summary"
     assert "has come to\nan end: all goals achieved. Well done!" in text
-    assert "- You reported in 4 of 5 weeks with a check-in." in text
+    assert "- You reported in 4 of 6 weeks with a check-in." in text
     assert "- 1 week with a setback, honestly reported." in text
     assert "- You achieved 4 of 4 goals." in text
     assert "due 2026-12-18 (achieved)" in text
@@ -377,7 +346,7 @@ def test_summary_html_strip_cells_colours_and_labels(shipped: Templates) -> None
     # inline styles only: mail clients ignore classes
     assert "class=" not in html
     # the numbers at a glance
-    assert ">4/5</div>" in html and ">1</div>" in html and ">4/4</div>" in html
+    assert ">4/6</div>" in html and ">1</div>" in html and ">4/4</div>" in html
 
 
 def test_summary_long_history_wraps(shipped: Templates) -> None:
@@ -488,7 +457,7 @@ def test_cli_preview_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     mailflow = Mailflow(tmp_path, capsys)
     result = mailflow.ok("templates", "preview", "summary")
     assert result.out.startswith("Subject: Your public speaking partnership: the summary\n")
-    assert "You reported in 4 of 5 weeks with a check-in." in result.out
+    assert "You reported in 4 of 6 weeks with a check-in." in result.out
     assert "W45 W46 W47 W48 W49 W50 W51" in result.out
     assert mailflow.ok("templates", "check").out.strip() == "templates ok"
 

@@ -12,58 +12,55 @@ import csv
 import io
 import json
 import smtplib
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import free_port
-from smtp_recorder import RecordedMessage, RecordingSMTPServer
+from conftest import DOMAIN, OnClock, SettableClock
+from smtp_recorder import RecordedMessage, RecordingSMTPServer, html_of, text_of
 
+from mailflow.app import App
 from mailflow.cli import main
-from mailflow.config import load
-from mailflow.inbox import Listener, ListenerOptions
-from mailflow.service import Service
+from mailflow.inbox import Listener
 
-DOMAIN = "hot.example.com"
 ADMIN = "admin@example.com"
 MONDAY = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 
-class World:
-    """The CLI, an in-process service with a settable clock, its listener, and a relay."""
+@pytest.fixture
+def app_settings() -> dict[str, dict[str, object]]:
+    return {
+        "service": {"admin_address": ADMIN},
+        "schedule": {"digest_delay_minutes": 0, "consent_days": 5},
+    }
+
+
+@pytest.fixture
+def clock() -> SettableClock:
+    return SettableClock(MONDAY - timedelta(days=7))
+
+
+class World(OnClock):
+    """The CLI and the shared app world (conftest): its listener, relay and settable clock."""
 
     def __init__(
-        self, tmp_path: Path, relay: RecordingSMTPServer, capsys: pytest.CaptureFixture[str]
+        self,
+        app: App,
+        listening: Listener,
+        relay: RecordingSMTPServer,
+        config_file: Path,
+        environ: dict[str, str],
+        clock: SettableClock,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
+        self.service = app
         self.relay = relay
         self.capsys = capsys
-        self.listen = free_port()
-        self.config_path = tmp_path / "mailflow.toml"
-        self.config_path.write_text(
-            f'[service]\ndomain = "{DOMAIN}"\ndata_dir = "{tmp_path / "data"}"\n'
-            f'admin_address = "{ADMIN}"\n'
-            f'[relay]\nhost = "127.0.0.1"\nport = {relay.port}\ntimeout_seconds = 5\n'
-            "[schedule]\ndigest_delay_minutes = 0\nconsent_days = 5\n"
-        )
-        self.now = MONDAY - timedelta(days=7)
-        self.service = Service(load(self.config_path))
-        self.listener = Listener(
-            ListenerOptions(
-                host="127.0.0.1",
-                port=self.listen,
-                max_message_bytes=1 << 20,
-                timeout_seconds=10,
-                max_connections=10,
-                hostname=DOMAIN,
-            ),
-            self.service.spool,
-            self.service.rcpt_policy,
-            lambda _id: None,
-            lambda: self.now,
-        )
-        self.listener.start()
+        self.listen = listening.options.port
+        self.config_path = config_file
+        self.environ = environ
+        self.clock = clock
         for email, name, dept in (
             ("ada@example.com", "Ada", "Eng"),
             ("grace@example.com", "Grace", "Sales"),
@@ -84,7 +81,8 @@ class World:
     def cli(self, *args: str, code: int = 0) -> str:
         self.capsys.readouterr()
         # The CLI runs on the world's clock, like the service and the listener.
-        got = main(["--config", str(self.config_path), *args], clock=lambda: self.now)
+        argv = ["--config", str(self.config_path), *args]
+        got = main(argv, clock=lambda: self.now, environ=self.environ)
         out, err = self.capsys.readouterr()
         assert got == code, err
         assert "Traceback" not in err
@@ -157,18 +155,6 @@ class World:
         return json.loads(self.cli("status", "--json", "--now", self.now.isoformat()))
 
 
-def text_of(msg: RecordedMessage) -> str:
-    body = msg.message.get_body(preferencelist=("plain",))
-    assert body is not None
-    return str(body.get_content())
-
-
-def html_of(msg: RecordedMessage) -> str:
-    body = msg.message.get_body(preferencelist=("html",))
-    assert body is not None
-    return str(body.get_content())
-
-
 _counter = iter(range(1, 1_000_000))
 
 
@@ -195,13 +181,16 @@ def plain(sender: str, subject: str, body: str) -> EmailMessage:
 
 
 @pytest.fixture
-def world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[World]:
-    with RecordingSMTPServer() as relay:
-        w = World(tmp_path, relay, capsys)
-        try:
-            yield w
-        finally:
-            w.listener.stop()
+def world(
+    app: App,
+    listening: Listener,
+    relay: RecordingSMTPServer,
+    config_file: Path,
+    environ: dict[str, str],
+    clock: SettableClock,
+    capsys: pytest.CaptureFixture[str],
+) -> World:
+    return World(app, listening, relay, config_file, environ, clock, capsys)
 
 
 def accepted(world: World, **kw: str) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import die_with_parent, free_port, now_args
-from smtp_recorder import RecordedMessage, RecordingSMTPServer
+from smtp_recorder import RecordedMessage, RecordingSMTPServer, html_of, text_of
 
 MAILFLOW = str(Path(sys.executable).parent / "mailflow")
 DOMAIN = "hot.example.com"
@@ -136,18 +136,6 @@ def add_partnership(
     assert sorted(m.rcpt_tos[0] for m in intros) == sorted([member, partner])
     relay.clear()
     return int(out.strip().splitlines()[-1])
-
-
-def text_of(msg: RecordedMessage) -> str:
-    body = msg.message.get_body(preferencelist=("plain",))
-    assert body is not None
-    return str(body.get_content())
-
-
-def html_of(msg: RecordedMessage) -> str:
-    body = msg.message.get_body(preferencelist=("html",))
-    assert body is not None
-    return str(body.get_content())
 
 
 def reply_to(msg: RecordedMessage, sender: str, body: str) -> EmailMessage:

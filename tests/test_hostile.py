@@ -1,6 +1,6 @@
 """Hostile input through the whole inbound path: listener -> spool -> ingest -> store.
 
-Everything here is real: aiosmtpd on loopback with `Service.rcpt_policy`, the spool and the
+Everything here is real: aiosmtpd on loopback with `App.rcpt_policy`, the spool and the
 TinyDB files under tmp_path, a recording relay for outgoing mail, the CLI in-process. The
 clock is fixed (Monday 2026-11-30 09:00 UTC, the check-in moment of period 2026-W49).
 
@@ -24,24 +24,25 @@ import socket
 import string
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
 from clitools import Mailflow
-from conftest import SHARED, free_port
+from conftest import SHARED, OnClock, SettableClock, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from replytools import SECRET, reply
-from smtp_recorder import RecordingSMTPServer
-from test_e2e_week import DOMAIN, html_of, text_of
+from smtp_recorder import RecordingSMTPServer, html_of, text_of
+from test_e2e_week import DOMAIN
 from test_inbox import RawClient
 
 from mailflow import config as config_mod
-from mailflow.inbox import Listener, ListenerOptions
-from mailflow.service import Service, ServiceError
+from mailflow.app import App, build, serve
+from mailflow.errors import StartupError
+from mailflow.inbox import Listener
 from mailflow.spool import MAGIC
 from mailflow.tokens import CHECKIN, DIGEST, make_token, reply_address
 
@@ -77,14 +78,24 @@ def on_the_wire(raw: bytes) -> bytes:
     return b"\r\n".join(out)
 
 
+@pytest.fixture
+def app_settings() -> dict[str, dict[str, object]]:
+    return {"listener": {"timeout_seconds": 30}, "schedule": {"digest_delay_minutes": 0}}
+
+
+@pytest.fixture
+def clock() -> SettableClock:
+    return SettableClock(CHECKIN_AT)
+
+
 @dataclass
-class World:
-    """A data dir with people and partnerships, a Service on it, listeners on demand."""
+class World(OnClock):
+    """The shared app world (conftest) with people and partnerships; listeners on demand."""
 
     mf: Mailflow
     relay: RecordingSMTPServer
-    service: Service
-    now: datetime = CHECKIN_AT
+    service: App
+    clock: SettableClock
     listeners: list[Listener] = field(default_factory=list)
 
     @property
@@ -92,25 +103,12 @@ class World:
         return self.service.data_dir
 
     def listen(self, **overrides: object) -> int:
-        lc = self.service.config.listener
-        options = ListenerOptions(
-            host="127.0.0.1",
-            port=free_port(),
-            max_message_bytes=lc.max_message_bytes,
-            timeout_seconds=lc.timeout_seconds,
-            max_connections=lc.max_connections,
-            hostname=DOMAIN,
-        )
-        options = replace(options, **overrides)  # type: ignore[arg-type]
-        listener = Listener(
-            options, self.service.spool, self.service.rcpt_policy, lambda _id: None, self.clock
-        )
+        """Start another listener of the app (on a free port; `overrides`: its options)."""
+        options: dict[str, object] = {"host": "127.0.0.1", "port": free_port(), **overrides}
+        listener = self.service.listener(self.clock, **options)
         listener.start()
         self.listeners.append(listener)
-        return options.port
-
-    def clock(self) -> datetime:
-        return self.now
+        return int(listener.options.port)
 
     def records(self) -> tuple[list, list]:
         """(reports, inbound) of every period."""
@@ -138,34 +136,34 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[World]:
-    with RecordingSMTPServer() as relay:
-        mf = Mailflow(
-            tmp_path,
-            capsys,
-            f'domain = "{DOMAIN}"\n'
-            "[listener]\ntimeout_seconds = 30\n"
-            f'[relay]\nhost = "127.0.0.1"\nport = {relay.port}\ntimeout_seconds = 5\n'
-            "[schedule]\ndigest_delay_minutes = 0\n",
-            now=CHECKIN_AT - timedelta(days=17),  # set up the Friday before the first period
-            environ={"MAILFLOW_SECRET": SECRET},
-        )
-        for email, dept in ((ADA, "Eng"), (GRACE, "Sales"), (LINUS, "Ops"), (BARBARA, "Legal")):
-            mf.add_person(email, dept)
-        for member, partner, skill in ((ADA, GRACE, "public speaking"), (LINUS, BARBARA, "sql")):
-            out = mf.ok(
-                "partnerships", "add", "--member", member, "--partner", partner,
-                "--skill", skill, "--goal", "2027-06-30 Give the all-hands talk",
-                "--why", "I want to lead design reviews", "--saddle", "Book the room again",
-                "--start", "2026-11-16", "--accepted",
-            )  # fmt: skip
-            assert out.last_line in ("1", "2")
-        w = World(mf, relay, Service(config_mod.load(mf.config, mf.environ)))
-        try:
-            yield w
-        finally:
-            for listener in w.listeners:
-                listener.stop()
+def world(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    app: App,
+    relay: RecordingSMTPServer,
+    config_file: Path,
+    environ: dict[str, str],
+    clock: SettableClock,
+) -> Iterator[World]:
+    # Set up the Friday before the first period.
+    setup = CHECKIN_AT - timedelta(days=17)
+    mf = Mailflow(tmp_path, capsys, now=setup, environ=environ, config=config_file)
+    for email, dept in ((ADA, "Eng"), (GRACE, "Sales"), (LINUS, "Ops"), (BARBARA, "Legal")):
+        mf.add_person(email, dept)
+    for member, partner, skill in ((ADA, GRACE, "public speaking"), (LINUS, BARBARA, "sql")):
+        out = mf.ok(
+            "partnerships", "add", "--member", member, "--partner", partner,
+            "--skill", skill, "--goal", "2027-06-30 Give the all-hands talk",
+            "--why", "I want to lead design reviews", "--saddle", "Book the room again",
+            "--start", "2026-11-16", "--accepted",
+        )  # fmt: skip
+        assert out.last_line in ("1", "2")
+    w = World(mf, relay, app, clock)
+    try:
+        yield w
+    finally:
+        for listener in w.listeners:
+            listener.stop()
 
 
 def transact(smtp: smtplib.SMTP, mail_from: str, rcpts: list[str], raw: bytes) -> tuple[int, str]:
@@ -746,9 +744,9 @@ def test_templates_are_sandboxed(world: World, payload: str) -> None:
     # Nothing is sent with it: tick refuses, serve refuses to start.
     result = world.mf("tick", "--now", CHECKIN_AT.isoformat())
     assert result.code == 1 and len(world.relay.messages) == sent_before
-    service = Service(config_mod.load(world.mf.config, world.mf.environ))
-    with pytest.raises(ServiceError, match="templates have errors"):
-        service.serve(lambda: CHECKIN_AT, __import__("threading").Event())
+    app = build(config_mod.load(world.mf.config, world.mf.environ))
+    with pytest.raises(StartupError, match="templates have errors"):
+        serve(app, lambda: CHECKIN_AT, __import__("threading").Event())
 
 
 # -- forged sender, replayed token, ended partnership -------------------------------------------

@@ -24,6 +24,7 @@ from smtp_recorder import make_self_signed_cert
 
 from mailflow.inbox import Listener, ListenerError, ListenerOptions, normalise_line_endings
 from mailflow.spool import MAGIC, UNREADABLE, Spool
+from mailflow.tokens import Rcpt
 
 DOMAIN = "mailflow.test"
 GOOD = f"checkin+tok1@{DOMAIN}"
@@ -46,10 +47,10 @@ def dot_stuff(raw: bytes) -> bytes:
     return (b"\r\n" + raw).replace(b"\r\n.", b"\r\n..")[2:]
 
 
-def policy(address: str) -> str | None:
+def policy(address: str) -> Rcpt:
     if address.lower().startswith("checkin+") and address.lower().endswith("@" + DOMAIN):
-        return None
-    return f"550 5.1.1 <{address}>: no such check-in address"
+        return Rcpt.TOKEN
+    return Rcpt.BAD_TOKEN
 
 
 class Recorder:

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailflow.compose import TEMPLATE_NAMES, Rendered, Templates, build_message, message_bytes
+from mailflow.compose import TEMPLATE_NAMES, Templates
+from mailflow.mime import Rendered, build_message, message_bytes
 
 WHEN = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 

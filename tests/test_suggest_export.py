@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailflow.export import EXPORT_FIELDS, export_rows, iter_reports, write_csv, write_json
+from mailflow.export import EXPORT_FIELDS, export_rows, write_csv, write_json
 from mailflow.models import ACTIVE, ENDED, PAUSED, Goal, Partnership, Person, Report
 from mailflow.people import DomainError
 from mailflow.store import Store
@@ -251,7 +251,7 @@ def test_json_parses_and_keeps_exact_text() -> None:
     assert list(data[0]) == list(EXPORT_FIELDS)
 
 
-# -- iter_reports over a real store -----------------------------------------------------------
+# -- Store.reports over a real store -----------------------------------------------------------
 
 
 @pytest.fixture
@@ -267,18 +267,18 @@ def put(store: Store, *reports: Report) -> None:
             assert week.add_report(r)
 
 
-def test_iter_reports_reads_every_period_file(store: Store) -> None:
+def test_store_reports_reads_every_period_file(store: Store) -> None:
     a = report(1, "2025-W52", datetime(2025, 12, 23, 8, tzinfo=UTC), "a")
     b = report(1, "2026-W01", datetime(2025, 12, 30, 8, tzinfo=UTC), "b")
     c = report(2, "2026-W01", datetime(2025, 12, 31, 8, tzinfo=UTC), "c")
     put(store, c, a, b)
-    assert sorted(r.text for r in iter_reports(store, None)) == ["a", "b", "c"]
-    rows = export_rows(PSHIPS, iter_reports(store, None), None)
+    assert sorted(r.text for r in store.reports()) == ["a", "b", "c"]
+    rows = export_rows(PSHIPS, store.reports(), None)
     assert [r["text"] for r in rows] == ["a", "b", "c"]
     assert rows[2]["partner"] == "" and rows[2]["member"] == "m@x.org"  # unknown partnership
 
 
-def test_iter_reports_skips_old_period_files_but_keeps_a_margin(store: Store) -> None:
+def test_store_reports_skips_old_period_files_but_keeps_a_margin(store: Store) -> None:
     since = date(2026, 3, 9)  # a Monday, ISO week 2026-W11
     put(
         store,
@@ -291,11 +291,11 @@ def test_iter_reports_skips_old_period_files_but_keeps_a_margin(store: Store) ->
     )
     # An old file that is not valid JSON proves the skipped file is never even read.
     (store.db_dir / "weeks" / "2026-W07.json").write_text("{broken")
-    seen = sorted(r.text for r in iter_reports(store, since))
+    seen = sorted(r.text for r in store.reports(since=since))
     assert seen == ["before since", "in", "late-zone"]
-    rows = export_rows(PSHIPS, iter_reports(store, since), since)
+    rows = export_rows(PSHIPS, store.reports(since=since), since)
     assert [r["text"] for r in rows] == ["late-zone", "in"]
 
 
-def test_iter_reports_on_an_empty_store(store: Store) -> None:
-    assert list(iter_reports(store, date(2026, 1, 1))) == []
+def test_store_reports_on_an_empty_store(store: Store) -> None:
+    assert list(store.reports(since=date(2026, 1, 1))) == []

@@ -1,0 +1,197 @@
+"""What a message asks us to do and tell: one small handler per kind of decision (pure).
+
+`apply(decision, pair, desk)` dispatches on the decision's variant: a member's reply with
+commands (pause, resume, goal done, stop), a partner's consent, a partner's note for the
+member, a question back when we cannot tell which partnership a mail is for, and the "not
+counted" receipt for a member whose own reply was set aside. Each handler computes from the
+partnership *as stored now* (`intake` reads it, and writes the result back, in one core
+transaction, so two replies never lose each other's change) and returns an `Outcome`: the
+changed partnership, the letters to send, and lines for the run's report. A plain report is
+not an action: it is only stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from mailflow import letters
+from mailflow import partnerships as pships
+from mailflow.commands import ACCEPT, Env, apply_commands
+from mailflow.letters import Letter, Pair, ServiceInfo, Told
+from mailflow.models import CONSENT_PENDING, ENDED, Partnership
+from mailflow.schedule import current_period, first_checkin, utc_week
+from mailflow.tokens import AGREE, CHECKIN, hash16
+from mailflow.triage import Ambiguous, Consent, Decision, Note, Quarantine, Reply
+
+
+@dataclass(frozen=True)
+class Desk:
+    """The message being answered: when it arrived and how it is known."""
+
+    svc: ServiceInfo
+    at: datetime  # when we received it
+    mid: str  # its Message-ID: receipts and notices are keyed by it (sent once per message)
+    entry_id: str  # its spool id (the key of a "not counted" receipt)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What handling a message comes to: the partnership to write back (None: unchanged),
+    the letters to send, and what to report."""
+
+    partnership: Partnership | None = None
+    letters: tuple[Letter, ...] = ()
+    lines: tuple[str, ...] = ()
+
+
+NOTHING = Outcome()
+
+
+def subject(d: Decision) -> int | None:
+    """The partnership whose current record `apply` needs, or None when `d` asks nothing."""
+    match d:
+        case Reply(commands=(), problems=()):
+            return None  # a plain report (the common case): nothing to do or tell
+        case Reply() | Consent() | Note() | Ambiguous():
+            return d.pid
+        case Quarantine(tell_member=True):
+            return d.partnership_id
+    return None
+
+
+def apply(d: Decision, pair: Pair | None, desk: Desk) -> Outcome:
+    """Handle one decision against `pair` (the partnership of `subject(d)` as stored now,
+    with its people; None when it or one of them is gone: nothing to do)."""
+    if pair is None:
+        return NOTHING
+    match d:
+        case Reply(commands=(), problems=()):
+            return NOTHING
+        case Reply():
+            return on_commands(d, pair, desk)
+        case Consent():
+            return on_consent(d, pair, desk)
+        case Note():
+            return on_note(d, pair, desk)
+        case Ambiguous():
+            return on_ambiguous(d, pair, desk)
+        case Quarantine(tell_member=True):
+            return on_not_counted(d, pair, desk)
+    return NOTHING
+
+
+def on_commands(d: Reply, pair: Pair, desk: Desk) -> Outcome:
+    """Commands in a member's reply: applied, confirmed in a receipt (with what was not
+    understood or asked back), and told to the partner when check-ins pause, resume or stop."""
+    p, svc = pair.p, desk.svc
+    today = desk.at.astimezone(ZoneInfo(pair.member.timezone)).date()
+    result = apply_commands(p, d.commands, Env(today, desk.at, desk.mid))
+    updated = replace(pair, p=result.partnership)
+    reply = svc.keys.address(CHECKIN, p.id, d.period)
+    told = Told(
+        key=f"receipt:{hash16(desk.mid)}",
+        reply=reply,
+        reply_to=reply,
+        done=result.done,
+        problems=d.problems + result.problems,
+        question=result.question,
+        report_stored=d.report is not None,
+        period=d.period,
+    )
+    out = [letters.receipt(updated, told, svc, desk.at)]
+    for action, until in result.notices:
+        out.append(letters.pause_notice(updated, action, until, desk.mid, d.period, svc, desk.at))
+    lines = tuple(f"partnership {p.id}: {line}" for line in result.done)
+    return Outcome(result.partnership, tuple(out), lines)
+
+
+def on_consent(d: Consent, pair: Pair, desk: Desk) -> Outcome:
+    """The partner's yes or no to the introduction; both people hear what it means, and the
+    admin hears a no. An unclear answer is asked again; a second answer changes nothing."""
+    p, svc, at = pair.p, desk.svc, desk.at
+    reply = svc.keys.address(AGREE, p.id, utc_week(at))
+
+    def to_partner(reply_to: str | None, done: tuple[str, ...] = (), question: str = "") -> Letter:
+        key = f"receipt:{hash16(desk.mid)}"
+        told = Told(key, reply, reply_to, done=done, question=question, to_partner=True)
+        return letters.receipt(pair, told, svc, at)
+
+    if p.consent != CONSENT_PENDING:
+        # Answered already: a second answer changes nothing, but she must know that.
+        when = p.consent_at.date().isoformat() if p.consent_at else "earlier"
+        admin = svc.admin or "the program admin"
+        question = (
+            f"You already {p.consent} on {when}; that answer stands. To change it, "
+            f"please write to {admin}."
+        )
+        line = f"partnership {p.id}: consent answer ignored, already {p.consent}"
+        return Outcome(letters=(to_partner(None, question=question),), lines=(line,))
+    if d.answer is None:
+        question = (
+            'We could not tell whether that was a yes or a no. Please reply "yes" to accept '
+            'or "no" to decline.'
+        )
+        return Outcome(letters=(to_partner(reply, question=question),))
+    accepted = d.answer == ACCEPT
+    member, partner = pair.member, pair.partner
+    first = first_checkin(p, ZoneInfo(member.timezone), svc.settings, at)
+    first_text = letters.local_time(first, member.timezone)
+    out: list[Letter] = []
+    if accepted:
+        done = f"You accepted. The first check-in for {member.name} goes out {first_text}."
+        told = f"{partner.name} accepted. Your first check-in comes {first_text}."
+    else:
+        done = "You declined. We have told the program admin."
+        told = f"{partner.name} declined; the program admin will be in touch."
+        notice = letters.consent_notice(p, member, partner, "declined", d.note, svc, at)
+        out.extend([notice] if notice else [])
+    # The member hears it too: her check-ins wait for exactly this answer.
+    plain = svc.keys.plain_address
+    to_member = Told(f"consent_told:{p.id}", plain, plain, done=(told,))
+    out.append(letters.receipt(pair, to_member, svc, at))
+    out.append(to_partner(reply, done=(done,)))
+    changed = pships.set_consent(p, accepted, at, d.note)
+    return Outcome(changed, tuple(out), (f"partnership {p.id}: partner {d.answer}",))
+
+
+def on_note(d: Note, pair: Pair, desk: Desk) -> Outcome:
+    """The partner's answer to a digest goes to the member."""
+    return Outcome(letters=(letters.partner_note(pair, d.note, desk.mid, desk.svc, desk.at),))
+
+
+def on_ambiguous(d: Ambiguous, pair: Pair, desk: Desk) -> Outcome:
+    """Ask a member with several partnerships which one her mail to the plain address is for."""
+    plain = desk.svc.keys.plain_address
+    question = (
+        'Which partnership is this for? Reply with a line "skill: SKILL" '
+        f"(yours: {', '.join(d.running)})."
+    )
+    told = Told(f"receipt:{hash16(desk.mid)}", plain, plain, question=question)
+    return Outcome(letters=(letters.receipt(pair, told, desk.svc, desk.at),))
+
+
+def on_not_counted(d: Quarantine, pair: Pair, desk: Desk) -> Outcome:
+    """Tell a member when her own reply was set aside, so a report never just vanishes.
+
+    Only for reasons that come after the sender was checked (`tell_member`): anyone else's
+    mail gets no answer from us.
+    """
+    p, svc = pair.p, desk.svc
+    ended = p.status == ENDED
+    cur = current_period(p, ZoneInfo(pair.member.timezone), svc.settings, desk.at)
+    keys = svc.keys
+    reply = keys.address(CHECKIN, p.id, cur.label) if cur and not ended else keys.plain_address
+    why = (
+        "this partnership has ended"
+        if ended
+        else "it answered a check-in from more than 8 weeks ago; please answer the latest one"
+    )
+    told = Told(
+        f"receipt:{hash16(desk.entry_id)}",
+        reply,
+        None if ended else reply,
+        problems=(f"Your reply was not counted: {why}.",),
+    )
+    return Outcome(letters=(letters.receipt(pair, told, svc, desk.at),))

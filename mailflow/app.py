@@ -1,0 +1,360 @@
+"""Wiring: build the parts from one Config and start them. No rule lives here.
+
+`build(config)` is the one entry point for anything that runs mailflow: the CLI, `serve`,
+the demo, the tests, the benches, and a web server. It is cheap (it opens the data
+directory, reads the template files and the token key; it does not parse a period file), so
+a caller can build once and keep the `App`, whose parts are:
+
+| part | what it does |
+|---|---|
+| `store`, `spool`, `outbox` | the data directory: records, accepted mail, outgoing mail |
+| `templates` | the last good set of mail templates |
+| `svc` | what letters need to know about the service (addresses, keys, settings) |
+| `mailroom` | a `Letter` becomes queued mail |
+| `intake` | spooled mail becomes records (`ingest`) |
+| `jobs` | the week's jobs (`run_and_deliver`, `introduce`) |
+
+`App.tick(now)` runs everything due at `now` once; `App.listener(clock)` makes the SMTP
+listener on this app's spool; `serve(app, clock, stop)` runs listener, ingest and scheduler
+until `stop` is set. Every part reads the clock only through the `now` it is handed; the
+edges (the CLI, `serve`, the tests) hold the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import schedule as schedule_lib
+
+from mailflow import status
+from mailflow.clock import Clock
+from mailflow.compose import Templates
+from mailflow.config import Config
+from mailflow.errors import ListenerError, StartupError
+from mailflow.intake import Intake
+from mailflow.jobs import Jobs
+from mailflow.letters import ServiceInfo
+from mailflow.mailroom import Mailroom, TickReport
+from mailflow.outbox import Outbox
+from mailflow.spool import Spool
+from mailflow.store import Store
+from mailflow.tokens import Rcpt
+
+if TYPE_CHECKING:  # the listener (aiosmtpd) is imported only by what listens
+    from mailflow.inbox import Listener
+
+log = logging.getLogger("mailflow")
+
+INGEST_GATHER_SECONDS = 0.1  # serve: how long an ingest round waits for more mail to batch
+KEY_FILE = "secret.key"
+
+
+def load_secret(config: Config) -> bytes:
+    """The token key: from `service.secret_env` (read at config load) when set, else a key
+    made once in data_dir/secret.key (never overwritten: another process may have made it)."""
+    value = config.secret(config.service.secret_env)
+    if value:
+        return value.encode("utf-8")
+    data_dir = config.service.data_dir
+    path = data_dir / KEY_FILE
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32).encode("ascii")
+    tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)  # never overwrite a key another process made first
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes().strip()
+
+
+class App:
+    """The parts of one mailflow, built from one Config by `build`."""
+
+    def __init__(self, config: Config, templates: Templates | None = None) -> None:
+        self.config = config
+        self.data_dir = config.service.data_dir
+        self.store = Store(self.data_dir)
+        self.store.init()
+        self.templates = templates or Templates(config.templates.dir)
+        self.svc = ServiceInfo.from_config(config, load_secret(config))
+        relay = config.relay
+        password = config.secret(relay.password_env) if relay.host else None
+        bounces = self.svc.keys.bounce_address
+        self.outbox = Outbox(self.store, relay, password, bounces, self.data_dir)
+        self.spool = Spool(self.data_dir / "spool")
+        self.mailroom = Mailroom(
+            self.store, self.outbox, self.templates, config.service.sender, self.svc.domain
+        )
+        self.intake = Intake(self.store, self.spool, self.mailroom, self.svc, self.data_dir)
+        self.jobs = Jobs(self.store, self.mailroom, self.svc)
+
+    def ingest(self, now: datetime) -> TickReport:
+        """Turn what the spool holds into records (see `intake`)."""
+        return self.intake.ingest(now)
+
+    def tick(self, now: datetime) -> TickReport:
+        """Everything due at `now`, once: ingest spooled mail, queue jobs, deliver."""
+        out = self.intake.ingest(now)
+        out.extend(self.jobs.run_and_deliver(now))
+        return out
+
+    def status(self, now: datetime) -> dict[str, Any]:
+        """The `status --json` dict at `now`."""
+        return status.status(self.store, self.spool, self.outbox, self.svc.settings, now)
+
+    def rcpt_policy(self, address: str) -> Rcpt:
+        """RCPT: only our signed reply addresses, the plain address and the bounce address."""
+        return self.svc.keys.rcpt(address)[0]
+
+    def listener(
+        self, clock: Clock, on_spooled: Callable[[str], None] | None = None, **overrides: Any
+    ) -> Listener:
+        """The SMTP listener of this app's config (not started); `overrides` replace fields
+        of its `ListenerOptions` (a test's port, a smaller size limit, ...)."""
+        from mailflow.inbox import Listener, ListenerOptions
+
+        lc = self.config.listener
+        options = ListenerOptions(
+            host=lc.host,
+            port=lc.port,
+            max_message_bytes=lc.max_message_bytes,
+            timeout_seconds=lc.timeout_seconds,
+            max_connections=lc.max_connections,
+            hostname=self.svc.domain,
+            tls_cert=lc.tls_cert,
+            tls_key=lc.tls_key,
+            require_starttls=lc.require_starttls,
+            auth_users=lc.auth_users(self.config.secrets),
+        )
+        notify = on_spooled or _ignore
+        return Listener(replace(options, **overrides), self.spool, self.rcpt_policy, notify, clock)
+
+
+def build(config: Config, *, templates: Templates | None = None) -> App:
+    """The parts of mailflow for `config` (see the module docstring); `templates` lets a
+    caller that already holds a checked set share it."""
+    return App(config, templates)
+
+
+def _ignore(_entry_id: str) -> None:
+    pass
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+def serve(
+    app: App,
+    clock: Clock,
+    stop: threading.Event,
+    ready: Callable[[], None] | None = None,
+    *,
+    ingest_process: bool | None = None,
+) -> None:
+    """Listener + ingest process (or thread) + scheduler loop until `stop` is set.
+
+    Refuses to start (StartupError) with a broken template, a listener that cannot listen,
+    or an ingest process without a clock that can cross to it. `ingest_process` None: the
+    config's `listener.ingest_process`. `ready` is called once everything runs.
+    """
+    problems = app.templates.check()
+    if problems:
+        raise StartupError("templates have errors; fix them first: " + "; ".join(problems))
+    # Only `serve` clears half-written files: a CLI command running next to it must not
+    # delete what the running listener or sender is writing at that moment.
+    app.spool.recover()
+    app.outbox.init()
+    if ingest_process is None:
+        ingest_process = app.config.listener.ingest_process
+    worker = _IngestWorker(app.config, clock) if ingest_process else _IngestThread(app, clock)
+    worker.start()
+    try:
+        listener = app.listener(clock, lambda _id: worker.wake.set())
+        listener.start()
+    except BaseException as exc:
+        worker.stop()
+        if isinstance(exc, ListenerError | OSError):
+            raise StartupError(f"cannot start: {exc}") from None
+        raise
+    lc = app.config.listener
+    log.info("listening on %s:%d for *@%s", lc.host, lc.port, app.svc.domain)
+    try:
+        _schedule(app, clock, stop, worker, ready)
+    finally:
+        log.info("stopping")
+        listener.stop()
+        worker.stop()
+        log.info("stopped")
+
+
+def _schedule(
+    app: App,
+    clock: Clock,
+    stop: threading.Event,
+    worker: _IngestThread | _IngestWorker,
+    ready: Callable[[], None] | None,
+) -> None:
+    """The scheduler loop: a tick every `tick_seconds` (and one at once, to catch up)."""
+    scheduler = schedule_lib.Scheduler()
+
+    def scheduled_tick() -> None:
+        try:
+            for problem in app.templates.refresh():
+                log.error("template not used (last good version stays): %s", problem)
+            app.jobs.run_and_deliver(clock())
+        except Exception:  # noqa: BLE001 - a failed tick is retried at the next one
+            log.exception("tick failed; will retry")
+
+    tick_seconds = app.config.schedule.tick_seconds
+    scheduler.every(tick_seconds).seconds.do(scheduled_tick)
+    worker.wake.set()  # process anything a previous run left in the spool
+    scheduled_tick()
+    if ready is not None:
+        ready()
+    while not stop.is_set():
+        scheduler.run_pending()
+        if not worker.alive():
+            log.error("ingest process stopped (exit %s); starting a new one", worker.exitcode())
+            worker.start()
+        stop.wait(timeout=min(1.0, tick_seconds))
+
+
+def _ingest_loop(app: App, clock: Clock, wake: Any, stop: Any, parent: int | None) -> None:
+    """Wait for spooled mail and ingest it in batches until `stop` (or the parent is gone)."""
+    while not stop.is_set():
+        if wake.wait(timeout=1.0):
+            # Group commit: let the messages arriving meanwhile join this batch, so the
+            # period file is rewritten once per batch, not once per message.
+            stop.wait(INGEST_GATHER_SECONDS)
+        wake.clear()
+        if stop.is_set() or (parent is not None and os.getppid() != parent):
+            break  # a SIGKILLed `serve` must not leave an orphan ingesting behind it
+        try:
+            app.ingest(clock())
+        except Exception:  # noqa: BLE001 - keep serving; the spool keeps the mail
+            log.exception("ingest failed; will retry")
+
+
+class _IngestThread:
+    """Ingest in a thread of `serve` (the default)."""
+
+    def __init__(self, app: App, clock: Clock) -> None:
+        self.app, self.clock = app, clock
+        self.wake = threading.Event()
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(
+            target=_ingest_loop,
+            args=(self.app, self.clock, self.wake, self.stop_event, None),
+            name="mailflow-ingest",
+            daemon=True,
+        )
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return True  # a thread's failures are caught and logged inside its loop
+
+    def exitcode(self) -> int | None:
+        return None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+
+
+def _ingest_process(config: Config, clock: Clock, wake: Any, stop: Any, parent: int) -> None:
+    """Entry point of the ingest process (spawned: a fresh interpreter, no inherited locks)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = build(config)
+    wake.set()  # whatever is in the spool already
+    _ingest_loop(app, clock, wake, stop, parent)
+
+
+class _IngestWorker:
+    """The ingest process of `serve` (`listener.ingest_process`), restarted if it dies.
+
+    Parsing is the costly part of taking a reply; in a process of its own the listener and
+    the parser use both cores (the spool and the store already work across processes). The
+    process gets the same clock, which must therefore be a value that pickles (see `clock`).
+    """
+
+    def __init__(self, config: Config, clock: Clock) -> None:
+        try:
+            pickle.dumps(clock)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            raise StartupError(
+                "listener.ingest_process needs a clock that can be sent to another process"
+            ) from None
+        self.context = multiprocessing.get_context("spawn")
+        self.config = config
+        self.clock = clock
+        self.wake = self.context.Event()
+        self.stop_event = self.context.Event()
+        self.process: Any = None
+
+    def start(self) -> None:
+        self.process = self.context.Process(
+            target=_ingest_process,
+            args=(self.config, self.clock, self.wake, self.stop_event, os.getpid()),
+            name="mailflow-ingest",
+            daemon=True,
+        )
+        self.process.start()
+
+    def alive(self) -> bool:
+        return bool(self.process is not None and self.process.is_alive())
+
+    def exitcode(self) -> int | None:
+        return None if self.process is None else self.process.exitcode
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+        if self.process is not None:
+            self.process.join(timeout=5)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(timeout=2)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set `stop` (serve then shuts down in order)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,283 @@
+"""Intake: spooled mail becomes records, in batches.
+
+For each batch: one roster snapshot and one snapshot per period file; per message: parse,
+`triage.route`, read the `Facts` of the one routed partnership, `triage.decide`. Then, in the
+order the durability promise needs:
+1. side effects first, each idempotent (keyed by the message): what `actions` asks, applied
+   in a core transaction on the partnership as stored now, and its letters queued;
+2. the records, one write per period file (a Message-ID already stored is a duplicate);
+3. the raw messages archived under mail/in/PERIOD/ (or quarantined with the reason), and the
+   directories synced; then bounce flags.
+A crash anywhere re-runs the batch harmlessly: side effects and records are keyed by the
+message, and a message leaves the spool only after its record is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from filelock import FileLock
+
+from mailflow import actions, letters, status, triage
+from mailflow.letters import Pair, ServiceInfo
+from mailflow.mailroom import Mailroom, Prepared, TickReport
+from mailflow.models import Partnership, Report, Roster
+from mailflow.parse import parse_message
+from mailflow.schedule import current_period, report_period
+from mailflow.spool import Spool, SpoolEntry
+from mailflow.store import Store, WeekView, fsync_dir
+from mailflow.triage import Decision, Quarantine, Record, Reply
+
+log = logging.getLogger("mailflow")
+
+INGEST_BATCH = 500
+LOCK_TIMEOUT_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A message whose Message-ID is already stored: archived, nothing else."""
+
+    decision: Decision
+
+
+Fate = Decision | Duplicate
+
+
+class Intake:
+    """Turns spooled mail into records; safe to run from several threads and processes."""
+
+    def __init__(
+        self, store: Store, spool: Spool, mailroom: Mailroom, svc: ServiceInfo, data_dir: Path
+    ) -> None:
+        self.store = store
+        self.spool = spool
+        self.mailroom = mailroom
+        self.svc = svc
+        self.data_dir = data_dir
+        self._lock = threading.Lock()
+
+    def ingest(self, now: datetime, limit: int = INGEST_BATCH) -> TickReport:
+        """Everything in the spool now, in batches of `limit`; what happened, line by line."""
+        report = TickReport()
+        lock = FileLock(str(self.spool.root / ".ingest.lock"), timeout=LOCK_TIMEOUT_SECONDS)
+        with self._lock, lock:
+            for _ in range(10_000):  # bounded: each round removes what it read from the spool
+                entries = self.spool.pending(limit)
+                if not entries:
+                    break
+                self._batch(entries, now, report)
+                if len(entries) < limit:
+                    break
+        return report
+
+    def _batch(self, entries: list[SpoolEntry], now: datetime, out: TickReport) -> None:
+        # The maps are built once per core file version, not per batch: serve's batches are
+        # often small. One snapshot per period for the batch: a view indexes its tables on
+        # first use, so a snapshot per message made every message cost a pass over the
+        # period's records.
+        roster = Roster(self.store.people_map(), self.store.partnerships_map())
+        views: dict[str, WeekView] = {}
+        decided: list[tuple[SpoolEntry, Decision]] = []
+        for entry in entries:
+            try:
+                decision = self._decide(entry, roster, views)
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the rest
+                log.exception("ingest failed for %s", entry.id)
+                decision = Quarantine(f"processing error: {type(exc).__name__}: {exc}")
+            decided.append((entry, decision))
+        prepared, fates = self._act(decided, roster, views, out)
+        self.mailroom.commit(prepared, out)
+        self._record(fates)
+        self._dispose(fates, now, out)
+
+    def _decide(self, entry: SpoolEntry, roster: Roster, views: dict[str, WeekView]) -> Decision:
+        parsed = parse_message(entry.raw)
+        envelope = triage.Envelope(
+            entry.id, entry.mail_from, entry.rcpt_tos, entry.received_at, entry.raw
+        )
+        target = triage.route(parsed, envelope, self.svc.keys, roster)
+        if not isinstance(target, triage.Target):
+            return target
+        return triage.decide(parsed, target, self._facts(target, roster, views))
+
+    def _facts(
+        self, target: triage.Target, roster: Roster, views: dict[str, WeekView]
+    ) -> triage.Facts:
+        """The one read `decide` needs: the routed partnership's periods at receipt."""
+        p, at, s = target.partnership, target.envelope.received_at, self.svc.settings
+        tz = self.svc.tz_of(roster.people.get(p.member))
+        cur = current_period(p, tz, s, at)
+        label = cur.label if cur else None
+        token_period = target.token.period if target.token else None
+        # Is the current period's check-in out and still without a report? (A reply to the
+        # current check-in needs no look-up.)
+        is_open = False
+        if label is not None and label != token_period:
+            view = self._view(views, label)
+            week = view.week(p.id)
+            is_open = bool(week and week.checkin_at) and view.report_count(p.id) == 0
+        where = report_period(p, tz, s, at, token_period, is_open)
+        return triage.Facts(label, where, at.astimezone(tz).date())
+
+    def _view(self, views: dict[str, WeekView], period: str) -> WeekView:
+        view = views.get(period)
+        if view is None:
+            view = views[period] = self.store.week(period)
+        return view
+
+    # -- 1. side effects ----------------------------------------------------------------------
+
+    def _act(
+        self,
+        decided: list[tuple[SpoolEntry, Decision]],
+        roster: Roster,
+        views: dict[str, WeekView],
+        out: TickReport,
+    ) -> tuple[list[Prepared], list[tuple[SpoolEntry, Fate]]]:
+        """Side effects first, each idempotent (keyed by the message): a crash before the
+        records re-runs them harmlessly and stores the record once."""
+        prepared: list[Prepared] = []
+        fates: list[tuple[SpoolEntry, Fate]] = []
+        seen: set[str] = set()
+        for entry, d in decided:
+            if isinstance(d, Quarantine):
+                fates.append((entry, d))
+                try:
+                    prepared.extend(self._apply(d, roster, entry, "", out))
+                except Exception:  # noqa: BLE001 - the message is kept; the notice is a courtesy
+                    log.exception("not-counted notice failed for %s", entry.id)
+                continue
+            mid = triage.message_id(d)
+            view = self._view(views, triage.record_period(d, entry.received_at))
+            if mid in seen or view.has_message(mid):
+                fates.append((entry, Duplicate(d)))
+                continue
+            seen.add(mid)
+            try:
+                prepared.extend(self._apply(d, roster, entry, mid, out))
+            except Exception as exc:  # noqa: BLE001 - keep the message; a human looks at it
+                log.exception("side effects failed for %s", entry.id)
+                d = Quarantine(f"processing error: {type(exc).__name__}: {exc}")
+            fates.append((entry, d))
+        return prepared, fates
+
+    def _apply(
+        self, d: Decision, roster: Roster, entry: SpoolEntry, mid: str, out: TickReport
+    ) -> list[Prepared]:
+        """What the message asks, on its partnership as stored now (read and written back in
+        one core transaction, so no change is lost), then its letters prepared."""
+        pid = actions.subject(d)
+        if pid is None:
+            return []
+        at = entry.received_at
+        desk = actions.Desk(self.svc, at, mid, entry.id)
+        with self.store.core_tx() as tx:
+            current = tx.partnership(pid)
+            outcome = actions.apply(d, self._pair(current, roster, at), desk)
+            if outcome.partnership is not None and outcome.partnership != current:
+                tx.put_partnership(outcome.partnership)
+        for line in outcome.lines:
+            out.add(line)
+        return [self.mailroom.prepare(letter, at) for letter in outcome.letters]
+
+    def _pair(self, p: Partnership | None, roster: Roster, at: datetime) -> Pair | None:
+        if p is None or not roster.has_both(p):
+            return None
+        member, partner = roster.people[p.member], roster.people[p.partner]
+        strip = status.strip(self.store, p, ZoneInfo(member.timezone), self.svc.settings, at)
+        return letters.Pair(p, member, partner, strip)
+
+    # -- 2. records, 3. archive ---------------------------------------------------------------
+
+    def _record(self, fates: list[tuple[SpoolEntry, Fate]]) -> None:
+        """The records of the batch: one write per period file."""
+        by_period: dict[str, list[Decision]] = defaultdict(list)
+        for entry, d in fates:
+            if not isinstance(d, Quarantine | Duplicate):
+                by_period[triage.record_period(d, entry.received_at)].append(d)
+        for period, items in by_period.items():
+            with self.store.week_tx(period) as week:
+                for d in items:
+                    for record in triage.records(d):
+                        if isinstance(record, Report):
+                            week.add_report(record)
+                        else:
+                            week.add_inbound(record)
+
+    def _dispose(
+        self, fates: list[tuple[SpoolEntry, Fate]], now: datetime, out: TickReport
+    ) -> None:
+        """Archive or quarantine each message (after its record is on disk), then bounces."""
+        archived: set[Path] = set()
+        bounced: list[tuple[str, str]] = []
+        for entry, d in fates:
+            if isinstance(d, Quarantine):
+                self.spool.quarantine(entry.id, d.reason)
+                out.add(f"quarantined {entry.id}: {d.reason}")
+                continue
+            decision = d.decision if isinstance(d, Duplicate) else d
+            path = triage.archive_path(decision.period, entry.id, entry.received_at)
+            dest = self.data_dir / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(entry.path, dest)
+            archived.add(dest.parent)
+            out.add(_line(entry, d))
+            if isinstance(d, Record):
+                bounced.extend((addr, d.reason) for addr in d.bounced)
+        for folder in archived | {self.spool.root / "new"}:
+            if folder.exists():
+                fsync_dir(folder)
+        if bounced:
+            self._mark_bouncing(bounced, now, out)
+        working = {triage.sender_of(d) for _, d in fates if not isinstance(d, Duplicate)}
+        working.discard("")
+        if working & self._bouncing():
+            self._clear_bouncing(working, out)
+
+    # -- bounces ------------------------------------------------------------------------------
+
+    def _bouncing(self) -> set[str]:
+        return {p.email for p in self.store.people_map().values() if p.bouncing}
+
+    def _clear_bouncing(self, addresses: set[str], out: TickReport) -> None:
+        """Mail that arrived from an address proves it works again."""
+        with self.store.core_tx() as core:
+            for addr in sorted(addresses):
+                person = core.person(addr)
+                if person is not None and person.bouncing:
+                    core.put_person(replace(person, bouncing=False, bounce_reason=""))
+                    out.add(f"{addr} no longer bouncing (mail arrived from it)")
+
+    def _mark_bouncing(
+        self, bounced: list[tuple[str, str]], now: datetime, out: TickReport
+    ) -> None:
+        """Flag each failed address once; the admin hears of each newly bouncing one."""
+        newly: list[tuple[str, str]] = []
+        with self.store.core_tx() as core:
+            for addr, reason in bounced:
+                person = core.person(addr)
+                if person is not None and not person.bouncing:
+                    core.put_person(replace(person, bouncing=True, bounce_reason=reason[:200]))
+                    newly.append((addr, reason))
+        for addr, _ in newly:
+            out.add(f"{addr} marked bouncing")
+        notices = [letters.bounce_notice(addr, reason, self.svc, now) for addr, reason in newly]
+        self.mailroom.post(notices, now, out)
+
+
+def _line(entry: SpoolEntry, fate: Fate) -> str:
+    match fate:
+        case Duplicate():
+            return f"duplicate {entry.id}: already stored, ignored"
+        case Reply(report=Report() as r):
+            setback = " (setback)" if r.setback else ""
+            return f"report for partnership {r.partnership_id} {r.period}{setback} from {r.sender}"
+    return f"recorded {fate.reason} ({entry.id})"

@@ -1,0 +1,198 @@
+"""The mailroom: a `Letter` becomes queued mail, recorded with the job it does.
+
+`prepare` renders a letter (compose), turns it into wire bytes (mime) and writes them to the
+outbox without syncing; `commit` syncs once for the whole batch, then in one transaction per
+period file records each message as queued together with its `Mark` (the job done: a week's
+check-in, reminder, no-report or digest), skipping any key already recorded; `flush` lets the
+outbox deliver. So a crash before the commit leaves at most unreferenced files (re-rendered
+under the same key by the next run), and a crash after it leaves queued mail that is sent once.
+Every promise about outgoing mail (one message per key, ever; rendered with a template that
+passed the check) holds here, whoever wrote the letter: the week's jobs, a reply, an admin.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Literal
+
+from mailflow.compose import Templates
+from mailflow.letters import DigestMark, Letter, Mark
+from mailflow.mime import message_bytes
+from mailflow.models import Outgoing, Week
+from mailflow.outbox import FlushResult, Outbox
+from mailflow.schedule import utc_week
+from mailflow.store import Store, WeekView
+from mailflow.tokens import letter_message_id
+
+log = logging.getLogger("mailflow")
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of what a run did: `done` (queued, sent, recorded, ...) or `error`."""
+
+    kind: Literal["done", "error"]
+    text: str
+
+
+@dataclass
+class TickReport:
+    """What a tick, an ingest or a delivery did, line by line (the CLI prints `lines`)."""
+
+    entries: list[Line] = field(default_factory=list)
+
+    def add(self, text: str) -> None:
+        """One thing done (also logged)."""
+        self.entries.append(Line("done", text))
+        log.info(text)
+
+    def error(self, text: str) -> None:
+        """A job that failed (it is retried at the next run); printed as `error: TEXT`."""
+        self.entries.append(Line("error", f"error: {text}"))
+        log.info("error: %s", text)
+
+    def extend(self, other: TickReport) -> None:
+        """Another run's lines, after these."""
+        self.entries.extend(other.entries)
+
+    @property
+    def lines(self) -> list[str]:
+        """Every line as printed, in order."""
+        return [line.text for line in self.entries]
+
+    @property
+    def errors(self) -> list[str]:
+        """The lines of jobs that failed."""
+        return [line.text for line in self.entries if line.kind == "error"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A rendered message on disk, waiting to be recorded with its job in one write."""
+
+    outgoing: Outgoing
+    mark: Mark | DigestMark | None = None
+
+
+class Mailroom:
+    """Render, write, record and deliver letters; shared by every use case that writes mail."""
+
+    def __init__(
+        self, store: Store, outbox: Outbox, templates: Templates, sender: str, domain: str
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.templates = templates
+        self.sender = sender  # the From address
+        self.domain = domain  # of our Message-IDs
+
+    def prepare(self, letter: Letter, now: datetime) -> Prepared:
+        """Render and write one letter (not yet synced or recorded); TemplateError if its
+        template does not render."""
+        rendered = self.templates.render(letter.template, letter.ctx)
+        mid = letter.message_id or letter_message_id(letter.template, letter.key, self.domain)
+        data = message_bytes(
+            rendered,
+            from_address=self.sender,
+            from_name=letter.from_name,
+            to_address=letter.to.address,
+            to_name=letter.to.name,
+            message_id=mid,
+            date=now,
+            reply_to=letter.reply_to,
+        )
+        path = self.outbox.write_bytes(letter.key, letter.period, data, sync=False)
+        outgoing = Outgoing(
+            key=letter.key,
+            kind=letter.template,
+            to=letter.to.address,
+            message_id=mid,
+            path=path,
+            created_at=now,
+            partnership_id=letter.partnership_id,
+            period=letter.period,
+        )
+        return Prepared(outgoing, letter.mark)
+
+    def commit(self, items: list[Prepared], out: TickReport) -> int:
+        """Record prepared messages with their jobs: one sync, one write per period file.
+
+        Returns how many were queued (a key already recorded, or a mark that no longer
+        applies, queues nothing).
+        """
+        if not items:
+            return 0
+        self.outbox.sync()
+        by_period: dict[str, list[Prepared]] = defaultdict(list)
+        for item in items:
+            by_period[item.outgoing.period or utc_week(item.outgoing.created_at)].append(item)
+        queued = 0
+        for period, group in sorted(by_period.items()):
+            with self.store.week_tx(period) as week:
+                for item in group:
+                    o = item.outgoing
+                    if week.outgoing(o.key) is not None:
+                        continue
+                    if item.mark is not None and not apply_mark(week, item.mark, o):
+                        continue
+                    week.put_outgoing(o)
+                    queued += 1
+                    out.add(f"queued {o.kind} to {o.to} ({o.key})")
+        return queued
+
+    def post(self, letters: Iterable[Letter | None], now: datetime, out: TickReport) -> int:
+        """Prepare and commit letters (None entries are skipped: "nothing to send")."""
+        return self.commit([self.prepare(letter, now) for letter in letters if letter], out)
+
+    def flush(self, now: datetime) -> TickReport:
+        """Deliver what is queued and due at `now`."""
+        out = TickReport()
+        for line in flush_lines(self.outbox.flush(now)):
+            out.add(line)
+        return out
+
+
+def apply_mark(week: WeekView, mark: Mark | DigestMark, o: Outgoing) -> bool:
+    """Record in the period file the job a message does; False when it is done already (or,
+    for a reminder or no-report digest, moot because a report arrived)."""
+    pid, at = o.partnership_id, o.created_at
+    assert pid is not None and o.period is not None  # marks are only on a partnership's jobs
+    current = week.week(pid) or Week(pid, o.period)
+    if isinstance(mark, DigestMark):
+        if current.digested_reports >= mark.count:
+            return False
+        week.put_week(replace(current, digest_at=at, digested_reports=mark.count))
+        return True
+    if getattr(current, mark.field) is not None:
+        return False
+    if mark.only_without_reports and week.report_count(pid):
+        return False
+    week.put_week(replace(current, **{mark.field: at}))
+    return True
+
+
+def sum_results(results: Iterable[FlushResult]) -> FlushResult:
+    """Several deliveries' results as one."""
+    total = FlushResult()
+    for r in results:
+        total.sent += r.sent
+        total.failed += r.failed
+        total.deferred += r.deferred
+        total.failures.extend(r.failures)
+    return total
+
+
+def flush_lines(result: FlushResult) -> list[str]:
+    """What a delivery did, as report lines: sent, deferred, each failure."""
+    lines = []
+    if result.sent:
+        lines.append(f"sent {result.sent} message(s)")
+    if result.deferred:
+        lines.append(f"deferred {result.deferred} message(s) (relay unavailable; will retry)")
+    for key, error in result.failures:
+        lines.append(f"failed {key}: {error}")
+    return lines

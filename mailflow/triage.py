@@ -1,0 +1,453 @@
+"""Inbound mail, sorted at the door and then decided: what one accepted message means (pure).
+
+Two steps, as Mailman's LMTP runner splits the recipient before the queue does its work:
+
+1. `route(parsed, envelope, keys, roster)` finds what the message is about from the message,
+   its recipients and the roster alone: a bounce or other mail to our return path is
+   recorded, mail to a check-in token (or naming one of our Message-IDs in In-Reply-To /
+   References) or to the plain address from a member is routed to its partnership as a
+   `Target`; a forged sender, an ended partnership or a stranger is quarantined.
+2. `decide(parsed, target, facts)` says what a routed message is, given the `Facts` the
+   use case reads for that one partnership (its current period, where a report counts, the
+   member's date): a member's `Reply` (a report and/or commands), a partner's `Consent` or
+   `Note`, other inbound mail to `Record`, or `Quarantine` with the reason for a human.
+
+Decisions are frozen variants; `actions` does what they ask and `intake` stores them. The
+stored records (`Report`, `Inbound`) carry the path the raw message will be archived under,
+which is known here because it depends only on the decision's period and the spool id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from mailflow.commands import Command, extract_commands, parse_consent
+from mailflow.models import CONSENT_ACCEPTED, ENDED, Inbound, Partnership, Report, Roster
+from mailflow.parse import ParsedMessage, detect_setback, find_sections
+from mailflow.schedule import utc_week, weeks_between
+from mailflow.tokens import AGREE, CHECKIN, DIGEST, Keys, Rcpt, Token, token_from_ids
+
+MAX_TOKEN_AGE_WEEKS = 8  # older tokens are replays, not late replies
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One spooled message as the listener took it."""
+
+    id: str  # the spool id; the raw message is archived as mail/in/PERIOD/ID.eml
+    mail_from: str  # "" for the null sender <>
+    rcpt_tos: tuple[str, ...]
+    received_at: datetime
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class Target:
+    """The partnership a message is about, and how we know: its token, or None when it came
+    to the plain address and was picked by its skill line or subject."""
+
+    partnership: Partnership
+    token: Token | None
+    sender: str
+    message_id: str
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What `decide` needs from the store about the routed partnership, read once."""
+
+    current: str | None  # the current period's label (None before the first check-in)
+    report_period: str  # where a member's report counts (schedule.report_period)
+    local_today: date  # the member's date when the message arrived
+
+
+# -- the decisions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """Set aside with the reason for a human; never counted.
+
+    `tell_member`: her own reply, refused after the sender was checked (a stale check-in, an
+    ended partnership): she is told it was not counted, so a report never just vanishes.
+    """
+
+    reason: str
+    partnership_id: int | None = None
+    period: str | None = None
+    tell_member: bool = False
+
+
+@dataclass(frozen=True)
+class Record:
+    """Other inbound mail (an auto-reply, a bounce, a note before the start): recorded only."""
+
+    reason: str
+    inbound: Inbound
+    bounced: tuple[str, ...] = ()  # a bounce: the addresses that failed
+
+    @property
+    def period(self) -> str | None:
+        return self.inbound.period
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A member's reply: a progress record and/or commands (`problems`: lines not understood)."""
+
+    reason: str
+    pid: int
+    period: str
+    sender: str
+    report: Report | None = None
+    inbound: Inbound | None = None  # commands only: recorded as inbound mail
+    commands: tuple[Command, ...] = ()
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Consent:
+    """A partner's answer to the introduction: accepted, declined or None (unclear)."""
+
+    pid: int
+    period: str
+    answer: str | None
+    note: str
+    sender: str
+    inbound: Inbound
+
+    @property
+    def reason(self) -> str:
+        return f"consent: {self.answer or 'unclear'}"
+
+
+@dataclass(frozen=True)
+class Note:
+    """A partner's answer to a digest, for the member."""
+
+    pid: int
+    period: str
+    note: str
+    sender: str
+    inbound: Inbound
+    reason: str = "partner note"
+
+
+@dataclass(frozen=True)
+class Ambiguous:
+    """A member with several partnerships wrote to the plain address: we must ask which.
+
+    `skills`: of the partnerships it could be for (accepted); `running`: of all her running
+    ones, named in the question; `pid`: the one the question is sent about (the first).
+    """
+
+    sender: str
+    pid: int
+    skills: tuple[str, ...]
+    running: tuple[str, ...]
+    inbound: Inbound
+
+    @property
+    def period(self) -> None:
+        return None  # not yet any partnership's: stored in the UTC week
+
+    @property
+    def reason(self) -> str:
+        return "which partnership: " + ", ".join(self.skills)
+
+
+Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous
+
+
+def records(d: Decision) -> tuple[Report | Inbound, ...]:
+    """What a decision stores in its period file (nothing for a quarantine)."""
+    match d:
+        case Reply():
+            return tuple(r for r in (d.report, d.inbound) if r is not None)
+        case Record() | Consent() | Note() | Ambiguous():
+            return (d.inbound,)
+    return ()
+
+
+def message_id(d: Decision) -> str:
+    """The Message-ID a decision stores its records under ("" for a quarantine)."""
+    found = records(d)
+    return found[0].message_id if found else ""
+
+
+def record_period(d: Decision, received_at: datetime) -> str:
+    """The period file of a decision's records: its period, else the UTC week of receipt."""
+    return d.period or utc_week(received_at)
+
+
+def archive_path(period: str | None, entry_id: str, received_at: datetime) -> str:
+    """Where the raw message `entry_id` is kept, relative to data_dir: under its decision's
+    period, else the UTC week it arrived in."""
+    return f"mail/in/{period or utc_week(received_at)}/{entry_id}.eml"
+
+
+def sender_of(d: Decision) -> str:
+    """Who proved they receive our mail: the sender of a reply, consent or note ("" else)."""
+    match d:
+        case Reply() | Consent() | Note():
+            return d.sender
+    return ""
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def message_id_of(parsed: ParsedMessage, raw: bytes) -> str:
+    """The message's own Message-ID, or a stable stand-in so duplicates still match."""
+    if parsed.message_id:
+        return parsed.message_id
+    return f"<sha256.{hashlib.sha256(raw).hexdigest()[:40]}@mailflow.invalid>"
+
+
+_DIAGNOSTIC = re.compile(rb"^Diagnostic-Code:[ \t]*(?:smtp;)?[ \t]*([^\r\n]{1,300})", re.I | re.M)
+_STATUS = re.compile(rb"^Status:[ \t]*([245]\.\d{1,3}\.\d{1,3})", re.I | re.M)
+
+
+def bounce_reason(raw: bytes, detail: str) -> str:
+    """The receiving server's own words from a DSN (Diagnostic-Code, Status), else `detail`."""
+    head = raw[:262_144]
+    diagnostic = _DIAGNOSTIC.search(head)
+    if diagnostic:
+        return diagnostic.group(1).decode("utf-8", "replace").strip()
+    status = _STATUS.search(head)
+    if status:
+        return f"status {status.group(1).decode('ascii')} ({detail})"
+    return detail
+
+
+def _inbound(
+    envelope: Envelope,
+    parsed_mid: str,
+    sender: str,
+    kind: str,
+    detail: str,
+    pid: int | None = None,
+    period: str | None = None,
+    **extra: object,
+) -> Inbound:
+    return Inbound(
+        message_id=parsed_mid,
+        received_at=envelope.received_at,
+        kind=kind,
+        sender=sender,
+        detail=detail,
+        partnership_id=pid,
+        period=period,
+        raw_ref=archive_path(period, envelope.id, envelope.received_at),
+        extra=dict(extra),
+    )
+
+
+def _pick(candidates: list[Partnership], skill: str | None, subject: str) -> Partnership | None:
+    if len(candidates) == 1:
+        return candidates[0]
+    if skill:
+        chosen = [p for p in candidates if p.skill == " ".join(skill.lower().split())]
+        if len(chosen) == 1:
+            return chosen[0]
+    # Whole words only: "go" must not pick "Going well with the queries".
+    chosen = [
+        p for p in candidates if re.search(rf"(?<!\w){re.escape(p.skill)}(?!\w)", subject, re.I)
+    ]
+    return chosen[0] if len(chosen) == 1 else None
+
+
+# -- 1. route -----------------------------------------------------------------------------------
+
+
+def route(
+    parsed: ParsedMessage, envelope: Envelope, keys: Keys, roster: Roster
+) -> Target | Decision:
+    """The partnership a message is about (`Target`), or what it is when it is about none."""
+    mid = message_id_of(parsed, envelope.raw)
+    sender = (parsed.from_address or envelope.mail_from or "").lower()
+    token: Token | None = None
+    to_bounce = to_plain = False
+    for rcpt in envelope.rcpt_tos:
+        kind, found = keys.rcpt(rcpt)
+        to_bounce = to_bounce or kind is Rcpt.BOUNCES
+        to_plain = to_plain or kind is Rcpt.PLAIN
+        token = token or found
+    if token is None and not to_bounce:
+        ids = [i for i in (parsed.in_reply_to, *parsed.references) if i]
+        ref = token_from_ids(ids, keys.domain)
+        token = keys.parse(ref) if ref else None
+
+    if parsed.kind == "bounce" or (to_bounce and not envelope.mail_from):
+        bounced = tuple(a.lower() for a in parsed.bounced_recipients)
+        why = bounce_reason(envelope.raw, parsed.detail) if bounced else parsed.detail
+        inbound = _inbound(envelope, mid, sender, "bounce", parsed.detail, recipients=list(bounced))
+        return Record(f"bounce: {why}", inbound, bounced)
+    if to_bounce and token is None:
+        # Auto-replies and stray mail to our return path: keep a record, answer nothing.
+        inbound = _inbound(envelope, mid, sender, parsed.kind, parsed.detail)
+        return Record(f"to bounce address: {parsed.detail}", inbound)
+    if token is not None:
+        return _by_token(token, sender, mid, envelope, roster)
+    if to_plain:
+        return _by_member(parsed, sender, mid, envelope, roster)
+    return Quarantine("no check-in token in the address or references")
+
+
+def _by_token(
+    token: Token, sender: str, mid: str, envelope: Envelope, roster: Roster
+) -> Target | Decision:
+    p = roster.partnerships.get(token.partnership_id)
+    if p is None:
+        return Quarantine(f"unknown partnership {token.partnership_id}")
+    expected = roster.people.get(p.member if token.kind == CHECKIN else p.partner)
+    if expected is None or sender != expected.email:
+        who = "member" if token.kind == CHECKIN else "partner"
+        return Quarantine(
+            f"sender mismatch: from {sender or 'nobody'}, "
+            f"expected the {who} {expected.email if expected else '?'}",
+            partnership_id=p.id,
+            period=token.period,
+        )
+    if p.status == ENDED:
+        return Quarantine(f"partnership {p.id} has ended", partnership_id=p.id, tell_member=True)
+    return Target(p, token, sender, mid, envelope)
+
+
+def _by_member(
+    parsed: ParsedMessage, sender: str, mid: str, envelope: Envelope, roster: Roster
+) -> Target | Decision:
+    """Mail to the plain address: the sender's one accepted partnership, or the one her
+    `skill:` line or subject names."""
+    mine = [q for q in roster.partnerships.values() if q.member == sender and q.status != ENDED]
+    candidates = [q for q in mine if q.consent == CONSENT_ACCEPTED]
+    if not candidates:
+        if mine:
+            return Quarantine(
+                f"the partner of {sender} has not accepted yet", partnership_id=mine[0].id
+            )
+        return Quarantine(f"no active partnership with member {sender or '?'}")
+    extracted = extract_commands(parsed.text, date.min)
+    p = _pick(candidates, extracted.skill, parsed.subject)
+    if p is not None:
+        return Target(p, None, sender, mid, envelope)
+    if parsed.kind == "auto_reply":
+        inbound = _inbound(envelope, mid, sender, "auto_reply", parsed.detail)
+        return Record(f"auto-reply: {parsed.detail}", inbound)
+    skills = tuple(sorted(q.skill for q in candidates))
+    running = tuple(sorted(q.skill for q in mine))
+    inbound = _inbound(envelope, mid, sender, "ambiguous", ", ".join(skills))
+    return Ambiguous(sender, mine[0].id, skills, running, inbound)
+
+
+# -- 2. decide ----------------------------------------------------------------------------------
+
+
+def decide(parsed: ParsedMessage, target: Target, facts: Facts) -> Decision:
+    """What a routed message is: a member's reply, a partner's consent or note, an
+    auto-reply to record, or a quarantine."""
+    p, token = target.partnership, target.token
+    if parsed.kind == "auto_reply":
+        period = token.period if token else None
+        inbound = _target_inbound(target, "auto_reply", parsed.detail, period)
+        return Record(f"auto-reply: {parsed.detail}", inbound)
+    if token is not None and token.kind == AGREE:
+        answer = parse_consent(parsed.text)
+        detail = answer or "unclear"
+        inbound = _target_inbound(target, "consent", detail, token.period, text=parsed.text)
+        return Consent(p.id, token.period, answer, parsed.text.strip(), target.sender, inbound)
+    if token is not None and token.kind == DIGEST:
+        if not parsed.text.strip():
+            reason = "empty reply: no new text above the quoted digest"
+            return Quarantine(reason, partnership_id=p.id, period=token.period)
+        detail = "reply to a digest"
+        inbound = _target_inbound(target, "partner_note", detail, token.period, text=parsed.text)
+        return Note(p.id, token.period, parsed.text.strip(), target.sender, inbound)
+    return _member_reply(parsed, target, facts)
+
+
+def _target_inbound(
+    target: Target, kind: str, detail: str, period: str | None, **extra: object
+) -> Inbound:
+    pid = target.partnership.id
+    return _inbound(
+        target.envelope, target.message_id, target.sender, kind, detail, pid, period, **extra
+    )
+
+
+def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decision:
+    """A member's reply: to a check-in (any recent period), by reference, or to the plain
+    address. Command lines are taken out; what is left is her report."""
+    p, token, pid = target.partnership, target.token, target.partnership.id
+    current = facts.current
+    if (
+        token is not None
+        and current is not None
+        and weeks_between(token.period, current) > MAX_TOKEN_AGE_WEEKS
+    ):
+        return Quarantine(
+            f"stale token: it is for {token.period}, more than "
+            f"{MAX_TOKEN_AGE_WEEKS} weeks before {current}",
+            partnership_id=pid,
+            period=token.period,
+            tell_member=True,
+        )
+    if facts.local_today < p.start:
+        detail = f"before {p.start}"
+        inbound = _target_inbound(target, "early_note", detail, None, text=parsed.text)
+        return Record(f"before the start date {p.start}: not counted", inbound)
+    period = facts.report_period
+    extracted = extract_commands(parsed.text, facts.local_today)
+    rest = extracted.text
+    if not rest and not extracted.commands:
+        if extracted.problems:
+            inbound = _target_inbound(target, "commands", "not understood", period)
+            return Reply(
+                "commands not understood",
+                pid,
+                period,
+                target.sender,
+                inbound=inbound,
+                problems=extracted.problems,
+            )
+        reason = "empty reply: no new text above the quoted check-in"
+        return Quarantine(reason, partnership_id=pid, period=period)
+    if not rest:
+        inbound = _target_inbound(target, "commands", "commands only", period)
+        return Reply(
+            "commands",
+            pid,
+            period,
+            target.sender,
+            inbound=inbound,
+            commands=extracted.commands,
+            problems=extracted.problems,
+        )
+    same = rest == parsed.text.strip()
+    sections = parsed.sections if same else find_sections(rest)
+    report = Report(
+        partnership_id=pid,
+        period=period,
+        received_at=target.envelope.received_at,
+        message_id=target.message_id,
+        sender=target.sender,
+        text=rest,
+        setback=bool(parsed.setback) if same else detect_setback(rest, sections),
+        done=sections.get("done", ""),
+        setback_text=sections.get("setback", ""),
+        next=sections.get("next", ""),
+        raw_ref=archive_path(period, target.envelope.id, target.envelope.received_at),
+    )
+    return Reply(
+        "reply",
+        pid,
+        period,
+        target.sender,
+        report=report,
+        commands=extracted.commands,
+        problems=extracted.problems,
+    )
