@@ -163,13 +163,26 @@ def test_our_checkin_carries_the_address_the_fixtures_answer(world: World) -> No
         == addressed_to(fixture("mutt_bottom.eml"))
     )
     assert checkin.message["Message-ID"] == recorded["Message-ID"]
-    assert "above or below the quoted check-in" in text_of(checkin)
+    # Word for word the check-in they quote, which tells her she may answer below it.
+    text = text_of(checkin).replace("\r\n", "\n")
+    assert text == recorded.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert "above or below the quoted check-in" in text
 
 
 @pytest.mark.parametrize(
     ("name", "setback", "shown"),
     [
         ("mutt_bottom.eml", False, ["module 4 is done", "rehearse the demo twice"]),
+        (
+            "mutt_setback_bottom.eml",
+            True,
+            [
+                "Rough week, honestly. I missed both rehearsals: the quarterly close took every"
+                " evening, and on Thursday I was too tired to go.",
+                "I did finish module 4 on Sunday",
+                "rehearse the opening twice before Friday",
+            ],
+        ),
         (
             "mutt_interleaved.eml",
             True,
@@ -209,6 +222,36 @@ def test_a_real_clients_reply_reaches_the_partners_digest(
         assert quoted not in text
     assert "Setback: none" not in text and "Setback:\n  none" not in text
     assert ("[setback]" in text) is setback and ("[no setback]" in text) is not setback
+
+
+EXPECTED = json.loads((CLIENTS / "expected.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_client_fixture_goes_through_the_listener_into_the_digest(
+    world: World, name: str
+) -> None:
+    """Top-posted, bottom-posted and interleaved, mutt and s-nail: each reply the clients
+    made counts for 2026-W49 and the partner reads what she wrote, and only that."""
+    expected = EXPECTED[name]
+    raw = fixture(name)
+    world.deliver(raw, addressed_to(raw), REPLIED_AT)
+    world.tick(REPLIED_AT + timedelta(minutes=1))
+    assert world.quarantine() == []
+    [report] = world.show()["reports"]
+    assert report["period"] == "2026-W49" and report["setback"] is expected["setback"]
+    [digest] = world.to(TOMASZ, "report for week 49 of 2026")
+    text = text_of(digest).replace("\r\n", "\n")
+    flat, html = " ".join(text.split()), " ".join(html_of(digest).split())
+    for words in expected["text_contains"]:
+        assert words in flat and words in html, words
+    # The digest has its own reply marker; everything else quoted must stay out.
+    for words in expected["text_excludes"]:
+        if words != "reply above this line":
+            assert words not in text, words
+    assert subject(digest).startswith("Setback: ") is expected["setback"]
+    assert ("[setback]" in text) is expected["setback"]
+    assert "Setback: none" not in text
 
 
 def test_interleaved_answers_fill_their_sections_in_the_digest(world: World) -> None:
@@ -302,8 +345,7 @@ def test_release_of_a_stale_reply_runs_her_commands(world: World) -> None:
     """From her own address but to a check-in over 8 weeks old: a replay guard, not a doubt
     about the sender. Released, the report counts for its old week and her commands run."""
     raw = fixture("mutt_bottom.eml")
-    raw = raw.replace(b"Message-ID: <aw3vRNEpRdvA1eeZ@fernhill.example>",
-                      b"Message-ID: <late.1@fernhill.example>")  # fmt: skip
+    raw = re.sub(rb"Message-ID: <[^>]+>", b"Message-ID: <late.1@fernhill.example>", raw)
     head, _, body = raw.partition(b"\n\n")
     raw = head + b"\n\ngoal 1 done\n\n" + body
     much_later = datetime(2027, 2, 2, 10, 0, tzinfo=UTC)  # 2027-W05: W49 is 9 weeks back
