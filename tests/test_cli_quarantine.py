@@ -326,6 +326,10 @@ def test_release_counts_it_runs_no_command_and_sends_the_digest(desk: Desk) -> N
     sidecar = (desk.app.data_dir / "quarantine" / f"{qid}.reason.txt").read_text()
     assert "released: 2026-12-01T08:00:00+00:00 by " in sidecar
     assert "report for partnership 1 2026-W49 (setback); not run: goal 1 done" in sidecar
+    # The week is still under way: its scheduled digest does not send the same report again.
+    count = len(desk.relay.messages)
+    desk.tick(MONDAY + timedelta(days=4))
+    assert not [m for m in desk.relay.messages[count:] if m.rcpt_tos == (GRACE,)]
 
 
 def test_release_of_a_stale_reply_counts_for_its_week_and_runs_her_commands(desk: Desk) -> None:
