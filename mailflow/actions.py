@@ -3,7 +3,9 @@
 `apply(decision, pair, desk)` dispatches on the decision's variant: a member's reply with
 commands (pause, resume, goal done, stop), a partner's consent, a partner's note for the
 member, a question back when we cannot tell which partnership a mail is for, and the "not
-counted" receipt for a member whose own reply was set aside. Each handler computes from the
+counted" receipt for a member whose own reply was set aside; and, when an admin releases a
+member's reply from the quarantine, the digest of its period and her word that it counts
+(`on_release`). Each handler computes from the
 partnership *as stored now* (`intake` reads it, and writes the result back, in one core
 transaction, so two replies never lose each other's change) and returns an `Outcome`: the
 changed partnership, the letters to send, and lines for the run's report. A plain report is
@@ -12,6 +14,7 @@ not an action: it is only stored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -20,8 +23,8 @@ from mailflow import letters
 from mailflow import partnerships as pships
 from mailflow.commands import ACCEPT, Env, apply_commands
 from mailflow.letters import Letter, Pair, ServiceInfo, Told
-from mailflow.models import CONSENT_PENDING, ENDED, Partnership
-from mailflow.schedule import current_period, first_checkin, utc_week
+from mailflow.models import CONSENT_PENDING, ENDED, Partnership, Report, Week
+from mailflow.schedule import Period, current_period, first_checkin, utc_week
 from mailflow.tokens import AGREE, CHECKIN, hash16
 from mailflow.triage import Ambiguous, Consent, Decision, Note, Quarantine, Reply
 
@@ -195,3 +198,44 @@ def on_not_counted(d: Quarantine, pair: Pair, desk: Desk) -> Outcome:
         problems=(f"Your reply was not counted: {why}.",),
     )
     return Outcome(letters=(letters.receipt(pair, told, svc, desk.at),))
+
+
+def on_release(
+    d: Reply,
+    pair: Pair,
+    period: Period,
+    week: Week | None,
+    reports: Sequence[Report],
+    reason: str,
+    desk: Desk,
+) -> Outcome:
+    """An admin released a member's reply from the quarantine: an explicit decision that it
+    counts, for the period it was written for (`d.period`, with `reports` and `week` as
+    stored now that it is among them).
+
+    The partner gets that period's digest now, even when the period has passed: the one
+    exception to "nothing for a past period is sent late" (the digest says it was released).
+    The member hears that her reply counts after all, and which commands in it were not run
+    when the release vouched for another sender. `reason` is why it had been set aside.
+    """
+    if d.report is None:
+        return NOTHING
+    out: list[Letter] = []
+    if reports:
+        out.append(letters.digest(pair, period, week, reports, desk.svc, desk.at, released=True))
+    out.append(
+        letters.released(
+            pair,
+            d.period,
+            d.report.received_at,
+            reason,
+            d.sender,
+            d.not_run,
+            desk.mid,
+            desk.svc,
+            desk.at,
+        )
+    )
+    setback = " (setback)" if d.report.setback else ""
+    line = f"partnership {pair.p.id}: released report for {d.period}{setback} counts"
+    return Outcome(letters=tuple(out), lines=(line,))

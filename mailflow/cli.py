@@ -583,26 +583,135 @@ def reply() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")
 def reply_parse(file: Path, as_json: bool) -> None:
-    """Parse one raw message (RFC 5322 file) the way the listener does."""
+    """Parse one raw message (RFC 5322 file) the way the listener does.
+
+    A spooled, quarantined or archived file (data_dir/spool/new/, quarantine/, mail/in/) is
+    read as the raw message it holds, after its MFSPOOL1 envelope line.
+    """
     from mailflow.parse import parse_message
+    from mailflow.spool import raw_message
 
     try:
-        raw = file.read_bytes()
+        raw = raw_message(file.read_bytes())
     except OSError as exc:
         fail(f"{file}: cannot read: {exc.strerror}")
     parsed = parse_message(raw)
     if as_json:
         click.echo(json.dumps(parsed.to_json_dict(), ensure_ascii=False))
         return
-    click.echo(f"kind: {parsed.kind} ({parsed.detail})")
+    _print_parsed(parsed)
+
+
+def _print_parsed(parsed: Any, indent: str = "") -> None:
+    """The parser's answer as `reply parse` prints it without --json."""
+    click.echo(f"{indent}kind: {parsed.kind} ({parsed.detail})")
     if parsed.kind == "reply":
-        click.echo(f"setback: {'yes' if parsed.setback else 'no'}")
+        click.echo(f"{indent}setback: {'yes' if parsed.setback else 'no'}")
     for key, value in parsed.sections.items():
         if value:
-            click.echo(f"{key}: {value}")
-    click.echo("text:")
+            click.echo(f"{indent}{key}: {value}")
+    click.echo(f"{indent}text:")
     for line in parsed.text.splitlines() or [""]:
-        click.echo(f"  {line}")
+        click.echo(f"{indent}  {line}")
+
+
+# -- quarantine -------------------------------------------------------------------------------
+
+
+@cli.group()
+def quarantine() -> None:
+    """Mail set aside for a person to decide: list, show, release, drop."""
+
+
+def _admin_name(app: App) -> str:
+    """Who decides, for the record: the login name, from the command line."""
+    user = app.environ.get("USER") or app.environ.get("LOGNAME") or "an admin"
+    return f"{user} (command line)"
+
+
+@quarantine.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def quarantine_list(app: App, as_json: bool) -> None:
+    """Every quarantined message, oldest first: id, received, sender, partnership, reason."""
+    from mailflow import quarantine as desk
+
+    parts = _build(app)
+    found = desk.items(parts.spool, parts.svc.keys)
+    if as_json:
+        emit_json([item.to_json() for item in found])
+        return
+    if not found:
+        click.echo("the quarantine is empty")
+        return
+    _table(
+        ["ID", "RECEIVED", "SENDER", "PARTNERSHIP", "REASON"],
+        [
+            [
+                item.id,
+                item.received_at.isoformat(timespec="minutes") if item.received_at else "?",
+                item.sender or "-",
+                _partnership_cell(item.partnership_id, item.period),
+                item.reason,
+            ]
+            for item in found
+        ],
+    )
+
+
+def _partnership_cell(pid: int | None, period: str | None) -> str:
+    return "-" if pid is None else f"{pid} {period or ''}".rstrip()
+
+
+@quarantine.command("show")
+@click.argument("qid", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def quarantine_show(app: App, qid: str, as_json: bool) -> None:
+    """One quarantined message: why it is here and what the parser reads in it."""
+    from mailflow import quarantine as desk
+
+    parts = _build(app)
+    shown = desk.show(parts.spool, parts.svc.keys, qid)
+    if as_json:
+        emit_json(shown.to_json())
+        return
+    item = shown.item
+    click.echo(f"id: {item.id}")
+    click.echo(f"received: {item.received_at.isoformat() if item.received_at else '?'}")
+    click.echo(f"reason: {item.reason}")
+    if item.partnership_id is not None:
+        click.echo(f"partnership: {item.partnership_id} {item.period or ''}".rstrip())
+    for name, value in shown.headers:
+        click.echo(f"{name.lower()}: {value}")
+    click.echo("parsed:")
+    _print_parsed(shown.parsed, "  ")
+
+
+@quarantine.command("release")
+@click.argument("qid", metavar="ID")
+@pass_app
+def quarantine_release(app: App, qid: str) -> None:
+    """Count it after all: a report counts for its period and the partner gets the digest now."""
+    from mailflow import quarantine as desk
+
+    done = desk.release(_build(app).intake, qid, app.now(), _admin_name(app))
+    click.echo(f"released {qid}")
+    if done.not_run:
+        click.echo(f"not run (sent from {done.item.sender}): " + "; ".join(done.not_run))
+    for line in done.lines:
+        click.echo(line)
+
+
+@quarantine.command("drop")
+@click.argument("qid", metavar="ID")
+@pass_app
+def quarantine_drop(app: App, qid: str) -> None:
+    """Delete a quarantined message for good."""
+    from mailflow import quarantine as desk
+
+    item = desk.drop(_build(app).spool, qid, app.now(), _admin_name(app))
+    click.echo(f"dropped {item.id} (from {item.sender or 'nobody'}: {item.reason})")
 
 
 # -- the week -------------------------------------------------------------------------------
@@ -700,12 +809,18 @@ def status(app: App, as_json: bool, now_text: str | None) -> None:
         f"consent pending: {len(data['consent_pending'])}  declined: "
         f"{len(data['consent_declined'])}  no answer in time: {len(data['consent_overdue'])}"
     )
-    click.echo(f"quarantined: {data['quarantined']}  spooled: {data['spooled']}")
+    senders = data["quarantined_senders"]
+    click.echo(
+        f"quarantined: {data['quarantined']}"
+        + (f" (from {', '.join(senders)})" if senders else "")
+        + f"  spooled: {data['spooled']}"
+    )
     click.echo(f"outgoing queued: {data['outgoing_queued']}  failed: {data['outgoing_failed']}")
     for item in data["failed"]:
         click.echo(f"  failed {item['key']} to {item['to']}: {item['error']}")
     for item in data["quarantine"]:
-        click.echo(f"  quarantined {item['id']}: {item['reason']}")
+        sender = item["sender"] or "nobody"
+        click.echo(f"  quarantined {item['id']} from {sender}: {item['reason']}")
 
 
 @cli.command()

@@ -12,10 +12,16 @@ The digest is the heart of it: the partner sees the goals with their deadlines, 
 of the period (done / setback / next) and, on a setback, the agreed back-in-the-saddle text
 with the why. Check-ins, reminders and the no-report digest share the same goal list so both
 people always look at the same facts.
+
+A report is shown as the member wrote it (`report_parts`): the text under no label first, then
+the labelled sections she filled, each reflowed into paragraphs (`reflow`); a Setback section
+that says "none" becomes the report's "no setback" mark, so no digest ever shows "Setback:
+none", least of all under a setback banner.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -25,7 +31,16 @@ from zoneinfo import ZoneInfo
 
 from mailflow.config import Config
 from mailflow.errors import TemplateError
-from mailflow.models import CONSENT_ACCEPTED, Partnership, PeriodSummary, Person, Report, Week
+from mailflow.models import (
+    CONSENT_ACCEPTED,
+    ENDED,
+    Partnership,
+    PeriodSummary,
+    Person,
+    Report,
+    Week,
+)
+from mailflow.parse import free_text, label_of_line, says_no_setback
 from mailflow.schedule import (
     Period,
     Settings,
@@ -60,6 +75,7 @@ TEMPLATE_NAMES: tuple[str, ...] = (
     "partner_note",
     "summary",
     "consent_notice",
+    "released",
 )
 """The templates the sender uses; ``templates preview NAME`` accepts exactly these."""
 
@@ -210,7 +226,11 @@ def goal_items(p: Partnership, today: date) -> list[dict[str, Any]]:
 
 
 def report_items(reports: Sequence[Report], tz: str) -> list[dict[str, Any]]:
-    """Reports oldest first, each received-at in the reader's zone `tz`."""
+    """Reports oldest first, each received-at in the reader's zone `tz`.
+
+    `parts` is what a template shows (see `report_parts`); `free_text` the text under no
+    label; the other keys are the stored fields, as templates have always had them.
+    """
     return [
         {
             "received_at": local_time(r.received_at, tz),
@@ -219,9 +239,100 @@ def report_items(reports: Sequence[Report], tz: str) -> list[dict[str, Any]]:
             "setback_text": r.setback_text,
             "next": r.next,
             "setback": r.setback,
+            "free_text": free_text(r.text) if _labelled(r) else r.text.strip(),
+            "parts": report_parts(r),
         }
         for r in sorted(reports, key=lambda r: r.received_at)
     ]
+
+
+def _labelled(r: Report) -> bool:
+    return bool(r.done or r.setback_text or r.next)
+
+
+def report_parts(r: Report) -> list[dict[str, Any]]:
+    """A report as the partner reads it: nothing she wrote is lost, nothing is made up.
+
+    Each part is {label, text, paragraphs}: first what she wrote under no label (label ""),
+    then Done, Setback and Next where she filled them. A Setback section that only says
+    "none" is left out: the report's `setback` flag (false then) says it, so "Setback: none"
+    can never stand in a digest, under a setback banner or anywhere else. Texts are reflowed
+    (`reflow`): `text` has one line per paragraph, `paragraphs` lists them.
+    """
+    if not _labelled(r):
+        return [_part("", r.text)]
+    parts = []
+    free = free_text(r.text)
+    if free:
+        parts.append(_part("", free))
+    if r.done:
+        parts.append(_part("Done", r.done))
+    if r.setback_text and not (not r.setback and says_no_setback(r.setback_text)):
+        parts.append(_part("Setback", r.setback_text))
+    if r.next:
+        parts.append(_part("Next", r.next))
+    return parts
+
+
+def _part(label: str, text: str) -> dict[str, Any]:
+    paragraphs = reflow(text)
+    return {"label": label, "text": "\n\n".join(paragraphs), "paragraphs": paragraphs}
+
+
+MIN_WRAP_WIDTH = 60  # a text whose lines all stay shorter was not wrapped by a program
+MAX_WRAP_WIDTH = 80  # mail clients wrap at 72 to 78 columns; a longer line is not a wrap's
+_LIST_LINE = re.compile(r"^\s*(?:[-*•·+–]\s|\d{1,3}[.)]\s|>)")
+
+
+def reflow(text: str) -> list[str]:
+    """The paragraphs of a member's text, with the line breaks her mail client added undone.
+
+    The stored text has already lost format=flowed's soft breaks (the parser joins them, RFC
+    3676), so a flowed mail arrives as one line per paragraph, and those are left as they
+    are. A client that wraps without format=flowed (mutt with its editor, many webmails)
+    breaks lines at a fixed width of at most 80 columns: when at least two lines reach
+    near the longest such line, that is the width, and a line is taken to continue on the
+    next when the next line's first word would not have fitted on it (greedy wrapping would
+    have put it there otherwise). Blank lines stay paragraph breaks; list items, section
+    labels and lines after a colon keep their own line (as "\n" inside the paragraph).
+    """
+    lines = [line.rstrip() for line in text.strip("\n").split("\n")]
+    width = _wrap_width(lines)
+    paragraphs: list[str] = []
+    current: list[str] = []
+    last = ""  # the last physical line, for the width test
+    for line in lines:
+        if not line.strip():
+            if current:
+                paragraphs.append("\n".join(current))
+                current = []
+            continue
+        if current and width and _continues(last, line, width):
+            current[-1] += " " + line.strip()
+        else:
+            current.append(line)
+        last = line
+    if current:
+        paragraphs.append("\n".join(current))
+    return paragraphs
+
+
+def _wrap_width(lines: list[str]) -> int:
+    """The width a program wrapped `lines` at, or 0 when they do not look wrapped."""
+    lengths = [len(line) for line in lines if len(line) <= MAX_WRAP_WIDTH]
+    width = max(lengths, default=0)
+    if width < MIN_WRAP_WIDTH or sum(1 for n in lengths if n >= width - 12) < 2:
+        return 0
+    return width
+
+
+def _continues(previous: str, line: str, width: int) -> bool:
+    """Whether `line` is the rest of `previous`, which a wrap at `width` cut."""
+    if len(previous) > width or previous.rstrip().endswith(":"):
+        return False
+    if _LIST_LINE.match(line) or label_of_line(line) is not None:
+        return False
+    return len(previous) + 1 + len(line.split()[0]) > width
 
 
 def base(
@@ -411,10 +522,13 @@ def digest(
     reports: Sequence[Report],
     svc: ServiceInfo,
     now: datetime,
+    released: bool = False,
 ) -> Letter:
     """The partner's digest: every report of the period; a setback if any report is one.
 
     A later report makes a new digest (keyed by the number of reports), marked `updated`.
+    `released`: sent because an admin released a report from the quarantine (its period
+    may be long past; the digest says so).
     """
     mail = _Weekly(pair, period, svc, to_partner=True)
     count = len(reports)
@@ -424,6 +538,7 @@ def digest(
         reports=items,
         setback=any(item["setback"] for item in items),
         updated=bool(week and week.digested_reports),
+        released=released,
     )
     mark = DigestMark(count)
     return mail.letter("digest", "digest", f"digest{count}", ctx, mark, key_suffix=f":{count}")
@@ -473,14 +588,19 @@ def summary(pair: Pair, role: str, reason: str, svc: ServiceInfo, now: datetime)
     cur = current_period(p, ZoneInfo(pair.member.timezone), svc.settings, now)
     states = [week["state"] for week in pair.history]
     ctx = base(pair, cur.label if cur else utc_week(now), svc.keys.plain_address, who, now, svc)
+    asked = sum(1 for state in states if state != "paused")
+    reported = sum(1 for state in states if state in ("reported", "setback"))
+    rate = round(100 * reported / asked) if asked else None
     ctx.update(
         role=role,
         reason=reason,
-        weeks_asked=sum(1 for state in states if state != "paused"),
-        weeks_reported=sum(1 for state in states if state in ("reported", "setback")),
+        weeks_asked=asked,
+        weeks_reported=reported,
         setbacks=sum(1 for state in states if state == "setback"),
         goals_achieved=sum(1 for g in p.goals if g.done_on),
         goals_total=len(p.goals),
+        report_rate=rate,
+        report_rate_level=rate_level(rate),
     )
     return Letter(
         "summary",
@@ -490,6 +610,18 @@ def summary(pair: Pair, role: str, reason: str, svc: ServiceInfo, now: datetime)
         ctx,
         partnership_id=p.id,
     )
+
+
+RATE_LEVELS = ((80, "high"), (50, "medium"), (0, "low"))
+"""Weeks reported out of weeks asked, in percent: the lowest rate of each level."""
+
+
+def rate_level(rate: int | None) -> str:
+    """ "high" (80 % and more), "medium" (50 % and more), "low", or "none" (nothing asked):
+    what the summary's weeks-reported tile is coloured by."""
+    if rate is None:
+        return "none"
+    return next(level for floor, level in RATE_LEVELS if rate >= floor)
 
 
 def consent_notice(
@@ -620,4 +752,44 @@ def partner_note(pair: Pair, note: str, mid: str, svc: ServiceInfo, at: datetime
         reply_to=reply,
         partnership_id=p.id,
         from_name=f"{pair.partner.name} via mailflow",
+    )
+
+
+def released(
+    pair: Pair,
+    period: str,
+    reply_at: datetime,
+    reason: str,
+    sender: str,
+    not_run: Sequence[str],
+    mid: str,
+    svc: ServiceInfo,
+    at: datetime,
+) -> Letter:
+    """The member hears that an admin released her reply (received `reply_at`, set aside for
+    `reason`) from the quarantine: it counts for `period` after all, and her partner gets it
+    now. `sender` is the address it came from; when that is not hers, the commands in it
+    were not run (`not_run`), and she is told so, so she can send them herself.
+    """
+    p, member = pair.p, pair.member
+    cur = current_period(p, ZoneInfo(member.timezone), svc.settings, at)
+    keys = svc.keys
+    running = cur is not None and p.status != ENDED
+    reply = keys.address(CHECKIN, p.id, cur.label) if running and cur else keys.plain_address
+    ctx = base(pair, period, reply, member, at, svc)
+    ctx.update(
+        received_at=local_time(reply_at, member.timezone),
+        reason=reason,
+        sender=sender,
+        own_address=sender == member.email,
+        not_run=list(not_run),
+    )
+    return Letter(
+        "released",
+        f"released:{hash16(mid)}",
+        Recipient.of(member),
+        utc_week(at),
+        ctx,
+        reply_to=reply,
+        partnership_id=p.id,
     )

@@ -113,6 +113,16 @@ BAD = Report(
     setback_text="Missed my Wednesday slot, the release slipped and I stayed late <again>.",
     next="Two short runs before Friday, one with Bruno.",
 )  # fmt: skip
+# A mail client that wraps at 72 columns without format=flowed, and only a "Next week:" label.
+WRAPPED = Report(
+    7, "2026-W48", _at(11, 26, 22, 30), "<wrapped@example.com>", ZOE.email,
+    "Rough week, I fell behind: the release slipped twice and I stayed late\n"
+    "three evenings, so the Wednesday practice slot went too. I did read the\n"
+    "chapter on openings.\n\n"
+    "Next week: two short runs before Friday, one of them with Bruno.",
+    setback=True,
+    next="two short runs before Friday, one of them with Bruno.",
+)  # fmt: skip
 FREE_TEXT = Report(
     7, "2026-W48", _at(11, 28, 10, 15), "<free@example.com>", ZOE.email,
     "Quick update: I booked the team meeting slot for 16 December.", setback=False,
@@ -131,11 +141,13 @@ WEEKS = {
 _SAMPLE_VARIANTS: dict[str, tuple[str, ...]] = {
     "intro": ("member", "member accepted", "partner", "partner accepted"),
     "checkin_ack": ("report", "setback", "updated"),
+    "digest": ("report", "released"),
     "receipt": ("done", "problems", "question", "partner"),
     "pause_notice": ("paused", "paused open", "resumed", "stopped"),
     "partner_note": ("note",),
     "summary": ("member", "partner"),
     "consent_notice": ("declined", "declined silently", "no answer"),
+    "released": ("another address", "own address"),
 }
 """The named sample variants of the newer templates; the first is the default."""
 
@@ -173,11 +185,14 @@ def _digest(variant: str, setback: bool, updated: bool) -> Letter:
     reports = [BAD] if setback else [GOOD]
     if updated:
         reports = [GOOD, BAD] if setback else [GOOD, FREE_TEXT]
+    if variant == "released":  # free text, one label, hard-wrapped by her mail client
+        reports, setback = [WRAPPED], True
     now = _at(11, 23, 10)  # the goals as they stood on Monday of week 48
     week = replace(WEEK_48, digested_reports=1 if updated else 0)
     summary = PeriodSummary(checkin_sent=True, reports=len(reports), setback=setback)
     pair = _pair(RUNNING, now, {"2026-W48": summary})
-    return letters.digest(pair, _period(now), week, reports, SVC, now)
+    released = variant == "released"
+    return letters.digest(pair, _period(now), week, reports, SVC, now, released=released)
 
 
 def _no_report(variant: str, setback: bool, updated: bool) -> Letter:
@@ -281,6 +296,20 @@ def _consent_notice(variant: str, setback: bool, updated: bool) -> Letter | None
     return letters.consent_notice(NEW, ZOE, BRUNO, "declined", text, svc, now)
 
 
+def _released(variant: str, setback: bool, updated: bool) -> Letter:
+    now = _at(11, 27, 11)
+    sender = ZOE.email if variant == "own address" else "zoe.adler.home@example.net"
+    if variant == "own address":
+        reason = "stale token: it is for 2026-W38, more than 8 weeks before 2026-W48"
+        not_run: tuple[str, ...] = ()
+    else:
+        reason = f"sender mismatch: from {sender}, expected the member {ZOE.email}"
+        not_run = ("pause 2 weeks", "goal 4 done")
+    pair = _pair(RUNNING, now)
+    at = _at(11, 26, 22, 30)
+    return letters.released(pair, "2026-W48", at, reason, sender, not_run, "<r@x>", SVC, now)
+
+
 _BUILDERS: dict[str, Callable[[str, bool, bool], Letter | None]] = {
     "checkin": _checkin,
     "reminder": _reminder,
@@ -294,6 +323,7 @@ _BUILDERS: dict[str, Callable[[str, bool, bool], Letter | None]] = {
     "partner_note": _partner_note,
     "summary": _summary,
     "consent_notice": _consent_notice,
+    "released": _released,
 }
 
 
@@ -340,6 +370,7 @@ def variants(name: str) -> list[tuple[str, dict[str, Any]]]:
             ("setback", sample_context(name, setback=True)),
             ("updated", sample_context(name, updated=True)),
             ("updated setback", sample_context(name, setback=True, updated=True)),
+            ("released", sample_context(name, variant="released")),
         ]
     labels = _SAMPLE_VARIANTS.get(name)
     if labels:

@@ -113,6 +113,12 @@ def _period_of(p: Partnership, tz: ZoneInfo, s: Settings, d: date) -> Period:
     return Period(f"{year}-W{week:02d}", start, checkin_moment(p, tz, s, ny, nw))
 
 
+def period_named(p: Partnership, tz: ZoneInfo, s: Settings, label: str) -> Period:
+    """The period with label `label` ("2026-W48"), past or future."""
+    year, week = parse_period(label)
+    return _period_of(p, tz, s, date.fromisocalendar(year, week, 1))
+
+
 def current_period(p: Partnership, tz: ZoneInfo, s: Settings, now: datetime) -> Period | None:
     """The period `now` falls in, or None before the partnership's first check-in."""
     local = now.astimezone(tz)

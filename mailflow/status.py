@@ -1,7 +1,8 @@
 """The read side: what `status` shows, and the week-by-week strip of one partnership.
 
 Nothing here writes. `status` reads the core file, the current period file of each running
-partnership, the spool and the outbox; `strip` reads the per-period summaries (cached by the
+partnership, the spool (with the quarantine's sidecars, which name each message's sender) and
+the outbox; `strip` reads the per-period summaries (cached by the
 store per file version) that the strip of one partnership needs.
 """
 
@@ -72,7 +73,7 @@ def status(
         rows.append(
             _row(store, views, p, ZoneInfo(people[p.member].timezone), settings, now, totals)
         )
-    quarantined = spool.quarantined()
+    quarantined = [(qid, spool.sidecar(qid)) for qid, _ in spool.quarantined()]
     failed = outbox.failed()
     return {
         "now": now.isoformat(),
@@ -82,7 +83,16 @@ def status(
         "consent_overdue": consent["overdue"],
         "bouncing": sorted(p.email for p in people.values() if p.bouncing),
         "quarantined": len(quarantined),
-        "quarantine": [{"id": i, "reason": r} for i, r in quarantined[-QUARANTINE_SHOWN:]],
+        "quarantined_senders": sorted({car.sender or "(nobody)" for _, car in quarantined}),
+        "quarantine": [
+            {
+                "id": qid,
+                "reason": car.reason,
+                "sender": car.sender,
+                "partnership": car.partnership_id,
+            }
+            for qid, car in quarantined[-QUARANTINE_SHOWN:]
+        ],
         "spooled": spool.count_pending(),
         "outgoing_queued": len(outbox.pending()),
         "outgoing_failed": len(failed),

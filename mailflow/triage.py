@@ -12,6 +12,11 @@ Two steps, as Mailman's LMTP runner splits the recipient before the queue does i
    member's date): a member's `Reply` (a report and/or commands), a partner's `Consent` or
    `Note`, other inbound mail to `Record`, or `Quarantine` with the reason for a human.
 
+An admin's release of a quarantined message goes the same two steps, told so: `route(...,
+vouch=True)` lets a sender who is not the token's person through as an unproven `Target`
+(the From header is still no proof: `decide` then runs none of its commands), and `Facts`
+with `released=True` counts a report for the period its token names, however old.
+
 Decisions are frozen variants; `actions` does what they ask and `intake` stores them. The
 stored records (`Report`, `Inbound`) carry the path the raw message will be archived under,
 which is known here because it depends only on the decision's period and the spool id.
@@ -54,6 +59,9 @@ class Target:
     sender: str
     message_id: str
     envelope: Envelope
+    # False when an admin's release vouches for a sender who is not the person the token
+    # was sent to: what the message says counts, what it asks (commands, consent) does not.
+    proven: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,9 @@ class Facts:
     current: str | None  # the current period's label (None before the first check-in)
     report_period: str  # where a member's report counts (schedule.report_period)
     local_today: date  # the member's date when the message arrived
+    # An admin released it from the quarantine: no staleness check, and a reply to a
+    # check-in counts for the period it was written for (its token's), however old.
+    released: bool = False
 
 
 # -- the decisions ----------------------------------------------------------------------------
@@ -80,6 +91,7 @@ class Quarantine:
     partnership_id: int | None = None
     period: str | None = None
     tell_member: bool = False
+    sender: str = ""  # its From address, for the admin (set by `intake`)
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,7 @@ class Reply:
     inbound: Inbound | None = None  # commands only: recorded as inbound mail
     commands: tuple[Command, ...] = ()
     problems: tuple[str, ...] = ()
+    not_run: tuple[str, ...] = ()  # command lines of an unproven sender: never run
 
 
 @dataclass(frozen=True)
@@ -190,6 +203,16 @@ def archive_path(period: str | None, entry_id: str, received_at: datetime) -> st
     return f"mail/in/{period or utc_week(received_at)}/{entry_id}.eml"
 
 
+def pid_of(d: Decision) -> int | None:
+    """The partnership a decision is about, if any."""
+    match d:
+        case Quarantine():
+            return d.partnership_id
+        case Record():
+            return d.inbound.partnership_id
+    return d.pid
+
+
 def sender_of(d: Decision) -> str:
     """Who proved they receive our mail: the sender of a reply, consent or note ("" else)."""
     match d:
@@ -265,9 +288,14 @@ def _pick(candidates: list[Partnership], skill: str | None, subject: str) -> Par
 
 
 def route(
-    parsed: ParsedMessage, envelope: Envelope, keys: Keys, roster: Roster
+    parsed: ParsedMessage, envelope: Envelope, keys: Keys, roster: Roster, *, vouch: bool = False
 ) -> Target | Decision:
-    """The partnership a message is about (`Target`), or what it is when it is about none."""
+    """The partnership a message is about (`Target`), or what it is when it is about none.
+
+    `vouch`: an admin releases it from the quarantine, so a reply to a token from another
+    address than the token's person, or to an ended partnership, is routed anyway (as an
+    unproven `Target` in the first case).
+    """
     mid = message_id_of(parsed, envelope.raw)
     sender = (parsed.from_address or envelope.mail_from or "").lower()
     token: Token | None = None
@@ -292,19 +320,21 @@ def route(
         inbound = _inbound(envelope, mid, sender, parsed.kind, parsed.detail)
         return Record(f"to bounce address: {parsed.detail}", inbound)
     if token is not None:
-        return _by_token(token, sender, mid, envelope, roster)
+        return _by_token(token, sender, mid, envelope, roster, vouch)
     if to_plain:
         return _by_member(parsed, sender, mid, envelope, roster)
     return Quarantine("no check-in token in the address or references")
 
 
 def _by_token(
-    token: Token, sender: str, mid: str, envelope: Envelope, roster: Roster
+    token: Token, sender: str, mid: str, envelope: Envelope, roster: Roster, vouch: bool
 ) -> Target | Decision:
     p = roster.partnerships.get(token.partnership_id)
     if p is None:
         return Quarantine(f"unknown partnership {token.partnership_id}")
     expected = roster.people.get(p.member if token.kind == CHECKIN else p.partner)
+    if vouch and expected is not None:
+        return Target(p, token, sender, mid, envelope, proven=sender == expected.email)
     if expected is None or sender != expected.email:
         who = "member" if token.kind == CHECKIN else "partner"
         return Quarantine(
@@ -356,13 +386,19 @@ def decide(parsed: ParsedMessage, target: Target, facts: Facts) -> Decision:
         inbound = _target_inbound(target, "auto_reply", parsed.detail, period)
         return Record(f"auto-reply: {parsed.detail}", inbound)
     if token is not None and token.kind == AGREE:
+        if not target.proven:
+            return Quarantine(
+                "a yes or no to the introduction counts only from the partner's own address",
+                partnership_id=p.id,
+                period=token.period,
+            )
         answer = parse_consent(parsed.text)
         detail = answer or "unclear"
         inbound = _target_inbound(target, "consent", detail, token.period, text=parsed.text)
         return Consent(p.id, token.period, answer, parsed.text.strip(), target.sender, inbound)
     if token is not None and token.kind == DIGEST:
         if not parsed.text.strip():
-            reason = "empty reply: no new text above the quoted digest"
+            reason = "empty reply: no new text outside the quoted digest"
             return Quarantine(reason, partnership_id=p.id, period=token.period)
         detail = "reply to a digest"
         inbound = _target_inbound(target, "partner_note", detail, token.period, text=parsed.text)
@@ -385,7 +421,8 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
     p, token, pid = target.partnership, target.token, target.partnership.id
     current = facts.current
     if (
-        token is not None
+        not facts.released
+        and token is not None
         and current is not None
         and weeks_between(token.period, current) > MAX_TOKEN_AGE_WEEKS
     ):
@@ -400,11 +437,24 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
         detail = f"before {p.start}"
         inbound = _target_inbound(target, "early_note", detail, None, text=parsed.text)
         return Record(f"before the start date {p.start}: not counted", inbound)
-    period = facts.report_period
+    period = token.period if facts.released and token is not None else facts.report_period
     extracted = extract_commands(parsed.text, facts.local_today)
     rest = extracted.text
-    if not rest and not extracted.commands:
-        if extracted.problems:
+    commands, problems, not_run = extracted.commands, extracted.problems, ()
+    if not target.proven:
+        # A release never makes a From header proof: her report counts, but nothing it asks
+        # for is done, and nobody is asked back about lines we did not understand.
+        commands, problems = (), ()
+        not_run = tuple(c.line for c in extracted.commands)
+        if not rest:
+            return Quarantine(
+                "nothing to count: the message holds only commands, and a release does not "
+                f"run commands from {target.sender or 'an unknown sender'}",
+                partnership_id=pid,
+                period=period,
+            )
+    if not rest and not commands:
+        if problems:
             inbound = _target_inbound(target, "commands", "not understood", period)
             return Reply(
                 "commands not understood",
@@ -412,9 +462,9 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
                 period,
                 target.sender,
                 inbound=inbound,
-                problems=extracted.problems,
+                problems=problems,
             )
-        reason = "empty reply: no new text above the quoted check-in"
+        reason = "empty reply: no new text outside the quoted check-in"
         return Quarantine(reason, partnership_id=pid, period=period)
     if not rest:
         inbound = _target_inbound(target, "commands", "commands only", period)
@@ -424,15 +474,30 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
             period,
             target.sender,
             inbound=inbound,
-            commands=extracted.commands,
-            problems=extracted.problems,
+            commands=commands,
+            problems=problems,
         )
+    return Reply(
+        "reply",
+        pid,
+        period,
+        target.sender,
+        report=_report(parsed, rest, target, period),
+        commands=commands,
+        problems=problems,
+        not_run=not_run,
+    )
+
+
+def _report(parsed: ParsedMessage, rest: str, target: Target, period: str) -> Report:
+    """The progress record of `rest`, her reply without its command lines."""
     same = rest == parsed.text.strip()
     sections = parsed.sections if same else find_sections(rest)
-    report = Report(
-        partnership_id=pid,
+    envelope = target.envelope
+    return Report(
+        partnership_id=target.partnership.id,
         period=period,
-        received_at=target.envelope.received_at,
+        received_at=envelope.received_at,
         message_id=target.message_id,
         sender=target.sender,
         text=rest,
@@ -440,14 +505,5 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
         done=sections.get("done", ""),
         setback_text=sections.get("setback", ""),
         next=sections.get("next", ""),
-        raw_ref=archive_path(period, target.envelope.id, target.envelope.received_at),
-    )
-    return Reply(
-        "reply",
-        pid,
-        period,
-        target.sender,
-        report=report,
-        commands=extracted.commands,
-        problems=extracted.problems,
+        raw_ref=archive_path(period, envelope.id, envelope.received_at),
     )

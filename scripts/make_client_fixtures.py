@@ -67,6 +67,18 @@ ANSWERS: dict[str, dict[str, object]] = {
             "Next: rehearse the demo twice\n"
         ),
     },
+    # Bottom-posted free text, hard-wrapped as she types it, one label, a setback in prose.
+    "mutt_setback_bottom": {
+        "style": "bottom",
+        "text": (
+            "Rough week, honestly. I missed both rehearsals: the quarterly close\n"
+            "took every evening, and on Thursday I was too tired to go.\n"
+            "\n"
+            "I did finish module 4 on Sunday, so the course is still on track.\n"
+            "\n"
+            "Next week: book a room and rehearse the opening twice before Friday\n"
+        ),
+    },
     "mutt_interleaved": {
         "style": "interleaved",
         "answers": {
@@ -137,6 +149,18 @@ EXPECTED: dict[str, dict[str, object]] = {
         "text_contains": ["module 4 is done", "rehearse the demo twice"],
         "text_excludes": [*QUOTED_CHECKIN, "wrote:", "Platform Team", "+49 30"],
         "sections_contain": {"done": "module 4 is done", "setback": "none", "next": "rehearse"},
+    },
+    "mutt_setback_bottom": {
+        "kind": "reply",
+        "setback": True,
+        "text_contains": [
+            "I missed both rehearsals",
+            "too tired to go",
+            "I did finish module 4 on Sunday",
+            "rehearse the opening twice before Friday",
+        ],
+        "text_excludes": [*QUOTED_CHECKIN, "wrote:", "Platform Team", "+49 30"],
+        "sections_contain": {"next": "rehearse the opening twice"},
     },
     "mutt_interleaved": {
         "kind": "reply",
