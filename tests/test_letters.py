@@ -3,7 +3,9 @@
 The last test holds every builder to the template context keys that mail has always had:
 `fixtures/upgrade/context_keys.json` records the keys of every context the code before the
 structure step (1909e74) rendered while it made the upgrade fixture. Admins' templates are
-written against those keys, so a builder may not add, drop or rename one.
+written against those keys, so a builder may not drop or rename one; a key (or a template)
+is added only by listing it in `ADDED` below, with the issue that added it, so each
+addition is a decision, never an accident.
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ def test_notices_and_notes() -> None:
     assert pause.ctx["until"] == "2026-12-24" and pause.to.address == GRACE.email
     consent = letters.consent_notice(P, ADA, GRACE, "declined", "busy", SVC, NOW)
     assert consent is not None and consent.to == Recipient("admin@x.example")
-    assert consent.ctx["days"] == SVC.consent_days and consent.key == "consent_notice:1:declined"
+    # The days since the invitation (P was created on 20 November), not consent_days.
+    assert consent.ctx["days"] == 9 and consent.key == "consent_notice:1:declined"
     bounce = letters.bounce_notice("grace@example.com", "550 unknown", SVC, NOW)
     assert bounce is not None and bounce.key == "bounce_notice:grace@example.com:2026-W49"
     quiet = ServiceInfo(KEYS, "m@x", SVC.settings)  # no admin address: nobody to tell
@@ -199,12 +202,25 @@ def _paths(value: Any, prefix: str = "") -> set[str]:
     return set()
 
 
+# Keys added since the recording, by template: issue 13 named the bounced mail and the
+# command that helps in the bounce notice, and added the forward of mail to our From address.
+ADDED: dict[str, set[str]] = {
+    "bounce_notice": {"mail", "partnership", "partnership.id", "partnership.skill", "role",
+                      "command"},
+    "forward": {"service", "service.name", "service.domain", "service.from_address", "sender",
+                "subject", "text", "to_address", "received_at", "kept_at"},
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("name", letters.TEMPLATE_NAMES)
 def test_builders_emit_exactly_the_recorded_context_keys(name: str) -> None:
     built = [ctx for _, ctx in samples.variants(name)]
-    top_built = {tuple(sorted(ctx)) for ctx in built}
-    top_recorded = {tuple(sorted(shape)) for shape in RECORDED[name]}
-    assert top_built == top_recorded
+    added = ADDED.get(name, set())
+    recorded = RECORDED.get(name, [])
+    if recorded:  # without the added keys, each context has a recorded shape: none dropped
+        assert {tuple(sorted(k for k in ctx if k not in added)) for ctx in built} == {
+            tuple(sorted(shape)) for shape in recorded
+        }
     paths_built = set().union(*(_paths(ctx) for ctx in built))
-    paths_recorded = set().union(*(_paths(shape) for shape in RECORDED[name]))
-    assert paths_built == paths_recorded  # nested keys too: goals[].days_left, member.email
+    paths_recorded = set().union(set(), *(_paths(shape) for shape in recorded))
+    assert paths_built == paths_recorded | added  # nested keys too: goals[].days_left
