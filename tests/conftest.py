@@ -44,10 +44,11 @@ def port() -> int:
     return free_port()
 
 
-def shift_days() -> int:
-    """How far CI's guard run moves the wall clock ahead (0: not moved)."""
+def shift_days() -> float:
+    """How far CI's guard run moves the wall clock ahead (0: not moved). A fraction moves the
+    time of day too (`400.5`: 400 days and 12 hours), to rehearse a run at night."""
     raw = os.environ.get(SHIFT_ENV, "").strip()
-    return int(raw) if raw else 0
+    return float(raw) if raw else 0
 
 
 @pytest.fixture(scope="session", autouse=True)
