@@ -513,7 +513,7 @@ def partnerships_show(app: App, pid: str, as_json: bool) -> None:
     click.echo(f"partnership {p.id}: {p.member} learns {p.skill!r} from {p.partner}")
     status = p.status + (f" until {p.paused_until}" if p.paused_until else "")
     click.echo(f"status: {status}; consent {p.consent}; start {p.start}")
-    click.echo(f"check-in: {_checkin_moment(app, p)} {zone} (the member's time)")
+    click.echo(f"check-in: {_checkin_moment(app, p, zone)}")
     if p.allow_same_line:
         click.echo("override: same department or reporting line allowed (--allow-same-line)")
     click.echo("goals:")
@@ -534,14 +534,15 @@ def partnerships_show(app: App, pid: str, as_json: bool) -> None:
         click.echo(f"  {r['period']}  {r['received_at']}{flag}  {first[:60]}")
 
 
-def _checkin_moment(app: App, p: Partnership) -> str:
-    """The effective check-in day and time ("Monday 09:00"), saying which are the defaults."""
+def _checkin_moment(app: App, p: Partnership, zone: str) -> str:
+    """The effective check-in moment ("Monday 09:00 Europe/Rome (the member's time)"),
+    saying which of day and time come from the configuration."""
     sc = app.config.schedule
     day = (p.checkin_day or sc.checkin_day).title()
     at = p.checkin_time or sc.checkin_time
     defaults = [n for n, own in (("day", p.checkin_day), ("time", p.checkin_time)) if not own]
-    note = f" ({' and '.join(defaults)} from the configuration)" if defaults else ""
-    return f"{day} {at}{note}"
+    note = f"; {' and '.join(defaults)} from the configuration" if defaults else ""
+    return f"{day} {at} {zone} (the member's time{note})"
 
 
 @partnerships.command("resend-intro")
