@@ -319,3 +319,26 @@ def test_relative_data_dir_through_the_cli(tmp_path: Path) -> None:
     )
     assert result.code == 0, result
     assert (sub / "state" / "db" / "core.json").exists()
+
+
+def test_the_example_config_lists_every_key_with_its_default() -> None:
+    """config.example.toml is the reference an admin reads: every key of every section, each
+    with the built-in default (data_dir and templates.dir resolve against the file)."""
+    import tomllib
+
+    example = Path(__file__).resolve().parents[1] / "config.example.toml"
+    listed = tomllib.loads(example.read_text(encoding="utf-8"))
+    defaults = Config()
+    for section in dataclasses.fields(defaults):
+        values = getattr(defaults, section.name)
+        if not dataclasses.is_dataclass(values):
+            continue
+        keys = {f.name for f in dataclasses.fields(values)}
+        assert set(listed[section.name]) == keys, section.name
+    cfg = load(example)
+    assert dataclasses.replace(cfg.service, data_dir=Path("data")) == defaults.service
+    assert (cfg.listener, cfg.relay, cfg.schedule) == (
+        defaults.listener,
+        defaults.relay,
+        defaults.schedule,
+    )
