@@ -32,19 +32,20 @@ from zoneinfo import ZoneInfo
 from filelock import FileLock
 
 from mailflow import actions, letters, status, triage
-from mailflow.letters import Pair, ServiceInfo
+from mailflow.letters import Bounced, Pair, ServiceInfo
 from mailflow.mailroom import Mailroom, Prepared, TickReport
-from mailflow.models import Partnership, Report, Roster
+from mailflow.models import Outgoing, Partnership, Report, Roster
 from mailflow.parse import parse_message
 from mailflow.schedule import current_period, report_period
 from mailflow.spool import Spool, SpoolEntry
 from mailflow.store import Store, WeekView, fsync_dir
-from mailflow.triage import Decision, Quarantine, Record, Reply
+from mailflow.triage import Decision, Forward, Quarantine, Record, Reply
 
 log = logging.getLogger("mailflow")
 
 INGEST_BATCH = 500
 LOCK_TIMEOUT_SECONDS = 120
+BOUNCE_LOOKBACK_PERIODS = 4  # period files searched for the mail a bounce returns
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ class Intake:
             entry.id, entry.mail_from, entry.rcpt_tos, entry.received_at, entry.raw
         )
         target = triage.route(parsed, envelope, self.svc.keys, roster, vouch=release)
+        if isinstance(target, triage.Mailbox):
+            return triage.decide_mailbox(parsed, target, self.svc.admin)
         if not isinstance(target, triage.Target):
             return _signed(target, parsed.from_address or entry.mail_from)
         facts = self._facts(target, roster, views)
@@ -229,11 +232,11 @@ class Intake:
     ) -> list[Prepared]:
         """What the message asks, on its partnership as stored now (read and written back in
         one core transaction, so no change is lost), then its letters prepared."""
-        pid = actions.subject(d)
-        if pid is None:
-            return []
         at = at or entry.received_at
         desk = actions.Desk(self.svc, at, mid, entry.id)
+        pid = actions.subject(d)
+        if pid is None:
+            return [self.mailroom.prepare(letter, at) for letter in actions.unrouted(d, desk)]
         with self.store.core_tx() as tx:
             current = tx.partnership(pid)
             outcome = actions.apply(d, self.pair_of(current, roster, at), desk)
@@ -273,7 +276,7 @@ class Intake:
     ) -> None:
         """Archive or quarantine each message (after its record is on disk), then bounces."""
         archived: set[Path] = set()
-        bounced: list[tuple[str, str]] = []
+        bounced: list[tuple[str, str, tuple[str, ...]]] = []
         for entry, d in fates:
             if isinstance(d, Quarantine):
                 self.spool.quarantine(
@@ -293,8 +296,8 @@ class Intake:
             archived |= {dest.parent, entry.path.parent}  # new/, or quarantine/ on a release
             out.add(_line(entry, d))
             if isinstance(d, Record):
-                bounced.extend((addr, d.reason) for addr in d.bounced)
-        for folder in archived:
+                bounced.extend((addr, d.reason, d.returned) for addr in d.bounced)
+        for folder in archived | {self.spool.root / "new"}:
             if folder.exists():
                 fsync_dir(folder)
         if bounced:
@@ -319,20 +322,42 @@ class Intake:
                     out.add(f"{addr} no longer bouncing (mail arrived from it)")
 
     def _mark_bouncing(
-        self, bounced: list[tuple[str, str]], now: datetime, out: TickReport
+        self, bounced: list[tuple[str, str, tuple[str, ...]]], now: datetime, out: TickReport
     ) -> None:
-        """Flag each failed address once; the admin hears of each newly bouncing one."""
-        newly: list[tuple[str, str]] = []
+        """Flag each failed address once; the admin hears of each newly bouncing one, with
+        the mail that bounced and the command that helps."""
+        newly: list[tuple[str, str, tuple[str, ...]]] = []
         with self.store.core_tx() as core:
-            for addr, reason in bounced:
+            for addr, reason, returned in bounced:
                 person = core.person(addr)
                 if person is not None and not person.bouncing:
                     core.put_person(replace(person, bouncing=True, bounce_reason=reason[:200]))
-                    newly.append((addr, reason))
-        for addr, _ in newly:
-            out.add(f"{addr} marked bouncing")
-        notices = [letters.bounce_notice(addr, reason, self.svc, now) for addr, reason in newly]
+                    newly.append((addr, reason, returned))
+        notices = []
+        for addr, reason, returned in newly:
+            what = self._what_bounced(addr, returned)
+            named = f" ({what.template}, partnership {what.partnership_id})" if what else ""
+            out.add(f"{addr} marked bouncing{named}")
+            notices.append(letters.bounce_notice(addr, reason, self.svc, now, what))
         self.mailroom.post(notices, now, out)
+
+    def _what_bounced(self, address: str, returned: tuple[str, ...]) -> Bounced | None:
+        """Which of our mails bounced: the one whose Message-ID the bounce returns, else the
+        latest one we sent to `address` (a bounce that quotes no headers); None if neither
+        is in the recent period files."""
+        found: Outgoing | None = None
+        latest: Outgoing | None = None
+        for label in reversed(self.store.periods()[-BOUNCE_LOOKBACK_PERIODS:]):
+            for o in self.store.week(label).outgoings():
+                if o.message_id.lower() in returned:
+                    found = o
+                elif o.to == address and (latest is None or o.created_at > latest.created_at):
+                    latest = o
+        mail = found or latest
+        if mail is None:
+            return None
+        p = self.store.core().partnership(mail.partnership_id or 0)
+        return Bounced(mail.kind, mail.partnership_id, p.skill if p else "", mail.key)
 
 
 def _signed(d: Decision, sender: str) -> Decision:
@@ -349,4 +374,6 @@ def _line(entry: SpoolEntry, fate: Fate) -> str:
         case Reply(report=Report() as r):
             setback = " (setback)" if r.setback else ""
             return f"report for partnership {r.partnership_id} {r.period}{setback} from {r.sender}"
+        case Forward(written=w):
+            return f"forwarded {entry.id} from {w.sender or 'nobody'} to the admin"
     return f"recorded {fate.reason} ({entry.id})"

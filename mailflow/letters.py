@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from mailflow.config import Config
+from mailflow.config import DEFAULT_FROM_NAME, Config
 from mailflow.errors import TemplateError
 from mailflow.models import (
     CONSENT_ACCEPTED,
@@ -42,6 +42,7 @@ from mailflow.models import (
 )
 from mailflow.parse import free_text, label_of_line, says_no_setback
 from mailflow.schedule import (
+    ON_TIME,
     Period,
     Settings,
     current_period,
@@ -76,6 +77,7 @@ TEMPLATE_NAMES: tuple[str, ...] = (
     "summary",
     "consent_notice",
     "released",
+    "forward",
 )
 """The templates the sender uses; ``templates preview NAME`` accepts exactly these."""
 
@@ -128,7 +130,11 @@ class Letter:
     """One mail to send: what it says (`template` + `ctx`) and who gets it, as data.
 
     `key` is the job key (one mail per key, ever); `period` the period file that records it;
-    `message_id` None means `<TEMPLATE.hash16(key)@DOMAIN>`.
+    `message_id` None means `<TEMPLATE.hash16(key)@DOMAIN>`; `from_name` "" means the
+    service's display name. `tz` is the reader's zone ("" for the service's): unless
+    `anytime`, a letter that would arrive in the reader's quiet hours waits for their end
+    (`anytime`: her check-in and reminder at the time she chose, and an answer to the person
+    who just wrote).
     """
 
     template: str
@@ -138,9 +144,12 @@ class Letter:
     ctx: Mapping[str, Any]
     reply_to: str | None = None
     message_id: str | None = None
-    from_name: str = "mailflow"
+    from_name: str = ""
     partnership_id: int | None = None
     mark: Mark | DigestMark | None = None
+    tz: str = ""
+    anytime: bool = False
+    replaces: tuple[str, ...] = ()  # keys of earlier letters it makes moot while they wait
 
 
 @dataclass(frozen=True)
@@ -155,13 +164,15 @@ class ServiceInfo:
     deadline_hours: int = 96
     checkin_time: str = "09:00"  # the configured default, as written in the config
     default_tz: str = "UTC"
+    from_name: str = DEFAULT_FROM_NAME  # the display name of our From
 
     @classmethod
     def from_config(cls, config: Config, secret: bytes) -> ServiceInfo:
         """The service as `config` describes it, signing tokens with `secret`."""
         return cls(
-            keys=Keys(secret, config.service.domain),
+            keys=Keys(secret, config.service.domain, config.service.sender.lower()),
             from_address=config.service.sender,
+            from_name=config.service.sender_name,
             settings=Settings.from_config(config.schedule),
             admin=config.service.admin_address,
             consent_days=config.schedule.consent_days,
@@ -177,7 +188,7 @@ class ServiceInfo:
 
     def context(self) -> dict[str, str]:
         """The `service` entry of every template context."""
-        return {"name": "mailflow", "domain": self.domain, "from_address": self.from_address}
+        return {"name": self.from_name, "domain": self.domain, "from_address": self.from_address}
 
     def tz_of(self, person: Person | None) -> ZoneInfo:
         """A person's zone; the service's zone for nobody (a deleted or unknown person)."""
@@ -451,6 +462,7 @@ class _Weekly:
         ctx: dict[str, Any],
         mark: Mark | DigestMark,
         key_suffix: str = "",
+        anytime: bool = False,
     ) -> Letter:
         """The job key is `JOB:PID:PERIOD` + `key_suffix`; the Message-ID `<ID_KIND.TOKEN@…>`."""
         p = self.pair.p
@@ -464,7 +476,16 @@ class _Weekly:
             message_id=token_message_id(id_kind, self.token, self.svc.domain),
             partnership_id=p.id,
             mark=mark,
+            tz=self.reader.timezone,
+            anytime=anytime,
         )
+
+
+def on_time(period: Period, sent_at: datetime) -> bool:
+    """Whether a check-in sent at `sent_at` went out at the moment she chose (within
+    `ON_TIME`), rather than caught up later: only then are it and its reminder sent in her
+    quiet hours."""
+    return sent_at - period.checkin_at <= ON_TIME
 
 
 def checkin(pair: Pair, period: Period, svc: ServiceInfo, now: datetime) -> Letter:
@@ -472,7 +493,8 @@ def checkin(pair: Pair, period: Period, svc: ServiceInfo, now: datetime) -> Lett
     week = _Weekly(pair, period, svc, to_partner=False)
     ctx = week.context(now)
     ctx["checkin_at"] = local_time(period.checkin_at, pair.member.timezone)
-    return week.letter("checkin", "checkin", "checkin", ctx, Mark("checkin_at"))
+    anytime = on_time(period, now)
+    return week.letter("checkin", "checkin", "checkin", ctx, Mark("checkin_at"), anytime=anytime)
 
 
 def checkin_ack(
@@ -486,7 +508,8 @@ def checkin_ack(
     ctx = week.context(now)
     ctx["checkin_at"] = local_time(period.checkin_at, pair.member.timezone)
     ctx["reports"] = report_items(reports, pair.member.timezone)
-    return week.letter("checkin_ack", "checkin", "checkin", ctx, Mark("checkin_at"))
+    mark, anytime = Mark("checkin_at"), on_time(period, now)
+    return week.letter("checkin_ack", "checkin", "checkin", ctx, mark, anytime=anytime)
 
 
 def reminder(
@@ -497,7 +520,9 @@ def reminder(
     ctx = mail.context(now)
     ctx["checkin_at"] = local_time(_sent_at(week, now), pair.member.timezone)
     mark = Mark("reminder_at", only_without_reports=True)
-    return mail.letter("reminder", "reminder", "reminder", ctx, mark)
+    # At her chosen time of day when the check-in was (it counts from the check-in).
+    anytime = on_time(period, _sent_at(week, now))
+    return mail.letter("reminder", "reminder", "reminder", ctx, mark, anytime=anytime)
 
 
 def no_report(
@@ -541,7 +566,10 @@ def digest(
         released=released,
     )
     mark = DigestMark(count)
-    return mail.letter("digest", "digest", f"digest{count}", ctx, mark, key_suffix=f":{count}")
+    letter = mail.letter("digest", "digest", f"digest{count}", ctx, mark, key_suffix=f":{count}")
+    # An earlier digest of the week still held for the partner's quiet hours is moot.
+    earlier = tuple(f"digest:{pair.p.id}:{period.label}:{n}" for n in range(1, count))
+    return replace(letter, replaces=earlier)
 
 
 def _sent_at(week: Week | None, now: datetime) -> datetime:
@@ -551,10 +579,12 @@ def _sent_at(week: Week | None, now: datetime) -> datetime:
 # -- a partnership's life ---------------------------------------------------------------------
 
 
-def intro(pair: Pair, role: str, svc: ServiceInfo, now: datetime) -> Letter:
+def intro(pair: Pair, role: str, svc: ServiceInfo, now: datetime, resend: str = "") -> Letter:
     """Introduction of a new partnership to the member or the partner (`role`).
 
     The partner is asked to answer yes or no (her reply address is the consent token).
+    `resend` marks an admin's resend (`partnerships resend-intro`): a key of its own, since
+    the first introduction's key is spent (one mail per key, ever).
     """
     p, member = pair.p, pair.member
     period = utc_week(now)
@@ -572,23 +602,31 @@ def intro(pair: Pair, role: str, svc: ServiceInfo, now: datetime) -> Letter:
     )
     return Letter(
         "intro",
-        f"intro:{p.id}:{role}",
+        f"intro:{p.id}:{role}" + (f":resent:{resend}" if resend else ""),
         Recipient.of(who),
         period,
         ctx,
         reply_to=reply,
         partnership_id=p.id,
+        tz=who.timezone,
     )
 
 
+ASKED = ("reported", "setback", "missed")  # strip states of a week that was asked and is over
+
+
 def summary(pair: Pair, role: str, reason: str, svc: ServiceInfo, now: datetime) -> Letter:
-    """The closing summary for the member or the partner: the numbers and the strip."""
+    """The closing summary for the member or the partner: the numbers and the strip.
+
+    A week counts as asked once it is over: reported, or missed. A last week still open
+    (its check-in out, no report, its deadline not yet come) is not counted against her.
+    """
     p = pair.p
     who = pair.member if role == "member" else pair.partner
     cur = current_period(p, ZoneInfo(pair.member.timezone), svc.settings, now)
     states = [week["state"] for week in pair.history]
     ctx = base(pair, cur.label if cur else utc_week(now), svc.keys.plain_address, who, now, svc)
-    asked = sum(1 for state in states if state != "paused")
+    asked = sum(1 for state in states if state in ASKED)
     reported = sum(1 for state in states if state in ("reported", "setback"))
     rate = round(100 * reported / asked) if asked else None
     ctx.update(
@@ -609,6 +647,7 @@ def summary(pair: Pair, role: str, reason: str, svc: ServiceInfo, now: datetime)
         utc_week(now),
         ctx,
         partnership_id=p.id,
+        tz=who.timezone,
     )
 
 
@@ -634,16 +673,20 @@ def consent_notice(
     at: datetime,
 ) -> Letter | None:
     """The admin hears that a partner declined (`state` "declined", her words in `text`) or
-    did not answer in time ("no_answer"); None when no admin address is configured."""
+    did not answer in time ("no_answer"); None when no admin address is configured.
+
+    `days` is how many whole days have passed since the invitation went out.
+    """
     if not svc.admin:
         return None
+    invited = p.introduced_at or p.created_at
     ctx = {
         "service": svc.context(),
         "partnership": {"id": p.id, "skill": p.skill},
         "member": {"name": member.name, "email": member.email},
         "partner": {"name": partner.name, "email": partner.email},
         "state": state,
-        "days": svc.consent_days,
+        "days": max(0, (at - invited).days),
         "text": text,
     }
     return Letter(
@@ -656,12 +699,69 @@ def consent_notice(
     )
 
 
-def bounce_notice(address: str, reason: str, svc: ServiceInfo, at: datetime) -> Letter | None:
-    """The admin hears that mail to `address` bounces (once per address and week)."""
+# What each of our mails is called in a notice to the admin, by template name.
+MAIL_NAMES = {
+    "intro": "introduction",
+    "checkin": "check-in",
+    "checkin_ack": "check-in",
+    "reminder": "reminder",
+    "digest": "digest",
+    "no_report": "no-report digest",
+    "summary": "closing summary",
+    "receipt": "receipt",
+    "pause_notice": "pause notice",
+    "partner_note": "forwarded partner note",
+    "consent_notice": "consent notice",
+    "bounce_notice": "bounce notice",
+    "forward": "forwarded mail",
+}
+
+
+@dataclass(frozen=True)
+class Bounced:
+    """Which of our mails bounced: its template, partnership and job key (from the record of
+    the mail the bounce returned, found by its Message-ID)."""
+
+    template: str
+    partnership_id: int | None = None
+    skill: str = ""
+    key: str = ""
+
+    @property
+    def role(self) -> str:
+        """ "member" or "partner" for an introduction (its key ends so), else ""."""
+        parts = self.key.split(":")
+        return parts[2] if self.template == "intro" and len(parts) > 2 else ""
+
+
+def bounce_command(address: str, bounced: Bounced | None) -> str:
+    """The command that helps the admin once the mailbox works again: a lost introduction is
+    sent again; for other mail, the address is marked working (the next week's mail goes out
+    as usual)."""
+    if bounced is not None and bounced.template == "intro" and bounced.partnership_id:
+        return f"mailflow partnerships resend-intro {bounced.partnership_id}"
+    return f"mailflow people update {address} --clear-bouncing"
+
+
+def bounce_notice(
+    address: str, reason: str, svc: ServiceInfo, at: datetime, bounced: Bounced | None = None
+) -> Letter | None:
+    """The admin hears that mail to `address` bounces (once per address and week): which
+    mail it was (`bounced`, None when the bounce did not say) and the command that helps."""
     if not svc.admin:
         return None
     period = utc_week(at)
-    ctx = {"service": svc.context(), "address": address, "reason": reason, "period": period}
+    pid = bounced.partnership_id if bounced else None
+    ctx = {
+        "service": svc.context(),
+        "address": address,
+        "reason": reason,
+        "period": period,
+        "mail": MAIL_NAMES.get(bounced.template, "mail") if bounced else "",
+        "partnership": {"id": pid, "skill": bounced.skill} if bounced and pid else None,
+        "role": bounced.role if bounced else "",
+        "command": bounce_command(address, bounced),
+    }
     return Letter(
         "bounce_notice", f"bounce_notice:{address}:{period}", Recipient(svc.admin), period, ctx
     )
@@ -676,6 +776,8 @@ class Told:
 
     `reply` is the address the text names, `reply_to` the header (None: no Reply-To);
     `period` the period the text is about (None: the week the receipt is sent).
+    `to_writer`: it answers what its reader just wrote, so it goes at once, quiet hours or
+    not (False: news for someone else, e.g. the member hearing her partner accepted).
     """
 
     key: str
@@ -687,6 +789,7 @@ class Told:
     report_stored: bool = False
     to_partner: bool = False
     period: str | None = None
+    to_writer: bool = True
 
 
 def receipt(pair: Pair, told: Told, svc: ServiceInfo, at: datetime) -> Letter:
@@ -710,6 +813,8 @@ def receipt(pair: Pair, told: Told, svc: ServiceInfo, at: datetime) -> Letter:
         ctx,
         reply_to=told.reply_to,
         partnership_id=pair.p.id,
+        tz=reader.timezone,
+        anytime=told.to_writer,
     )
 
 
@@ -731,11 +836,12 @@ def pause_notice(
         ctx,
         reply_to=reply,
         partnership_id=pair.p.id,
+        tz=pair.partner.timezone,
     )
 
 
 def partner_note(pair: Pair, note: str, mid: str, svc: ServiceInfo, at: datetime) -> Letter:
-    """The partner's answer to a digest, forwarded to the member from "NAME via mailflow"."""
+    """The partner's answer to a digest, forwarded to the member from "NAME via <us>"."""
     p, member = pair.p, pair.member
     cur = current_period(p, ZoneInfo(member.timezone), svc.settings, at)
     keys = svc.keys
@@ -751,7 +857,49 @@ def partner_note(pair: Pair, note: str, mid: str, svc: ServiceInfo, at: datetime
         ctx,
         reply_to=reply,
         partnership_id=p.id,
-        from_name=f"{pair.partner.name} via mailflow",
+        from_name=f"{pair.partner.name} via {svc.from_name}",
+        tz=member.timezone,
+    )
+
+
+@dataclass(frozen=True)
+class Written:
+    """A message a person wrote to our From address, as the admin is shown it."""
+
+    sender: str  # the sender's address ("" when the message named none)
+    subject: str
+    text: str  # what the message says (its text part, or its HTML as text)
+    message_id: str
+    received_at: datetime
+    to: str  # the address it was written to (our From address)
+    reply_to: str | None = None  # the sender's address when it is one we can answer
+    kept_at: str = ""  # where the raw message is archived, relative to data_dir
+
+
+def forward(written: Written, svc: ServiceInfo) -> Letter | None:
+    """Mail a person wrote to our From address, forwarded to the admin (None without one).
+
+    Its Reply-To is the writer's address, so the admin's answer goes straight to them; we
+    never answer such mail ourselves.
+    """
+    if not svc.admin:
+        return None
+    ctx = {
+        "service": svc.context(),
+        "sender": written.sender,
+        "subject": written.subject,
+        "text": written.text,
+        "to_address": written.to,
+        "received_at": local_time(written.received_at, svc.default_tz),
+        "kept_at": written.kept_at,
+    }
+    return Letter(
+        "forward",
+        f"forward:{hash16(written.message_id)}",
+        Recipient(svc.admin),
+        utc_week(written.received_at),
+        ctx,
+        reply_to=written.reply_to,
     )
 
 

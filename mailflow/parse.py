@@ -146,6 +146,7 @@ class ParsedMessage:
     from_address: str | None = None
     subject: str = ""
     bounced_recipients: tuple[str, ...] = field(default_factory=tuple)
+    body: str = ""  # the whole text as decoded, before quotes and signature were cut
 
     def to_json_dict(self) -> dict[str, object]:
         return {
@@ -1801,6 +1802,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
             from_address=from_addr,
             subject=subject,
             bounced_recipients=bounced,
+            body=body,
         )
     except Exception as exc:  # last line of defence: the listener must always get an answer
         try:

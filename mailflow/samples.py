@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from mailflow import letters
 from mailflow.config import ScheduleConfig
 from mailflow.errors import TemplateError
-from mailflow.letters import Letter, Pair, ServiceInfo, Told
+from mailflow.letters import Bounced, Letter, Pair, ServiceInfo, Told, Written
 from mailflow.models import (
     CONSENT_ACCEPTED,
     CONSENT_PENDING,
@@ -148,6 +148,8 @@ _SAMPLE_VARIANTS: dict[str, tuple[str, ...]] = {
     "summary": ("member", "partner"),
     "consent_notice": ("declined", "declined silently", "no answer"),
     "released": ("another address", "own address"),
+    "bounce_notice": ("introduction", "check-in", "unknown"),
+    "forward": ("person", "unknown sender"),
 }
 """The named sample variants of the newer templates; the first is the default."""
 
@@ -216,7 +218,27 @@ def _bounce_notice(variant: str, setback: bool, updated: bool) -> Letter | None:
         "550 5.1.1 <bruno.keller@example.com>: Recipient address rejected: "
         "User unknown in virtual mailbox table"
     )
-    return letters.bounce_notice(BRUNO.email, reason, SVC, _at(11, 24, 8))
+    bounced = {
+        "introduction": Bounced("intro", 7, NEW.skill, "intro:7:partner"),
+        "check-in": Bounced("checkin", 7, NEW.skill, "checkin:7:2026-W48"),
+        "unknown": None,
+    }[variant]
+    return letters.bounce_notice(BRUNO.email, reason, SVC, _at(11, 24, 8), bounced)
+
+
+def _forward(variant: str, setback: bool, updated: bool) -> Letter | None:
+    known = variant == "person"
+    written = Written(
+        sender="ines.moreau@example.com" if known else "",
+        subject="Can I join the Hot Team <too>?" if known else "",
+        text="Hello,\n\nI heard about the partnerships from Zoë. How do I sign up?\n\nInès",
+        message_id="<sample.forward@example.com>",
+        received_at=_at(11, 24, 23, 40),
+        to=SVC.from_address,
+        reply_to="ines.moreau@example.com" if known else None,
+        kept_at="mail/in/2026-W48/1764024000.0001.eml",
+    )
+    return letters.forward(written, SVC)
 
 
 def _intro(variant: str, setback: bool, updated: bool) -> Letter:
@@ -283,17 +305,15 @@ def _summary(variant: str, setback: bool, updated: bool) -> Letter:
 
 def _consent_notice(variant: str, setback: bool, updated: bool) -> Letter | None:
     now = _at(11, 5, 10)
-    if variant == "no answer":
-        return letters.consent_notice(NEW, ZOE, BRUNO, "no_answer", "", SVC, now)
+    if variant == "no answer":  # consent_days (7) after the invitation
+        return letters.consent_notice(NEW, ZOE, BRUNO, "no_answer", "", SVC, _at(11, 9, 10))
     text = (
         "Sorry, I can't take this on right now: I'm away most of December <travel>."
         if variant == "declined"
         else ""
     )
-    # `days` of a decline is the configured consent_days; a program that asks for an answer
-    # within 2 days shows how the notice reads.
-    svc = replace(SVC, consent_days=2)
-    return letters.consent_notice(NEW, ZOE, BRUNO, "declined", text, svc, now)
+    # `days` is the days since the invitation went out (NEW was created on 2 November).
+    return letters.consent_notice(NEW, ZOE, BRUNO, "declined", text, SVC, now)
 
 
 def _released(variant: str, setback: bool, updated: bool) -> Letter:
@@ -324,6 +344,7 @@ _BUILDERS: dict[str, Callable[[str, bool, bool], Letter | None]] = {
     "summary": _summary,
     "consent_notice": _consent_notice,
     "released": _released,
+    "forward": _forward,
 }
 
 

@@ -6,11 +6,17 @@ Two steps, as Mailman's LMTP runner splits the recipient before the queue does i
    its recipients and the roster alone: a bounce or other mail to our return path is
    recorded, mail to a check-in token (or naming one of our Message-IDs in In-Reply-To /
    References) or to the plain address from a member is routed to its partnership as a
-   `Target`; a forged sender, an ended partnership or a stranger is quarantined.
+   `Target`; mail to our own From address that is about no partnership is a `Mailbox`; a
+   forged sender, an ended partnership or a stranger is quarantined.
 2. `decide(parsed, target, facts)` says what a routed message is, given the `Facts` the
    use case reads for that one partnership (its current period, where a report counts, the
    member's date): a member's `Reply` (a report and/or commands), a partner's `Consent` or
    `Note`, other inbound mail to `Record`, or `Quarantine` with the reason for a human.
+   `decide_mailbox(parsed, mailbox, admin)` says what mail to the From address is: a person
+   writing to us is a `Forward` to the admin (quarantined when there is none), an auto-reply
+   is recorded; nothing there is ever answered automatically. (When the program address of
+   self-service is the same mailbox, its commands are a `Target` of step 1 and only the rest
+   comes here.)
 
 An admin's release of a quarantined message goes the same two steps, told so: `route(...,
 vouch=True)` lets a sender who is not the token's person through as an unproven `Target`
@@ -30,12 +36,16 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from mailflow.commands import Command, extract_commands, parse_consent
+from mailflow.errors import DomainError
+from mailflow.letters import Written
 from mailflow.models import CONSENT_ACCEPTED, ENDED, Inbound, Partnership, Report, Roster
 from mailflow.parse import ParsedMessage, detect_setback, find_sections
+from mailflow.people import normalize_email
 from mailflow.schedule import utc_week, weeks_between
 from mailflow.tokens import AGREE, CHECKIN, DIGEST, Keys, Rcpt, Token, token_from_ids
 
 MAX_TOKEN_AGE_WEEKS = 8  # older tokens are replays, not late replies
+FORWARD_CHARS = 20_000  # a forward shows at most this much of the message (all is archived)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,16 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Mailbox:
+    """Mail to our From address that is about no partnership: a person writing to us."""
+
+    sender: str
+    message_id: str
+    envelope: Envelope
+    to: str  # the recipient that is our From address, as the sender wrote it
+
+
+@dataclass(frozen=True)
 class Facts:
     """What `decide` needs from the store about the routed partnership, read once."""
 
@@ -85,6 +105,8 @@ class Quarantine:
 
     `tell_member`: her own reply, refused after the sender was checked (a stale check-in, an
     ended partnership): she is told it was not counted, so a report never just vanishes.
+    `to_partner`: it was the partner's (an answer to a digest or an introduction of an ended
+    partnership), so the partner is the one told.
     """
 
     reason: str
@@ -92,6 +114,7 @@ class Quarantine:
     period: str | None = None
     tell_member: bool = False
     sender: str = ""  # its From address, for the admin (set by `intake`)
+    to_partner: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,10 +124,24 @@ class Record:
     reason: str
     inbound: Inbound
     bounced: tuple[str, ...] = ()  # a bounce: the addresses that failed
+    returned: tuple[str, ...] = ()  # a bounce: Message-IDs of ours it returned
 
     @property
     def period(self) -> str | None:
         return self.inbound.period
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Mail a person wrote to our From address: forwarded to the admin, never answered."""
+
+    written: Written
+    inbound: Inbound
+    reason: str = "forwarded to the admin"
+
+    @property
+    def period(self) -> None:
+        return None  # about no partnership: stored in the UTC week
 
 
 @dataclass(frozen=True)
@@ -173,7 +210,7 @@ class Ambiguous:
         return "which partnership: " + ", ".join(self.skills)
 
 
-Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous
+Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous | Forward
 
 
 def records(d: Decision) -> tuple[Report | Inbound, ...]:
@@ -181,7 +218,7 @@ def records(d: Decision) -> tuple[Report | Inbound, ...]:
     match d:
         case Reply():
             return tuple(r for r in (d.report, d.inbound) if r is not None)
-        case Record() | Consent() | Note() | Ambiguous():
+        case Record() | Consent() | Note() | Ambiguous() | Forward():
             return (d.inbound,)
     return ()
 
@@ -229,6 +266,14 @@ def message_id_of(parsed: ParsedMessage, raw: bytes) -> str:
     if parsed.message_id:
         return parsed.message_id
     return f"<sha256.{hashlib.sha256(raw).hexdigest()[:40]}@mailflow.invalid>"
+
+
+def returned_ids(raw: bytes, domain: str) -> tuple[str, ...]:
+    """Our Message-IDs (`<...@DOMAIN>`) in a bounce: the headers of the mail it returns."""
+    pattern = rb"^(?:Message-ID|X-Original-Message-ID):[ \t]*(<[^<>\s]{1,300}@"
+    pattern += re.escape(domain.lower().encode("ascii", "replace")) + rb">)"
+    found = re.findall(pattern, raw[:262_144], re.I | re.M)
+    return tuple(dict.fromkeys(m.decode("ascii", "replace").lower() for m in found))
 
 
 _DIAGNOSTIC = re.compile(rb"^Diagnostic-Code:[ \t]*(?:smtp;)?[ \t]*([^\r\n]{1,300})", re.I | re.M)
@@ -300,10 +345,12 @@ def route(
     sender = (parsed.from_address or envelope.mail_from or "").lower()
     token: Token | None = None
     to_bounce = to_plain = False
+    mailbox = ""
     for rcpt in envelope.rcpt_tos:
         kind, found = keys.rcpt(rcpt)
         to_bounce = to_bounce or kind is Rcpt.BOUNCES
         to_plain = to_plain or kind is Rcpt.PLAIN
+        mailbox = mailbox or (rcpt if keys.is_mailbox(rcpt) else "")
         token = token or found
     if token is None and not to_bounce:
         ids = [i for i in (parsed.in_reply_to, *parsed.references) if i]
@@ -313,8 +360,9 @@ def route(
     if parsed.kind == "bounce" or (to_bounce and not envelope.mail_from):
         bounced = tuple(a.lower() for a in parsed.bounced_recipients)
         why = bounce_reason(envelope.raw, parsed.detail) if bounced else parsed.detail
+        returned = returned_ids(envelope.raw, keys.domain) if bounced else ()
         inbound = _inbound(envelope, mid, sender, "bounce", parsed.detail, recipients=list(bounced))
-        return Record(f"bounce: {why}", inbound, bounced)
+        return Record(f"bounce: {why}", inbound, bounced, returned)
     if to_bounce and token is None:
         # Auto-replies and stray mail to our return path: keep a record, answer nothing.
         inbound = _inbound(envelope, mid, sender, parsed.kind, parsed.detail)
@@ -322,7 +370,12 @@ def route(
     if token is not None:
         return _by_token(token, sender, mid, envelope, roster, vouch)
     if to_plain:
-        return _by_member(parsed, sender, mid, envelope, roster)
+        found = _by_member(parsed, sender, mid, envelope, roster)
+        if mailbox and isinstance(found, Quarantine) and found.partnership_id is None:
+            return Mailbox(sender, mid, envelope, mailbox)  # the same mailbox: not a report
+        return found
+    if mailbox:
+        return Mailbox(sender, mid, envelope, mailbox)
     return Quarantine("no check-in token in the address or references")
 
 
@@ -344,7 +397,13 @@ def _by_token(
             period=token.period,
         )
     if p.status == ENDED:
-        return Quarantine(f"partnership {p.id} has ended", partnership_id=p.id, tell_member=True)
+        # Whoever wrote (the member, or the partner answering a digest) is the one told.
+        return Quarantine(
+            f"partnership {p.id} has ended",
+            partnership_id=p.id,
+            tell_member=True,
+            to_partner=token.kind != CHECKIN,
+        )
     return Target(p, token, sender, mid, envelope)
 
 
@@ -375,6 +434,45 @@ def _by_member(
 
 
 # -- 2. decide ----------------------------------------------------------------------------------
+
+
+def decide_mailbox(parsed: ParsedMessage, mailbox: Mailbox, admin: str) -> Decision:
+    """Mail to our From address: forwarded to `admin` (quarantined without one); an
+    auto-reply or our own mail coming back is only recorded (forwarding it could loop)."""
+    env, sender = mailbox.envelope, mailbox.sender
+    if parsed.kind == "auto_reply" or sender == mailbox.to.strip().strip("<>").lower():
+        inbound = _inbound(env, mailbox.message_id, sender, parsed.kind, parsed.detail)
+        return Record(f"to our From address: {parsed.detail}", inbound)
+    if not admin:
+        return Quarantine(
+            f"mail to our From address {mailbox.to} from {sender or 'nobody'}: "
+            "no admin_address to forward it to"
+        )
+    text = parsed.body.strip() or parsed.text.strip()
+    if len(text) > FORWARD_CHARS:
+        text = text[:FORWARD_CHARS] + "\n[...]"
+    # One line of printable text: it becomes part of our own Subject header.
+    subject = "".join(c for c in " ".join(parsed.subject.split()) if c.isprintable())[:200]
+    written = Written(
+        sender=sender,
+        subject=subject,
+        text=text,
+        message_id=mailbox.message_id,
+        received_at=env.received_at,
+        to=mailbox.to.strip().strip("<>"),
+        reply_to=_answerable(sender),
+        kept_at=archive_path(None, env.id, env.received_at),
+    )
+    inbound = _inbound(env, mailbox.message_id, sender, "forwarded", f"to {admin}")
+    return Forward(written, inbound)
+
+
+def _answerable(address: str) -> str | None:
+    """`address` when it is one a reply can go to (the forward's Reply-To), else None."""
+    try:
+        return normalize_email(address) if address else None
+    except DomainError:
+        return None
 
 
 def decide(parsed: ParsedMessage, target: Target, facts: Facts) -> Decision:

@@ -47,6 +47,7 @@ SELF = Path(__file__).resolve()
 MEMBER = "Priya Nandakumar <priya@fernhill.example>"
 SECRET = "client-fixtures-secret-0123456789abcdef"
 CHECKIN_NOW = "2026-11-30T09:00:00+01:00"
+FRIDAY_BEFORE = "2026-11-27T12:00:00+01:00"
 SIGNATURE = "Priya Nandakumar\nPlatform Team, Fernhill Labs\n+49 30 5550 1234\n"
 
 # What the member writes, per style. Each answer is (quoted question prefix, answer lines).
@@ -317,11 +318,13 @@ def make_checkin(work: Path) -> Path:
         + ["--goal", "2026-12-18 Give a 10-minute talk at the team meeting, without notes."]
         + ["--why", "I want to present my own team's work at the quarterly review."]
         + ["--saddle", "One bad week is data, not a verdict.", "--start", "2026-11-23"]
-        + ["--accepted"],
+        + ["--accepted", "--allow-past"],
         ["tick", "--now", CHECKIN_NOW],
     ]
     for step in steps:
-        subprocess.run([str(mailflow), *step], env=env, check=True, capture_output=True)
+        # As of the Friday before the check-in: the partnership exists before its moment.
+        args = ["--now", FRIDAY_BEFORE, *step] if step[0] != "tick" else step
+        subprocess.run([str(mailflow), *args], env=env, check=True, capture_output=True)
     found = sorted((data / "outbox").glob("checkin_*.eml"))
     if not found:
         raise SystemExit("error: the tick made no check-in")

@@ -154,13 +154,25 @@ def test_digest_and_no_report_carry_history() -> None:
         assert history[-1]["period"] == "2026-W48"
 
 
-def test_bounce_notice_uses_minimal_context(shipped: Templates) -> None:
-    ctx = sample_context("bounce_notice")
-    assert set(ctx) == {"service", "address", "reason", "period"}
+def test_bounce_notice_names_the_mail_and_the_command(shipped: Templates) -> None:
+    ctx = sample_context("bounce_notice")  # the partner's introduction bounced
+    assert set(ctx) == {
+        "service", "address", "reason", "period", "mail", "partnership", "role", "command"
+    }  # fmt: skip
     rendered = shipped.render("bounce_notice", ctx)
-    assert rendered.subject == "Mail to bruno.keller@example.com is bouncing"
+    assert rendered.subject == "The introduction to bruno.keller@example.com bounced"
+    text = " ".join(rendered.text.split())
+    assert "The introduction to bruno.keller@example.com for partnership 7" in text
+    assert "mailflow partnerships resend-intro 7" in text
+    assert "mailflow partnerships consent 7 --accepted" in text
     assert "Recipient address rejected" in rendered.text
     assert "&lt;bruno.keller@example.com&gt;" in rendered.html
+    assert "resend-intro 7" in rendered.html
+    unknown = shipped.render("bounce_notice", sample_context("bounce_notice", variant="unknown"))
+    assert unknown.subject == "Mail to bruno.keller@example.com is bouncing"
+    assert "people update bruno.keller@example.com --clear-bouncing" in unknown.text
+    checkin = shipped.render("bounce_notice", sample_context("bounce_notice", variant="check-in"))
+    assert checkin.subject == "The check-in to bruno.keller@example.com bounced"
 
 
 def test_html_escapes_user_text_but_text_shows_it_raw(shipped: Templates) -> None:

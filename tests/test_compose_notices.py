@@ -310,7 +310,7 @@ def test_summary_member_numbers_in_sentences(shipped: Templates) -> None:
     text = rendered.text
     assert rendered.subject == "Your public speaking partnership: the summary"
     assert "has come to\nan end: all goals achieved. Well done!" in text
-    assert "- You reported in 4 of 6 weeks with a check-in (67%)." in text
+    assert "- You reported in 4 of 5 weeks with a check-in (80%)." in text
     assert "- 1 week with a setback, honestly reported." in text
     assert "- You achieved 4 of 4 goals." in text
     assert "due 2026-12-18 (achieved)" in text
@@ -357,7 +357,7 @@ def test_summary_html_strip_cells_colours_and_labels(shipped: Templates) -> None
     # inline styles only: mail clients ignore classes
     assert "class=" not in html
     # the numbers at a glance
-    assert ">4/6</div>" in html and ">1</div>" in html and ">4/4</div>" in html
+    assert ">4/5</div>" in html and ">1</div>" in html and ">4/4</div>" in html
 
 
 def test_summary_long_history_wraps(shipped: Templates) -> None:
@@ -389,7 +389,7 @@ def test_consent_notice_declined_quotes_the_partner(shipped: Templates) -> None:
     rendered = shipped.render("consent_notice", ctx)
     text = rendered.text
     assert rendered.subject == "Bruno Keller declined to partner Zoë Adler (public speaking)"
-    assert "declined to be" in text and "(partnership 7), 2 days after the invitation." in text
+    assert "declined to be" in text and "(partnership 7), 3 days after the invitation." in text
     assert "Bruno Keller wrote:\n  Sorry, I can't take this on right now" in text
     assert "mailflow partners suggest --member zoe.adler@example.com \\" in text
     assert "&lt;travel&gt;" in rendered.html and "<travel>" not in rendered.html
@@ -468,7 +468,7 @@ def test_cli_preview_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     mailflow = Mailflow(tmp_path, capsys)
     result = mailflow.ok("templates", "preview", "summary")
     assert result.out.startswith("Subject: Your public speaking partnership: the summary\n")
-    assert "You reported in 4 of 6 weeks with a check-in (67%)." in result.out
+    assert "You reported in 4 of 5 weeks with a check-in (80%)." in result.out
     assert "W45 W46 W47 W48 W49 W50 W51" in result.out
     assert mailflow.ok("templates", "check").out.strip() == "templates ok"
 

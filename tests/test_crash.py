@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 from collections import Counter, deque
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -59,7 +59,8 @@ def serve_env_setup(monkeypatch: pytest.MonkeyPatch) -> None:
 def start_week(config: Path, relay: RecordingSMTPServer) -> int:
     """People and one accepted partnership whose check-in (today 00:00 UTC) is due now.
 
-    "Today" is the test's wall clock (shifted in CI's guard run), handed to every command."""
+    "Today" is the test's wall clock (shifted in CI's guard run), handed to every command; the
+    partnership was made the day before (a check-in moment before its creation is not asked)."""
     today = datetime.now(UTC)
     setup_people(config, now=today.isoformat())
     return add_partnership(
@@ -72,7 +73,7 @@ def start_week(config: Path, relay: RecordingSMTPServer) -> int:
         WEEKDAY[today.weekday()],
         "--checkin-time",
         "00:00",
-        now=today.isoformat(),
+        now=(today - timedelta(days=1)).isoformat(),
     )
 
 

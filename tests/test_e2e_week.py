@@ -30,7 +30,9 @@ WEEKDAY = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "
 
 
 def write_config(tmp_path: Path, relay_port: int, listen_port: int, **schedule: object) -> Path:
-    sched = {"digest_delay_minutes": 0, "tick_seconds": 1, **schedule}
+    # These tests run at the wall clock's time of day, which may be anyone's night: quiet
+    # hours are off here (test_human_hours holds mail for them on a simulated clock).
+    sched = {"digest_delay_minutes": 0, "tick_seconds": 1, "quiet_hours": "", **schedule}
     lines = [
         "[service]",
         f'domain = "{DOMAIN}"',
@@ -188,7 +190,8 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 def due_now_partnership(config: Path, relay: RecordingSMTPServer) -> int:
     """People, and Ada's partnership with a check-in at 00:00 UTC today: due when serve starts.
 
-    "Today" is the test's wall clock (shifted in CI's guard run), handed to every command."""
+    "Today" is the test's wall clock (shifted in CI's guard run), handed to every command. The
+    partnership was made a day before (a check-in moment before its creation is not asked)."""
     now = datetime.now(UTC)
     setup_people(config, now=now.isoformat())
     return add_partnership(
@@ -201,7 +204,7 @@ def due_now_partnership(config: Path, relay: RecordingSMTPServer) -> int:
         WEEKDAY[now.weekday()],
         "--checkin-time",
         "00:00",
-        now=now.isoformat(),
+        now=(now - timedelta(days=1)).isoformat(),
     )
 
 
