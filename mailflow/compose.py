@@ -41,7 +41,7 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from mailflow import errors
+from mailflow import errors, headers
 
 __all__ = [
     "SHIPPED_DIR",
@@ -840,6 +840,63 @@ def _address(field: str, addr_spec: str, display_name: str) -> Address:
     return address
 
 
+def _address_tokens(field: str, addr_spec: str, display_name: str) -> list[str]:
+    address = _address(field, addr_spec, display_name)
+    spec = address.addr_spec
+    if not address.domain.isascii():
+        # An internationalised domain goes on the wire as its A-label (xn--...).
+        spec = spec[: -len(address.domain)] + address.domain.encode("idna").decode("ascii")
+    return headers.address_tokens(spec, display_name)
+
+
+def _header_lines(
+    rendered: Rendered,
+    *,
+    from_address: str,
+    from_name: str,
+    to_address: str,
+    to_name: str,
+    message_id: str,
+    date: datetime,
+    reply_to: str | None = None,
+    in_reply_to: str | None = None,
+    references: Sequence[str] = (),
+) -> list[str]:
+    """Our header lines, folded, in order: the one source for both message paths.
+
+    Every value is checked (control characters refused) and written by `headers`, never
+    folded by the email package (see headers.py: CVE-2024-6923).
+    """
+    if date.tzinfo is None or date.utcoffset() is None:
+        raise ValueError("Date: a timezone-aware datetime is required")
+    subject = _check_header_value("Subject", rendered.subject)
+    lines = [
+        headers.fold("From", _address_tokens("From", from_address, from_name)),
+        headers.fold("To", _address_tokens("To", to_address, to_name)),
+        headers.unstructured("Subject", subject),
+        headers.fold("Date", [format_datetime(date)]),
+        headers.fold("Message-ID", [_check_msg_id("Message-ID", message_id)]),
+    ]
+    if reply_to is not None:
+        lines.append(headers.fold("Reply-To", _address_tokens("Reply-To", reply_to, "")))
+    if in_reply_to is not None:
+        lines.append(headers.fold("In-Reply-To", [_check_msg_id("In-Reply-To", in_reply_to)]))
+    refs = [_check_msg_id("References", ref) for ref in references]
+    if refs:
+        lines.append(headers.fold("References", refs))
+    lines += [
+        "Auto-Submitted: auto-generated",
+        "X-Auto-Response-Suppress: All",
+        "MIME-Version: 1.0",
+    ]
+    headers.check_header_block("\r\n".join(lines) + "\r\n", [_name(line) for line in lines])
+    return lines
+
+
+def _name(line: str) -> str:
+    return line.split(":", 1)[0]
+
+
 def build_message(
     rendered: Rendered,
     *,
@@ -859,53 +916,35 @@ def build_message(
     non-ASCII), Date (``date`` must be timezone-aware), Message-ID exactly as given, Reply-To,
     In-Reply-To and References when given, ``Auto-Submitted: auto-generated``,
     ``X-Auto-Response-Suppress: All`` and ``MIME-Version``. Any header value containing CR, LF
-    or another control character raises :class:`ValueError`, so header injection is impossible.
-    The message uses :data:`email.policy.SMTP` (CRLF line ends, folded headers).
+    or another control character raises :class:`ValueError`; the header lines are written by
+    :mod:`mailflow.headers` and copied as they are, so no value can add a header line.
+    The message uses :data:`email.policy.SMTP` (CRLF line ends).
     """
-    if date.tzinfo is None or date.utcoffset() is None:
-        raise ValueError("Date: a timezone-aware datetime is required")
-    subject = _check_header_value("Subject", rendered.subject)
+    lines = _header_lines(
+        rendered,
+        from_address=from_address,
+        from_name=from_name,
+        to_address=to_address,
+        to_name=to_name,
+        message_id=message_id,
+        date=date,
+        reply_to=reply_to,
+        in_reply_to=in_reply_to,
+        references=references,
+    )
     msg = EmailMessage(policy=_POLICY)
-    msg["From"] = _address("From", from_address, from_name)
-    msg["To"] = _address("To", to_address, to_name)
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(date)
-    msg["Message-ID"] = _check_msg_id("Message-ID", message_id)
-    if reply_to is not None:
-        msg["Reply-To"] = _address("Reply-To", reply_to, "")
-    if in_reply_to is not None:
-        msg["In-Reply-To"] = _check_msg_id("In-Reply-To", in_reply_to)
-    refs = [_check_msg_id("References", ref) for ref in references]
-    if refs:
-        msg["References"] = " ".join(refs)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Auto-Response-Suppress"] = "All"
-    msg["MIME-Version"] = "1.0"
+    for line in lines:
+        msg[_name(line)] = headers.Folded(line)
     # quoted-printable: 7-bit safe for any relay, and no body line can exceed SMTP's limit.
     msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
     return msg
 
 
-# A header line the email package would write unchanged: ASCII, at most 78 characters, single
-# spaces, nothing that looks like an RFC 2047 encoded word. Display names: atext words only
-# (nothing to quote). Anything else takes build_message's general path.
-_PLAIN_VALUE = re.compile(r"^[\x21-\x7e]+(?: [\x21-\x7e]+)*$")
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
-_PLAIN_ADDR = re.compile(
-    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*$"
-)
 _PART_HEAD = (
     'Content-Type: text/{subtype}; charset="utf-8"\r\n'
     "Content-Transfer-Encoding: quoted-printable\r\n"
 )
-
-
-def _plain_address(addr: str, name: str) -> str | None:
-    if not _PLAIN_ADDR.match(addr) or (name and not _PLAIN_NAME.match(name)):
-        return None
-    return f"{name} <{addr}>" if name else addr
 
 
 def _qp_body(text: str) -> str:
@@ -938,70 +977,31 @@ def message_bytes(
 ) -> bytes:
     """The wire bytes (CRLF) of :func:`build_message`'s message, the same checks and output.
 
-    A fan-out builds thousands of messages, and the email package's header objects cost more
-    than rendering the templates. When every header is a plain ASCII line (the usual case)
-    the bytes are written directly, in the form the email package writes them; otherwise
-    (encoded names or subjects, long lines) build_message does it.
+    A fan-out builds thousands of messages, and the email package's MIME objects cost more
+    than rendering the templates: the bytes are written directly, from the same header lines
+    (:func:`_header_lines`) and in the form the email package writes the body. The whole
+    header section is checked once more as it goes out (exactly our headers, nothing else).
     """
-    args = {
-        "from_address": from_address,
-        "from_name": from_name,
-        "to_address": to_address,
-        "to_name": to_name,
-        "message_id": message_id,
-        "date": date,
-        "reply_to": reply_to,
-        "in_reply_to": in_reply_to,
-        "references": references,
-    }
-    if date.tzinfo is None or date.utcoffset() is None:
-        raise ValueError("Date: a timezone-aware datetime is required")
-    subject = _check_header_value("Subject", rendered.subject)
-    # A plain ASCII address and name (the regexes admit no control characters) needs none
-    # of the header registry's parsing; anything else is checked the thorough way.
-    if _plain_address(from_address, from_name) is None:
-        _address("From", from_address, from_name)
-    if _plain_address(to_address, to_name) is None:
-        _address("To", to_address, to_name)
-    _check_msg_id("Message-ID", message_id)
-    if reply_to is not None and _plain_address(reply_to, "") is None:
-        _address("Reply-To", reply_to, "")
-    if in_reply_to is not None:
-        _check_msg_id("In-Reply-To", in_reply_to)
-    refs = [_check_msg_id("References", ref) for ref in references]
-    headers = [
-        ("From", _plain_address(from_address, from_name)),
-        ("To", _plain_address(to_address, to_name)),
-        ("Subject", subject),
-        ("Date", format_datetime(date)),
-        ("Message-ID", message_id),
-    ]
-    if reply_to is not None:
-        headers.append(("Reply-To", _plain_address(reply_to, "")))
-    if in_reply_to is not None:
-        headers.append(("In-Reply-To", in_reply_to))
-    if refs:
-        headers.append(("References", " ".join(refs)))
-    lines = []
-    for name, value in headers:
-        line = f"{name}: {value}"
-        if name == "Message-ID" and len(line) > 78 and _PLAIN_VALUE.match(value):
-            # The email package moves an id that is too long for the first line onto a
-            # continuation line when it fits there, and leaves it alone when not.
-            lines.append(f"{name}:\r\n {value}" if len(value) < 78 else line)
-            continue
-        if value is None or len(line) > 78 or "=?" in value or not _PLAIN_VALUE.match(value):
-            msg = build_message(rendered, **args)  # type: ignore[arg-type]
-            return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
-        lines.append(line)
+    lines = _header_lines(
+        rendered,
+        from_address=from_address,
+        from_name=from_name,
+        to_address=to_address,
+        to_name=to_name,
+        message_id=message_id,
+        date=date,
+        reply_to=reply_to,
+        in_reply_to=in_reply_to,
+        references=references,
+    )
     text = _PART_HEAD.format(subtype="plain") + "\r\n" + _qp_body(rendered.text)
     html = _PART_HEAD.format(subtype="html") + "MIME-Version: 1.0\r\n\r\n" + _qp_body(rendered.html)
     boundary = _boundary(text + "\r\n" + html)
-    out = "\r\n".join(lines) + (
-        "\r\nAuto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: All\r\n"
-        f'MIME-Version: 1.0\r\nContent-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'
-        f"\r\n--{boundary}\r\n{text}\r\n--{boundary}\r\n{html}\r\n--{boundary}--\r\n"
+    head = "\r\n".join(lines) + (
+        f'\r\nContent-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'
     )
+    headers.check_header_block(head, [*(_name(line) for line in lines), "Content-Type"])
+    out = head + f"\r\n--{boundary}\r\n{text}\r\n--{boundary}\r\n{html}\r\n--{boundary}--\r\n"
     return out.encode("ascii")
 
 
