@@ -37,6 +37,7 @@ _ENCODED_WORD = re.compile(r"=\?.*?\?=", re.DOTALL)
 _PLAIN_TEXT = re.compile(r"^[\x21-\x7e]+(?: [\x21-\x7e]+)*$")
 # A display name that needs no quoting: atext words (RFC 5322 3.2.3).
 _ATEXT_WORDS = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_BREAKS = re.compile(r"[\x00-\x1f\x7f]")
 _FIELD_NAME = re.compile(r"^([\x21-\x39\x3b-\x7e]+):")
 _LONGEST_PLAIN_WORD = 60  # longer words go encoded (encoded words can be split, words can't)
 _LONGEST_QUOTED = 60
@@ -117,7 +118,7 @@ def phrase_tokens(name: str) -> list[str]:
 
 def address_tokens(addr_spec: str, display_name: str) -> list[str]:
     """`Name <addr>` (or the bare address) as tokens; addr_spec must be checked ASCII."""
-    if not addr_spec.isascii() or any(c.isspace() for c in addr_spec if c != " "):
+    if not addr_spec.isascii() or _BREAKS.search(addr_spec):
         raise ValueError(f"not an ASCII address: {addr_spec!r}")
     phrase = phrase_tokens(display_name)
     return [*phrase, f"<{addr_spec}>"] if phrase else [addr_spec]
