@@ -7,6 +7,7 @@ Secrets never live in the file: it only names the environment variables that hol
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -31,6 +32,9 @@ class ServiceConfig:
     timezone: str = "UTC"
     admin_address: str = ""
     secret_env: str = "MAILFLOW_SECRET"
+    # Below this much free space (MB) where data_dir lives, the listener answers 452 and
+    # the space left is kept for the database and the queue (Postfix: queue_minfree).
+    min_free_mb: int = 100
 
     @property
     def sender(self) -> str:
@@ -53,6 +57,13 @@ class ListenerConfig:
     require_starttls: bool = False  # refuse MAIL before STARTTLS
     auth_username: str = ""  # set: AUTH required (only over TLS) before MAIL
     auth_password_env: str = "MAILFLOW_LISTENER_PASSWORD"
+    # Floods (issue 12): sessions per client address (0: no cap); the MTA in front is exempt.
+    max_sessions_per_client: int = 10
+    trusted_peers: tuple[str, ...] = ("127.0.0.1", "::1")  # addresses or networks (CIDR)
+    # Mail held (waiting or quarantined) for anything but a reply address: per envelope
+    # sender and in all; over either, RCPT gets 452 (0: no quota).
+    quarantine_max_per_sender: int = 20
+    quarantine_max_mb: int = 100
 
     def auth_users(self, environ: Mapping[str, str]) -> dict[str, str] | None:
         """{username: password} for the listener's AUTH, or None when AUTH is off."""
@@ -177,6 +188,10 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if default is None and key in _OPTIONAL_PATHS:
             return Path(value).expanduser() if value else None  # "": none (shipped templates)
         return value
+    if isinstance(default, tuple):  # a list of strings (e.g. listener.trusted_peers)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {_describe(value)}")
+        return tuple(value)
     raise ConfigError(f"{key}: unsupported value {_describe(value)}")  # pragma: no cover
 
 
@@ -265,6 +280,25 @@ def _validate(cfg: Config) -> None:
         raise bad("schedule.deadline_after_hours", "must fall within the week (at most 167)")
 
 
+def _validate_limits(cfg: Config) -> None:
+    """Checks of the keys that bound floods, disk use and held mail (issue 12)."""
+    if cfg.service.min_free_mb < 0:
+        raise ConfigError(f"service.min_free_mb: expected 0 or more, got {cfg.service.min_free_mb}")
+    ls = cfg.listener
+    for name in ("max_sessions_per_client", "quarantine_max_per_sender", "quarantine_max_mb"):
+        if getattr(ls, name) < 0:
+            raise ConfigError(
+                f"listener.{name}: expected 0 or more (0: off), got {getattr(ls, name)}"
+            )
+    for peer in ls.trusted_peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f'listener.trusted_peers: not an IP address or network: "{peer}"'
+            ) from None
+
+
 def from_mapping(
     data: Mapping[str, Any],
     *,
@@ -297,6 +331,7 @@ def from_mapping(
     if cfg.schedule.checkin_day != cfg.schedule.checkin_day.lower():
         cfg = _replace(cfg, "schedule", checkin_day=cfg.schedule.checkin_day.lower())
     _validate(cfg)
+    _validate_limits(cfg)
     if environ:
         names = (cfg.service.secret_env, cfg.relay.password_env, cfg.listener.auth_password_env)
         cfg = replace(cfg, secrets={n: environ[n] for n in names if environ.get(n)})
