@@ -90,6 +90,7 @@ FLUSH_LOCK_WAIT_SECONDS = 10.0  # how long a flush waits for another process's f
 JOURNAL_NAME = ".outcomes.journal"
 JOURNAL_BYTES = 4 * 1024 * 1024  # about 25,000 outcomes; allocated once, never grows
 JOURNAL_SYNC_EVERY = 20  # outcomes between fdatasyncs: what a power loss may resend
+JOURNAL_ENTRY_ROOM = 2048  # a message is sent only while its outcome surely fits
 _JOURNAL_ERROR_CHARS = 300
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -256,6 +257,9 @@ class _Journal:
         if self._unsynced >= JOURNAL_SYNC_EVERY:
             self.sync()
 
+    def room(self) -> int:
+        return JOURNAL_BYTES - 1 - self._end
+
     def sync(self) -> None:
         if self._fd is not None and self._unsynced:
             os.fdatasync(self._fd)
@@ -371,6 +375,16 @@ class _Marks:
         self._since_commit += 1
         if self._since_commit >= self._every:
             self.commit()
+
+    def check_room(self) -> None:
+        """_Halt unless the journal surely takes one more outcome: a message is sent only
+        when what the relay answers can be written down."""
+        if self._journal.room() < JOURNAL_ENTRY_ROOM:
+            self.error = (
+                f"outcome journal {self._journal.path} is full; nothing more is sent until "
+                "the period files can be written"
+            )
+            raise _Halt(self.error)
 
     def held_keys(self) -> set[str]:
         return {e["k"] for e in self.uncommitted}
@@ -716,6 +730,7 @@ class Outbox:
     ) -> None:
         self._ensure_dir(self.file_dir)
         for period, item in due:
+            marks.check_room()
             data = self._read(item)
             if isinstance(data, tuple):
                 self._settle(period, item, data, now, result, marks)
@@ -794,6 +809,7 @@ class Outbox:
             try:
                 while queue:
                     period, item = queue[0]
+                    marks.check_room()
                     data = self._read(item)
                     outcome = data if isinstance(data, tuple) else self._send(conn, item, data)
                     queue.popleft()
