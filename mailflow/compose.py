@@ -41,7 +41,7 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from mailflow import errors, headers
+from mailflow import budget, errors, headers
 
 __all__ = [
     "SHIPPED_DIR",
@@ -486,7 +486,8 @@ def _iter_template_files(directory: Path) -> Iterator[tuple[str, Path]]:
 
 
 def _new_environment(files: Mapping[str, _Source]) -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+    # The sandbox with a render budget (steps, time, size): see budget.py.
+    return budget.BudgetedEnvironment(
         loader=_SnapshotLoader(files),
         undefined=jinja2.StrictUndefined,
         autoescape=jinja2.select_autoescape(
@@ -537,7 +538,7 @@ class _TemplateSet:
             raise TemplateError("template not found", self.path_of(filename))
         try:
             template = self.env.get_template(filename)
-            return template.render(dict(context))
+            return budget.render(template, context)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(exc.message or "syntax error", exc.filename, exc.lineno) from exc
         except jinja2.TemplateNotFound as exc:
