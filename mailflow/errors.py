@@ -66,6 +66,17 @@ class DiskFullError(StoreError):
         self.path = path
 
 
+class StoreLockedError(StoreError):
+    """A database file's lock was held by another process for longer than we wait. It
+    passes by itself (the other writer finishes): retry later, never quarantine for it."""
+
+    transient: ClassVar[bool] = True
+
+    def __init__(self, path: object, message: str) -> None:
+        super().__init__(one_line(f"{path}: {message}"))
+        self.path = path
+
+
 # errno values that mean "no room to write": they pass once space is freed.
 _NO_SPACE = (28, 122)  # ENOSPC, EDQUOT (Linux)
 

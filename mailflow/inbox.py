@@ -77,6 +77,7 @@ from typing import Any, Protocol
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailflow.config import Config
 from mailflow.spool import Spool
 
 log = logging.getLogger("mailflow.inbox")
@@ -134,6 +135,31 @@ class ListenerOptions:
     min_free_bytes: int = 100 * 1024 * 1024  # [service] min_free_mb
     held_per_sender: int = 20  # [listener] quarantine_max_per_sender
     held_max_bytes: int = 100 * 1024 * 1024  # [listener] quarantine_max_mb
+
+
+def options_from_config(
+    config: Config, *, auth_users: dict[str, str] | None = None
+) -> ListenerOptions:
+    """The listener's options from the configuration: every `[listener]` key, and
+    `[service] domain` (the banner) and `min_free_mb` (the disk floor)."""
+    lc = config.listener
+    return ListenerOptions(
+        host=lc.host,
+        port=lc.port,
+        max_message_bytes=lc.max_message_bytes,
+        timeout_seconds=lc.timeout_seconds,
+        max_connections=lc.max_connections,
+        hostname=config.service.domain,
+        tls_cert=lc.tls_cert,
+        tls_key=lc.tls_key,
+        require_starttls=lc.require_starttls,
+        auth_users=auth_users,
+        max_sessions_per_client=lc.max_sessions_per_client,
+        trusted_peers=lc.trusted_peers,
+        min_free_bytes=config.service.min_free_mb * 1024 * 1024,
+        held_per_sender=lc.quarantine_max_per_sender,
+        held_max_bytes=lc.quarantine_max_mb * 1024 * 1024,
+    )
 
 
 class BareNewlineError(ValueError):

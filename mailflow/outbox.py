@@ -470,6 +470,15 @@ class Outbox:
         Call at start, like Store.init, before any other process writes here."""
         for folder in (self.out_dir, self.file_dir):
             self._ensure_dir(folder)
+        # Allocate the outcome journal now, while there is room: on a full disk later it
+        # needs none (see _Journal).
+        journal = _Journal(self.journal_path)
+        try:
+            journal.open()
+        except OSError as exc:
+            log.error("cannot allocate the outcome journal %s: %s", self.journal_path, exc)
+        finally:
+            journal.close()
         for folder in (self.file_dir, *[p for p in self.out_dir.iterdir() if p.is_dir()]):
             for tmp in folder.glob(".*.tmp"):
                 with suppress(OSError):

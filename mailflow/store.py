@@ -35,7 +35,13 @@ from filelock import Timeout as LockTimeout
 from tinydb.storages import Storage
 
 from mailflow.disk import REAL, Disk
-from mailflow.errors import CorruptFileError, DiskFullError, StoreError, is_transient
+from mailflow.errors import (
+    CorruptFileError,
+    DiskFullError,
+    StoreError,
+    StoreLockedError,
+    is_transient,
+)
 from mailflow.models import Inbound, Outgoing, Partnership, Person, Report, Week
 
 log = logging.getLogger("mailflow.store")
@@ -520,7 +526,7 @@ class Store:
             try:
                 lock.acquire()
             except LockTimeout:
-                raise StoreError(f"{path}: database is locked by another process") from None
+                raise StoreLockedError(path, "database is locked by another process") from None
             try:
                 # Copy the tables (not the documents: puts replace documents, never edit
                 # them) so snapshots handed out earlier, and the cache if this transaction

@@ -248,3 +248,35 @@ def test_wrong_shapes_through_the_cli_are_one_error_line(
     assert mf.bad("people", "list") == (
         f'error: {mf.core_path}: person ada@example.com: missing "name"\n'
     )
+
+
+# -- typed errors for the service layer ------------------------------------------------------------
+
+
+def test_store_errors_are_typed_and_say_whether_they_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from disktools import FaultyDisk
+    from filelock import FileLock
+
+    from mailflow import store as store_mod
+    from mailflow.errors import DiskFullError, StoreLockedError, is_transient
+
+    store = Store(tmp_path / "data", disk=FaultyDisk())
+    store.init()
+    store.disk.full = True  # type: ignore[attr-defined]
+    with pytest.raises(DiskFullError) as full, store.core_tx() as core:
+        core.put_person(Person("a@example.com", "A", "Eng"))
+    assert str(full.value).startswith(f"{store.core_path}: cannot write database: No space")
+    assert is_transient(full.value) and not store.core_path.exists()
+    store.disk.full = False  # type: ignore[attr-defined]
+    monkeypatch.setattr(store_mod, "LOCK_TIMEOUT_SECONDS", 0.1)
+    other = FileLock(str(store.core_path) + ".lock", thread_local=False)  # as another process
+    with other, pytest.raises(StoreLockedError) as locked, store.core_tx():
+        pass
+    assert is_transient(locked.value)
+    assert is_transient(OSError(errno.ENOSPC, "No space left on device"))
+    assert not is_transient(CorruptFileError(store.core_path, "database file is corrupt"))
+    assert not is_transient(ValueError("x")) and not is_transient(OSError(errno.EACCES, "no"))
