@@ -25,13 +25,25 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("people", "partnerships", "schedule", "commands", "suggest", "export", "parse"),  # rules
     ("letters", "triage"),  # what mail says; what inbound mail means
     ("actions", "samples"),  # what a message asks; sample mail
-    ("store", "spool", "outbox", "inbox", "compose"),  # disk, network, template files
+    ("disk", "store", "spool", "outbox", "inbox", "compose"),  # disk, network, template files
     ("mailroom", "intake", "jobs", "status", "admin"),  # use cases
     ("app",),  # wiring
     ("cli", "demo", "__main__"),  # edges
 )
 PURE = set(LAYERS[0] + LAYERS[1] + LAYERS[2] + LAYERS[3] + LAYERS[4]) - {"clock", "config"}
-IO = {"store", "spool", "inbox", "outbox", "mailroom", "app", "intake", "jobs", "status", "admin"}
+IO = {
+    "disk",
+    "store",
+    "spool",
+    "inbox",
+    "outbox",
+    "mailroom",
+    "app",
+    "intake",
+    "jobs",
+    "status",
+    "admin",
+}
 CLOCK_OR_ENV = {
     ("datetime", "now"), ("datetime", "utcnow"), ("datetime", "today"), ("date", "today"),
     ("time", "time"), ("time", "time_ns"), ("os", "environ"), ("os", "getenv"),
