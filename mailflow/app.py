@@ -115,9 +115,12 @@ class App:
         return self.intake.ingest(now)
 
     def tick(self, now: datetime) -> TickReport:
-        """Everything due at `now`, once: ingest spooled mail, queue jobs, deliver."""
+        """Everything due at `now`, once: ingest spooled mail, queue jobs, deliver; then what
+        the store found wrong with its files on the way (each named, as `error`/`warning`
+        lines: a broken file stops only what needs it, and the caller must hear of it)."""
         out = self.intake.ingest(now)
         out.extend(self.jobs.run_and_deliver(now))
+        out.add_problems(self.store.take_problems())
         return out
 
     def status(self, now: datetime) -> dict[str, Any]:
@@ -133,20 +136,11 @@ class App:
     ) -> Listener:
         """The SMTP listener of this app's config (not started); `overrides` replace fields
         of its `ListenerOptions` (a test's port, a smaller size limit, ...)."""
-        from mailflow.inbox import Listener, ListenerOptions
+        from mailflow.inbox import Listener, options_from_config
 
-        lc = self.config.listener
-        options = ListenerOptions(
-            host=lc.host,
-            port=lc.port,
-            max_message_bytes=lc.max_message_bytes,
-            timeout_seconds=lc.timeout_seconds,
-            max_connections=lc.max_connections,
-            hostname=self.svc.domain,
-            tls_cert=lc.tls_cert,
-            tls_key=lc.tls_key,
-            require_starttls=lc.require_starttls,
-            auth_users=lc.auth_users(self.config.secrets),
+        # Every [listener] key, plus the banner's domain and the disk floor: one place.
+        options = options_from_config(
+            self.config, auth_users=self.config.listener.auth_users(self.config.secrets)
         )
         notify = on_spooled or _ignore
         return Listener(replace(options, **overrides), self.spool, self.rcpt_policy, notify, clock)
@@ -224,6 +218,9 @@ def _schedule(
             for problem in app.templates.refresh():
                 log.error("template not used (last good version stays): %s", problem)
             app.jobs.run_and_deliver(clock())
+            # Logged by the store as it found them; taken so that a file still broken at
+            # the next tick is logged again (and a repaired one no longer is).
+            app.store.take_problems()
         except Exception:  # noqa: BLE001 - a failed tick is retried at the next one
             log.exception("tick failed; will retry")
 

@@ -10,6 +10,13 @@ order the durability promise needs:
    directories synced; then bounce flags.
 A crash anywhere re-runs the batch harmlessly: side effects and records are keyed by the
 message, and a message leaves the spool only after its record is on disk.
+
+Only mail that cannot be understood is quarantined. A failure that is not the message's
+(`Wait`): the disk full, a database lock held by another process for longer than we wait, a
+database file that cannot be read; leaves the message in the spool, untouched, and the next
+ingest (serve: within a second; else the next tick) tries it again. A message whose side
+effects met such a failure changed nothing: its letters are written before its partnership
+is, in the same core transaction, so the retry starts from the same state.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from zoneinfo import ZoneInfo
 from filelock import FileLock
 
 from mailflow import actions, letters, status, triage
+from mailflow.errors import CorruptFileError, is_transient
 from mailflow.letters import Pair, ServiceInfo
 from mailflow.mailroom import Mailroom, Prepared, TickReport
 from mailflow.models import Partnership, Report, Roster
@@ -48,7 +56,21 @@ class Duplicate:
     decision: Decision
 
 
-Fate = Decision | Duplicate
+@dataclass(frozen=True)
+class Wait:
+    """A message met a failure that is not its own (see the module docstring): it stays in
+    the spool for the next ingest."""
+
+    reason: str
+
+
+Fate = Decision | Duplicate | Wait
+
+
+def passing(exc: BaseException) -> bool:
+    """A failure that passes (disk full, a lock held too long) or that a human fixes in the
+    data directory (a corrupt database file): the mail waits, it is not to blame."""
+    return is_transient(exc) or isinstance(exc, CorruptFileError)
 
 
 class Intake:
@@ -73,30 +95,50 @@ class Intake:
                 entries = self.spool.pending(limit)
                 if not entries:
                     break
-                self._batch(entries, now, report)
-                if len(entries) < limit:
+                try:
+                    waiting = self._batch(entries, now, report)
+                except Exception as exc:
+                    if not passing(exc):
+                        raise
+                    # Writing the batch's letters or records met a full disk (or a lock, a
+                    # broken file): all of it stays in the spool, and nothing is lost.
+                    log.warning("ingest stopped; the spool keeps its mail: %s", exc)
+                    report.error(f"{len(entries)} message(s) wait in the spool: {exc}")
                     break
+                if waiting or len(entries) < limit:
+                    break  # what waits is tried again by the next ingest, not in a loop here
         return report
 
-    def _batch(self, entries: list[SpoolEntry], now: datetime, out: TickReport) -> None:
+    def _batch(self, entries: list[SpoolEntry], now: datetime, out: TickReport) -> int:
+        """One batch, in the promised order; how many of its messages wait in the spool."""
         # The maps are built once per core file version, not per batch: serve's batches are
         # often small. One snapshot per period for the batch: a view indexes its tables on
         # first use, so a snapshot per message made every message cost a pass over the
         # period's records.
         roster = Roster(self.store.people_map(), self.store.partnerships_map())
         views: dict[str, WeekView] = {}
-        decided: list[tuple[SpoolEntry, Decision]] = []
+        decided: list[tuple[SpoolEntry, Decision | Wait]] = []
         for entry in entries:
+            decision: Decision | Wait
             try:
                 decision = self._decide(entry, roster, views)
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the rest
-                log.exception("ingest failed for %s", entry.id)
-                decision = Quarantine(f"processing error: {type(exc).__name__}: {exc}")
+                decision = self._failed(entry, exc, "ingest")
             decided.append((entry, decision))
         prepared, fates = self._act(decided, roster, views, out)
         self.mailroom.commit(prepared, out)
         self._record(fates)
         self._dispose(fates, now, out)
+        return sum(1 for _, fate in fates if isinstance(fate, Wait))
+
+    def _failed(self, entry: SpoolEntry, exc: Exception, what: str) -> Quarantine | Wait:
+        """Quarantine for a message we cannot understand; `Wait` when it is not to blame."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if passing(exc):
+            log.warning("%s of %s waits in the spool: %s", what, entry.id, exc)
+            return Wait(str(exc))
+        log.exception("%s failed for %s", what, entry.id)
+        return Quarantine(f"processing error: {reason}")
 
     def _decide(self, entry: SpoolEntry, roster: Roster, views: dict[str, WeekView]) -> Decision:
         parsed = parse_message(entry.raw)
@@ -137,7 +179,7 @@ class Intake:
 
     def _act(
         self,
-        decided: list[tuple[SpoolEntry, Decision]],
+        decided: list[tuple[SpoolEntry, Decision | Wait]],
         roster: Roster,
         views: dict[str, WeekView],
         out: TickReport,
@@ -147,7 +189,11 @@ class Intake:
         prepared: list[Prepared] = []
         fates: list[tuple[SpoolEntry, Fate]] = []
         seen: set[str] = set()
+        stalled: Wait | None = None  # once the disk or a lock fails, the rest waits too
         for entry, d in decided:
+            if isinstance(d, Wait) or stalled is not None:
+                fates.append((entry, stalled or d))
+                continue
             if isinstance(d, Quarantine):
                 fates.append((entry, d))
                 try:
@@ -156,17 +202,20 @@ class Intake:
                     log.exception("not-counted notice failed for %s", entry.id)
                 continue
             mid = triage.message_id(d)
-            view = self._view(views, triage.record_period(d, entry.received_at))
-            if mid in seen or view.has_message(mid):
-                fates.append((entry, Duplicate(d)))
-                continue
-            seen.add(mid)
+            fate: Fate = d
             try:
+                view = self._view(views, triage.record_period(d, entry.received_at))
+                if mid in seen or view.has_message(mid):
+                    fates.append((entry, Duplicate(d)))
+                    continue
+                seen.add(mid)
                 prepared.extend(self._apply(d, roster, entry, mid, out))
             except Exception as exc:  # noqa: BLE001 - keep the message; a human looks at it
-                log.exception("side effects failed for %s", entry.id)
-                d = Quarantine(f"processing error: {type(exc).__name__}: {exc}")
-            fates.append((entry, d))
+                fate = self._failed(entry, exc, "side effects")
+                # The next message would only wait as long again (a lock) or fail the same
+                # way (the disk): it waits without trying.
+                stalled = fate if isinstance(fate, Wait) else None
+            fates.append((entry, fate))
         return prepared, fates
 
     def _apply(
@@ -182,11 +231,14 @@ class Intake:
         with self.store.core_tx() as tx:
             current = tx.partnership(pid)
             outcome = actions.apply(d, self._pair(current, roster, at), desk)
+            # Its letters on disk before its change: a full disk here changes nothing, and
+            # the message waits in the spool to be handled whole.
+            prepared = [self.mailroom.prepare(letter, at) for letter in outcome.letters]
             if outcome.partnership is not None and outcome.partnership != current:
                 tx.put_partnership(outcome.partnership)
         for line in outcome.lines:
             out.add(line)
-        return [self.mailroom.prepare(letter, at) for letter in outcome.letters]
+        return prepared
 
     def _pair(self, p: Partnership | None, roster: Roster, at: datetime) -> Pair | None:
         if p is None or not roster.has_both(p):
@@ -201,7 +253,7 @@ class Intake:
         """The records of the batch: one write per period file."""
         by_period: dict[str, list[Decision]] = defaultdict(list)
         for entry, d in fates:
-            if not isinstance(d, Quarantine | Duplicate):
+            if not isinstance(d, Quarantine | Duplicate | Wait):
                 by_period[triage.record_period(d, entry.received_at)].append(d)
         for period, items in by_period.items():
             with self.store.week_tx(period) as week:
@@ -218,7 +270,16 @@ class Intake:
         """Archive or quarantine each message (after its record is on disk), then bounces."""
         archived: set[Path] = set()
         bounced: list[tuple[str, str]] = []
+        waiting = [entry.id for entry, d in fates if isinstance(d, Wait)]
+        if waiting:
+            reasons = sorted({d.reason for _, d in fates if isinstance(d, Wait)})
+            out.error(
+                f"{len(waiting)} message(s) wait in the spool for the next ingest: "
+                + "; ".join(reasons)
+            )
         for entry, d in fates:
+            if isinstance(d, Wait):
+                continue
             if isinstance(d, Quarantine):
                 self.spool.quarantine(entry.id, d.reason)
                 out.add(f"quarantined {entry.id}: {d.reason}")
@@ -237,7 +298,7 @@ class Intake:
                 fsync_dir(folder)
         if bounced:
             self._mark_bouncing(bounced, now, out)
-        working = {triage.sender_of(d) for _, d in fates if not isinstance(d, Duplicate)}
+        working = {triage.sender_of(d) for _, d in fates if not isinstance(d, Duplicate | Wait)}
         working.discard("")
         if working & self._bouncing():
             self._clear_bouncing(working, out)

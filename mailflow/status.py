@@ -73,6 +73,7 @@ def status(
             _row(store, views, p, ZoneInfo(people[p.member].timezone), settings, now, totals)
         )
     quarantined = spool.quarantined()
+    held = spool.held()  # what the listener's quotas count (waiting or quarantined)
     failed = outbox.failed()
     return {
         "now": now.isoformat(),
@@ -84,6 +85,7 @@ def status(
         "quarantined": len(quarantined),
         "quarantine": [{"id": i, "reason": r} for i, r in quarantined[-QUARANTINE_SHOWN:]],
         "spooled": spool.count_pending(),
+        "held": {"messages": held.messages, "bytes": held.bytes},
         "outgoing_queued": len(outbox.pending()),
         "outgoing_failed": len(failed),
         "failed": [{"key": o.key, "to": o.to, "error": o.error} for o in failed],

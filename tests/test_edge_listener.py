@@ -432,11 +432,6 @@ def test_every_listener_key_reaches_the_listener_options() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs app wiring after issue 11: serve builds its listener with "
-    "inbox.options_from_config(config, auth_users=...)",
-)
 def test_serve_applies_the_disk_floor_from_the_config(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "mailflow.toml"

@@ -255,10 +255,6 @@ def test_the_sender_thread_survives_and_later_ticks_resend_nothing(tmp_path: Pat
         assert [o.status for o in week.outgoings()] == [SENT] * n
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs app wiring after issue 11: tick prints FlushResult.errors as error: lines",
-)
 def test_tick_reports_unwritable_marks_as_errors(tmp_path: Path) -> None:
     with RecordingSMTPServer() as relay:
         config = fanout_data(tmp_path, relay, 2)
