@@ -50,6 +50,7 @@ from mailflow.outbox import Outbox
 from mailflow.spool import Spool
 from mailflow.store import Store
 from mailflow.tokens import Rcpt
+from mailflow.triage import Trust
 
 if TYPE_CHECKING:  # the listener (aiosmtpd) is imported only by what listens
     from mailflow.inbox import Listener
@@ -107,7 +108,8 @@ class App:
         self.mailroom = Mailroom(
             self.store, self.outbox, self.templates, config.service.sender, self.svc.domain
         )
-        self.intake = Intake(self.store, self.spool, self.mailroom, self.svc, self.data_dir)
+        trust = Trust(config.listener.trusted_authserv_id)
+        self.intake = Intake(self.store, self.spool, self.mailroom, self.svc, self.data_dir, trust)
         self.jobs = Jobs(self.store, self.mailroom, self.svc)
 
     def ingest(self, now: datetime) -> TickReport:

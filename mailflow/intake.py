@@ -46,6 +46,7 @@ from mailflow.triage import Decision, Quarantine, Record, Reply
 log = logging.getLogger("mailflow")
 
 INGEST_BATCH = 500
+CONFIRMATIONS = "confirmations"  # core meta: the last confirmation number given
 LOCK_TIMEOUT_SECONDS = 120
 
 
@@ -77,8 +78,15 @@ class Intake:
     """Turns spooled mail into records; safe to run from several threads and processes."""
 
     def __init__(
-        self, store: Store, spool: Spool, mailroom: Mailroom, svc: ServiceInfo, data_dir: Path
+        self,
+        store: Store,
+        spool: Spool,
+        mailroom: Mailroom,
+        svc: ServiceInfo,
+        data_dir: Path,
+        trust: triage.Trust = triage.Trust(),  # noqa: B008 - frozen, shared on purpose
     ) -> None:
+        self.trust = trust  # what besides our tokens proves a sender (see triage.proven)
         self.store = store
         self.spool = spool
         self.mailroom = mailroom
@@ -145,7 +153,7 @@ class Intake:
         envelope = triage.Envelope(
             entry.id, entry.mail_from, entry.rcpt_tos, entry.received_at, entry.raw
         )
-        target = triage.route(parsed, envelope, self.svc.keys, roster)
+        target = triage.route(parsed, envelope, self.svc.keys, roster, trust=self.trust)
         if not isinstance(target, triage.Target):
             return target
         return triage.decide(parsed, target, self._facts(target, roster, views))
@@ -227,15 +235,20 @@ class Intake:
         if pid is None:
             return []
         at = entry.received_at
-        desk = actions.Desk(self.svc, at, mid, entry.id)
         with self.store.core_tx() as tx:
             current = tx.partnership(pid)
+            # Confirmation numbers are counted in the core file, read and written in this
+            # transaction: two requests never share one (each mail confirms its own).
+            next_n = int(tx.meta(CONFIRMATIONS) or 0) + 1
+            desk = actions.Desk(self.svc, at, mid, entry.id, next_n)
             outcome = actions.apply(d, self._pair(current, roster, at), desk)
             # Its letters on disk before its change: a full disk here changes nothing, and
             # the message waits in the spool to be handled whole.
             prepared = [self.mailroom.prepare(letter, at) for letter in outcome.letters]
             if outcome.partnership is not None and outcome.partnership != current:
                 tx.put_partnership(outcome.partnership)
+            if outcome.numbered is not None:
+                tx.set_meta(CONFIRMATIONS, outcome.numbered)
         for line in outcome.lines:
             out.add(line)
         return prepared
