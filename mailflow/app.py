@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import schedule as schedule_lib
 
 from mailflow import status
-from mailflow.clock import Clock
+from mailflow.clock import Clock, JumpWatch
 from mailflow.compose import Templates
 from mailflow.config import Config
 from mailflow.errors import ListenerError, StartupError
@@ -232,7 +232,18 @@ def _schedule(
     scheduled_tick()
     if ready is not None:
         ready()
+    watch = JumpWatch()
+    watch.jumped()
     while not stop.is_set():
+        jump = watch.jumped()
+        if jump is not None:
+            # `schedule` compares naive local time: after a step back (or the zone leaving
+            # DST) its next run would lie that far ahead. Re-armed from now, and a tick at
+            # once (ticks are idempotent), so a clock step delays nothing.
+            log.warning("wall clock jumped by %s; scheduler re-armed", jump)
+            scheduler.clear()
+            scheduler.every(tick_seconds).seconds.do(scheduled_tick)
+            scheduled_tick()
         scheduler.run_pending()
         if not worker.alive():
             log.error("ingest process stopped (exit %s); starting a new one", worker.exitcode())
