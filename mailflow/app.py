@@ -196,11 +196,19 @@ def serve(
         raise
     lc = app.config.listener
     log.info("listening on %s:%d for *@%s", lc.host, lc.port, app.svc.domain)
+    since = clock()
+
+    def refusals() -> None:  # for `status`: what the listener refused since we started
+        counts = listener.refusals
+        if counts != app.spool.refusals().get("counts", {}):
+            app.spool.record_refusals(counts, since)
+
     try:
-        _schedule(app, clock, stop, worker, ready)
+        _schedule(app, clock, stop, worker, ready, refusals)
     finally:
         log.info("stopping")
         listener.stop()
+        refusals()
         worker.stop()
         log.info("stopped")
 
@@ -211,12 +219,14 @@ def _schedule(
     stop: threading.Event,
     worker: _IngestThread | _IngestWorker,
     ready: Callable[[], None] | None,
+    after_tick: Callable[[], None] = lambda: None,
 ) -> None:
     """The scheduler loop: a tick every `tick_seconds` (and one at once, to catch up)."""
     scheduler = schedule_lib.Scheduler()
 
     def scheduled_tick() -> None:
         try:
+            after_tick()
             for problem in app.templates.refresh():
                 log.error("template not used (last good version stays): %s", problem)
             app.jobs.run_and_deliver(clock())
