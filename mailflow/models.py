@@ -115,6 +115,48 @@ class Goal:
         )
 
 
+OPEN = "open"  # a Pending request still waits for her answer
+CONFIRMED = "confirmed"
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Commands a member sent from an address not bound to her (the plain address), held
+    until she confirms them from her own mailbox. `n` numbers the request: it is the number
+    in the token of the confirmation mail's reply address, so an answer confirms exactly the
+    request that mail showed her. The lines are kept as she wrote them (normalised) with her
+    date when she wrote them, so they mean the same when confirmed ("pause 2 weeks")."""
+
+    n: int
+    message_id: str  # of the mail that asked
+    asked_at: datetime
+    asked_on: date  # the member's date then
+    lines: tuple[str, ...]
+    state: str = OPEN  # open | confirmed | cancelled (an open one lapses by age)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "message_id": self.message_id,
+            "asked_at": to_iso(self.asked_at),
+            "asked_on": self.asked_on.isoformat(),
+            "lines": list(self.lines),
+            "state": self.state,
+        }
+
+    @classmethod
+    def from_doc(cls, d: dict[str, Any]) -> Pending:
+        return cls(
+            n=int(d["n"]),
+            message_id=d["message_id"],
+            asked_at=stamp(d, "asked_at", f"confirmation {d['n']}"),
+            asked_on=date.fromisoformat(d["asked_on"]),
+            lines=tuple(d["lines"]),
+            state=d.get("state", OPEN),
+        )
+
+
 @dataclass(frozen=True)
 class Partnership:
     id: int
@@ -140,9 +182,10 @@ class Partnership:
     stop_requested: str = ""  # Message-ID of the reply that asked to stop (awaiting a second)
     stop_requested_at: datetime | None = None
     end_reason: str = ""
+    pending: tuple[Pending, ...] = ()  # commands waiting for the member's confirmation
 
     def to_doc(self) -> dict[str, Any]:
-        return {
+        doc = {
             "id": self.id,
             "member": self.member,
             "partner": self.partner,
@@ -167,6 +210,9 @@ class Partnership:
             "stop_requested_at": to_iso(self.stop_requested_at),
             "end_reason": self.end_reason,
         }
+        if self.pending:  # absent when empty: older records stay byte for byte the same
+            doc["pending"] = [x.to_doc() for x in self.pending]
+        return doc
 
     @classmethod
     def from_doc(cls, d: dict[str, Any]) -> Partnership:
@@ -194,6 +240,7 @@ class Partnership:
             stop_requested=d.get("stop_requested", ""),
             stop_requested_at=from_iso(d.get("stop_requested_at")),
             end_reason=d.get("end_reason", ""),
+            pending=tuple(Pending.from_doc(x) for x in d.get("pending", ())),
         )
 
     def with_changes(self, **changes: Any) -> Partnership:

@@ -49,7 +49,8 @@ def app_settings() -> dict[str, dict[str, Any]]:
             "from_address": f"mailflow@{DOMAIN}",
             "timezone": "Europe/Berlin",
         },
-        "schedule": {"digest_delay_minutes": 0},
+        # The fixtures' replies came at 22:48 Berlin: no quiet hours, so the digest goes now.
+        "schedule": {"digest_delay_minutes": 0, "quiet_hours": ""},
     }
 
 
@@ -85,7 +86,7 @@ class World(OnClock):
             "--goal", "2026-12-18 Give a 10-minute talk at the team meeting, without notes.",
             "--why", "I want to present my own team's work at the quarterly review.",
             "--saddle", "One bad week is data, not a verdict.", "--start", "2026-11-23",
-            "--accepted",
+            "--accepted", "--allow-past",
         )  # fmt: skip
         assert out.strip().splitlines()[-1] == "1"  # the fixtures answer partnership 1
 
@@ -319,8 +320,12 @@ def test_release_of_a_sender_mismatch_counts_it_and_sends_the_digest_now(world: 
     text = text_of(digest)
     assert "Missed the Thursday rehearsal" in " ".join(text.split())
     assert "released it today" in text and "One bad week is data" in text
-    # The member hears it counts, and which command was not run.
-    [told] = [m for m in new if m.rcpt_tos == (PRIYA,)]
+    # The member hears it counts, and which command was not run: it waits for her yes to a
+    # confirmation mail at her own address (a release is no proof of who wrote it).
+    [told] = [m for m in new if "counts after all" in subject(m)]
+    [ask] = [m for m in new if subject(m).startswith("Please confirm: pause 2 weeks")]
+    assert told.rcpt_tos == ask.rcpt_tos == (PRIYA,)
+    assert f"released a mail from {OTHER}" in " ".join(text_of(ask).split())
     told_text = " ".join(text_of(told).split())
     assert "counts as your public speaking report for week 49 of 2026" in told_text
     assert f"It came from {OTHER}, not from {PRIYA}" in told_text

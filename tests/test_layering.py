@@ -25,15 +25,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("people", "partnerships", "schedule", "commands", "suggest", "export", "parse"),  # rules
     ("letters", "triage"),  # what mail says; what inbound mail means
     ("actions", "samples"),  # what a message asks; sample mail
-    ("store", "spool", "outbox", "inbox", "compose"),  # disk, network, template files
+    ("disk", "store", "spool", "outbox", "inbox", "compose"),  # disk, network, template files
     ("mailroom", "intake", "jobs", "status", "admin", "quarantine"),  # use cases
     ("app",),  # wiring
     ("cli", "demo", "__main__"),  # edges
 )
 PURE = set(LAYERS[0] + LAYERS[1] + LAYERS[2] + LAYERS[3] + LAYERS[4]) - {"clock", "config"}
 IO = {
-    "store", "spool", "inbox", "outbox", "mailroom", "app", "intake", "jobs", "status", "admin",
-    "quarantine",
+    "disk", "store", "spool", "inbox", "outbox", "mailroom", "app", "intake", "jobs", "status",
+    "admin", "quarantine",
 }  # fmt: skip
 CLOCK_OR_ENV = {
     ("datetime", "now"), ("datetime", "utcnow"), ("datetime", "today"), ("date", "today"),
