@@ -22,7 +22,7 @@ import click
 
 from mailflow import partnerships as pships
 from mailflow.clock import Clock, shifted_clock, system_clock
-from mailflow.config import Config, load
+from mailflow.config import Config, load, templates_override
 from mailflow.errors import MailflowError, UsageProblem, one_line
 from mailflow.models import Partnership, Person
 from mailflow.people import (
@@ -584,7 +584,7 @@ def templates() -> None:
 def _templates(app: App) -> Any:
     from mailflow.compose import Templates
 
-    return Templates(app.config.templates.dir)
+    return Templates(templates_override(app.config))
 
 
 @templates.command("check")
@@ -713,12 +713,77 @@ def serve(app: App) -> None:
     service = _service(app)
     stop = threading.Event()
     install_signal_handlers(stop)
+    clock = app.running_clock()
+    site = None
+    if app.config.web.enabled:
+        from mailflow.web import start_site
+
+        # The admin site first: a port already taken fails the start before any mail moves.
+        site = start_site(app.config, service, clock)
     try:
-        service.serve(app.running_clock(), stop)
+        service.serve(clock, stop)
     except ServiceError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot start: {exc}")
+    finally:
+        if site is not None:
+            site.stop()
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def web(ctx: click.Context) -> None:
+    """The admin site alone, until SIGINT/SIGTERM (`serve` also serves it)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+    import threading
+
+    from mailflow.service import install_signal_handlers
+    from mailflow.web import site_url, start_site
+
+    app = ctx.find_object(App)
+    assert app is not None
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    # Safe next to `serve`: every change goes through the same store, spool and outbox locks.
+    site = start_site(app.config, _service(app), app.running_clock())
+    click.echo(f"admin site on {site_url(app.config)} (sign in: mailflow web link EMAIL)")
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        site.stop()
+
+
+@web.command("link")
+@click.argument("email")
+@pass_app
+def web_link(app: App, email: str) -> None:
+    """Print a one-time sign-in link for EMAIL (15 minutes), as Jupyter prints its token URL.
+
+    EMAIL must be in [web] admins; with no admins configured (the embedded default), whoever
+    can run this command on the server may sign in.
+    """
+    from mailflow.admin import Admin
+    from mailflow.web import site_url
+    from mailflow.webauth import Auth, derive_key
+
+    address = normalize_email(email)
+    admins = app.config.web.admins
+    if admins and address not in admins:
+        fail(f"{address} is not in web.admins ({', '.join(admins)})")
+    admin = Admin(app.config, _service(app))
+    now = app.now()
+    token = Auth(admin.state_dir, derive_key(admin.secret)).issue_link(address, now)
+    admin.record(now, address, "sign-in link printed", "", "by `mailflow web link` on the server")
+    click.echo(f"{site_url(app.config)}/signin/{token}")
 
 
 @cli.command()

@@ -36,7 +36,7 @@ from mailflow import digest, ingest
 from mailflow import partnerships as pships
 from mailflow.clock import Clock
 from mailflow.compose import Templates, message_bytes
-from mailflow.config import Config
+from mailflow.config import Config, templates_override
 from mailflow.models import (
     ACTIVE,
     CONSENT_ACCEPTED,
@@ -149,7 +149,7 @@ class Service:
         self.domain = config.service.domain
         self.store = Store(self.data_dir)
         self.store.init()
-        self.templates = templates or Templates(config.templates.dir)
+        self.templates = templates or Templates(templates_override(config))
         self.settings = Settings.from_config(config.schedule)
         self.secret = load_secret(config)
         self.bounce_address = f"{BOUNCE_LOCAL}@{self.domain}"
