@@ -177,7 +177,7 @@ class Site:
     def page(
         self,
         request: Request,
-        name: str,
+        template: str,
         status: int = 200,
         *,
         session: Session | None = None,
@@ -192,7 +192,7 @@ class Site:
                 flash = self.flash_signer.unsign(raw_flash).decode("utf-8")
             except (BadSignature, UnicodeDecodeError):
                 flash = None
-        body = self.env.get_template(name).render(
+        body = self.env.get_template(template).render(
             request=request,
             me=session.email if session else None,
             csrf=self.auth.csrf_token(binding) if binding else "",
@@ -724,6 +724,14 @@ class Site:
             pages=_pages(request, page, total),
         )
 
+    async def server_error(self, request: Request, exc: Exception) -> Response:
+        log.error("admin site: %s %s failed", request.method, request.url.path, exc_info=exc)
+        return HTMLResponse(
+            "<!doctype html><title>Error</title><h1>Something went wrong</h1>"
+            "<p>The error is in the server's log. <a href=\"/\">Back to the dashboard</a></p>",
+            status_code=500,
+        )
+
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return self.page(
             request,
@@ -767,7 +775,7 @@ def build_app(config: Config, admin: Admin, clock: Clock) -> Starlette:
         Route("/audit", g(site.audit)),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: site.not_found})
+    app = Starlette(routes=routes, exception_handlers={404: site.not_found, 500: site.server_error})
     app.state.site = site
     return SecurityHeaders(app)  # type: ignore[return-value]
 

@@ -13,11 +13,12 @@ Every wait is bounded; nothing is mocked.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -26,10 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import pytest
-from clitools import Mailflow
 from conftest import free_port
 
+from mailflow.cli import main
 from mailflow.config import load
 from mailflow.service import Service
 from mailflow.web import WebServer, start_site
@@ -54,48 +54,57 @@ _LINK = re.compile(r"https?://\S+/signin/[A-Za-z0-9_-]+")
 
 
 class AdminSite:
-    """Config, data, the service and the running admin site of one test."""
+    """Config, data, the service and the running admin site of one test (or of a script)."""
 
     def __init__(
         self,
         tmp_path: Path,
-        capsys: pytest.CaptureFixture[str],
         *,
         now: datetime = MONDAY - timedelta(days=7),
         admins: tuple[str, ...] = (ADMIN,),
         extra: str = "",
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
+        self.now = now
         admin_list = ", ".join(f'"{a}"' for a in admins)
-        self.mf = Mailflow(
-            tmp_path,
-            capsys,
-            f'domain = "{DOMAIN}"\nadmin_address = "{ADMIN}"\n'
+        self.config_path = tmp_path / "mailflow.toml"
+        self.config_path.write_text(
+            f'[service]\ndata_dir = "data"\ndomain = "{DOMAIN}"\nadmin_address = "{ADMIN}"\n'
             f"[web]\nport = {self.port}\nadmins = [{admin_list}]\n"
             "[schedule]\ndigest_delay_minutes = 0\n" + extra,
-            now=now,
+            encoding="utf-8",
         )
-        self.config = load(self.mf.config, self.mf.environ)
-        self.data = self.mf.data_dir
+        self.environ = {"MAILFLOW_SECRET": "web-test-secret-0123456789abcdef"}
+        self.config = load(self.config_path, self.environ)
+        self.data = tmp_path / "data"
         self.service = Service(self.config)
         self.url = f"http://127.0.0.1:{self.port}"
         self.server: WebServer = start_site(self.config, self.service, self.clock)
 
     # -- time and the command line -----------------------------------------------------------
 
-    @property
-    def now(self) -> datetime:
-        return self.mf.now
-
-    @now.setter
-    def now(self, value: datetime) -> None:
-        self.mf.now = value
-
     def clock(self) -> datetime:
-        return self.mf.now
+        return self.now
+
+    def run(self, *args: str) -> tuple[int, str, str]:
+        """`mailflow --config ... ARGS` in-process, as of `self.now`: (exit code, out, err)."""
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(
+                ["--config", str(self.config_path), *args], clock=self.clock, environ=self.environ
+            )
+        return code, out.getvalue(), err.getvalue()
 
     def cli(self, *args: str) -> str:
-        return self.mf.ok(*args).out
+        code, out, err = self.run(*args)
+        assert code == 0 and "error:" not in err, (args, code, out, err)
+        return out
+
+    def cli_error(self, *args: str) -> str:
+        code, out, err = self.run(*args)
+        assert code == 1 and err.startswith("error:") and "Traceback" not in err, (out, err)
+        return err
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.cli("status", "--json"))
@@ -134,15 +143,17 @@ class AdminSite:
 
     def world(self, *, start: str = "2026-11-30") -> str:
         """Ada learns SQL from Grace (accepted); returns the partnership id."""
-        self.mf.add_person("ada@example.com", "Engineering", "--timezone", "UTC")
-        self.mf.add_person("grace@example.com", "Sales", "--timezone", "UTC")
-        return self.mf.ok(
+        self.cli("people", "add", "ada@example.com", "--name", "Ada Lovelace",
+                 "--department", "Engineering", "--timezone", "UTC")  # fmt: skip
+        self.cli("people", "add", "grace@example.com", "--name", "Grace Hopper",
+                 "--department", "Sales", "--timezone", "UTC")  # fmt: skip
+        return self.cli(
             "partnerships", "add", "--member", "ada@example.com",
             "--partner", "grace@example.com", "--skill", "sql",
             "--goal", "2027-02-26 Write the quarterly report queries myself",
             "--goal", "2027-01-15 Finish the SQL course", "--why", "w", "--saddle", "s",
             "--start", start, "--accepted",
-        ).last_line  # fmt: skip
+        ).strip().splitlines()[-1]  # fmt: skip
 
     def checkin_reply_to(self, member: str = "ada@example.com") -> str:
         checkins = self.mails(to=member, kind="checkin")
@@ -175,10 +186,8 @@ def text_of(msg: EmailMessage) -> str:
 
 
 @contextmanager
-def admin_site(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], **kwargs: Any
-) -> Iterator[AdminSite]:
-    site = AdminSite(tmp_path, capsys, **kwargs)
+def admin_site(tmp_path: Path, **kwargs: Any) -> Iterator[AdminSite]:
+    site = AdminSite(tmp_path, **kwargs)
     try:
         yield site
     finally:
