@@ -71,3 +71,34 @@ def now_args(now: datetime | None = None) -> list[str]:
     own wall clock instead would then be 400 days behind the test and fail it.
     """
     return ["--now", (now or datetime.now(UTC)).isoformat()]
+
+
+# -- the browser (admin-site tests) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium, headless, driven by Playwright (never a browser of Playwright's own).
+
+    One per test module: the sync API keeps an event loop on this thread while it runs, which
+    must not outlive the module into tests that run their own loops.
+    """
+    from playwright.sync_api import sync_playwright
+    from webtools import launch_browser
+
+    with sync_playwright() as pw:
+        chromium = launch_browser(pw)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: object) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    context.set_default_timeout(15_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()

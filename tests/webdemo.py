@@ -49,10 +49,12 @@ def build(site: AdminSite) -> dict[str, str]:
 
     ids = {
         "sql": add("ada@example.com", "grace@example.com", "sql", "--accepted"),
-        "speaking": add("alan@example.com", "katherine@example.com", "public speaking",
-                        "--accepted"),  # fmt: skip
-        "negotiation": add("linus@example.com", "margaret@example.com", "negotiation",
-                           "--accepted"),  # fmt: skip
+        "speaking": add(
+            "alan@example.com", "katherine@example.com", "public speaking", "--accepted"
+        ),  # fmt: skip
+        "negotiation": add(
+            "linus@example.com", "margaret@example.com", "negotiation", "--accepted"
+        ),  # fmt: skip
         "python": add("margaret@example.com", "alan@example.com", "python", "--accepted"),
         "budgeting": add("barbara@example.com", "tim@example.com", "budgeting"),
     }

@@ -103,7 +103,9 @@ class AdminSite:
 
     def cli_error(self, *args: str) -> str:
         code, out, err = self.run(*args)
-        assert code == 1 and err.startswith("error:") and "Traceback" not in err, (out, err)
+        lines = err.strip().splitlines()
+        assert code == 1 and lines and lines[-1].startswith("error:"), (out, err)
+        assert "Traceback" not in err
         return err
 
     def status(self) -> dict[str, Any]:
@@ -122,7 +124,7 @@ class AdminSite:
                 continue
             msg = message_from_bytes(path.read_bytes(), policy=policy.default)
             assert isinstance(msg, EmailMessage)
-            if to is None or str(msg["To"]) == to:
+            if to is None or msg["To"].addresses[0].addr_spec == to:
                 found.append(msg)
         return found
 
