@@ -728,7 +728,7 @@ class Site:
         log.error("admin site: %s %s failed", request.method, request.url.path, exc_info=exc)
         return HTMLResponse(
             "<!doctype html><title>Error</title><h1>Something went wrong</h1>"
-            "<p>The error is in the server's log. <a href=\"/\">Back to the dashboard</a></p>",
+            '<p>The error is in the server\'s log. <a href="/">Back to the dashboard</a></p>',
             status_code=500,
         )
 
