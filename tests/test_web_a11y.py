@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 from webdemo import build
-from webtools import SECRET_REPORT, AdminSite, Client, browser_sign_in
+from webtools import SECRET_REPORT, AdminSite, Client, browser_sign_in, needs_chromium
 
-pytestmark = pytest.mark.skipif(
-    not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium (.ci/run installs it)"
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")

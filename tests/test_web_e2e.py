@@ -17,16 +17,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import free_port
 from playwright.sync_api import expect
-from webtools import ADMIN, MONDAY, AdminSite, admin_site, browser_sign_in, text_of
+from webtools import ADMIN, MONDAY, AdminSite, admin_site, browser_sign_in, needs_chromium, text_of
 
 from mailflow.compose import SHIPPED_DIR
 
-pytestmark = pytest.mark.skipif(
-    not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium (.ci/run installs it)"
-)
+pytestmark = needs_chromium
 
 
 def dashboard_numbers(page: Any) -> dict[str, int]:
