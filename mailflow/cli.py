@@ -714,20 +714,28 @@ def serve(app: App) -> None:
     stop = threading.Event()
     install_signal_handlers(stop)
     clock = app.running_clock()
-    site = None
-    if app.config.web.enabled:
+    sites: list[Any] = []
+
+    def start_the_site() -> None:
+        # Once the mail service is up (its own start checks come first). The site is for
+        # people; mail must not wait for it: if its port is taken, serve goes on without it.
+        if not app.config.web.enabled:
+            return
         from mailflow.web import start_site
 
-        # The admin site first: a port already taken fails the start before any mail moves.
-        site = start_site(app.config, service, clock)
+        try:
+            sites.append(start_site(app.config, service, clock))
+        except MailflowError as exc:
+            logging.getLogger("mailflow").error("admin site not started (mail goes on): %s", exc)
+
     try:
-        service.serve(clock, stop)
+        service.serve(clock, stop, ready=start_the_site)
     except ServiceError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot start: {exc}")
     finally:
-        if site is not None:
+        for site in sites:
             site.stop()
 
 

@@ -19,7 +19,8 @@ from playwright.sync_api import expect
 from webdemo import build
 from webtools import SECRET_REPORT, AdminSite, Client, browser_sign_in, needs_chromium
 
-pytestmark = needs_chromium
+# Generous: these drive a real browser on a machine shared with other work.
+pytestmark = [needs_chromium, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")

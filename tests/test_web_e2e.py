@@ -17,13 +17,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import free_port
 from playwright.sync_api import expect
 from webtools import ADMIN, MONDAY, AdminSite, admin_site, browser_sign_in, needs_chromium, text_of
 
 from mailflow.compose import SHIPPED_DIR
 
-pytestmark = needs_chromium
+# Generous: these drive a real browser on a machine shared with other work.
+pytestmark = [needs_chromium, pytest.mark.timeout(300)]
 
 
 def dashboard_numbers(page: Any) -> dict[str, int]:
