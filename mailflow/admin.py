@@ -18,6 +18,7 @@ which reached nobody and which an admin must read to release.
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import email.parser
 import email.policy
@@ -121,6 +122,10 @@ class Row:
     week_state: str  # this period: reported / setback / waiting / missing / not sent yet / ...
     search: str = field(repr=False, default="")
 
+    @property
+    def week_slug(self) -> str:
+        return self.week_state.replace(" ", "-") or "none"
+
 
 @dataclass(frozen=True)
 class PersonRow:
@@ -137,6 +142,38 @@ class PersonRow:
 
 
 @dataclass(frozen=True)
+class TextIndex:
+    """Substring search over many short texts at C speed: one string, row starts, bisect.
+
+    The texts are joined with NUL, which a search never contains, so a match never spans two
+    rows; each row is reported once, in order.
+    """
+
+    blob: str
+    starts: tuple[int, ...]
+
+    @classmethod
+    def of(cls, texts: list[str]) -> TextIndex:
+        starts, pos = [], 0
+        for text in texts:
+            starts.append(pos)
+            pos += len(text) + 1
+        return cls("\x00".join(texts), tuple(starts))
+
+    def matches(self, needle: str) -> list[int]:
+        found: list[int] = []
+        if not needle or "\x00" in needle:
+            return found
+        i = self.blob.find(needle)
+        while i >= 0:
+            row = bisect.bisect_right(self.starts, i) - 1
+            found.append(row)
+            nxt = self.starts[row + 1] if row + 1 < len(self.starts) else len(self.blob)
+            i = self.blob.find(needle, nxt)
+        return found
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What the dashboard and the lists read, computed once per change of the data."""
 
@@ -147,6 +184,8 @@ class Snapshot:
     weeks: tuple[WeekPoint, ...]
     rows: tuple[Row, ...]
     people: tuple[PersonRow, ...]
+    row_index: TextIndex
+    people_index: TextIndex
 
 
 @dataclass(frozen=True)
@@ -223,6 +262,8 @@ class Admin:
         self.audit = AuditLog(self.state_dir / "audit.jsonl")
         self._snapshot: Snapshot | None = None
         self._snapshot_lock = threading.Lock()
+        self._dirty = False  # this site changed something since the snapshot
+        self._refreshing = False
         self._check_cache: tuple[tuple[Any, ...], list[str]] | None = None
 
     @property
@@ -248,22 +289,59 @@ class Admin:
         return (periods, *(_stat(p) for p in paths))
 
     def snapshot(self, now: datetime) -> Snapshot:
-        """The numbers behind the dashboard and the lists, as of `now`.
+        """The numbers behind the dashboard and the lists, as of `now` (or a little before).
 
-        `status` is exactly what `mailflow status --json` prints at that instant.
+        `status` is exactly what `mailflow status --json` prints at the snapshot's instant
+        (`Snapshot.at`, shown on the page). It is computed again, before answering, whenever a
+        file it reads has changed or this site has changed something; when only the clock has
+        moved on (at most SNAPSHOT_MAX_AGE), the page gets the last one at once and a new one
+        is computed behind it: at 10,000 partnerships `Service.status` takes seconds.
         """
         stamp = self._stamp()
         with self._snapshot_lock:
             snap = self._snapshot
-            if (
-                snap is not None
-                and snap.stamp == stamp
-                and snap.at <= now < snap.at + SNAPSHOT_MAX_AGE
-            ):
+            if snap is not None and not self._dirty and snap.stamp == stamp:
+                if not snap.at <= now < snap.at + SNAPSHOT_MAX_AGE:
+                    self._refresh_behind(now)
                 return snap
-            snap = self._build_snapshot(now, stamp)
-            self._snapshot = snap
+            self._dirty = False
+            snap = self._snapshot = self._build_snapshot(now, stamp)
             return snap
+
+    def warm(self, now: datetime) -> None:
+        """Compute the first snapshot in the background (a site just started at 10,000
+        partnerships would otherwise make its first visitor wait for it)."""
+
+        def build() -> None:
+            with self._snapshot_lock:
+                if self._snapshot is None:
+                    stamp = self._stamp()
+                    self._snapshot = self._build_snapshot(now, stamp)
+
+        threading.Thread(target=build, name="mailflow-web-warm", daemon=True).start()
+
+    def _refresh_behind(self, now: datetime) -> None:
+        """One background recomputation at a time; the page does not wait for it."""
+        if self._refreshing:
+            return
+        self._refreshing = True
+
+        def build() -> None:
+            try:
+                stamp = self._stamp()
+                fresh = self._build_snapshot(now, stamp)
+                with self._snapshot_lock:
+                    current = self._snapshot
+                    if current is None or fresh.at >= current.at:
+                        self._snapshot = fresh
+            finally:
+                self._refreshing = False
+
+        threading.Thread(target=build, name="mailflow-web-refresh", daemon=True).start()
+
+    def _changed(self) -> None:
+        """This site changed something: the next page that reads the numbers waits for them."""
+        self._dirty = True
 
     def _build_snapshot(self, now: datetime, stamp: tuple[Any, ...]) -> Snapshot:
         status = self.service.status(now)
@@ -324,6 +402,8 @@ class Admin:
             weeks=tuple(self._weeks(now)),
             rows=tuple(rows),
             people=tuple(person_rows),
+            row_index=TextIndex.of([r.search for r in rows]),
+            people_index=TextIndex.of([r.search for r in person_rows]),
         )
 
     def _weeks(self, now: datetime) -> list[WeekPoint]:
@@ -355,14 +435,16 @@ class Admin:
         page: int = 1,
     ) -> tuple[list[Row], int]:
         """One page of partnerships matching the filters, and how many match in all."""
-        rows: Any = self.snapshot(now).rows
+        snap = self.snapshot(now)
+        rows: Any = snap.rows
         needle = " ".join(q.lower().split())
-        if needle or status or consent or state:
+        if needle:
+            rows = [rows[i] for i in snap.row_index.matches(needle)]
+        if status or consent or state:
             rows = [
                 r
                 for r in rows
-                if (not needle or needle in r.search)
-                and (not status or r.status == status)
+                if (not status or r.status == status)
                 and (not consent or r.consent == consent)
                 and (not state or r.week_state == state)
             ]
@@ -372,14 +454,13 @@ class Admin:
     def people_page(
         self, now: datetime, *, q: str = "", bouncing: bool = False, page: int = 1
     ) -> tuple[list[PersonRow], int]:
-        rows: Any = self.snapshot(now).people
+        snap = self.snapshot(now)
+        rows: Any = snap.people
         needle = " ".join(q.lower().split())
-        if needle or bouncing:
-            rows = [
-                r
-                for r in rows
-                if (not needle or needle in r.search) and (not bouncing or r.bouncing)
-            ]
+        if needle:
+            rows = [rows[i] for i in snap.people_index.matches(needle)]
+        if bouncing:
+            rows = [r for r in rows if r.bouncing]
         start = (max(page, 1) - 1) * PAGE_SIZE
         return list(rows[start : start + PAGE_SIZE]), len(rows)
 
@@ -451,6 +532,7 @@ class Admin:
         until_date = pships.parse_date(until, "until") if until.strip() else None
         today = self._member_today(self.partnership(pid), now)
         self._change(pid, lambda cur: pships.pause(cur, until_date, today))
+        self._changed()
         detail = f"until {until_date}" if until_date else "until resumed"
         self.record(now, who, "partnership paused", f"partnership {pid}", detail)
         return f"Partnership {pid} paused {detail}."
@@ -458,12 +540,14 @@ class Admin:
     def resume(self, pid: int, now: datetime, who: str) -> str:
         """As `mailflow partnerships resume ID`."""
         self._change(pid, pships.resume)
+        self._changed()
         self.record(now, who, "partnership resumed", f"partnership {pid}")
         return f"Partnership {pid} resumed."
 
     def end(self, pid: int, now: datetime, who: str) -> str:
         """As `mailflow partnerships end ID`."""
         self._change(pid, lambda cur: pships.end(cur, now))
+        self._changed()
         self.record(now, who, "partnership ended", f"partnership {pid}")
         return f"Partnership {pid} ended."
 
@@ -510,6 +594,7 @@ class Admin:
                 )
             )
         svc.commit(items, TickReport())
+        self._changed()
         self.record(
             now, who, "introduction resent", f"partnership {pid}", f"to {p.member} and {p.partner}"
         )
@@ -531,6 +616,7 @@ class Admin:
             return pships.set_consent(cur, accepted, now, f"recorded by {who} in the admin site")
 
         self._change(pid, change)
+        self._changed()
         self.record(now, who, f"consent recorded: {wanted}", f"partnership {pid}")
         return f"Partnership {pid}: the partner's consent is recorded as {wanted}."
 
@@ -921,6 +1007,7 @@ class Admin:
         )
         # Only now, with the copy durable in the spool, does the quarantined one go.
         self._remove_quarantined(qid)
+        self._changed()
         self.record(now, who, "quarantine released", qid, f"reason was: {reason}")
         lines = self.service.ingest(now).lines
         mine = [line for line in lines if new_id in line] or lines
@@ -937,6 +1024,7 @@ class Admin:
             now, who, "quarantine dropped", qid, f"from {item.sender}; reason was: {item.reason}"
         )
         self._remove_quarantined(qid)
+        self._changed()
         return f"Dropped {qid}."
 
     def _remove_quarantined(self, qid: str) -> None:
