@@ -25,6 +25,7 @@ import email.policy
 import hashlib
 import html
 import json
+import logging
 import os
 import re
 import shutil
@@ -70,6 +71,8 @@ from mailflow.service import Prepared, Service, TickReport, utc_week
 from mailflow.spool import MAGIC, REASON_SUFFIX
 from mailflow.store import fsync_dir
 from mailflow.tokens import AGREE
+
+log = logging.getLogger("mailflow.web")
 
 PAGE_SIZE = 50
 WEEKS_CHARTED = 12
@@ -315,8 +318,10 @@ class Admin:
         def build() -> None:
             with self._snapshot_lock:
                 if self._snapshot is None:
-                    stamp = self._stamp()
-                    self._snapshot = self._build_snapshot(now, stamp)
+                    try:
+                        self._snapshot = self._build_snapshot(now, self._stamp())
+                    except Exception:  # noqa: BLE001 - the first page computes it again
+                        log.warning("admin site: warming the dashboard failed", exc_info=True)
 
         threading.Thread(target=build, name="mailflow-web-warm", daemon=True).start()
 
@@ -328,12 +333,13 @@ class Admin:
 
         def build() -> None:
             try:
-                stamp = self._stamp()
-                fresh = self._build_snapshot(now, stamp)
+                fresh = self._build_snapshot(now, self._stamp())
                 with self._snapshot_lock:
                     current = self._snapshot
                     if current is None or fresh.at >= current.at:
                         self._snapshot = fresh
+            except Exception:  # noqa: BLE001 - the page keeps the last one; next visit retries
+                log.warning("admin site: refreshing the dashboard failed", exc_info=True)
             finally:
                 self._refreshing = False
 
