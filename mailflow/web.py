@@ -177,7 +177,11 @@ class Site:
         )
 
     def session(self, request: Request) -> Session | None:
-        return self.auth.session(request.cookies.get(SESSION_COOKIE), self.clock())
+        found = self.auth.session(request.cookies.get(SESSION_COOKIE), self.clock())
+        admins = self.config.web.admins
+        if found is not None and admins and found.email not in admins:
+            return None  # taken off [web] admins since: the session ends with the restart
+        return found
 
     def page(
         self,
