@@ -9,7 +9,7 @@ starts `mailflow web` alone on a free loopback port (no scheduler ticks in the w
 with a `mailflow web link` link, then asks, round after round over one keep-alive connection,
 for: the static help page, the dashboard, the first page of the list, a page deep in the list,
 and a search. The first dashboard (a cold snapshot: `status` over every partnership and the
-12 weeks' summaries) is reported apart. Last line:
+12 weeks' summaries) is reported apart, and so is the site process's peak RSS. Last line:
 
     web: dashboard p95 X ms, list p95 Y ms, static p95 Z ms, ratio A (dashboard), B (list)
 """
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                     t0 = time.perf_counter()
                     client.get(path)
                     times[kind].append((time.perf_counter() - t0) * 1000)
+            rss = _peak_rss_mb(server.pid)
         finally:
             server.terminate()
             server.wait(timeout=20)
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio p95 {p95[kind] / p95['static']:.2f}"
         )
     print(f"cold dashboard (first request, snapshot of {args.n:,}): {cold:.0f} ms")
+    print(f"`mailflow web` peak RSS at {args.n:,} partnerships: {rss:.0f} MB")
     worst_list = max(p95["list"], p95["list page 150"], p95["list search"])
     print(
         f"web: dashboard p95 {p95['dashboard']:.2f} ms, list p95 {worst_list:.2f} ms, "
@@ -114,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         f"(dashboard), {worst_list / p95['static']:.2f} (list)"
     )
     return 0
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """VmHWM of the site's process: what the site costs when it runs alone."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def percentile(values: list[float], pct: float) -> float:

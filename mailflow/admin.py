@@ -652,6 +652,10 @@ class Admin:
             out[part] = own if own.is_file() else SHIPPED_DIR / filename
         return out
 
+    def own_parts(self, name: str) -> list[str]:
+        """The parts of `name` read from the templates dir (yours) rather than shipped."""
+        return [p for p, path in self.template_files(name).items() if path.parent != SHIPPED_DIR]
+
     def template_source(self, name: str) -> dict[str, str]:
         return {
             part: path.read_text(encoding="utf-8")

@@ -34,7 +34,6 @@ from urllib.parse import quote, urlencode
 import jinja2
 import uvicorn
 from itsdangerous import BadSignature, Signer
-from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -44,9 +43,16 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mailflow.admin import PAGE_SIZE, PART_LABELS, Admin, TryResult, WeekPoint
+from mailflow.admin import (
+    PAGE_SIZE,
+    PART_LABELS,
+    PARTS,
+    TEMPLATE_NAMES,
+    Admin,
+    TryResult,
+    WeekPoint,
+)
 from mailflow.clock import Clock
-from mailflow.compose import PARTS, TEMPLATE_NAMES
 from mailflow.config import Config
 from mailflow.errors import MailflowError, StartupError
 from mailflow.webauth import Auth, LinkRefused, RateLimit, Session, derive_key, new_anonymous_id
@@ -148,7 +154,7 @@ class Site:
         )
         # Rendered list rows of the current snapshot (rows are immutable values within it):
         # escaping 50 rows of fields is most of a list page's time at 10,000 partnerships.
-        self._row_html: tuple[Any, dict[int, Markup]] = (None, {})
+        self._row_html: tuple[Any, dict[int, str]] = (None, {})
         self._row_lock = threading.Lock()
         self.env.filters["pct"] = lambda v: "–" if v is None else f"{round(v * 100)}%"
         self.env.filters["when"] = lambda dt: dt.strftime("%Y-%m-%d %H:%M UTC") if dt else "–"
@@ -450,7 +456,7 @@ class Site:
         filters = {k: qp.get(k, "").strip() for k in ("q", "status", "consent", "state")}
         page = _page_number(qp.get("page"))
 
-        def gather() -> tuple[list[Markup], int]:
+        def gather() -> tuple[list[str], int]:
             now = self.clock()
             rows, total = self.admin.partnerships_page(now, page=page, **filters)
             snap = self.admin.snapshot(now)
@@ -463,7 +469,7 @@ class Site:
             for r in rows:
                 cached = cache.get(r.id)
                 if cached is None:
-                    cached = cache[r.id] = Markup(macro(r))
+                    cached = cache[r.id] = macro(r)  # Markup: joined unescaped
                 html.append(cached)
             return html, total
 
@@ -558,12 +564,11 @@ class Site:
             problems = self.admin.templates_check()
             items = []
             for name in TEMPLATE_NAMES:
-                files = self.admin.template_files(name)
                 versions = self.admin.template_versions(name)
                 items.append(
                     {
                         "name": name,
-                        "own": [p for p, path in files.items() if path.parent != _shipped()],
+                        "own": self.admin.own_parts(name),
                         "latest": versions[0] if versions else None,
                         "count": len(versions),
                         "problems": [x for x in problems if f"/{name}." in x],
@@ -886,12 +891,6 @@ def start_site(config: Config, service: Any, clock: Clock) -> WebServer:
 
 
 # -- small helpers for the handlers --------------------------------------------------------------
-
-
-def _shipped() -> Path:
-    from mailflow.compose import SHIPPED_DIR
-
-    return SHIPPED_DIR
 
 
 def _safe_next(value: str | None) -> str:

@@ -83,8 +83,12 @@ def browser() -> Iterator[object]:
     One per test module: the sync API keeps an event loop on this thread while it runs, which
     must not outlive the module into tests that run their own loops.
     """
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
     from webtools import launch_browser
+
+    # expect() waits 5 s by default; the live preview runs `templates check` (~0.7 s alone),
+    # and this machine is shared: give every assertion the same bounded 15 s.
+    expect.set_options(timeout=15_000)
 
     with sync_playwright() as pw:
         chromium = launch_browser(pw)
