@@ -267,6 +267,7 @@ class Admin:
         self._snapshot_lock = threading.Lock()
         self._dirty = False  # this site changed something since the snapshot
         self._refreshing = False
+        self._warming = False
         self._check_cache: tuple[tuple[Any, ...], list[str]] | None = None
 
     @property
@@ -312,8 +313,15 @@ class Admin:
             return snap
 
     def warm(self, now: datetime) -> None:
-        """Compute the first snapshot in the background (a site just started at 10,000
-        partnerships would otherwise make its first visitor wait for it)."""
+        """Start the first snapshot in the background, once.
+
+        Called when someone opens the sign-in page or a sign-in link: by the time she is in,
+        the dashboard is ready (at 10,000 partnerships it takes seconds), and a site nobody
+        visits never spends the memory.
+        """
+        if self._snapshot is not None or self._warming:
+            return
+        self._warming = True
 
         def build() -> None:
             with self._snapshot_lock:

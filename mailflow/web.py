@@ -265,6 +265,7 @@ class Site:
         if self.session(request) is not None:
             return RedirectResponse(_safe_next(request.query_params.get("next")), 303)
         binding, fresh = self.anon_binding(request)
+        self.admin.warm(self.clock())  # someone is coming: get the dashboard ready
         response = self.page(
             request,
             "signin.html",
@@ -361,6 +362,7 @@ class Site:
                 message=f"{str(exc).capitalize()}.",
                 signin_again=True,
             )
+        self.admin.warm(now)  # she is about to sign in: get the dashboard ready
         response = self.page(request, "link.html", binding=binding, email=email, token=token)
         if fresh:
             self.set_cookie(response, request, ANON_COOKIE, binding)
@@ -886,7 +888,6 @@ def start_site(config: Config, service: Any, clock: Clock) -> WebServer:
     admin = Admin(config, service)
     server = WebServer(build_app(config, admin, clock), config.web.host, config.web.port)
     server.start()
-    admin.warm(clock())
     return server
 
 
