@@ -19,8 +19,9 @@ from playwright.sync_api import expect
 from webdemo import build
 from webtools import SECRET_REPORT, AdminSite, Client, browser_sign_in, needs_chromium
 
-# Generous: these drive a real browser on a machine shared with other work.
-pytestmark = [needs_chromium, pytest.mark.timeout(300)]
+# Generous: these drive a real browser on a machine shared with other work; and one worker
+# runs them, apart from test_crash's 25 restarts of serve ("heavy": `--dist loadgroup`).
+pytestmark = [needs_chromium, pytest.mark.timeout(300), pytest.mark.xdist_group("heavy")]
 
 
 @pytest.fixture(scope="module")

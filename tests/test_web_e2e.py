@@ -24,8 +24,9 @@ from webtools import ADMIN, MONDAY, AdminSite, admin_site, browser_sign_in, need
 
 from mailflow.compose import SHIPPED_DIR
 
-# Generous: these drive a real browser on a machine shared with other work.
-pytestmark = [needs_chromium, pytest.mark.timeout(300)]
+# Generous: these drive a real browser on a machine shared with other work; and one worker
+# runs them, apart from test_crash's 25 restarts of serve ("heavy": `--dist loadgroup`).
+pytestmark = [needs_chromium, pytest.mark.timeout(300), pytest.mark.xdist_group("heavy")]
 
 
 def dashboard_numbers(page: Any) -> dict[str, int]:
