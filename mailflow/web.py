@@ -125,8 +125,9 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-class Site:
-    """The admin site's state and handlers, built by `build_app`."""
+class SiteBase:
+    """What every page handler needs: the admin adapter, the clock, sign-in state, the page
+    environment; plus plumbing (pages, redirects, CSRF-checked forms, the session guard)."""
 
     def __init__(self, config: Config, admin: Admin, clock: Clock) -> None:
         self.config = config
@@ -253,7 +254,52 @@ class Site:
             )
         return form
 
-    # -- sign in -------------------------------------------------------------------------------
+    # -- pages that need a session -------------------------------------------------------------
+
+    def guarded(
+        self, handler: Callable[[Request, Session], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """No session: to the sign-in page. A MailflowError: the page says what was wrong."""
+
+        async def endpoint(request: Request) -> Response:
+            session = self.session(request)
+            if session is None:
+                return self.to_signin(request)
+            try:
+                return await handler(request, session)
+            except MailflowError as exc:
+                return self.page(
+                    request,
+                    "refused.html",
+                    400,
+                    session=session,
+                    title="That did not work",
+                    message=str(exc),
+                )
+
+        return endpoint
+
+    async def server_error(self, request: Request, exc: Exception) -> Response:
+        log.error("admin site: %s %s failed", request.method, request.url.path, exc_info=exc)
+        return HTMLResponse(
+            "<!doctype html><title>Error</title><h1>Something went wrong</h1>"
+            '<p>The error is in the server\'s log. <a href="/">Back to the dashboard</a></p>',
+            status_code=500,
+        )
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        return self.page(
+            request,
+            "refused.html",
+            404,
+            session=self.session(request),
+            title="Not found",
+            message="There is no such page.",
+        )
+
+
+class SignInPages(SiteBase):
+    """Sign-in by one-time link, and sign-out (see `webauth`)."""
 
     def anon_binding(self, request: Request) -> tuple[str, bool]:
         value = request.cookies.get(ANON_COOKIE)
@@ -415,30 +461,9 @@ class Site:
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
-    # -- pages that need a session -------------------------------------------------------------
 
-    def guarded(
-        self, handler: Callable[[Request, Session], Awaitable[Response]]
-    ) -> Callable[[Request], Awaitable[Response]]:
-        """No session: to the sign-in page. A MailflowError: the page says what was wrong."""
-
-        async def endpoint(request: Request) -> Response:
-            session = self.session(request)
-            if session is None:
-                return self.to_signin(request)
-            try:
-                return await handler(request, session)
-            except MailflowError as exc:
-                return self.page(
-                    request,
-                    "refused.html",
-                    400,
-                    session=session,
-                    title="That did not work",
-                    message=str(exc),
-                )
-
-        return endpoint
+class ProgramPages(SiteBase):
+    """The dashboard, partnerships, people, quarantine and the audit log."""
 
     async def dashboard(self, request: Request, session: Session) -> Response:
         now = self.clock()
@@ -560,6 +585,55 @@ class Site:
             bouncing=bouncing,
             pages=_pages(request, page, total),
         )
+
+    async def quarantine(self, request: Request, session: Session) -> Response:
+        items = await run_in_threadpool(self.admin.quarantine_list)
+        return self.page(request, "quarantine.html", session=session, items=items)
+
+    async def quarantine_show(self, request: Request, session: Session) -> Response:
+        detail = await run_in_threadpool(self.admin.quarantine_show, request.path_params["qid"])
+        return self.page(request, "quarantined.html", session=session, d=detail)
+
+    async def quarantine_confirm(self, request: Request, session: Session) -> Response:
+        qid, action = request.path_params["qid"], request.path_params["action"]
+        detail = await run_in_threadpool(self.admin.quarantine_show, qid)
+        return self.page(
+            request, "confirm_quarantine.html", session=session, d=detail, action=action
+        )
+
+    async def quarantine_act(self, request: Request, session: Session) -> Response:
+        qid, action = request.path_params["qid"], request.path_params["action"]
+        form = await self.form(request, session.binding)
+        if isinstance(form, Response):
+            return form
+        now = self.clock()
+        if action == "release":
+            lines = await run_in_threadpool(self.admin.quarantine_release, qid, now, session.email)
+            message = " ".join(lines)
+        else:
+            message = await run_in_threadpool(self.admin.quarantine_drop, qid, now, session.email)
+        response = self.redirect(request, "/quarantine", message)
+        response.background = BackgroundTask(self.admin.deliver, now)
+        return response
+
+    async def audit(self, request: Request, session: Session) -> Response:
+        page = _page_number(request.query_params.get("page"))
+        entries, total = await run_in_threadpool(
+            self.admin.audit.entries, (page - 1) * PAGE_SIZE, PAGE_SIZE
+        )
+        return self.page(
+            request,
+            "audit.html",
+            session=session,
+            entries=entries,
+            total=total,
+            page=page,
+            pages=_pages(request, page, total),
+        )
+
+
+class TemplatePages(SiteBase):
+    """The template list, the editor with its live preview, versions and rollback."""
 
     async def templates(self, request: Request, session: Session) -> Response:
         def gather() -> tuple[list[str], list[dict[str, Any]]]:
@@ -711,68 +785,9 @@ class Site:
             f"{name} is back at version {n} (saved as a new version).",
         )
 
-    async def quarantine(self, request: Request, session: Session) -> Response:
-        items = await run_in_threadpool(self.admin.quarantine_list)
-        return self.page(request, "quarantine.html", session=session, items=items)
 
-    async def quarantine_show(self, request: Request, session: Session) -> Response:
-        detail = await run_in_threadpool(self.admin.quarantine_show, request.path_params["qid"])
-        return self.page(request, "quarantined.html", session=session, d=detail)
-
-    async def quarantine_confirm(self, request: Request, session: Session) -> Response:
-        qid, action = request.path_params["qid"], request.path_params["action"]
-        detail = await run_in_threadpool(self.admin.quarantine_show, qid)
-        return self.page(
-            request, "confirm_quarantine.html", session=session, d=detail, action=action
-        )
-
-    async def quarantine_act(self, request: Request, session: Session) -> Response:
-        qid, action = request.path_params["qid"], request.path_params["action"]
-        form = await self.form(request, session.binding)
-        if isinstance(form, Response):
-            return form
-        now = self.clock()
-        if action == "release":
-            lines = await run_in_threadpool(self.admin.quarantine_release, qid, now, session.email)
-            message = " ".join(lines)
-        else:
-            message = await run_in_threadpool(self.admin.quarantine_drop, qid, now, session.email)
-        response = self.redirect(request, "/quarantine", message)
-        response.background = BackgroundTask(self.admin.deliver, now)
-        return response
-
-    async def audit(self, request: Request, session: Session) -> Response:
-        page = _page_number(request.query_params.get("page"))
-        entries, total = await run_in_threadpool(
-            self.admin.audit.entries, (page - 1) * PAGE_SIZE, PAGE_SIZE
-        )
-        return self.page(
-            request,
-            "audit.html",
-            session=session,
-            entries=entries,
-            total=total,
-            page=page,
-            pages=_pages(request, page, total),
-        )
-
-    async def server_error(self, request: Request, exc: Exception) -> Response:
-        log.error("admin site: %s %s failed", request.method, request.url.path, exc_info=exc)
-        return HTMLResponse(
-            "<!doctype html><title>Error</title><h1>Something went wrong</h1>"
-            '<p>The error is in the server\'s log. <a href="/">Back to the dashboard</a></p>',
-            status_code=500,
-        )
-
-    async def not_found(self, request: Request, exc: Exception) -> Response:
-        return self.page(
-            request,
-            "refused.html",
-            404,
-            session=self.session(request),
-            title="Not found",
-            message="There is no such page.",
-        )
+class Site(SignInPages, ProgramPages, TemplatePages):
+    """The admin site's state and handlers, built by `build_app`."""
 
 
 def build_app(config: Config, admin: Admin, clock: Clock) -> Starlette:
