@@ -106,6 +106,10 @@ def write_config(
         # No scheduled tick while a bench runs (serve still runs one at start).
         "tick_seconds = 3600",
         "digest_delay_minutes = 30",
+        # These benches measure the mail path; bench/web.py measures the admin site (and the
+        # README says what the site adds to serve's memory).
+        "[web]",
+        "enabled = false",
     ]
     path = root / "mailflow.toml"
     path.write_text("\n".join(lines) + "\n")

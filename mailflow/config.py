@@ -95,12 +95,28 @@ class TemplatesConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The admin site: `serve` also serves it unless `enabled` is false; `mailflow web` alone."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8025
+    # Who may sign in (a one-time link is mailed to these addresses only). Empty: nobody by
+    # mail; `mailflow web link EMAIL` (shell access to the data) still lets anyone in.
+    admins: tuple[str, ...] = ()
+    # The address people type to reach the site (scheme://host[:port]), for the links we
+    # mail ("" means http://host:port). An https:// URL also marks the session cookie Secure.
+    public_url: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     templates: TemplatesConfig = field(default_factory=TemplatesConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     # The values of the environment variables this config names (secret_env, password_env,
     # auth_password_env), read once at load: nothing else reads the environment. Not from the
     # file, never printed, not compared.
@@ -110,6 +126,26 @@ class Config:
         """The value the environment gave `env_name` at load, or None when unset or empty."""
         return self.secrets.get(env_name) or None
 
+    def templates_dir(self) -> Path:
+        """Where admins' template files live: `[templates] dir`, else data_dir/templates/.
+
+        Files there override the shipped ones file by file; the web admin saves into it.
+        """
+        return self.templates.dir or self.service.data_dir / "templates"
+
+
+def templates_override(config: Config) -> Path:
+    """The override directory to hand `compose.Templates`, created when it is the default.
+
+    A configured `[templates] dir` must exist (a typo must not silently fall back to the
+    shipped set); the default data_dir/templates/ is made here, so that a template saved later
+    by the web admin is picked up by `serve`'s refresh without a restart.
+    """
+    path = config.templates_dir()
+    if config.templates.dir is None:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
 
 _SECTIONS: dict[str, type] = {
     "service": ServiceConfig,
@@ -117,6 +153,7 @@ _SECTIONS: dict[str, type] = {
     "relay": RelayConfig,
     "schedule": ScheduleConfig,
     "templates": TemplatesConfig,
+    "web": WebConfig,
 }
 
 # Optional paths: "" or absent means none.
@@ -158,6 +195,10 @@ def _describe(value: Any) -> str:
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Check one raw TOML value against the type of its default."""
+    if isinstance(default, tuple):  # a list of strings (web.admins)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {_describe(value)}")
+        return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
@@ -331,6 +372,20 @@ def _validate(cfg: Config) -> None:
         if why is not None:
             raise ConfigError(f"{key}: {why}")
 
+    w = cfg.web
+    if not w.host.strip() or any(c.isspace() for c in w.host):
+        raise bad("web.host", f'expected a host name or address, got "{w.host}"')
+    if not 0 < w.port < 65536:
+        raise bad("web.port", f"expected 1-65535, got {w.port}")
+    for addr in w.admins:
+        try:
+            validate_email(addr, check_deliverability=False, test_environment=True)
+        except EmailNotValidError as exc:
+            raise bad("web.admins", f'not a valid address "{addr}": {exc}') from None
+    if w.public_url and not re.fullmatch(r"https?://[^\s/?#@]+", w.public_url):
+        # No path: the site's own links are absolute from "/", so it must own the host.
+        raise bad("web.public_url", f'expected http(s)://host[:port], got "{w.public_url}"')
+
 
 def from_mapping(
     data: Mapping[str, Any],
@@ -363,6 +418,12 @@ def from_mapping(
         cfg = _resolve_paths(cfg, base_dir)
     if cfg.schedule.checkin_day != cfg.schedule.checkin_day.lower():
         cfg = _replace(cfg, "schedule", checkin_day=cfg.schedule.checkin_day.lower())
+    if cfg.web.admins:
+        # Addresses compare lower-cased whole, as people's addresses do (people.py).
+        admins = tuple(dict.fromkeys(a.strip().lower() for a in cfg.web.admins))
+        cfg = _replace(cfg, "web", admins=admins)
+    if cfg.web.public_url.endswith("/"):
+        cfg = _replace(cfg, "web", public_url=cfg.web.public_url.rstrip("/"))
     _validate(cfg)
     if environ:
         names = (cfg.service.secret_env, cfg.relay.password_env, cfg.listener.auth_password_env)
