@@ -301,6 +301,27 @@ def _auth_name(value: str) -> str | None:
     return None
 
 
+def _host(value: str) -> str | None:
+    if not value.strip() or any(c.isspace() for c in value):
+        return f'expected a host name or address, got "{value}"'
+    return None
+
+
+def _addresses(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        why = _address(value) if value else 'not a valid address ""'
+        if why:
+            return why
+    return None
+
+
+def _site_url(value: str) -> str | None:
+    # No path: the site's own links are absolute from "/", so it must own the host.
+    if not value or re.fullmatch(r"https?://[^\s/?#@]+", value):
+        return None
+    return f'expected http(s)://host[:port], got "{value}"'
+
+
 def _deadline_after_remind(cfg: Config) -> str | None:
     sc = cfg.schedule
     if sc.deadline_after_hours <= sc.remind_after_hours:
@@ -361,6 +382,10 @@ _RULES: tuple[tuple[str, Check], ...] = (
         lambda c: c.schedule.deadline_after_hours > 24 * 7 - 1,
         "must fall within the week (at most 167)",
     ),
+    _value("web.host", _host),
+    _value("web.port", _port),
+    _value("web.admins", _addresses),
+    _value("web.public_url", _site_url),
 )
 
 
@@ -371,20 +396,6 @@ def _validate(cfg: Config) -> None:
         why = check(cfg)
         if why is not None:
             raise ConfigError(f"{key}: {why}")
-
-    w = cfg.web
-    if not w.host.strip() or any(c.isspace() for c in w.host):
-        raise bad("web.host", f'expected a host name or address, got "{w.host}"')
-    if not 0 < w.port < 65536:
-        raise bad("web.port", f"expected 1-65535, got {w.port}")
-    for addr in w.admins:
-        try:
-            validate_email(addr, check_deliverability=False, test_environment=True)
-        except EmailNotValidError as exc:
-            raise bad("web.admins", f'not a valid address "{addr}": {exc}') from None
-    if w.public_url and not re.fullmatch(r"https?://[^\s/?#@]+", w.public_url):
-        # No path: the site's own links are absolute from "/", so it must own the host.
-        raise bad("web.public_url", f'expected http(s)://host[:port], got "{w.public_url}"')
 
 
 def from_mapping(

@@ -1,11 +1,11 @@
-"""The admin site: HTTP and HTML over `admin.Admin` (Starlette pages, served by uvicorn).
+"""The admin site: HTTP and HTML over `webadmin.WebAdmin` (Starlette pages, served by uvicorn).
 
 Why Starlette + uvicorn: a small, well-kept ASGI stack with no ORM or settings module of its
 own to fit around ours, Jinja2 (already our mail template engine) for the pages, real form
 parsing (python-multipart) and a server that runs in a thread of `serve` or alone. Pages work
 without JavaScript; `web_static/app.js` adds only the editor's live preview.
 
-`build_app(config, admin, clock)` is the factory: everything the site keeps (sign-in state,
+`build_app(config, desk, clock)` is the factory: everything the site keeps (sign-in state,
 attempt limits, the page environment) hangs off the `Site` it builds; nothing lives at module
 level. Every handler takes `now` from the clock it was handed (`--now` moves it as for `serve`).
 `WebServer` runs the app on a socket it binds itself, so "port taken" is a clear error before
@@ -43,18 +43,19 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mailflow.admin import (
+from mailflow.clock import Clock
+from mailflow.config import Config
+from mailflow.errors import MailflowError, StartupError
+from mailflow.webadmin import (
     PAGE_SIZE,
     PART_LABELS,
     PARTS,
     TEMPLATE_NAMES,
-    Admin,
+    Parts,
     TryResult,
+    WebAdmin,
     WeekPoint,
 )
-from mailflow.clock import Clock
-from mailflow.config import Config
-from mailflow.errors import MailflowError, StartupError
 from mailflow.webauth import Auth, LinkRefused, RateLimit, Session, derive_key, new_anonymous_id
 
 log = logging.getLogger("mailflow.web")
@@ -126,15 +127,15 @@ class SecurityHeaders:
 
 
 class SiteBase:
-    """What every page handler needs: the admin adapter, the clock, sign-in state, the page
+    """What every page handler needs: the desk (`WebAdmin`), the clock, sign-in state, the page
     environment; plus plumbing (pages, redirects, CSRF-checked forms, the session guard)."""
 
-    def __init__(self, config: Config, admin: Admin, clock: Clock) -> None:
+    def __init__(self, config: Config, desk: WebAdmin, clock: Clock) -> None:
         self.config = config
-        self.admin = admin
+        self.desk = desk
         self.clock = clock
-        self.key = derive_key(admin.secret)
-        self.auth = Auth(admin.state_dir, self.key)
+        self.key = derive_key(desk.secret)
+        self.auth = Auth(desk.state_dir, self.key)
         self.flash_signer = Signer(self.key, salt="mailflow-flash")
         self.per_client = RateLimit(10, SIGNIN_WINDOW)
         self.per_address = RateLimit(3, SIGNIN_WINDOW)
@@ -311,7 +312,7 @@ class SignInPages(SiteBase):
         if self.session(request) is not None:
             return RedirectResponse(_safe_next(request.query_params.get("next")), 303)
         binding, fresh = self.anon_binding(request)
-        self.admin.warm(self.clock())  # someone is coming: get the dashboard ready
+        self.desk.warm(self.clock())  # someone is coming: get the dashboard ready
         response = self.page(
             request,
             "signin.html",
@@ -336,7 +337,7 @@ class SignInPages(SiteBase):
         )
         if wait:
             await run_in_threadpool(
-                self.admin.record,
+                self.desk.record,
                 now,
                 address or "(nobody)",
                 "sign-in refused: too many attempts",
@@ -355,15 +356,15 @@ class SignInPages(SiteBase):
         task = None
         if address in self.config.web.admins:
             link = await run_in_threadpool(self.issue_link, address, now)
-            await run_in_threadpool(self.admin.send_signin_link, address, link, now)
+            await run_in_threadpool(self.desk.send_signin_link, address, link, now)
             await run_in_threadpool(
-                self.admin.record, now, address, "sign-in link mailed", "", f"from {client}"
+                self.desk.record, now, address, "sign-in link mailed", "", f"from {client}"
             )
             # Delivery after the answer: a slow relay must not hold the page.
-            task = BackgroundTask(self.admin.deliver, now)
+            task = BackgroundTask(self.desk.deliver, now)
         else:
             await run_in_threadpool(
-                self.admin.record,
+                self.desk.record,
                 now,
                 address or "(nobody)",
                 "sign-in refused: not an admin",
@@ -408,7 +409,7 @@ class SignInPages(SiteBase):
                 message=f"{str(exc).capitalize()}.",
                 signin_again=True,
             )
-        self.admin.warm(now)  # she is about to sign in: get the dashboard ready
+        self.desk.warm(now)  # she is about to sign in: get the dashboard ready
         response = self.page(request, "link.html", binding=binding, email=email, token=token)
         if fresh:
             self.set_cookie(response, request, ANON_COOKIE, binding)
@@ -441,7 +442,7 @@ class SignInPages(SiteBase):
                 signin_again=True,
             )
         cookie = await run_in_threadpool(self.auth.open_session, email, now)
-        await run_in_threadpool(self.admin.record, now, email, "signed in", "", f"from {client}")
+        await run_in_threadpool(self.desk.record, now, email, "signed in", "", f"from {client}")
         response = self.redirect(request, "/", f"Signed in as {email}.")
         self.set_cookie(response, request, SESSION_COOKIE, cookie)
         response.delete_cookie(ANON_COOKIE, path="/")
@@ -456,7 +457,7 @@ class SignInPages(SiteBase):
             return form
         now = self.clock()
         await run_in_threadpool(self.auth.close_session, request.cookies.get(SESSION_COOKIE), now)
-        await run_in_threadpool(self.admin.record, now, session.email, "signed out")
+        await run_in_threadpool(self.desk.record, now, session.email, "signed out")
         response = RedirectResponse("/signin", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
@@ -467,7 +468,7 @@ class ProgramPages(SiteBase):
 
     async def dashboard(self, request: Request, session: Session) -> Response:
         now = self.clock()
-        snap = await run_in_threadpool(self.admin.snapshot, now)
+        snap = await run_in_threadpool(self.desk.snapshot, now)
         return self.page(
             request,
             "dashboard.html",
@@ -485,8 +486,8 @@ class ProgramPages(SiteBase):
 
         def gather() -> tuple[list[str], int]:
             now = self.clock()
-            rows, total = self.admin.partnerships_page(now, page=page, **filters)
-            snap = self.admin.snapshot(now)
+            rows, total = self.desk.partnerships_page(now, page=page, **filters)
+            snap = self.desk.snapshot(now)
             with self._row_lock:
                 if self._row_html[0] is not snap:
                     self._row_html = (snap, {})
@@ -514,7 +515,7 @@ class ProgramPages(SiteBase):
 
     async def partnership(self, request: Request, session: Session) -> Response:
         pid = _pid(request)
-        view = await run_in_threadpool(self.admin.partnership_view, pid, self.clock())
+        view = await run_in_threadpool(self.desk.partnership_view, pid, self.clock())
         return self.page(request, "partnership.html", session=session, **view)
 
     async def partnership_confirm(self, request: Request, session: Session) -> Response:
@@ -528,7 +529,7 @@ class ProgramPages(SiteBase):
                 title="Not found",
                 message="No such action.",
             )
-        view = await run_in_threadpool(self.admin.partnership_view, pid, self.clock())
+        view = await run_in_threadpool(self.desk.partnership_view, pid, self.clock())
         return self.page(
             request,
             "confirm_partnership.html",
@@ -543,7 +544,7 @@ class ProgramPages(SiteBase):
         form = await self.form(request, session.binding)
         if isinstance(form, Response):
             return form
-        now, who, a = self.clock(), session.email, self.admin
+        now, who, a = self.clock(), session.email, self.desk
         calls: dict[str, Callable[[], str]] = {
             "pause": lambda: a.pause(pid, form.get("until", ""), now, who),
             "resume": lambda: a.resume(pid, now, who),
@@ -572,7 +573,7 @@ class ProgramPages(SiteBase):
         q, bouncing = qp.get("q", "").strip(), qp.get("bouncing") == "1"
         page = _page_number(qp.get("page"))
         rows, total = await run_in_threadpool(
-            lambda: self.admin.people_page(self.clock(), q=q, bouncing=bouncing, page=page)
+            lambda: self.desk.people_page(self.clock(), q=q, bouncing=bouncing, page=page)
         )
         return self.page(
             request,
@@ -587,16 +588,16 @@ class ProgramPages(SiteBase):
         )
 
     async def quarantine(self, request: Request, session: Session) -> Response:
-        items = await run_in_threadpool(self.admin.quarantine_list)
+        items = await run_in_threadpool(self.desk.quarantine_list)
         return self.page(request, "quarantine.html", session=session, items=items)
 
     async def quarantine_show(self, request: Request, session: Session) -> Response:
-        detail = await run_in_threadpool(self.admin.quarantine_show, request.path_params["qid"])
+        detail = await run_in_threadpool(self.desk.quarantine_show, request.path_params["qid"])
         return self.page(request, "quarantined.html", session=session, d=detail)
 
     async def quarantine_confirm(self, request: Request, session: Session) -> Response:
         qid, action = request.path_params["qid"], request.path_params["action"]
-        detail = await run_in_threadpool(self.admin.quarantine_show, qid)
+        detail = await run_in_threadpool(self.desk.quarantine_show, qid)
         return self.page(
             request, "confirm_quarantine.html", session=session, d=detail, action=action
         )
@@ -608,18 +609,18 @@ class ProgramPages(SiteBase):
             return form
         now = self.clock()
         if action == "release":
-            lines = await run_in_threadpool(self.admin.quarantine_release, qid, now, session.email)
+            lines = await run_in_threadpool(self.desk.quarantine_release, qid, now, session.email)
             message = " ".join(lines)
         else:
-            message = await run_in_threadpool(self.admin.quarantine_drop, qid, now, session.email)
+            message = await run_in_threadpool(self.desk.quarantine_drop, qid, now, session.email)
         response = self.redirect(request, "/quarantine", message)
-        response.background = BackgroundTask(self.admin.deliver, now)
+        response.background = BackgroundTask(self.desk.deliver, now)
         return response
 
     async def audit(self, request: Request, session: Session) -> Response:
         page = _page_number(request.query_params.get("page"))
         entries, total = await run_in_threadpool(
-            self.admin.audit.entries, (page - 1) * PAGE_SIZE, PAGE_SIZE
+            self.desk.audit.entries, (page - 1) * PAGE_SIZE, PAGE_SIZE
         )
         return self.page(
             request,
@@ -637,14 +638,14 @@ class TemplatePages(SiteBase):
 
     async def templates(self, request: Request, session: Session) -> Response:
         def gather() -> tuple[list[str], list[dict[str, Any]]]:
-            problems = self.admin.templates_check()
+            problems = self.desk.templates_check()
             items = []
             for name in TEMPLATE_NAMES:
-                versions = self.admin.template_versions(name)
+                versions = self.desk.template_versions(name)
                 items.append(
                     {
                         "name": name,
-                        "own": self.admin.own_parts(name),
+                        "own": self.desk.own_parts(name),
                         "latest": versions[0] if versions else None,
                         "count": len(versions),
                         "problems": [x for x in problems if f"/{name}." in x],
@@ -659,13 +660,13 @@ class TemplatePages(SiteBase):
             session=session,
             items=items,
             problems=problems,
-            folder=self.admin.templates_dir,
+            folder=self.desk.templates_dir,
         )
 
     async def template_editor(self, request: Request, session: Session) -> Response:
         name = _template_name(request)
-        source = await run_in_threadpool(self.admin.template_source, name)
-        result = await run_in_threadpool(self.admin.template_try, name, source)
+        source = await run_in_threadpool(self.desk.template_source, name)
+        result = await run_in_threadpool(self.desk.template_try, name, source)
         return self.editor(request, session, name, source, result)
 
     def editor(
@@ -678,7 +679,7 @@ class TemplatePages(SiteBase):
         status: int = 200,
         note: str = "",
     ) -> Response:
-        files = self.admin.template_files(name)
+        files = self.desk.template_files(name)
         return self.page(
             request,
             "editor.html",
@@ -689,7 +690,7 @@ class TemplatePages(SiteBase):
             result=result,
             files=files,
             note=note,
-            target=self.admin.templates_dir,
+            target=self.desk.templates_dir,
         )
 
     async def template_preview(self, request: Request, session: Session) -> Response:
@@ -697,7 +698,7 @@ class TemplatePages(SiteBase):
         form = await self.form(request, session.binding)
         if isinstance(form, Response):
             return JSONResponse({"error": "refused: reload the page"}, status_code=403)
-        result = await run_in_threadpool(self.admin.template_try, name, _parts(form))
+        result = await run_in_threadpool(self.desk.template_try, name, _parts(form))
         return JSONResponse(_result_json(result))
 
     async def template_save(self, request: Request, session: Session) -> Response:
@@ -708,7 +709,7 @@ class TemplatePages(SiteBase):
         now, parts = self.clock(), _parts(form)
         if form.get("op") == "test":
             message = await run_in_threadpool(
-                self.admin.template_send_test,
+                self.desk.template_send_test,
                 name,
                 parts,
                 form.get("variant", ""),
@@ -720,12 +721,12 @@ class TemplatePages(SiteBase):
                 session,
                 name,
                 parts,
-                await run_in_threadpool(self.admin.template_try, name, parts),
+                await run_in_threadpool(self.desk.template_try, name, parts),
                 note=message,
             )
-            response.background = BackgroundTask(self.admin.deliver, now)
+            response.background = BackgroundTask(self.desk.deliver, now)
             return response
-        result = await run_in_threadpool(self.admin.template_save, name, parts, now, session.email)
+        result = await run_in_threadpool(self.desk.template_save, name, parts, now, session.email)
         if not result.ok:
             return self.editor(
                 request,
@@ -740,12 +741,12 @@ class TemplatePages(SiteBase):
 
     async def template_versions(self, request: Request, session: Session) -> Response:
         name = _template_name(request)
-        versions = await run_in_threadpool(self.admin.template_versions, name)
+        versions = await run_in_threadpool(self.desk.template_versions, name)
         return self.page(request, "versions.html", session=session, name=name, versions=versions)
 
     async def rollback_confirm(self, request: Request, session: Session) -> Response:
         name, n = _template_name(request), int(request.path_params["n"])
-        versions = await run_in_threadpool(self.admin.template_versions, name)
+        versions = await run_in_threadpool(self.desk.template_versions, name)
         version = next((v for v in versions if v.n == n), None)
         if version is None:
             return self.page(
@@ -766,10 +767,10 @@ class TemplatePages(SiteBase):
         if isinstance(form, Response):
             return form
         result = await run_in_threadpool(
-            self.admin.template_rollback, name, n, self.clock(), session.email
+            self.desk.template_rollback, name, n, self.clock(), session.email
         )
         if not result.ok:
-            source = await run_in_threadpool(self.admin.template_source, name)
+            source = await run_in_threadpool(self.desk.template_source, name)
             return self.editor(
                 request,
                 session,
@@ -790,9 +791,9 @@ class Site(SignInPages, ProgramPages, TemplatePages):
     """The admin site's state and handlers, built by `build_app`."""
 
 
-def build_app(config: Config, admin: Admin, clock: Clock) -> Starlette:
-    """The admin site as an ASGI app, for `admin` (the domain) with `clock` (the time)."""
-    site = Site(config, admin, clock)
+def build_app(config: Config, desk: WebAdmin, clock: Clock) -> Starlette:
+    """The admin site as an ASGI app, for `desk` (the domain) with `clock` (the time)."""
+    site = Site(config, desk, clock)
     g = site.guarded
     routes = [
         Route("/signin", site.signin_page, methods=["GET"]),
@@ -898,10 +899,11 @@ class WebServer:
         log.info("admin site stopped")
 
 
-def start_site(config: Config, service: Any, clock: Clock) -> WebServer:
-    """Build and start the admin site on `[web] host/port` for a running service."""
-    admin = Admin(config, service)
-    server = WebServer(build_app(config, admin, clock), config.web.host, config.web.port)
+def start_site(parts: Parts, clock: Clock) -> WebServer:
+    """Build and start the admin site on `[web] host/port` over the parts of a running app
+    (StartupError when it cannot listen)."""
+    config = parts.config
+    server = WebServer(build_app(config, WebAdmin(parts), clock), config.web.host, config.web.port)
     server.start()
     return server
 

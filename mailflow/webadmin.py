@@ -1,15 +1,20 @@
-"""The admin site's one door into the domain: every read and every change the web makes.
+"""The admin site's one door into the use cases: every read and every change the web makes.
 
-`web.py` speaks HTTP and HTML; this module speaks mailflow. It calls the same functions the
-command line calls (`Service.status` behind `status --json`, `partnerships.pause/resume/end`
-inside a `core_tx` as `partnerships pause/resume/end` do, `compose.Templates.check` behind
-`templates check`, the spool and `Service.ingest`), so the site never grows a second copy of a
-rule. Each change is written to the audit log (who, when, what) before it is reported done.
+`web.py` speaks HTTP and HTML; this module speaks mailflow, through the same functions the
+command line calls: `status.status` behind `status --json` (the dashboard), `admin.pause`,
+`resume`, `end` and `admin.partnership` behind `partnerships pause/resume/end/show`,
+`status.strip` for the week-by-week strip, `compose.Templates.check` behind `templates check`
+and `samples.variants` for the previews, `letters` for what a mail says and `mailroom` to send
+it, `intake.ingest` behind `tick`. No rule lives here; each change is written to the audit log
+(who, when, what) before it is reported done.
 
-Where the domain has no function yet for what the site offers, a minimal one is built here over
-today's `Service`/`Store`/`Spool` and marked `TODO(merge)` with the issue that will bring the
-real one; once it lands, the body becomes a call (`quarantine release/drop`: issue 10;
-`partnerships resend-intro` and `consent`: issue 13; posting a mail: issue 11's `mailroom`).
+It is built from the parts `app.build` makes (`Parts` below names what it uses), so the site
+and the mail service it runs next to share one store, spool, outbox and template set.
+
+Where the core has no function yet for what the site offers, a minimal one is built here over
+those parts and marked `TODO(merge)` with the issue that will bring the real one (`partnerships
+resend-intro` and `consent`: issue 13; `quarantine list/show/release/drop`: issue 10, in
+`webadmin_quarantine`); once it lands, the body becomes a call.
 
 Confidentiality: nothing returned from here carries what a member wrote to her partner (no
 report text, no partner note): only states and counts. The exception is quarantined mail,
@@ -21,52 +26,78 @@ from __future__ import annotations
 import hashlib
 import html
 import threading
-from datetime import date, datetime
-from typing import Any
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from mailflow import digest  # TODO(merge): letters.intro (issue 11)
+from mailflow import admin, letters, status
 from mailflow import partnerships as pships
-from mailflow.admin_numbers import PAGE_SIZE, NumbersDesk, Snapshot, WeekPoint
-from mailflow.admin_quarantine import QuarantineDesk
-from mailflow.admin_templates import PART_LABELS, TemplateDesk, TryResult
 from mailflow.audit import AuditLog
-from mailflow.compose import PARTS, TEMPLATE_NAMES, Rendered, message_bytes
+from mailflow.compose import PARTS, Rendered, Templates
 from mailflow.config import Config
 from mailflow.errors import DomainError
-from mailflow.models import CONSENT_ACCEPTED, CONSENT_DECLINED, ENDED, Outgoing, Partnership
-from mailflow.schedule import first_checkin
-from mailflow.service import Prepared, Service, TickReport, utc_week
-from mailflow.tokens import AGREE
+from mailflow.intake import Intake
+from mailflow.jobs import ROLES
+from mailflow.letters import TEMPLATE_NAMES, Letter, Recipient, ServiceInfo
+from mailflow.mailroom import Mailroom, TickReport
+from mailflow.models import CONSENT_ACCEPTED, CONSENT_DECLINED, ENDED, Partnership
+from mailflow.outbox import Outbox
+from mailflow.schedule import utc_week
+from mailflow.spool import Spool
+from mailflow.store import Store
+from mailflow.webadmin_numbers import PAGE_SIZE, NumbersDesk, Snapshot, WeekPoint
+from mailflow.webadmin_quarantine import QuarantineDesk
+from mailflow.webadmin_templates import PART_LABELS, TemplateDesk, TryResult
 
 __all__ = [
     "PAGE_SIZE",
     "PARTS",
     "PART_LABELS",
     "TEMPLATE_NAMES",
-    "Admin",
+    "Parts",
     "Snapshot",
     "TryResult",
+    "WebAdmin",
     "WeekPoint",
 ]
 
+SITE_SENDER_NAME = "mailflow admin"  # the From name of the site's own mail
 
-# -- the adapter -----------------------------------------------------------------------------
+
+class Parts(Protocol):
+    """What the site uses of the parts `app.build` makes (an `app.App` is one)."""
+
+    config: Config
+    store: Store
+    spool: Spool
+    outbox: Outbox
+    templates: Templates
+    svc: ServiceInfo
+    mailroom: Mailroom
+    intake: Intake
+
+    def status(self, now: datetime) -> dict[str, Any]: ...
 
 
-class Admin(NumbersDesk, TemplateDesk, QuarantineDesk):
-    """Built once per site from the running service (or its own, for `mailflow web`).
+class WebAdmin(NumbersDesk, TemplateDesk, QuarantineDesk):
+    """Built once per site from the running app's parts (or its own, for `mailflow web`).
 
     The dashboard and lists, the template editor and the quarantine are parts of it in modules
-    of their own (`admin_numbers`, `admin_templates`, `admin_quarantine`); the partnership
-    actions and the site's own mail are here.
+    of their own (`webadmin_numbers`, `webadmin_templates`, `webadmin_quarantine`); the
+    partnership actions and the site's own mail are here.
     """
 
-    def __init__(self, config: Config, service: Service) -> None:
-        self.config = config
-        self.service = service
-        self.store = service.store
-        self.state_dir = config.service.data_dir / "web"
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.config = parts.config
+        self.store = parts.store
+        self.spool = parts.spool
+        self.mailroom = parts.mailroom
+        self.intake = parts.intake
+        self.svc = parts.svc
+        self.state_dir: Path = self.config.service.data_dir / "web"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog(self.state_dir / "audit.jsonl")
         self._snapshot: Snapshot | None = None
@@ -78,26 +109,30 @@ class Admin(NumbersDesk, TemplateDesk, QuarantineDesk):
 
     @property
     def secret(self) -> bytes:
-        return self.service.secret
+        """The service's token key (the site derives its own signing key from it)."""
+        return self.svc.keys.secret
 
     def record(
         self, now: datetime, who: str, action: str, target: str = "", detail: str = ""
     ) -> None:
+        """One audit log entry, durable before this returns."""
         self.audit.record(now, who, action, target, detail)
+
+    def status_now(self, now: datetime) -> dict[str, Any]:
+        """`status --json` at `now` (the dashboard's numbers)."""
+        return self.parts.status(now)
 
     # -- one partnership --------------------------------------------------------------------
 
     def partnership(self, pid: int) -> Partnership:
-        p = self.store.core().partnership(pid)
-        if p is None:
-            raise DomainError(f"no partnership {pid}")
-        return p
+        """As `partnerships show ID` reads it; DomainError when there is none."""
+        return admin.partnership(self.store, pid)
 
     def partnership_view(self, pid: int, now: datetime) -> dict[str, Any]:
         """Goals, consent, status and the week-by-week strip: states only, never report text."""
         p = self.partnership(pid)
-        people = self.store.people_map()
-        member, partner = people.get(p.member), people.get(p.partner)
+        core = self.store.core()
+        member, partner = core.person(p.member), core.person(p.partner)
         tz = ZoneInfo(member.timezone if member else self.config.service.timezone)
         today = now.astimezone(tz).date()
         goals = []
@@ -119,9 +154,9 @@ class Admin(NumbersDesk, TemplateDesk, QuarantineDesk):
                     "overdue": not g.done_on and left < 0,
                 }
             )
-        strip = (
-            self.service.history(p, people, now) if member is not None and p.status != ENDED else []
-        )
+        strip: tuple[dict[str, str], ...] = ()
+        if member is not None and p.status != ENDED:
+            strip = status.strip(self.store, p, tz, self.svc.settings, now)
         this_week = next((r.week_state for r in self.snapshot(now).rows if r.id == p.id), "")
         return {
             "p": p,
@@ -133,26 +168,10 @@ class Admin(NumbersDesk, TemplateDesk, QuarantineDesk):
             "member_today": today,
         }
 
-    def _change(self, pid: int, change: Any) -> Partnership:
-        """Read-modify-write of one partnership under the core lock (as the CLI's `_update`)."""
-        with self.store.core_tx() as core:
-            current = core.partnership(pid)
-            if current is None:
-                raise DomainError(f"no partnership {pid}")
-            updated = change(current)
-            core.put_partnership(updated)
-        return updated
-
-    def _member_today(self, p: Partnership, now: datetime) -> date:
-        person = self.store.core().person(p.member)
-        tz = ZoneInfo(person.timezone if person else self.config.service.timezone)
-        return now.astimezone(tz).date()
-
     def pause(self, pid: int, until: str, now: datetime, who: str) -> str:
         """As `mailflow partnerships pause ID [--until DATE]`."""
         until_date = pships.parse_date(until, "until") if until.strip() else None
-        today = self._member_today(self.partnership(pid), now)
-        self._change(pid, lambda cur: pships.pause(cur, until_date, today))
+        admin.pause(self.store, pid, until_date, now, self.config.service.timezone)
         self._changed()
         detail = f"until {until_date}" if until_date else "until resumed"
         self.record(now, who, "partnership paused", f"partnership {pid}", detail)
@@ -160,14 +179,14 @@ class Admin(NumbersDesk, TemplateDesk, QuarantineDesk):
 
     def resume(self, pid: int, now: datetime, who: str) -> str:
         """As `mailflow partnerships resume ID`."""
-        self._change(pid, pships.resume)
+        admin.resume(self.store, pid)
         self._changed()
         self.record(now, who, "partnership resumed", f"partnership {pid}")
         return f"Partnership {pid} resumed."
 
     def end(self, pid: int, now: datetime, who: str) -> str:
         """As `mailflow partnerships end ID`."""
-        self._change(pid, lambda cur: pships.end(cur, now))
+        admin.end(self.store, pid, now)
         self._changed()
         self.record(now, who, "partnership ended", f"partnership {pid}")
         return f"Partnership {pid} ended."
@@ -176,45 +195,24 @@ class Admin(NumbersDesk, TemplateDesk, QuarantineDesk):
         """Mail both people the introduction again (e.g. the partner lost it).
 
         TODO(merge): use `partnerships resend-intro ID` (issue 13) once it lands; until then
-        this builds the same two letters as `Service._intro`, under keys of their own (the
-        first introduction's keys are spent, and a resend must not look like a duplicate).
+        the letters are `letters.intro`'s, under keys of their own (the first introduction's
+        keys are spent, and a resend must not look like a duplicate), posted by `mailroom`.
         """
         p = self.partnership(pid)
         if p.status == ENDED:
             raise DomainError(f"partnership {pid} has ended; nothing to introduce")
-        svc = self.service
-        people = self.store.people_map()
-        if p.member not in people or p.partner not in people:
+        core = self.store.core()
+        member, partner = core.person(p.member), core.person(p.partner)
+        if member is None or partner is None:
             raise DomainError(f"partnership {pid}: member or partner no longer exists")
-        period = utc_week(now)
-        day = (p.checkin_day or svc.settings.checkin_day).title()
-        at = p.checkin_time or self.config.schedule.checkin_time
-        first = first_checkin(p, svc.tz_of(people[p.member]), svc.settings, now)
-        items = []
+        strip = status.strip(self.store, p, ZoneInfo(member.timezone), self.svc.settings, now)
+        pair = letters.Pair(p, member, partner, strip)
         stamp = now.strftime("%Y%m%dT%H%M%S")
-        for role, person in (("member", people[p.member]), ("partner", people[p.partner])):
-            reply = svc.address(AGREE, p.id, period) if role == "partner" else svc.plain_address
-            ctx = svc.base(p, people, period, reply, person.timezone, now)
-            ctx.update(
-                role=role,
-                accepted=p.consent == CONSENT_ACCEPTED,
-                checkin_day=day,
-                checkin_time=at,
-                first_checkin=digest.local_time(first, people[p.member].timezone),
-            )
-            items.append(
-                svc.prepare(
-                    key=f"intro:{p.id}:{role}:resent:{stamp}",
-                    name="intro",
-                    period=period,
-                    to=person,
-                    ctx=ctx,
-                    now=now,
-                    reply_to=reply,
-                    pid=p.id,
-                )
-            )
-        svc.commit(items, TickReport())
+        resent = [
+            replace(letter, key=f"{letter.key}:resent:{stamp}")
+            for letter in (letters.intro(pair, role, self.svc, now) for role in ROLES)
+        ]
+        self.mailroom.post(resent, now, TickReport())
         self._changed()
         self.record(
             now, who, "introduction resent", f"partnership {pid}", f"to {p.member} and {p.partner}"
@@ -228,15 +226,16 @@ class Admin(NumbersDesk, TemplateDesk, QuarantineDesk):
         lands; until then the same `partnerships.set_consent` the mail path uses.
         """
         wanted = CONSENT_ACCEPTED if accepted else CONSENT_DECLINED
-
-        def change(cur: Partnership) -> Partnership:
+        with self.store.core_tx() as core:
+            cur = core.partnership(pid)
+            if cur is None:
+                raise DomainError(f"no partnership {pid}")
             if cur.status == ENDED:
                 raise DomainError(f"partnership {pid} has ended")
             if cur.consent == wanted:
                 raise DomainError(f"partnership {pid}: consent is already {wanted}")
-            return pships.set_consent(cur, accepted, now, f"recorded by {who} in the admin site")
-
-        self._change(pid, change)
+            note = f"recorded by {who} in the admin site"
+            core.put_partnership(pships.set_consent(cur, accepted, now, note))
         self._changed()
         self.record(now, who, f"consent recorded: {wanted}", f"partnership {pid}")
         return f"Partnership {pid}: the partner's consent is recorded as {wanted}."
@@ -244,35 +243,18 @@ class Admin(NumbersDesk, TemplateDesk, QuarantineDesk):
     # -- mail from the site ----------------------------------------------------------------
 
     def post(self, key: str, kind: str, to: str, rendered: Rendered, now: datetime) -> None:
-        """Queue one mail through our own outbox (on disk, recorded, then delivered).
-
-        TODO(merge): `mailroom.post(Letter)` (issue 11) once it lands; this is the same three
-        steps `Service.prepare` + `commit` take, for a mail that is not one of the program's
-        templates (sign-in links, template tests).
-        """
-        svc = self.service
-        mid = f"<{kind}.{_short(key)}@{svc.domain}>"
-        data = message_bytes(
-            rendered,
-            from_address=self.config.service.sender,
-            from_name="mailflow admin",
-            to_address=to,
-            to_name="",
-            message_id=mid,
-            date=now,
-        )
-        period = utc_week(now)
-        path = svc.outbox.write_bytes(key, period, data)
-        outgoing = Outgoing(
-            key=key, kind=kind, to=to, message_id=mid, path=path, created_at=now, period=period
-        )
-        svc.commit([Prepared(outgoing)], TickReport())
+        """Queue one mail that is not one of the program's templates (a sign-in link, a test
+        of a template as typed) through `mailroom`, like every other mail: on disk, recorded
+        under its key once, then delivered."""
+        letter = Letter(kind, key, Recipient(to), utc_week(now), {}, from_name=SITE_SENDER_NAME)
+        self.mailroom.post_rendered([(letter, rendered)], now, TickReport())
 
     def deliver(self, now: datetime) -> None:
         """Send what is queued now (the outbox's file lock keeps it to one sender at a time)."""
-        self.service.flush(now)
+        self.mailroom.flush(now)
 
     def send_signin_link(self, email: str, url: str, now: datetime) -> None:
+        """Mail a one-time sign-in link to `email` (queued; `deliver` sends it)."""
         text = (
             "Someone (we hope you) asked to sign in to the mailflow admin site.\n\n"
             f"Open this link to sign in; it works once, for 15 minutes:\n\n{url}\n\n"

@@ -1,10 +1,11 @@
-"""The admin site's numbers: the dashboard's snapshot and the searchable lists (part of `Admin`).
+"""The admin site's numbers: the dashboard's snapshot and the searchable lists (of `WebAdmin`).
 
-One snapshot holds `Service.status(now)` (exactly what `mailflow status --json` prints), the
-12-week reply and setback rates from the per-period summaries, and the partnership and people
-rows the lists page through. Computing it at 10,000 partnerships takes seconds, so it is kept
-and computed again when a file it reads changes or this site changed something; when only the
-clock moved on, the page gets the last one and a fresh one is computed behind it.
+One snapshot holds `status.status` at its instant (exactly what `mailflow status --json`
+prints), the 12-week reply and setback rates from the per-period summaries, and the
+partnership and people rows the lists page through. At 10,000 partnerships it takes a while
+to compute, so it is kept and computed again when a file it reads changes or this site changed
+something; when only the clock moved on, the page gets the last one and a fresh one is
+computed behind it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from mailflow.config import Config
 from mailflow.models import ENDED
 from mailflow.schedule import period_label
-from mailflow.service import Service
+from mailflow.spool import Spool
 from mailflow.store import Store
 
 log = logging.getLogger("mailflow.web")
@@ -134,16 +135,20 @@ class Snapshot:
 
 
 class NumbersDesk:
-    """The dashboard and the lists; a part of `Admin`, which sets these attributes."""
+    """The dashboard and the lists; a part of `WebAdmin`, which sets these attributes and
+    provides `status_now` (`status --json`)."""
 
     config: Config
-    service: Service
     store: Store
+    spool: Spool
     _snapshot: Snapshot | None
     _snapshot_lock: threading.Lock
     _dirty: bool
     _refreshing: bool
     _warming: bool
+
+    def status_now(self, now: datetime) -> dict[str, Any]:
+        raise NotImplementedError  # WebAdmin's
 
     def _stamp(self) -> tuple[Any, ...]:
         """Changes whenever a file the snapshot reads changes (stat only, no parsing)."""
@@ -151,8 +156,8 @@ class NumbersDesk:
         paths = [
             self.store.core_path,
             *(self.store.week_path(p) for p in periods),
-            self.service.spool.quarantine_dir,
-            self.service.spool.new_dir,
+            self.spool.quarantine_dir,
+            self.spool.new_dir,
         ]
         return (periods, *(stat_stamp(p) for p in paths))
 
@@ -163,7 +168,7 @@ class NumbersDesk:
         (`Snapshot.at`, shown on the page). It is computed again, before answering, whenever a
         file it reads has changed or this site has changed something; when only the clock has
         moved on (at most SNAPSHOT_MAX_AGE), the page gets the last one at once and a new one
-        is computed behind it: at 10,000 partnerships `Service.status` takes seconds.
+        is computed behind it: at 10,000 partnerships it takes a while.
         """
         stamp = self._stamp()
         with self._snapshot_lock:
@@ -222,7 +227,7 @@ class NumbersDesk:
         self._dirty = True
 
     def _build_snapshot(self, now: datetime, stamp: tuple[Any, ...]) -> Snapshot:
-        status = self.service.status(now)
+        status = self.status_now(now)
         core = self.store.core()
         people = {p.email: p for p in core.people()}
         partnerships = core.partnerships()

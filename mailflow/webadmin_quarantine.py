@@ -1,7 +1,7 @@
-"""The admin site's quarantine: list, show, release, drop (part of `Admin`).
+"""The admin site's quarantine: list, show, release, drop (part of `WebAdmin`).
 
 TODO(merge): issue 10 brings `mailflow quarantine list/show/release/drop`; until then these are
-minimal versions over today's `Spool` and `Service.ingest`, and the bodies become calls then.
+minimal versions over the `spool` and `intake.ingest`, and the bodies become calls then.
 The one place the site shows what someone wrote: quarantined mail reached nobody, and an admin
 must read it to release it.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from mailflow.errors import DomainError
+from mailflow.intake import Intake
 from mailflow.parse import ParsedMessage, parse_message
-from mailflow.service import Service
-from mailflow.spool import MAGIC, REASON_SUFFIX
+from mailflow.spool import MAGIC, REASON_SUFFIX, Spool
 from mailflow.store import fsync_dir
 
 _MISMATCH = re.compile(
@@ -52,13 +52,14 @@ class QuarantineDetail:
 
 
 class QuarantineDesk:
-    """Quarantined mail; a part of `Admin`, which sets `service` and provides `record` and
-    `_changed`."""
+    """Quarantined mail; a part of `WebAdmin`, which sets `spool` and `intake` and provides
+    `record` and `_changed`."""
 
-    service: Service
+    spool: Spool
+    intake: Intake
 
     def _quarantine_path(self, qid: str) -> Path:
-        folder = self.service.spool.quarantine_dir
+        folder = self.spool.quarantine_dir
         names = {n for n in os.listdir(folder) if not n.startswith(".")}
         if qid not in names or qid.endswith(REASON_SUFFIX):
             raise DomainError(f"no quarantined message {qid!r}")
@@ -103,13 +104,13 @@ class QuarantineDesk:
 
     def quarantine_list(self) -> list[QuarantineItem]:
         """Every quarantined message, newest first (`mailflow quarantine list`)."""
-        items = [self._item(qid, reason) for qid, reason in self.service.spool.quarantined()]
+        items = [self._item(qid, reason) for qid, reason in self.spool.quarantined()]
         items.reverse()
         return items
 
     def quarantine_show(self, qid: str) -> QuarantineDetail:
         """The message as the parser reads it: reason, envelope, headers, new text."""
-        reason = dict(self.service.spool.quarantined()).get(qid, "(no reason recorded)")
+        reason = dict(self.spool.quarantined()).get(qid, "(no reason recorded)")
         envelope, raw = self._read_quarantined(qid)
         headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(
             raw[:65536]
@@ -149,7 +150,7 @@ class QuarantineDesk:
         expected address: the admin vouches for the sender, and the original From stays in
         the archived copy (X-Mailflow-Original-From). Then one ingest round, as `tick` does.
         """
-        reason = dict(self.service.spool.quarantined()).get(qid, "")
+        reason = dict(self.spool.quarantined()).get(qid, "")
         envelope, raw = self._read_quarantined(qid)
         if not envelope:
             raise DomainError(f"{qid}: no readable envelope; it can only be dropped")
@@ -159,7 +160,7 @@ class QuarantineDesk:
             raw, {"X-Mailflow-Released": stamp}, new_from=match.group("addr") if match else None
         )
         received = datetime.fromisoformat(str(envelope["received_at"]))
-        spool = self.service.spool
+        spool = self.spool
         new_id = spool.put(
             raw,
             mail_from=str(envelope.get("mail_from", "")),
@@ -171,7 +172,7 @@ class QuarantineDesk:
         self._remove_quarantined(qid)
         self._changed()
         self.record(now, who, "quarantine released", qid, f"reason was: {reason}")
-        lines = self.service.ingest(now).lines
+        lines = self.intake.ingest(now).lines
         mine = [line for line in lines if new_id in line] or lines
         return [f"Released {qid}."] + _without_text(mine)
 
@@ -180,7 +181,7 @@ class QuarantineDesk:
 
         TODO(merge): `quarantine drop ID` (issue 10) once it lands.
         """
-        item = self._item(qid, dict(self.service.spool.quarantined()).get(qid, ""))
+        item = self._item(qid, dict(self.spool.quarantined()).get(qid, ""))
         self._quarantine_path(qid)  # refuses an unknown id before anything is recorded
         self.record(
             now, who, "quarantine dropped", qid, f"from {item.sender}; reason was: {item.reason}"

@@ -1,4 +1,4 @@
-"""The admin site's template editor: check, preview, save, versions, rollback (part of `Admin`).
+"""The admin site's template editor: check, preview, save, versions, rollback (part of `WebAdmin`).
 
 An edit is tried by the code behind `mailflow templates check` on a scratch copy of the
 templates dir that holds it (the exact set `serve` would load after a save), and every sample
@@ -24,7 +24,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from mailflow.admin_numbers import stat_stamp
+from mailflow import samples
 from mailflow.compose import (
     PARTS,
     SHIPPED_DIR,
@@ -32,13 +32,12 @@ from mailflow.compose import (
     Rendered,
     TemplateError,
     Templates,
-    sample_context,
-    sample_variants,
 )
 from mailflow.config import Config, templates_override
 from mailflow.errors import DomainError
 from mailflow.outbox import write_atomic
 from mailflow.store import fsync_dir
+from mailflow.webadmin_numbers import stat_stamp
 
 MAX_TEMPLATE_CHARS = 100_000
 PART_LABELS = {"subject": "Subject", "txt": "Text", "html": "HTML"}
@@ -85,7 +84,7 @@ class Version:
 
 
 class TemplateDesk:
-    """The template editor; a part of `Admin`, which sets these attributes and provides
+    """The template editor; a part of `WebAdmin`, which sets these attributes and provides
     `record` (the audit log) and `post` (mail through the outbox)."""
 
     config: Config
@@ -181,9 +180,9 @@ class TemplateDesk:
             raw = [_rebase(line, scratch, target) for line in Templates(scratch).check()]
             templates = Templates(scratch)
             previews = []
-            for label, kwargs in template_variants(name):
+            for label, context in samples.variants(name):
                 try:
-                    r = templates.render(name, sample_context(name, **kwargs))
+                    r = templates.render(name, context)
                 except TemplateError as exc:
                     previews.append(Preview(label, error=_rebase(str(exc), scratch, target)))
                     continue
@@ -317,21 +316,6 @@ class TemplateDesk:
         self.post(key, "template_test", who, rendered, now)
         self.record(now, who, "template test sent", name, f"variant {chosen.label} to {who}")
         return f"A test of {name} ({chosen.label}) is on its way to {who}."
-
-
-def template_variants(name: str) -> list[tuple[str, dict[str, Any]]]:
-    """The sample variants `templates check` renders, as (label, sample_context kwargs).
-
-    TODO(merge): `samples.variants(name)` once issue 11 splits compose (it is `_variants`).
-    """
-    if name == "digest":
-        return [
-            ("report", {}),
-            ("setback", {"setback": True}),
-            ("updated", {"updated": True}),
-            ("updated setback", {"setback": True, "updated": True}),
-        ]
-    return [(v, {"variant": v}) for v in sample_variants(name)] or [("sample", {})]
 
 
 def _short(value: str) -> str:

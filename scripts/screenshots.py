@@ -30,10 +30,9 @@ def main() -> int:
     site = AdminSite(scratch)
     try:
         ids = build(site)
-        admin = site.service
-        from mailflow.admin import Admin
+        from mailflow.webadmin import WebAdmin
 
-        adapter = Admin(site.config, admin)
+        adapter = WebAdmin(site.app)
         source = adapter.template_source("checkin")
         edited = dict(source)
         edited["txt"] = source["txt"].replace("{{ member.name }}", "{{ member.name }}", 1)

@@ -56,7 +56,7 @@ def pages(ids: dict[str, str], qid: str) -> list[str]:
 
 
 def first_quarantined(site: AdminSite) -> str:
-    return site.service.spool.quarantined()[0][0]
+    return site.app.spool.quarantined()[0][0]
 
 
 def axe(page: Any) -> list[dict[str, Any]]:

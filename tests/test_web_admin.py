@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from clitools import VENV_BIN
-from conftest import free_port, now_args
+from conftest import die_with_parent, free_port, now_args
 from webtools import ADMIN, MONDAY, Client, admin_site
 
 from mailflow.compose import SHIPPED_DIR
@@ -53,7 +53,10 @@ def test_serve_serves_the_site_and_sigterm_stops_both(tmp_path: Path) -> None:
     config = _config(tmp_path, web)
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [MAILFLOW, *now_args(), "--config", str(config), "serve"], stdout=log, stderr=log
+        [MAILFLOW, *now_args(), "--config", str(config), "serve"],
+        stdout=log,
+        stderr=log,
+        preexec_fn=die_with_parent,
     )
     try:
         _wait_listening(web, proc)
@@ -82,6 +85,7 @@ def test_serve_without_the_site_when_disabled(tmp_path: Path) -> None:
         [MAILFLOW, *now_args(), "--config", str(config), "serve"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
     )
     try:
         _wait_listening(listen, proc)
@@ -114,6 +118,7 @@ def test_web_alone_says_clearly_when_its_port_is_taken(tmp_path: Path) -> None:
             [MAILFLOW, *now_args(), "--config", str(config), "serve"],
             stdout=subprocess.DEVNULL,
             stderr=log.open("wb"),
+            preexec_fn=die_with_parent,
         )
         try:
             _wait_listening(listen, proc)
@@ -136,6 +141,7 @@ def test_web_alone_serves_until_sigterm(tmp_path: Path) -> None:
         [MAILFLOW, *now_args(), "--config", str(config), "web"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
     )
     try:
         _wait_listening(web, proc)
@@ -211,9 +217,9 @@ def test_drop_a_quarantined_message(tmp_path: Path) -> None:
     with admin_site(tmp_path) as site:
         site.world()
         site.now = MONDAY + timedelta(hours=1)
-        site.service.tick(site.now)
+        site.app.tick(site.now)
         site.spool_reply("eve@example.org", site.checkin_reply_to(), "hello", "<eve@example.org>")
-        [(qid, reason)] = site.service.spool.quarantined()
+        [(qid, reason)] = site.app.spool.quarantined()
         assert reason.startswith("sender mismatch")
         client = Client(site)
         client.sign_in()
@@ -221,7 +227,7 @@ def test_drop_a_quarantined_message(tmp_path: Path) -> None:
         assert "It is deleted for good." in confirm.body
         done = client.post(f"/quarantine/{qid}/drop", {"csrf": confirm.csrf()})
         assert done.status == 303
-        assert site.service.spool.quarantined() == []
+        assert site.app.spool.quarantined() == []
         assert site.status()["quarantined"] == 0
         assert not (site.data / "quarantine" / f"{qid}.reason.txt").exists()
         entry = _audit(site.data)[-1]

@@ -22,6 +22,7 @@ from conftest import free_port
 from playwright.sync_api import expect
 from webtools import ADMIN, MONDAY, AdminSite, admin_site, browser_sign_in, needs_chromium, text_of
 
+from mailflow.app import serve
 from mailflow.compose import SHIPPED_DIR
 
 # Generous: these drive a real browser on a machine shared with other work; and one worker
@@ -56,7 +57,7 @@ def test_sign_in_by_link_and_the_dashboard_equals_status(page: Any, tmp_path: Pa
     with admin_site(tmp_path) as site:
         site.world()
         site.now = MONDAY + timedelta(hours=1)
-        site.service.tick(site.now)  # the week's check-in goes out
+        site.app.tick(site.now)  # the week's check-in goes out
         page.goto(site.url + "/partnerships")
         expect(page).to_have_url(re.compile(r"/signin\?next=%2Fpartnerships$"))
         browser_sign_in(page, site)
@@ -164,7 +165,9 @@ def test_the_next_check_in_of_a_running_serve_uses_the_saved_version(
     ) as site:
         site.world(start=MONDAY.date().isoformat())
         stop = threading.Event()
-        serving = threading.Thread(target=site.service.serve, args=(site.clock, stop))
+        serving = threading.Thread(
+            target=serve, args=(site.app, site.clock, stop), kwargs={"site": False}
+        )
         serving.start()
         try:
             browser_sign_in(page, site)
@@ -226,7 +229,7 @@ def test_release_a_quarantined_reply_and_the_dashboard_count_drops(
     with admin_site(tmp_path) as site:
         pid = site.world()
         site.now = MONDAY + timedelta(hours=1)
-        site.service.tick(site.now)
+        site.app.tick(site.now)
         to = site.checkin_reply_to()
         site.now += timedelta(hours=2)
         site.spool_reply(

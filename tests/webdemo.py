@@ -61,7 +61,7 @@ def build(site: AdminSite) -> dict[str, str]:
     for week in range(WEEKS + 1):
         monday = first + timedelta(weeks=week)
         site.now = monday + timedelta(hours=10)  # after every member's 09:00
-        site.service.tick(site.now)
+        site.app.tick(site.now)
         period = f"{monday.isocalendar()[0]}-W{monday.isocalendar()[1]:02d}"
         if week == WEEKS:
             break
@@ -81,7 +81,7 @@ def build(site: AdminSite) -> dict[str, str]:
             reply(site, "linus@example.com", ids["negotiation"], period,
                   "Done: practised the salary talk.", f"neg-{week}")  # fmt: skip
         site.now = monday + timedelta(days=4, hours=12)  # past the no-report deadline
-        site.service.tick(site.now)
+        site.app.tick(site.now)
         if week == 3:
             site.cli("partnerships", "pause", ids["negotiation"])
         if week == 4:
@@ -96,11 +96,11 @@ def build(site: AdminSite) -> dict[str, str]:
     reply(site, "tim@example.com", ids["speaking"], period,
           "Is this the right address for the budget course?", "stray")  # fmt: skip
     site.now = MONDAY + timedelta(days=1, hours=8)
-    site.service.tick(site.now)
+    site.app.tick(site.now)
     return ids
 
 
 def reply(site: AdminSite, sender: str, pid: str, period: str, text: str, tag: str) -> None:
     """A reply to that week's check-in address, as the listener would spool it."""
-    to = site.service.address(CHECKIN, int(pid), period)
+    to = site.app.svc.keys.address(CHECKIN, int(pid), period)
     site.spool_reply(sender, to, text, f"<{tag}.{period}@mail.example.com>")

@@ -2,9 +2,9 @@
 with a cookie jar, and Debian's Chromium driven by Playwright.
 
 `AdminSite(tmp_path, capsys)` writes a config under tmp_path (data in tmp_path/data, no relay:
-mail lands in data/outbox/*.eml, the real outbox), builds the real `Service` and starts the
-site exactly as `serve` does (`web.start_site`), with the test's clock: `site.now` is what
-every page and the CLI (`site.cli(...)`) see, and a test moves it. The sign-in link is read
+mail lands in data/outbox/*.eml, the real outbox), builds the real app (`app.build`) and
+starts the site exactly as `serve` does (`App.start_site`), with the test's clock: `site.now`
+is what every page and the CLI (`site.cli(...)`) see, and a test moves it. The sign-in link is read
 from the mail in the outbox folder, as a person would read it from her inbox.
 
 Every wait is bounded; nothing is mocked.
@@ -31,10 +31,10 @@ from urllib.parse import urlencode
 import pytest
 from conftest import free_port
 
+from mailflow.app import App, build
 from mailflow.cli import main
 from mailflow.config import load
-from mailflow.service import Service
-from mailflow.web import WebServer, start_site
+from mailflow.web import WebServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -62,7 +62,7 @@ _LINK = re.compile(r"https?://\S+/signin/[A-Za-z0-9_-]+")
 
 
 class AdminSite:
-    """Config, data, the service and the running admin site of one test (or of a script)."""
+    """Config, data, the app and the running admin site of one test (or of a script)."""
 
     def __init__(
         self,
@@ -86,9 +86,9 @@ class AdminSite:
         self.environ = {"MAILFLOW_SECRET": "web-test-secret-0123456789abcdef"}
         self.config = load(self.config_path, self.environ)
         self.data = tmp_path / "data"
-        self.service = Service(self.config)
+        self.app: App = build(self.config)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server: WebServer = start_site(self.config, self.service, self.clock)
+        self.server: WebServer = self.app.start_site(self.clock)
 
     # -- time and the command line -----------------------------------------------------------
 
@@ -179,14 +179,14 @@ class AdminSite:
         msg["Message-ID"] = mid
         msg["Date"] = "Mon, 30 Nov 2026 10:00:00 +0000"
         msg.set_content(body)
-        self.service.spool.put(
+        self.app.spool.put(
             msg.as_bytes(),
             mail_from=sender,
             rcpt_tos=[to],
             peer="127.0.0.1",
             received_at=self.now,
         )
-        self.service.ingest(self.now)
+        self.app.ingest(self.now)
 
 
 def text_of(msg: EmailMessage) -> str:
