@@ -185,7 +185,8 @@ class NumbersDesk:
         """Start the first snapshot in the background, once.
 
         Called when someone opens the sign-in page or a sign-in link: by the time she is in,
-        the dashboard is ready (at 10,000 partnerships it takes seconds), and a site nobody
+        the dashboard is ready (at 10,000 partnerships the first one parses the latest period
+        files, over a second), and a site nobody
         visits never spends the memory.
         """
         if self._snapshot is not None or self._warming:
@@ -228,9 +229,9 @@ class NumbersDesk:
 
     def _build_snapshot(self, now: datetime, stamp: tuple[Any, ...]) -> Snapshot:
         status = self.status_now(now)
-        core = self.store.core()
-        people = {p.email: p for p in core.people()}
-        partnerships = core.partnerships()
+        roster = self.store.roster()  # the objects `status` just read, not copies of them
+        people = roster.people
+        partnerships = list(roster.partnerships.values())
         states = {row["id"]: row.get("state", "") for row in status["partnerships_detail"]}
         rows = []
         members: dict[str, int] = {}
