@@ -186,8 +186,7 @@ class NumbersDesk:
 
         Called when someone opens the sign-in page or a sign-in link: by the time she is in,
         the dashboard is ready (at 10,000 partnerships the first one parses the latest period
-        files, over a second), and a site nobody
-        visits never spends the memory.
+        files, over a second), and a site nobody visits never spends the memory.
         """
         if self._snapshot is not None or self._warming:
             return
