@@ -17,8 +17,6 @@ and a search. The first dashboard (a cold snapshot: `status` over every partners
 from __future__ import annotations
 
 import argparse
-import http.client
-import re
 import shutil
 import statistics
 import subprocess
@@ -35,6 +33,7 @@ from common import (  # noqa: E402
     free_port,
     populate,
     progress,
+    site_client,
     wait_port,
     workdir,
     write_config,
@@ -66,12 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             wait_port(port, timeout=60)
-            link = subprocess.run(
-                [*base, "web", "link", ADMIN], env=bench_env(), capture_output=True, text=True,
-                timeout=120, check=True,
-            ).stdout.strip()  # fmt: skip
-            client = Client(port)
-            client.sign_in(link)
+            client = site_client(config, port, now, ADMIN)
             started = time.perf_counter()
             client.get("/")
             cold = (time.perf_counter() - started) * 1000
@@ -130,40 +124,6 @@ def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
     return ordered[index]
-
-
-class Client:
-    """One keep-alive HTTP/1.1 connection with the session cookie."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        self.cookies: dict[str, str] = {}
-
-    def request(self, method: str, path: str, body: str | None = None) -> tuple[int, str]:
-        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
-        if body is not None:
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-        self.conn.request(method, path, body=body, headers=headers)
-        resp = self.conn.getresponse()
-        data = resp.read().decode("utf-8", "replace")
-        for cookie in resp.headers.get_all("set-cookie") or []:
-            name, _, rest = cookie.partition("=")
-            self.cookies[name] = rest.split(";", 1)[0].strip('"')
-        if resp.status not in (200, 303):
-            raise RuntimeError(f"{method} {path}: {resp.status}")
-        return resp.status, data
-
-    def get(self, path: str) -> str:
-        return self.request("GET", path)[1]
-
-    def sign_in(self, link: str) -> None:
-        path = link.split(str(self.port), 1)[1]
-        page = self.get(path)
-        match = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
-        assert match, page[:500]
-        status, _ = self.request("POST", path, f"csrf={match.group(1)}")
-        assert status == 303 and "mailflow_session" in self.cookies
 
 
 if __name__ == "__main__":

@@ -52,6 +52,16 @@ def test_history_bench_runs() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_history_bench_runs_with_the_site() -> None:
+    lines = run_bench(
+        "history", "--n", "10", "--clients", "2", "--partnerships", "10", "--weeks", "1", "--site"
+    )
+    assert re.match(
+        r"^serve peak RSS at 10 partnerships with the admin site: \d+ MB$", lines[-2]
+    ), lines
+
+
+@pytest.mark.timeout(120)
 def test_web_bench_runs() -> None:
     lines = run_bench("web", "--n", "30", "--weeks", "2", "--rounds", "5")
     assert re.match(
