@@ -12,9 +12,10 @@ It is built from the parts `app.build` makes (`Parts` below names what it uses),
 and the mail service it runs next to share one store, spool, outbox and template set.
 
 Where the core has no function yet for what the site offers, a minimal one is built here over
-those parts and marked `TODO(merge)` with the issue that will bring the real one (`partnerships
-resend-intro` and `consent`: issue 13; `quarantine list/show/release/drop`: issue 10, in
-`webadmin_quarantine`); once it lands, the body becomes a call.
+those parts and marked `TODO(merge)` with the exact call that replaces it once its branch is
+in main: `partnerships resend-intro` and `consent` (issue 13, branch `firstweek`:
+`admin.resend_intro`, `admin.record_consent`); `quarantine list/show/release/drop` (issue 10,
+branch `quarantine`: `mailflow.quarantine`), in `webadmin_quarantine`.
 
 Confidentiality: nothing returned from here carries what a member wrote to her partner (no
 report text, no partner note): only states and counts. The exception is quarantined mail,
@@ -194,9 +195,12 @@ class WebAdmin(NumbersDesk, TemplateDesk, QuarantineDesk):
     def resend_intro(self, pid: int, now: datetime, who: str) -> str:
         """Mail both people the introduction again (e.g. the partner lost it).
 
-        TODO(merge): use `partnerships resend-intro ID` (issue 13) once it lands; until then
-        the letters are `letters.intro`'s, under keys of their own (the first introduction's
-        keys are spent, and a resend must not look like a duplicate), posted by `mailroom`.
+        TODO(merge): when branch `firstweek` (issue 13) is in main, the body becomes
+        `out = admin.resend_intro(self.mailroom, pid, now, to="both")` (it refuses an ended
+        partnership, notes a bouncing address, keys each resend by `now`, and flushes), then
+        the audit record, and the page shows `out.lines`. Until then the letters are
+        `letters.intro`'s under keys of their own (the first introduction's keys are spent,
+        and a resend must not look like a duplicate), posted by `mailroom`.
         """
         p = self.partnership(pid)
         if p.status == ENDED:
@@ -222,8 +226,11 @@ class WebAdmin(NumbersDesk, TemplateDesk, QuarantineDesk):
     def record_consent(self, pid: int, accepted: bool, now: datetime, who: str) -> str:
         """Record the partner's answer given outside mail (a call, a chat).
 
-        TODO(merge): use `partnerships consent ID --accepted|--declined` (issue 13) once it
-        lands; until then the same `partnerships.set_consent` the mail path uses.
+        TODO(merge): when branch `firstweek` (issue 13) is in main, the body becomes
+        `admin.record_consent(self.mailroom, pid, accepted, now, note=f"recorded by {who} in
+        the admin site")` (it also tells both people, as after an answer by mail), then the
+        audit record; the README's "Recording consent changes the partnership only (no
+        mail)" goes. Until then the same `partnerships.set_consent` the mail path uses.
         """
         wanted = CONSENT_ACCEPTED if accepted else CONSENT_DECLINED
         with self.store.core_tx() as core:

@@ -1,7 +1,17 @@
 """The admin site's quarantine: list, show, release, drop (part of `WebAdmin`).
 
-TODO(merge): issue 10 brings `mailflow quarantine list/show/release/drop`; until then these are
-minimal versions over the `spool` and `intake.ingest`, and the bodies become calls then.
+TODO(merge): issue 10 (branch `quarantine`) brings `mailflow.quarantine` behind `mailflow
+quarantine list/show/release/drop`; until it is in main these are minimal versions over the
+`spool` and `intake.ingest`. Once it is: `quarantine_list` becomes
+`quarantine.items(self.spool, self.svc.keys)` reversed (its `Item` also has partnership and
+period, which the list may show; it has no `size`, which no page uses), `quarantine_show`
+`quarantine.show(self.spool, self.svc.keys, qid)` (`releasable` = `envelope` is not empty),
+`quarantine_release` `quarantine.release(self.intake, qid, now, who)` (it counts the report for
+its token's period, sends that digest, runs no command of an unproven sender, and records the
+decision in the sidecar; the page shows its `lines` and `not_run`), `quarantine_drop`
+`quarantine.drop(self.spool, qid, now, who)`; the private readers here and the README's
+paragraph on release go, and each method keeps its audit record.
+
 The one place the site shows what someone wrote: quarantined mail reached nobody, and an admin
 must read it to release it.
 """
@@ -68,8 +78,9 @@ class QuarantineDesk:
     def _read_quarantined(self, qid: str) -> tuple[dict[str, Any], bytes]:
         """The spool envelope and the raw message of a quarantined file.
 
-        TODO(merge): `quarantine show` (issue 10); the file is the spool file moved aside, so
-        this is the spool's own format (`MFSPOOL1 {json}` line, then the raw bytes).
+        TODO(merge): goes with branch `quarantine` (`Spool.read_quarantined`, `envelope_of`,
+        `raw_message`); the file is the spool file moved aside, so this is the spool's own
+        format (`MFSPOOL1 {json}` line, then the raw bytes).
         """
         data = self._quarantine_path(qid).read_bytes()
         if data.startswith(MAGIC):
@@ -144,7 +155,8 @@ class QuarantineDesk:
     def quarantine_release(self, qid: str, now: datetime, who: str) -> list[str]:
         """Put a quarantined message back into the spool and process it now.
 
-        TODO(merge): `quarantine release ID` (issue 10) once it lands. Until then: the message
+        TODO(merge): `quarantine.release(self.intake, qid, now, who)` once branch `quarantine`
+        (issue 10) is in main (see the module docstring). Until then: the message
         goes back into the spool with its original envelope and received time (so it counts
         for the period it arrived in), and, for a sender mismatch, with its From set to the
         expected address: the admin vouches for the sender, and the original From stays in
@@ -179,7 +191,8 @@ class QuarantineDesk:
     def quarantine_drop(self, qid: str, now: datetime, who: str) -> str:
         """Delete a quarantined message for good (`quarantine drop ID`).
 
-        TODO(merge): `quarantine drop ID` (issue 10) once it lands.
+        TODO(merge): `quarantine.drop(self.spool, qid, now, who)` once branch `quarantine`
+        (issue 10) is in main.
         """
         item = self._item(qid, dict(self.spool.quarantined()).get(qid, ""))
         self._quarantine_path(qid)  # refuses an unknown id before anything is recorded
