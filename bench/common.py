@@ -140,8 +140,18 @@ class Client:
         headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
         if body is not None:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-        self.conn.request(method, path, body=body, headers=headers)
-        resp = self.conn.getresponse()
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+            resp = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if method != "GET":
+                raise
+            # The server closed the idle keep-alive connection (uvicorn: after 5 s): a GET
+            # is asked again on a new one.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            self.conn.request(method, path, body=body, headers=headers)
+            resp = self.conn.getresponse()
         data = resp.read().decode("utf-8", "replace")
         for cookie in resp.headers.get_all("set-cookie") or []:
             name, _, rest = cookie.partition("=")
