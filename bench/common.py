@@ -110,6 +110,8 @@ def write_config(
         "[schedule]",
         # No scheduled tick while a bench runs (serve still runs one at start).
         "tick_seconds = 3600",
+        # A bench sends at whatever hour it runs: quiet hours would hold the mail it times.
+        'quiet_hours = ""',
         "digest_delay_minutes = 30",
         # These benches measure the mail path, without the site unless asked (bench/web.py
         # measures the site; history.py --site what it adds to serve's memory).

@@ -16,9 +16,11 @@ a caller can build once and keep the `App`, whose parts are:
 
 `App.tick(now)` runs everything due at `now` once; `App.listener(clock)` makes the SMTP
 listener on this app's spool; `App.start_site(clock)` starts the admin site over these same
-parts; `serve(app, clock, stop)` runs listener, ingest and scheduler (and the site, unless
-`[web] enabled = false`) until `stop` is set. Every part reads the clock only through the
-`now` it is handed; the edges (the CLI, `serve`, the tests) hold the clock.
+parts; `serve(app, clock, stop)` runs listener, ingest, sender and scheduler (and the site,
+unless `[web] enabled = false`) until `stop` is set. The sender is woken by ingest whenever it
+queued mail, so a receipt, a forwarded note or a consent confirmation leaves seconds after the
+reply that caused it, not at the next tick. Every part reads the clock only through the `now`
+it is handed; the edges (the CLI, `serve`, the tests) hold the clock.
 """
 
 from __future__ import annotations
@@ -106,9 +108,7 @@ class App:
         bounces = self.svc.keys.bounce_address
         self.outbox = Outbox(self.store, relay, password, bounces, self.data_dir)
         self.spool = Spool(self.data_dir / "spool")
-        self.mailroom = Mailroom(
-            self.store, self.outbox, self.templates, config.service.sender, self.svc.domain
-        )
+        self.mailroom = Mailroom(self.store, self.outbox, self.templates, self.svc)
         self.intake = Intake(self.store, self.spool, self.mailroom, self.svc, self.data_dir)
         self.jobs = Jobs(self.store, self.mailroom, self.svc)
 
@@ -204,11 +204,14 @@ def serve(
         ingest_process = app.config.listener.ingest_process
     worker = _IngestWorker(app.config, clock) if ingest_process else _IngestThread(app, clock)
     worker.start()
+    sender = _Sender(app, clock, worker.queued)
+    sender.start()
     try:
         listener = app.listener(clock, lambda _id: worker.wake.set())
         listener.start()
     except BaseException as exc:
         worker.stop()
+        sender.stop()
         if isinstance(exc, ListenerError | OSError):
             raise StartupError(f"cannot start: {exc}") from None
         raise
@@ -233,6 +236,7 @@ def serve(
             running.stop()  # first: a page in flight may still queue mail
         listener.stop()
         worker.stop()
+        sender.stop()
         log.info("stopped")
 
 
@@ -268,8 +272,11 @@ def _schedule(
         stop.wait(timeout=min(1.0, tick_seconds))
 
 
-def _ingest_loop(app: App, clock: Clock, wake: Any, stop: Any, parent: int | None) -> None:
-    """Wait for spooled mail and ingest it in batches until `stop` (or the parent is gone)."""
+def _ingest_loop(
+    app: App, clock: Clock, wake: Any, stop: Any, parent: int | None, queued: Any
+) -> None:
+    """Wait for spooled mail and ingest it in batches until `stop` (or the parent is gone);
+    set `queued` whenever a batch queued mail, to wake the sender."""
     while not stop.is_set():
         if wake.wait(timeout=1.0):
             # Group commit: let the messages arriving meanwhile join this batch, so the
@@ -279,9 +286,41 @@ def _ingest_loop(app: App, clock: Clock, wake: Any, stop: Any, parent: int | Non
         if stop.is_set() or (parent is not None and os.getppid() != parent):
             break  # a SIGKILLed `serve` must not leave an orphan ingesting behind it
         try:
-            app.ingest(clock())
+            if app.ingest(clock()).queued:
+                queued.set()
         except Exception:  # noqa: BLE001 - keep serving; the spool keeps the mail
             log.exception("ingest failed; will retry")
+
+
+class _Sender:
+    """Delivers what ingest queued as soon as it is queued (the scheduler's tick delivers
+    the rest). One flush at a time across processes: the outbox's lock."""
+
+    def __init__(self, app: App, clock: Clock, queued: Any) -> None:
+        self.app, self.clock, self.queued = app, clock, queued
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="mailflow-sender", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop_event.is_set():
+            if not self.queued.wait(timeout=1.0):
+                continue
+            self.queued.clear()
+            try:
+                result = self.app.outbox.flush(self.clock())
+            except Exception:  # noqa: BLE001 - the tick delivers it then
+                log.exception("send failed; the next tick retries")
+                continue
+            if result.busy:  # another process is delivering: try again shortly
+                self.queued.set()
+                self.stop_event.wait(1.0)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=5)
 
 
 class _IngestThread:
@@ -290,13 +329,14 @@ class _IngestThread:
     def __init__(self, app: App, clock: Clock) -> None:
         self.app, self.clock = app, clock
         self.wake = threading.Event()
+        self.queued = threading.Event()  # set when a batch queued mail (wakes the sender)
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.thread = threading.Thread(
             target=_ingest_loop,
-            args=(self.app, self.clock, self.wake, self.stop_event, None),
+            args=(self.app, self.clock, self.wake, self.stop_event, None, self.queued),
             name="mailflow-ingest",
             daemon=True,
         )
@@ -315,7 +355,9 @@ class _IngestThread:
             self.thread.join(timeout=5)
 
 
-def _ingest_process(config: Config, clock: Clock, wake: Any, stop: Any, parent: int) -> None:
+def _ingest_process(
+    config: Config, clock: Clock, wake: Any, stop: Any, parent: int, queued: Any
+) -> None:
     """Entry point of the ingest process (spawned: a fresh interpreter, no inherited locks)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -326,7 +368,7 @@ def _ingest_process(config: Config, clock: Clock, wake: Any, stop: Any, parent: 
     )
     app = build(config)
     wake.set()  # whatever is in the spool already
-    _ingest_loop(app, clock, wake, stop, parent)
+    _ingest_loop(app, clock, wake, stop, parent, queued)
 
 
 class _IngestWorker:
@@ -348,13 +390,14 @@ class _IngestWorker:
         self.config = config
         self.clock = clock
         self.wake = self.context.Event()
+        self.queued = self.context.Event()  # set by the process when it queued mail
         self.stop_event = self.context.Event()
         self.process: Any = None
 
     def start(self) -> None:
         self.process = self.context.Process(
             target=_ingest_process,
-            args=(self.config, self.clock, self.wake, self.stop_event, os.getpid()),
+            args=(self.config, self.clock, self.wake, self.stop_event, os.getpid(), self.queued),
             name="mailflow-ingest",
             daemon=True,
         )

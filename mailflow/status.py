@@ -3,7 +3,8 @@
 Nothing here writes. Both read the per-period summaries and outgoing tallies the store keeps
 per file version (never an object per record): `status` those of the current period of each
 running partnership and of the outbox's latest periods, with the core file, the spool and
-the quarantine; `strip` those of the weeks one partnership's strip shows.
+the quarantine (whose sidecars name each message's sender); `strip` those of the weeks one
+partnership's strip shows.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def status(
             totals["paused"] += 1
         tz = ZoneInfo(people[p.member].timezone)
         rows.append(_row(store, summaries, p, tz, settings, now, totals))
-    quarantined = spool.quarantined()
+    quarantined = [(qid, spool.sidecar(qid)) for qid, _ in spool.quarantined()]
     failed = outbox.failed()
     return {
         "now": now.isoformat(),
@@ -94,7 +95,16 @@ def status(
         "consent_overdue": consent["overdue"],
         "bouncing": sorted(p.email for p in people.values() if p.bouncing),
         "quarantined": len(quarantined),
-        "quarantine": [{"id": i, "reason": r} for i, r in quarantined[-QUARANTINE_SHOWN:]],
+        "quarantined_senders": sorted({car.sender or "(nobody)" for _, car in quarantined}),
+        "quarantine": [
+            {
+                "id": qid,
+                "reason": car.reason,
+                "sender": car.sender,
+                "partnership": car.partnership_id,
+            }
+            for qid, car in quarantined[-QUARANTINE_SHOWN:]
+        ],
         "spooled": spool.count_pending(),
         "outgoing_queued": outbox.count(QUEUED),
         "outgoing_failed": len(failed),

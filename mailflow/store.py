@@ -180,6 +180,13 @@ class _Table:
             self.by_key[key] = doc_id
         self.raw[doc_id] = doc
 
+    def delete(self, key: Any) -> bool:
+        doc_id = self.by_key.pop(key, None)
+        if doc_id is None:
+            return False
+        del self.raw[doc_id]
+        return True
+
     def docs(self) -> Iterator[dict[str, Any]]:
         return iter(self.raw.values())
 
@@ -240,6 +247,14 @@ class CoreView(_View):
 
     def put_person(self, person: Person) -> None:
         self._put("people", person.to_doc())
+
+    def remove_person(self, email: str) -> bool:
+        """Delete a person; False when there was none. Their records stay (by address)."""
+        if not self._writable:
+            raise RuntimeError("write outside a transaction")
+        removed = self._table("people").delete(email)
+        self.changed = self.changed or removed
+        return removed
 
     def partnerships(self) -> list[Partnership]:
         return sorted(

@@ -6,11 +6,22 @@ Two steps, as Mailman's LMTP runner splits the recipient before the queue does i
    its recipients and the roster alone: a bounce or other mail to our return path is
    recorded, mail to a check-in token (or naming one of our Message-IDs in In-Reply-To /
    References) or to the plain address from a member is routed to its partnership as a
-   `Target`; a forged sender, an ended partnership or a stranger is quarantined.
+   `Target`; mail to our own From address that is about no partnership is a `Mailbox`; a
+   forged sender, an ended partnership or a stranger is quarantined.
 2. `decide(parsed, target, facts)` says what a routed message is, given the `Facts` the
    use case reads for that one partnership (its current period, where a report counts, the
    member's date): a member's `Reply` (a report and/or commands), a partner's `Consent` or
    `Note`, other inbound mail to `Record`, or `Quarantine` with the reason for a human.
+   `decide_mailbox(parsed, mailbox, admin)` says what mail to the From address is: a person
+   writing to us is a `Forward` to the admin (quarantined when there is none), an auto-reply
+   is recorded; nothing there is ever answered automatically. (When the program address of
+   self-service is the same mailbox, its commands are a `Target` of step 1 and only the rest
+   comes here.)
+
+An admin's release of a quarantined message goes the same two steps, told so: `route(...,
+vouch=True)` lets a sender who is not the token's person through as an unproven `Target`
+(the From header is still no proof: `decide` then runs none of its commands), and `Facts`
+with `released=True` counts a report for the period its token names, however old.
 
 Decisions are frozen variants; `actions` does what they ask and `intake` stores them. The
 stored records (`Report`, `Inbound`) carry the path the raw message will be archived under,
@@ -25,12 +36,16 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from mailflow.commands import Command, extract_commands, parse_consent
+from mailflow.errors import DomainError
+from mailflow.letters import Written
 from mailflow.models import CONSENT_ACCEPTED, ENDED, Inbound, Partnership, Report, Roster
 from mailflow.parse import ParsedMessage, detect_setback, find_sections
+from mailflow.people import normalize_email
 from mailflow.schedule import utc_week, weeks_between
 from mailflow.tokens import AGREE, CHECKIN, DIGEST, Keys, Rcpt, Token, token_from_ids
 
 MAX_TOKEN_AGE_WEEKS = 8  # older tokens are replays, not late replies
+FORWARD_CHARS = 20_000  # a forward shows at most this much of the message (all is archived)
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,19 @@ class Target:
     sender: str
     message_id: str
     envelope: Envelope
+    # False when an admin's release vouches for a sender who is not the person the token
+    # was sent to: what the message says counts, what it asks (commands, consent) does not.
+    proven: bool = True
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """Mail to our From address that is about no partnership: a person writing to us."""
+
+    sender: str
+    message_id: str
+    envelope: Envelope
+    to: str  # the recipient that is our From address, as the sender wrote it
 
 
 @dataclass(frozen=True)
@@ -63,6 +91,9 @@ class Facts:
     current: str | None  # the current period's label (None before the first check-in)
     report_period: str  # where a member's report counts (schedule.report_period)
     local_today: date  # the member's date when the message arrived
+    # An admin released it from the quarantine: no staleness check, and a reply to a
+    # check-in counts for the period it was written for (its token's), however old.
+    released: bool = False
 
 
 # -- the decisions ----------------------------------------------------------------------------
@@ -74,12 +105,16 @@ class Quarantine:
 
     `tell_member`: her own reply, refused after the sender was checked (a stale check-in, an
     ended partnership): she is told it was not counted, so a report never just vanishes.
+    `to_partner`: it was the partner's (an answer to a digest or an introduction of an ended
+    partnership), so the partner is the one told.
     """
 
     reason: str
     partnership_id: int | None = None
     period: str | None = None
     tell_member: bool = False
+    sender: str = ""  # its From address, for the admin (set by `intake`)
+    to_partner: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,10 +124,24 @@ class Record:
     reason: str
     inbound: Inbound
     bounced: tuple[str, ...] = ()  # a bounce: the addresses that failed
+    returned: tuple[str, ...] = ()  # a bounce: Message-IDs of ours it returned
 
     @property
     def period(self) -> str | None:
         return self.inbound.period
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Mail a person wrote to our From address: forwarded to the admin, never answered."""
+
+    written: Written
+    inbound: Inbound
+    reason: str = "forwarded to the admin"
+
+    @property
+    def period(self) -> None:
+        return None  # about no partnership: stored in the UTC week
 
 
 @dataclass(frozen=True)
@@ -107,6 +156,7 @@ class Reply:
     inbound: Inbound | None = None  # commands only: recorded as inbound mail
     commands: tuple[Command, ...] = ()
     problems: tuple[str, ...] = ()
+    not_run: tuple[str, ...] = ()  # command lines of an unproven sender: never run
 
 
 @dataclass(frozen=True)
@@ -160,7 +210,7 @@ class Ambiguous:
         return "which partnership: " + ", ".join(self.skills)
 
 
-Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous
+Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous | Forward
 
 
 def records(d: Decision) -> tuple[Report | Inbound, ...]:
@@ -168,7 +218,7 @@ def records(d: Decision) -> tuple[Report | Inbound, ...]:
     match d:
         case Reply():
             return tuple(r for r in (d.report, d.inbound) if r is not None)
-        case Record() | Consent() | Note() | Ambiguous():
+        case Record() | Consent() | Note() | Ambiguous() | Forward():
             return (d.inbound,)
     return ()
 
@@ -190,6 +240,16 @@ def archive_path(period: str | None, entry_id: str, received_at: datetime) -> st
     return f"mail/in/{period or utc_week(received_at)}/{entry_id}.eml"
 
 
+def pid_of(d: Decision) -> int | None:
+    """The partnership a decision is about, if any."""
+    match d:
+        case Quarantine():
+            return d.partnership_id
+        case Record():
+            return d.inbound.partnership_id
+    return d.pid
+
+
 def sender_of(d: Decision) -> str:
     """Who proved they receive our mail: the sender of a reply, consent or note ("" else)."""
     match d:
@@ -206,6 +266,14 @@ def message_id_of(parsed: ParsedMessage, raw: bytes) -> str:
     if parsed.message_id:
         return parsed.message_id
     return f"<sha256.{hashlib.sha256(raw).hexdigest()[:40]}@mailflow.invalid>"
+
+
+def returned_ids(raw: bytes, domain: str) -> tuple[str, ...]:
+    """Our Message-IDs (`<...@DOMAIN>`) in a bounce: the headers of the mail it returns."""
+    pattern = rb"^(?:Message-ID|X-Original-Message-ID):[ \t]*(<[^<>\s]{1,300}@"
+    pattern += re.escape(domain.lower().encode("ascii", "replace")) + rb">)"
+    found = re.findall(pattern, raw[:262_144], re.I | re.M)
+    return tuple(dict.fromkeys(m.decode("ascii", "replace").lower() for m in found))
 
 
 _DIAGNOSTIC = re.compile(rb"^Diagnostic-Code:[ \t]*(?:smtp;)?[ \t]*([^\r\n]{1,300})", re.I | re.M)
@@ -265,17 +333,24 @@ def _pick(candidates: list[Partnership], skill: str | None, subject: str) -> Par
 
 
 def route(
-    parsed: ParsedMessage, envelope: Envelope, keys: Keys, roster: Roster
+    parsed: ParsedMessage, envelope: Envelope, keys: Keys, roster: Roster, *, vouch: bool = False
 ) -> Target | Decision:
-    """The partnership a message is about (`Target`), or what it is when it is about none."""
+    """The partnership a message is about (`Target`), or what it is when it is about none.
+
+    `vouch`: an admin releases it from the quarantine, so a reply to a token from another
+    address than the token's person, or to an ended partnership, is routed anyway (as an
+    unproven `Target` in the first case).
+    """
     mid = message_id_of(parsed, envelope.raw)
     sender = (parsed.from_address or envelope.mail_from or "").lower()
     token: Token | None = None
     to_bounce = to_plain = False
+    mailbox = ""
     for rcpt in envelope.rcpt_tos:
         kind, found = keys.rcpt(rcpt)
         to_bounce = to_bounce or kind is Rcpt.BOUNCES
         to_plain = to_plain or kind is Rcpt.PLAIN
+        mailbox = mailbox or (rcpt if keys.is_mailbox(rcpt) else "")
         token = token or found
     if token is None and not to_bounce:
         ids = [i for i in (parsed.in_reply_to, *parsed.references) if i]
@@ -285,26 +360,34 @@ def route(
     if parsed.kind == "bounce" or (to_bounce and not envelope.mail_from):
         bounced = tuple(a.lower() for a in parsed.bounced_recipients)
         why = bounce_reason(envelope.raw, parsed.detail) if bounced else parsed.detail
+        returned = returned_ids(envelope.raw, keys.domain) if bounced else ()
         inbound = _inbound(envelope, mid, sender, "bounce", parsed.detail, recipients=list(bounced))
-        return Record(f"bounce: {why}", inbound, bounced)
+        return Record(f"bounce: {why}", inbound, bounced, returned)
     if to_bounce and token is None:
         # Auto-replies and stray mail to our return path: keep a record, answer nothing.
         inbound = _inbound(envelope, mid, sender, parsed.kind, parsed.detail)
         return Record(f"to bounce address: {parsed.detail}", inbound)
     if token is not None:
-        return _by_token(token, sender, mid, envelope, roster)
+        return _by_token(token, sender, mid, envelope, roster, vouch)
     if to_plain:
-        return _by_member(parsed, sender, mid, envelope, roster)
+        found = _by_member(parsed, sender, mid, envelope, roster)
+        if mailbox and isinstance(found, Quarantine) and found.partnership_id is None:
+            return Mailbox(sender, mid, envelope, mailbox)  # the same mailbox: not a report
+        return found
+    if mailbox:
+        return Mailbox(sender, mid, envelope, mailbox)
     return Quarantine("no check-in token in the address or references")
 
 
 def _by_token(
-    token: Token, sender: str, mid: str, envelope: Envelope, roster: Roster
+    token: Token, sender: str, mid: str, envelope: Envelope, roster: Roster, vouch: bool
 ) -> Target | Decision:
     p = roster.partnerships.get(token.partnership_id)
     if p is None:
         return Quarantine(f"unknown partnership {token.partnership_id}")
     expected = roster.people.get(p.member if token.kind == CHECKIN else p.partner)
+    if vouch and expected is not None:
+        return Target(p, token, sender, mid, envelope, proven=sender == expected.email)
     if expected is None or sender != expected.email:
         who = "member" if token.kind == CHECKIN else "partner"
         return Quarantine(
@@ -314,7 +397,13 @@ def _by_token(
             period=token.period,
         )
     if p.status == ENDED:
-        return Quarantine(f"partnership {p.id} has ended", partnership_id=p.id, tell_member=True)
+        # Whoever wrote (the member, or the partner answering a digest) is the one told.
+        return Quarantine(
+            f"partnership {p.id} has ended",
+            partnership_id=p.id,
+            tell_member=True,
+            to_partner=token.kind != CHECKIN,
+        )
     return Target(p, token, sender, mid, envelope)
 
 
@@ -347,6 +436,45 @@ def _by_member(
 # -- 2. decide ----------------------------------------------------------------------------------
 
 
+def decide_mailbox(parsed: ParsedMessage, mailbox: Mailbox, admin: str) -> Decision:
+    """Mail to our From address: forwarded to `admin` (quarantined without one); an
+    auto-reply or our own mail coming back is only recorded (forwarding it could loop)."""
+    env, sender = mailbox.envelope, mailbox.sender
+    if parsed.kind == "auto_reply" or sender == mailbox.to.strip().strip("<>").lower():
+        inbound = _inbound(env, mailbox.message_id, sender, parsed.kind, parsed.detail)
+        return Record(f"to our From address: {parsed.detail}", inbound)
+    if not admin:
+        return Quarantine(
+            f"mail to our From address {mailbox.to} from {sender or 'nobody'}: "
+            "no admin_address to forward it to"
+        )
+    text = parsed.body.strip() or parsed.text.strip()
+    if len(text) > FORWARD_CHARS:
+        text = text[:FORWARD_CHARS] + "\n[...]"
+    # One line of printable text: it becomes part of our own Subject header.
+    subject = "".join(c for c in " ".join(parsed.subject.split()) if c.isprintable())[:200]
+    written = Written(
+        sender=sender,
+        subject=subject,
+        text=text,
+        message_id=mailbox.message_id,
+        received_at=env.received_at,
+        to=mailbox.to.strip().strip("<>"),
+        reply_to=_answerable(sender),
+        kept_at=archive_path(None, env.id, env.received_at),
+    )
+    inbound = _inbound(env, mailbox.message_id, sender, "forwarded", f"to {admin}")
+    return Forward(written, inbound)
+
+
+def _answerable(address: str) -> str | None:
+    """`address` when it is one a reply can go to (the forward's Reply-To), else None."""
+    try:
+        return normalize_email(address) if address else None
+    except DomainError:
+        return None
+
+
 def decide(parsed: ParsedMessage, target: Target, facts: Facts) -> Decision:
     """What a routed message is: a member's reply, a partner's consent or note, an
     auto-reply to record, or a quarantine."""
@@ -356,13 +484,19 @@ def decide(parsed: ParsedMessage, target: Target, facts: Facts) -> Decision:
         inbound = _target_inbound(target, "auto_reply", parsed.detail, period)
         return Record(f"auto-reply: {parsed.detail}", inbound)
     if token is not None and token.kind == AGREE:
+        if not target.proven:
+            return Quarantine(
+                "a yes or no to the introduction counts only from the partner's own address",
+                partnership_id=p.id,
+                period=token.period,
+            )
         answer = parse_consent(parsed.text)
         detail = answer or "unclear"
         inbound = _target_inbound(target, "consent", detail, token.period, text=parsed.text)
         return Consent(p.id, token.period, answer, parsed.text.strip(), target.sender, inbound)
     if token is not None and token.kind == DIGEST:
         if not parsed.text.strip():
-            reason = "empty reply: no new text above the quoted digest"
+            reason = "empty reply: no new text outside the quoted digest"
             return Quarantine(reason, partnership_id=p.id, period=token.period)
         detail = "reply to a digest"
         inbound = _target_inbound(target, "partner_note", detail, token.period, text=parsed.text)
@@ -385,7 +519,8 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
     p, token, pid = target.partnership, target.token, target.partnership.id
     current = facts.current
     if (
-        token is not None
+        not facts.released
+        and token is not None
         and current is not None
         and weeks_between(token.period, current) > MAX_TOKEN_AGE_WEEKS
     ):
@@ -400,11 +535,24 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
         detail = f"before {p.start}"
         inbound = _target_inbound(target, "early_note", detail, None, text=parsed.text)
         return Record(f"before the start date {p.start}: not counted", inbound)
-    period = facts.report_period
+    period = token.period if facts.released and token is not None else facts.report_period
     extracted = extract_commands(parsed.text, facts.local_today)
     rest = extracted.text
-    if not rest and not extracted.commands:
-        if extracted.problems:
+    commands, problems, not_run = extracted.commands, extracted.problems, ()
+    if not target.proven:
+        # A release never makes a From header proof: her report counts, but nothing it asks
+        # for is done, and nobody is asked back about lines we did not understand.
+        commands, problems = (), ()
+        not_run = tuple(c.line for c in extracted.commands)
+        if not rest:
+            return Quarantine(
+                "nothing to count: the message holds only commands, and a release does not "
+                f"run commands from {target.sender or 'an unknown sender'}",
+                partnership_id=pid,
+                period=period,
+            )
+    if not rest and not commands:
+        if problems:
             inbound = _target_inbound(target, "commands", "not understood", period)
             return Reply(
                 "commands not understood",
@@ -412,9 +560,9 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
                 period,
                 target.sender,
                 inbound=inbound,
-                problems=extracted.problems,
+                problems=problems,
             )
-        reason = "empty reply: no new text above the quoted check-in"
+        reason = "empty reply: no new text outside the quoted check-in"
         return Quarantine(reason, partnership_id=pid, period=period)
     if not rest:
         inbound = _target_inbound(target, "commands", "commands only", period)
@@ -424,15 +572,30 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
             period,
             target.sender,
             inbound=inbound,
-            commands=extracted.commands,
-            problems=extracted.problems,
+            commands=commands,
+            problems=problems,
         )
+    return Reply(
+        "reply",
+        pid,
+        period,
+        target.sender,
+        report=_report(parsed, rest, target, period),
+        commands=commands,
+        problems=problems,
+        not_run=not_run,
+    )
+
+
+def _report(parsed: ParsedMessage, rest: str, target: Target, period: str) -> Report:
+    """The progress record of `rest`, her reply without its command lines."""
     same = rest == parsed.text.strip()
     sections = parsed.sections if same else find_sections(rest)
-    report = Report(
-        partnership_id=pid,
+    envelope = target.envelope
+    return Report(
+        partnership_id=target.partnership.id,
         period=period,
-        received_at=target.envelope.received_at,
+        received_at=envelope.received_at,
         message_id=target.message_id,
         sender=target.sender,
         text=rest,
@@ -440,14 +603,5 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
         done=sections.get("done", ""),
         setback_text=sections.get("setback", ""),
         next=sections.get("next", ""),
-        raw_ref=archive_path(period, target.envelope.id, target.envelope.received_at),
-    )
-    return Reply(
-        "reply",
-        pid,
-        period,
-        target.sender,
-        report=report,
-        commands=extracted.commands,
-        problems=extracted.problems,
+        raw_ref=archive_path(period, envelope.id, envelope.received_at),
     )

@@ -562,11 +562,9 @@ class ProgramPages(SiteBase):
                 title="Not found",
                 message="No such action.",
             )
+        # (resend-intro and consent deliver their mail themselves, as on the command line)
         message = await run_in_threadpool(calls[action])
-        task = BackgroundTask(a.deliver, now) if action == "resend-intro" else None
-        response = self.redirect(request, f"/partnerships/{pid}", message)
-        response.background = task
-        return response
+        return self.redirect(request, f"/partnerships/{pid}", message)
 
     async def people(self, request: Request, session: Session) -> Response:
         qp = request.query_params
@@ -613,9 +611,7 @@ class ProgramPages(SiteBase):
             message = " ".join(lines)
         else:
             message = await run_in_threadpool(self.desk.quarantine_drop, qid, now, session.email)
-        response = self.redirect(request, "/quarantine", message)
-        response.background = BackgroundTask(self.desk.deliver, now)
-        return response
+        return self.redirect(request, "/quarantine", message)  # a release delivered its mail
 
     async def audit(self, request: Request, session: Session) -> Response:
         page = _page_number(request.query_params.get("page"))

@@ -2,20 +2,15 @@
 
 `web.py` speaks HTTP and HTML; this module speaks mailflow, through the same functions the
 command line calls: `status.status` behind `status --json` (the dashboard), `admin.pause`,
-`resume`, `end` and `admin.partnership` behind `partnerships pause/resume/end/show`,
-`status.strip` for the week-by-week strip, `compose.Templates.check` behind `templates check`
-and `samples.variants` for the previews, `letters` for what a mail says and `mailroom` to send
-it, `intake.ingest` behind `tick`. No rule lives here; each change is written to the audit log
-(who, when, what) before it is reported done.
+`resume`, `end`, `resend_intro`, `record_consent` and `admin.partnership` behind `partnerships
+pause/resume/end/resend-intro/consent/show`, `status.strip` for the week-by-week strip,
+`compose.Templates.check` behind `templates check` and `samples.variants` for the previews,
+`mailflow.quarantine` behind `quarantine list/show/release/drop` (in `webadmin_quarantine`),
+`mailroom` for the site's own mail. No rule lives here; each change is written to the audit
+log (who, when, what) before it is reported done.
 
 It is built from the parts `app.build` makes (`Parts` below names what it uses), so the site
 and the mail service it runs next to share one store, spool, outbox and template set.
-
-Where the core has no function yet for what the site offers, a minimal one is built here over
-those parts and marked `TODO(merge)` with the exact call that replaces it once its branch is
-in main: `partnerships resend-intro` and `consent` (issue 13, branch `firstweek`:
-`admin.resend_intro`, `admin.record_consent`); `quarantine list/show/release/drop` (issue 10,
-branch `quarantine`: `mailflow.quarantine`), in `webadmin_quarantine`.
 
 Confidentiality: nothing returned from here carries what a member wrote to her partner (no
 report text, no partner note): only states and counts. The exception is quarantined mail,
@@ -27,20 +22,17 @@ from __future__ import annotations
 import hashlib
 import html
 import threading
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from mailflow import admin, letters, status
+from mailflow import admin, status
 from mailflow import partnerships as pships
 from mailflow.audit import AuditLog
 from mailflow.compose import PARTS, Rendered, Templates
 from mailflow.config import Config
-from mailflow.errors import DomainError
 from mailflow.intake import Intake
-from mailflow.jobs import ROLES
 from mailflow.letters import TEMPLATE_NAMES, Letter, Recipient, ServiceInfo
 from mailflow.mailroom import Mailroom, TickReport
 from mailflow.models import CONSENT_ACCEPTED, CONSENT_DECLINED, ENDED, Partnership
@@ -193,59 +185,30 @@ class WebAdmin(NumbersDesk, TemplateDesk, QuarantineDesk):
         return f"Partnership {pid} ended."
 
     def resend_intro(self, pid: int, now: datetime, who: str) -> str:
-        """Mail both people the introduction again (e.g. the partner lost it).
-
-        TODO(merge): when branch `firstweek` (issue 13) is in main, the body becomes
-        `out = admin.resend_intro(self.mailroom, pid, now, to="both")` (it refuses an ended
-        partnership, notes a bouncing address, keys each resend by `now`, and flushes), then
-        the audit record, and the page shows `out.lines`. Until then the letters are
-        `letters.intro`'s under keys of their own (the first introduction's keys are spent,
-        and a resend must not look like a duplicate), posted by `mailroom`.
-        """
-        p = self.partnership(pid)
-        if p.status == ENDED:
-            raise DomainError(f"partnership {pid} has ended; nothing to introduce")
-        core = self.store.core()
-        member, partner = core.person(p.member), core.person(p.partner)
-        if member is None or partner is None:
-            raise DomainError(f"partnership {pid}: member or partner no longer exists")
-        strip = status.strip(self.store, p, ZoneInfo(member.timezone), self.svc.settings, now)
-        pair = letters.Pair(p, member, partner, strip)
-        stamp = now.strftime("%Y%m%dT%H%M%S")
-        resent = [
-            replace(letter, key=f"{letter.key}:resent:{stamp}")
-            for letter in (letters.intro(pair, role, self.svc, now) for role in ROLES)
-        ]
-        self.mailroom.post(resent, now, TickReport())
+        """As `mailflow partnerships resend-intro ID --to both`: both people get the
+        introduction again (the partner's asks for her yes or no while none is recorded)."""
+        out = admin.resend_intro(self.mailroom, pid, now, to="both")
         self._changed()
+        p = self.partnership(pid)
         self.record(
             now, who, "introduction resent", f"partnership {pid}", f"to {p.member} and {p.partner}"
         )
-        return f"Introduction of partnership {pid} queued again for {p.member} and {p.partner}."
+        return " ".join([f"Introduction of partnership {pid} sent again.", *_short_lines(out)])
 
     def record_consent(self, pid: int, accepted: bool, now: datetime, who: str) -> str:
-        """Record the partner's answer given outside mail (a call, a chat).
-
-        TODO(merge): when branch `firstweek` (issue 13) is in main, the body becomes
-        `admin.record_consent(self.mailroom, pid, accepted, now, note=f"recorded by {who} in
-        the admin site")` (it also tells both people, as after an answer by mail), then the
-        audit record; the README's "Recording consent changes the partnership only (no
-        mail)" goes. Until then the same `partnerships.set_consent` the mail path uses.
-        """
+        """As `mailflow partnerships consent ID --accepted|--declined`: the partner's answer
+        given outside mail (a call, a chat) is recorded, and both people are told."""
         wanted = CONSENT_ACCEPTED if accepted else CONSENT_DECLINED
-        with self.store.core_tx() as core:
-            cur = core.partnership(pid)
-            if cur is None:
-                raise DomainError(f"no partnership {pid}")
-            if cur.status == ENDED:
-                raise DomainError(f"partnership {pid} has ended")
-            if cur.consent == wanted:
-                raise DomainError(f"partnership {pid}: consent is already {wanted}")
-            note = f"recorded by {who} in the admin site"
-            core.put_partnership(pships.set_consent(cur, accepted, now, note))
+        note = f"recorded by {who} in the admin site"
+        out = admin.record_consent(self.mailroom, pid, accepted, now, note)
         self._changed()
         self.record(now, who, f"consent recorded: {wanted}", f"partnership {pid}")
-        return f"Partnership {pid}: the partner's consent is recorded as {wanted}."
+        return " ".join(
+            [
+                f"Partnership {pid}: the partner's consent is recorded as {wanted}.",
+                *_short_lines(out),
+            ]
+        )
 
     # -- mail from the site ----------------------------------------------------------------
 
@@ -253,7 +216,9 @@ class WebAdmin(NumbersDesk, TemplateDesk, QuarantineDesk):
         """Queue one mail that is not one of the program's templates (a sign-in link, a test
         of a template as typed) through `mailroom`, like every other mail: on disk, recorded
         under its key once, then delivered."""
-        letter = Letter(kind, key, Recipient(to), utc_week(now), {}, from_name=SITE_SENDER_NAME)
+        letter = Letter(
+            kind, key, Recipient(to), utc_week(now), {}, from_name=SITE_SENDER_NAME, anytime=True
+        )
         self.mailroom.post_rendered([(letter, rendered)], now, TickReport())
 
     def deliver(self, now: datetime) -> None:
@@ -278,6 +243,11 @@ class WebAdmin(NumbersDesk, TemplateDesk, QuarantineDesk):
         )
         rendered = Rendered("Your mailflow sign-in link", text, body)
         self.post(f"signin:{_short(url)}", "signin", email, rendered, now)
+
+
+def _short_lines(out: TickReport) -> list[str]:
+    """What a use case reported (queued, sent, notes), one short line each."""
+    return [" ".join(line.split())[:200] for line in out.lines]
 
 
 def _short(value: str) -> str:

@@ -8,6 +8,7 @@ the lines to report. Nothing is written here: intake writes the record in its tr
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 from mailflow import actions
 from mailflow.actions import Desk, Outcome
@@ -149,3 +150,30 @@ def test_a_member_hears_her_reply_was_not_counted() -> None:
     [receipt] = actions.apply(stale, PAIR, DESK).letters
     assert receipt.reply_to == KEYS.address(CHECKIN, 1, "2026-W49")
     assert "more than 8 weeks ago" in receipt.ctx["problems"][0]
+
+
+# -- an admin's release -----------------------------------------------------------------------
+
+
+def test_a_release_sends_the_digest_of_its_period_and_tells_the_member() -> None:
+    from mailflow.letters import DigestMark
+    from mailflow.models import Week
+    from mailflow.schedule import period_named
+
+    report = Report(1, "2026-W49", AT, "<reply@x>", "ada@home.example", "Missed it", True)
+    d = Reply("reply", 1, "2026-W49", "ada@home.example", report, not_run=("stop",))
+    later = datetime(2026, 12, 15, 9, tzinfo=UTC)  # 2026-W51: W49 has passed
+    period = period_named(P, ZoneInfo(ADA.timezone), SVC.settings, "2026-W49")
+    desk = Desk(SVC, later, "<reply@x>", "Q-ID")
+    out = actions.on_release(
+        d, PAIR, period, Week(1, "2026-W49"), [report], "sender mismatch", desk
+    )
+    digest, told = out.letters
+    assert digest.template == "digest" and digest.to.address == GRACE.email
+    assert digest.key == "digest:1:2026-W49:1" and digest.mark == DigestMark(1)
+    assert digest.ctx["released"] is True and digest.ctx["setback"] is True
+    assert told.template == "released" and told.to.address == ADA.email
+    assert told.ctx["not_run"] == ["stop"] and told.ctx["reason"] == "sender mismatch"
+    assert out.partnership is None  # a release changes no partnership by itself
+    assert out.lines == ("partnership 1: released report for 2026-W49 (setback) counts",)
+    assert actions.on_release(reply(report=False), PAIR, period, None, [], "x", desk) == Outcome()

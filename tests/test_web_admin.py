@@ -18,7 +18,7 @@ from pathlib import Path
 
 from clitools import VENV_BIN
 from conftest import die_with_parent, free_port, now_args
-from webtools import ADMIN, MONDAY, Client, admin_site
+from webtools import ADMIN, MONDAY, Client, admin_site, text_of
 
 from mailflow.compose import SHIPPED_DIR
 
@@ -172,11 +172,18 @@ def test_record_consent_resend_the_introduction_and_end(tmp_path: Path) -> None:
             assert done.status == 303, done.body
             return client.get(done.location).body
 
+        assert site.mails(kind="consent_") == []
         page = act("consent-accepted")
         assert "recorded as accepted" in page
         shown = json.loads(site.cli("partnerships", "show", pid, "--json"))
         assert shown["consent"] == "accepted" and shown["consent_at"] == site.now.isoformat()
         assert site.status()["consent_pending"] == []
+        # As `partnerships consent` does: both people are told, the partner that the admin
+        # recorded her answer, the member when her first check-in comes.
+        [to_grace] = site.mails(to="grace@example.com", kind="consent_")
+        assert "The program admin recorded your answer. You accepted." in text_of(to_grace)
+        [to_ada] = site.mails(to="ada@example.com", kind="consent_")
+        assert "Grace accepted. Your first check-in comes" in text_of(to_ada)
         # Twice is refused with a clear message, not a crash.
         again = client.post(
             f"/partnerships/{pid}/consent-accepted",
@@ -186,7 +193,7 @@ def test_record_consent_resend_the_introduction_and_end(tmp_path: Path) -> None:
 
         before = len(site.mails(kind="intro"))
         assert before == 2
-        assert "queued again" in act("resend-intro")
+        assert f"Introduction of partnership {pid} sent again." in act("resend-intro")
         deadline = time.monotonic() + 10
         while len(site.mails(kind="intro")) < before + 2:
             assert time.monotonic() < deadline, "no introductions resent"
@@ -229,7 +236,10 @@ def test_drop_a_quarantined_message(tmp_path: Path) -> None:
         assert done.status == 303
         assert site.app.spool.quarantined() == []
         assert site.status()["quarantined"] == 0
-        assert not (site.data / "quarantine" / f"{qid}.reason.txt").exists()
+        # The sidecar stays as the record of the decision, as after `quarantine drop`.
+        sidecar = (site.data / "quarantine" / f"{qid}.reason.txt").read_text()
+        assert f"dropped: {site.now.isoformat()} by {ADMIN}" in sidecar
+        assert f"{qid} was already dropped" in client.get(f"/quarantine/{qid}").body
         entry = _audit(site.data)[-1]
         assert (entry["action"], entry["target"]) == ("quarantine dropped", qid)
         assert "eve@example.org" in entry["detail"]
@@ -268,3 +278,13 @@ def test_a_template_edited_on_disk_between_saves_is_a_version_of_its_own(
             assert text in versions
         assert "+By hand: {{ partnership.skill }}" in versions
         assert not (site.data / "templates" / "reminder.txt.j2").exists()  # only what changed
+
+
+def test_the_sign_in_link_is_not_held_for_quiet_hours(tmp_path: Path) -> None:
+    # 23:00 UTC is in the default quiet hours (21:00-07:00): a check-in would wait for the
+    # morning, but the admin who asked for a link is waiting for it now.
+    with admin_site(tmp_path, now=MONDAY + timedelta(hours=14)) as site:
+        Client(site).sign_in()
+        assert site.status()["outgoing_queued"] == 0
+        entry = _audit(site.data)[-1]
+        assert (entry["action"], entry["who"]) == ("signed in", ADMIN)

@@ -249,14 +249,21 @@ def test_release_a_quarantined_reply_and_the_dashboard_count_drops(
             "Done: module 5 on the train.\nNext: module 6."
         )
         page.get_by_role("link", name="Release…").click()
-        expect(page.get_by_role("main")).to_contain_text("as if it came from ada@example.com")
+        expect(page.get_by_role("main")).to_contain_text("what it asks (commands, a yes or no)")
+        assert site.mails(to="grace@example.com", kind="digest") == []
         page.get_by_role("button", name="Yes, release").click()
         expect(page.get_by_role("status").first).to_contain_text(
-            f"report for partnership {pid} 2026-W49 from ada@example.com"
+            f"partnership {pid}: released report for 2026-W49 counts"
         )
         after = assert_dashboard_equals_status(page, site)
         assert after["quarantined"] == 0 and after["replied"] == 1
         report = json.loads(site.cli("partnerships", "show", pid, "--json"))["reports"]
         assert [r["text"] for r in report] == ["Done: module 5 on the train.\nNext: module 6."]
+        # As `quarantine release` does: the partner gets the week's digest now, with the
+        # released report in it, and the member hears that her reply counts after all.
+        [digest] = site.mails(to="grace@example.com", kind="digest")
+        assert "the program admin has released it today" in text_of(digest)
+        assert "module 5 on the train." in text_of(digest)
+        assert site.mails(to="ada@example.com", kind="released")
         page.get_by_role("link", name="Audit log", exact=True).click()
         expect(page.locator("table.rows tbody tr").first).to_contain_text("quarantine released")
