@@ -61,6 +61,13 @@ quiet_hours = "22:30-06:00"
 
 [templates]
 dir = "/srv/templates"
+
+[web]
+enabled = false
+host = "0.0.0.0"
+port = 8443
+admins = ["Ops@Example.org", "hr@example.org"]
+public_url = "https://admin.example.org"
 """
 
 
@@ -130,6 +137,9 @@ def test_every_key_of_every_section_is_accepted(tmp_path: Path) -> None:
         "tuesday", "07:45", 24, 72, 15, 10, 3, "22:30-06:00"
     )
     assert cfg.templates.dir == Path("/srv/templates")
+    assert cfg.web == config.WebConfig(
+        False, "0.0.0.0", 8443, ("ops@example.org", "hr@example.org"), "https://admin.example.org"
+    )
     # Every field of every section appears in FULL: a new key must be added here too.
     for section, cls in config._SECTIONS.items():
         for f in dataclasses.fields(cls):
