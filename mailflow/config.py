@@ -82,6 +82,9 @@ class ListenerConfig:
         return {self.auth_username: password}
 
 
+SMTPUTF8_MODES = ("auto", "always", "never")
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     host: str = ""  # empty: write each message to data_dir/outbox/*.eml
@@ -91,6 +94,9 @@ class RelayConfig:
     username: str = ""
     password_env: str = "MAILFLOW_RELAY_PASSWORD"
     timeout_seconds: int = 30
+    # "auto": use SMTPUTF8 when the relay's EHLO offers it; "always": the relay takes it even
+    # unannounced; "never": ASCII only (IDN domains as A-labels, non-ASCII local parts fail).
+    smtputf8: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -299,6 +305,15 @@ def _authserv_id(value: str) -> str | None:
     return None
 
 
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        if value in choices:
+            return None
+        return f'expected one of {", ".join(choices)}, got "{value}"'
+
+    return check
+
+
 def _deadline_after_remind(cfg: Config) -> str | None:
     sc = cfg.schedule
     if sc.deadline_after_hours <= sc.remind_after_hours:
@@ -352,6 +367,7 @@ _RULES: tuple[tuple[str, Check], ...] = (
     ),
     _value("relay.password_env", _env_name),
     _value("relay.timeout_seconds", _at_least(1)),
+    _value("relay.smtputf8", _one_of(SMTPUTF8_MODES)),
     _value("schedule.checkin_day", _weekday),
     _value("schedule.checkin_time", _hhmm),
     _value("schedule.digest_delay_minutes", _at_least(0)),

@@ -334,17 +334,7 @@ class Intake:
         self, bounced: list[tuple[str, str]], now: datetime, out: TickReport
     ) -> None:
         """Flag each failed address once; the admin hears of each newly bouncing one."""
-        newly: list[tuple[str, str]] = []
-        with self.store.core_tx() as core:
-            for addr, reason in bounced:
-                person = core.person(addr)
-                if person is not None and not person.bouncing:
-                    core.put_person(replace(person, bouncing=True, bounce_reason=reason[:200]))
-                    newly.append((addr, reason))
-        for addr, _ in newly:
-            out.add(f"{addr} marked bouncing")
-        notices = [letters.bounce_notice(addr, reason, self.svc, now) for addr, reason in newly]
-        self.mailroom.post(notices, now, out)
+        self.mailroom.mark_bouncing(bounced, self.svc, now, out)
 
 
 def _line(entry: SpoolEntry, fate: Fate) -> str:

@@ -90,7 +90,7 @@ class Jobs:
                 current = tx.partnership(pid)
                 if current is not None and current.introduced_at is None:
                     tx.put_partnership(current.with_changes(introduced_at=now))
-        out.extend(self.mailroom.flush(now))
+        out.extend(self.mailroom.flush(now, self.svc))
         return out
 
     def run(self, now: datetime, on_commit: Callable[[], None] | None = None) -> TickReport:
@@ -177,7 +177,9 @@ class Jobs:
             done.set()
             kick.set()
             thread.join()
-        out.add_flush(sum_results(results))
+        total = sum_results(results)
+        out.add_flush(total)
+        self.mailroom.after_flush(total, self.svc, now, out)
         return out
 
     # -- one partnership --------------------------------------------------------------------

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
+from mailflow import letters
 from mailflow.compose import Templates
-from mailflow.letters import DigestMark, Letter, Mark
+from mailflow.letters import DigestMark, Letter, Mark, ServiceInfo
 from mailflow.mime import message_bytes
 from mailflow.models import Outgoing, Week
 from mailflow.outbox import FlushResult, Outbox
@@ -172,11 +173,40 @@ class Mailroom:
         """Prepare and commit letters (None entries are skipped: "nothing to send")."""
         return self.commit([self.prepare(letter, now) for letter in letters if letter], out)
 
-    def flush(self, now: datetime) -> TickReport:
-        """Deliver what is queued and due at `now`."""
+    def flush(self, now: datetime, svc: ServiceInfo | None = None) -> TickReport:
+        """Deliver what is queued and due at `now`; with `svc`, the admin hears of each
+        address that mail could not be sent to (`after_flush`)."""
         out = TickReport()
-        out.add_flush(self.outbox.flush(now))
+        result = self.outbox.flush(now)
+        out.add_flush(result)
+        if svc is not None:
+            self.after_flush(result, svc, now, out)
         return out
+
+    def after_flush(
+        self, result: FlushResult, svc: ServiceInfo, now: datetime, out: TickReport
+    ) -> None:
+        """A recipient mail cannot travel to (a non-ASCII local part without SMTPUTF8) is
+        flagged bouncing with the reason, once, and the admin is told (and the notice sent)."""
+        if result.undeliverable and self.mark_bouncing(result.undeliverable, svc, now, out):
+            out.add_flush(self.outbox.flush(now))
+
+    def mark_bouncing(
+        self, bounced: Iterable[tuple[str, str]], svc: ServiceInfo, now: datetime, out: TickReport
+    ) -> int:
+        """Flag each failed address once; the admin hears of each newly bouncing one.
+        Returns how many notices were queued."""
+        newly: list[tuple[str, str]] = []
+        with self.store.core_tx() as core:
+            for addr, reason in bounced:
+                person = core.person(addr)
+                if person is not None and not person.bouncing:
+                    core.put_person(replace(person, bouncing=True, bounce_reason=reason[:200]))
+                    newly.append((addr, reason))
+        for addr, _ in newly:
+            out.add(f"{addr} marked bouncing")
+        notices = [letters.bounce_notice(addr, reason, svc, now) for addr, reason in newly]
+        return self.post(notices, now, out)
 
 
 def apply_mark(week: WeekView, mark: Mark | DigestMark, o: Outgoing) -> bool:
@@ -207,6 +237,7 @@ def sum_results(results: Iterable[FlushResult]) -> FlushResult:
         total.deferred += r.deferred
         total.failures.extend(r.failures)
         total.errors.extend(e for e in r.errors if e not in total.errors)
+        total.undeliverable.extend(r.undeliverable)
         total.unmarked = r.unmarked  # the last delivery's count is the current one
         total.busy = total.busy or r.busy
     return total

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from email.utils import getaddresses
 
+from mailflow.addresses import canonical
 from mailflow.commands import Command, extract_commands, parse_consent
 from mailflow.models import CONSENT_ACCEPTED, ENDED, Inbound, Partnership, Report, Roster
 from mailflow.parse import ParsedMessage, detect_setback, find_sections
@@ -265,7 +266,7 @@ def proven(parsed: ParsedMessage, target: Target, trust: Trust) -> bool:
     anybody can write that From. The rule is the same wherever a message comes from: the
     listener, or an admin releasing it from the quarantine.
     """
-    sender = (parsed.from_address or "").lower()
+    sender = canonical(parsed.from_address or "")
     if not sender or sender != target.person:
         return False
     if target.token is not None:
@@ -464,7 +465,8 @@ def _route(
     parsed: ParsedMessage, envelope: Envelope, keys: Keys, roster: Roster
 ) -> Target | Decision:
     mid = message_id_of(parsed, envelope.raw)
-    sender = (parsed.from_address or envelope.mail_from or "").lower()
+    # Either spelling of an international address (A-labels or Unicode) is the same person.
+    sender = canonical(parsed.from_address or envelope.mail_from or "")
     token: Token | None = None
     to_bounce = to_plain = False
     for rcpt in envelope.rcpt_tos:
@@ -478,7 +480,7 @@ def _route(
         token = keys.parse(ref) if ref else None
 
     if parsed.kind == "bounce" or (to_bounce and not envelope.mail_from):
-        bounced = tuple(a.lower() for a in parsed.bounced_recipients)
+        bounced = tuple(canonical(a) for a in parsed.bounced_recipients)
         why = bounce_reason(envelope.raw, parsed.detail) if bounced else parsed.detail
         inbound = _inbound(envelope, mid, sender, "bounce", parsed.detail, recipients=list(bounced))
         return Record(f"bounce: {why}", inbound, bounced)
