@@ -27,7 +27,7 @@ def split(address: str) -> tuple[str, str]:
     return (local, domain) if at else (address, "")
 
 
-def _unicode_domain(domain: str) -> str:
+def unicode_domain(domain: str) -> str:
     """The domain as U-labels (lower case, NFC); unchanged (lower-cased) if IDNA refuses it."""
     if not domain:
         return domain
@@ -47,7 +47,7 @@ def canonical(address: str) -> str:
     local, domain = split(address)
     if not domain:
         return address.lower()
-    return f"{unicodedata.normalize('NFC', local).lower()}@{_unicode_domain(domain)}"
+    return f"{unicodedata.normalize('NFC', local).lower()}@{unicode_domain(domain)}"
 
 
 def ascii_domain(domain: str) -> str | None:

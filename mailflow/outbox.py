@@ -197,8 +197,9 @@ class FlushResult:
     errors: list[str] = field(default_factory=list)
     # Outcomes known (journal or memory) but not yet in the period files: never resent.
     unmarked: int = 0
-    # (address, reason): failed because the address cannot travel this way (SMTPUTF8).
-    undeliverable: list[tuple[str, str]] = field(default_factory=list)
+    # (address, reason, (Message-ID,)): failed because the address cannot travel this way
+    # (SMTPUTF8); shaped like a bounce's (address, reason, returned) for `mark_bouncing`.
+    undeliverable: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
 
     @property
     def attempted(self) -> int:
@@ -564,14 +565,17 @@ class Outbox:
         return chosen
 
     def _outgoings(
-        self, periods: Sequence[str] | None, errors: list[str] | None = None
+        self,
+        periods: Sequence[str] | None,
+        errors: list[str] | None = None,
+        status: str | None = None,
     ) -> Iterable[tuple[str, Outgoing]]:
-        """(period, record) of the chosen periods. A period file that cannot be read is
-        skipped (and named in `errors`, and in the store's problems): its mail waits, the
-        other periods' mail goes."""
+        """(period, record) of the chosen periods (only those in `status`, when given). A
+        period file that cannot be read is skipped (and named in `errors`, and in the store's
+        problems): its mail waits, the other periods' mail goes."""
         for p in self._periods(periods):
             try:
-                items = self.store.week(p).outgoings()
+                items = self.store.week(p).outgoings(status)
             except CorruptFileError as exc:
                 if errors is not None:
                     errors.append(f"{exc}; its mail waits until the file is repaired")
@@ -579,25 +583,28 @@ class Outbox:
             for o in items:
                 yield p, o
 
-    def _with_status(self, status: str, periods: Sequence[str] | None) -> list[Outgoing]:
-        out = [o for _, o in self._outgoings(periods) if o.status == status]
+    def pending(self, periods: Sequence[str] | None = None) -> list[Outgoing]:
+        """Queued messages in the recent periods, oldest first."""
+        out = [o for _, o in self._outgoings(periods, status=QUEUED)]
         return sorted(out, key=lambda o: (o.created_at, o.key))
 
-    def pending(self, periods: Sequence[str] | None = None) -> list[Outgoing]:
-        """Queued messages in the recent periods (for `status`)."""
-        return self._with_status(QUEUED, periods)
+    def count(self, status: str, periods: Sequence[str] | None = None) -> int:
+        """How many messages of the recent periods are in `status` (no object per message)."""
+        tallies = (self.store.outgoing_tally(p) for p in self._periods(periods))
+        return sum(t.counts.get(status, 0) for t in tallies)
 
     def failed(self, periods: Sequence[str] | None = None) -> list[Outgoing]:
         """Messages the relay refused permanently, with its reason in `error`."""
-        return self._with_status(FAILED, periods)
+        out = [o for p in self._periods(periods) for o in self.store.outgoing_tally(p).failed]
+        return sorted(out, key=lambda o: (o.created_at, o.key))
 
     def _due(
         self, now: datetime, periods: Sequence[str] | None, errors: list[str] | None = None
     ) -> list[tuple[str, Outgoing]]:
         due = [
             (p, o)
-            for p, o in self._outgoings(periods, errors)
-            if o.status == QUEUED and (o.next_attempt_at is None or o.next_attempt_at <= now)
+            for p, o in self._outgoings(periods, errors, QUEUED)
+            if o.next_attempt_at is None or o.next_attempt_at <= now
         ]
         # Oldest first, so a long backlog drains in the order it was queued.
         due.sort(key=lambda po: (po[1].created_at, po[1].key))
@@ -701,7 +708,7 @@ class Outbox:
             kind, reason = _FAILED, f"gave up after {attempts} attempts: {reason}"
         if kind == _REFUSED:
             kind = _FAILED
-            result.undeliverable.append((item.to, reason))
+            result.undeliverable.append((item.to, reason, (item.message_id.lower(),)))
         if kind == _SENT:
             new = replace(
                 item, status=SENT, attempts=attempts, sent_at=now, next_attempt_at=None, error=""
@@ -759,21 +766,8 @@ class Outbox:
             if isinstance(data, tuple):
                 self._settle(period, item, data, now, result, marks)
                 continue
-            try:
-                # The name comes from the key, so a copy repeated after a crash replaces the
-                # first one: exactly one file per message. The directory fsync happens before
-                # the journal's and the marks' (see _Marks.commit).
-                write_atomic(
-                    self.file_dir / f"{safe_name(item.key)}.eml",
-                    data,
-                    sync_dir=False,
-                    disk=self.disk,
-                )
-            except OSError as exc:  # e.g. disk full: try again later, no attempt used up
-                outcome = (_OUTAGE, f"cannot write outbox: {exc.strerror or exc}")
-                self._settle(period, item, outcome, now, result, marks)
-                continue
-            self._settle(period, item, (_SENT, ""), now, result, marks)
+            outcome = _write_copy(self.file_dir / f"{safe_name(item.key)}.eml", data, self.disk)
+            self._settle(period, item, outcome, now, result, marks)
 
     def _deliver_relay(
         self, due: list[tuple[str, Outgoing]], now: datetime, result: FlushResult, marks: _Marks
@@ -836,6 +830,17 @@ class Outbox:
 
     def _send(self, conn: smtplib.SMTP, item: Outgoing, data: bytes) -> _Outcome:
         return self._link.send(conn, item, data)
+
+
+def _write_copy(path: Path, data: bytes, disk: Disk) -> _Outcome:
+    """Deliver to a file. The name comes from the key, so a copy repeated after a crash
+    replaces the first one: exactly one file per message. The directory fsync happens before
+    the journal's and the marks' (see _Marks.commit)."""
+    try:
+        write_atomic(path, data, sync_dir=False, disk=disk)
+    except OSError as exc:  # e.g. disk full: try again later, no attempt used up
+        return (_OUTAGE, f"cannot write outbox: {exc.strerror or exc}")
+    return (_SENT, "")
 
 
 class _RelayLink:

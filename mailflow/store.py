@@ -24,7 +24,7 @@ import operator
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -43,7 +43,18 @@ from mailflow.errors import (
     StoreLockedError,
     is_transient,
 )
-from mailflow.models import Inbound, Outgoing, Partnership, PeriodSummary, Person, Report, Week
+from mailflow.models import (
+    FAILED,
+    QUEUED,
+    Inbound,
+    Outgoing,
+    Partnership,
+    PeriodSummary,
+    Person,
+    Report,
+    Roster,
+    Week,
+)
 
 log = logging.getLogger("mailflow.store")
 _T = TypeVar("_T")
@@ -203,6 +214,13 @@ class _Table:
             self.by_key[key] = doc_id
         self.raw[doc_id] = doc
 
+    def delete(self, key: Any) -> bool:
+        doc_id = self.by_key.pop(key, None)
+        if doc_id is None:
+            return False
+        del self.raw[doc_id]
+        return True
+
     def docs(self) -> Iterator[dict[str, Any]]:
         return iter(self.raw.values())
 
@@ -275,6 +293,11 @@ class _View:
     ) -> list[_T]:
         return [self._obj(table, d, make) for d in docs]
 
+    def _docs(self, name: str) -> Iterable[dict[str, Any]]:
+        """A table's documents, without building its key index just to read them all."""
+        table = self._tables.get(name)
+        return table.raw.values() if table is not None else self._data.get(name, {}).values()
+
     def _put(self, name: str, doc: dict[str, Any]) -> None:
         if not self._writable:
             raise RuntimeError("write outside a transaction")
@@ -292,6 +315,14 @@ class CoreView(_View):
 
     def put_person(self, person: Person) -> None:
         self._put("people", person.to_doc())
+
+    def remove_person(self, email: str) -> bool:
+        """Delete a person; False when there was none. Their records stay (by address)."""
+        if not self._writable:
+            raise RuntimeError("write outside a transaction")
+        removed = self._table("people").delete(email)
+        self.changed = self.changed or removed
+        return removed
 
     def partnerships(self) -> list[Partnership]:
         docs = self._table("partnerships").docs()
@@ -385,8 +416,14 @@ class WeekView(_View):
         doc = self._table("outgoing").get(key)
         return None if doc is None else self._obj("outgoing", doc, Outgoing.from_doc)
 
-    def outgoings(self) -> list[Outgoing]:
-        return self._objs("outgoing", self._table("outgoing").docs(), Outgoing.from_doc)
+    def outgoings(self, status: str | None = None) -> list[Outgoing]:
+        """The period's outgoing mail (only that in `status`, when given)."""
+        if status is None:
+            return self._objs("outgoing", self._table("outgoing").docs(), Outgoing.from_doc)
+        # Filtered on the stored documents: a period of 30,000 sent messages builds no object
+        # for the few still queued or failed that a delivery or `status` asks about.
+        docs = (d for d in self._docs("outgoing") if _status(d) == status)
+        return self._objs("outgoing", docs, Outgoing.from_doc)
 
     def put_outgoing(self, item: Outgoing) -> None:
         self._put("outgoing", item.to_doc())
@@ -414,6 +451,39 @@ class Problem:
         return f"{self.path}: {self.message}"
 
 
+def _status(doc: dict[str, Any]) -> str:
+    return str(doc.get("status", QUEUED))  # as Outgoing.from_doc reads it
+
+
+@dataclass(frozen=True)
+class OutgoingTally:
+    """How a period's outgoing mail stands: how many in each status, and the failed ones."""
+
+    counts: Mapping[str, int]
+    failed: tuple[Outgoing, ...]
+
+
+@dataclass(frozen=True)
+class _Digest:
+    """What is kept of one version of a period file once it has been read for its numbers."""
+
+    stamp: tuple[int, int, int]
+    summary: dict[int, PeriodSummary]
+    tally: OutgoingTally
+    problem: Problem | None = None  # the file could not be read: reported at each use
+
+
+def _tally(view: WeekView, data: dict[str, dict[str, Any]]) -> OutgoingTally:
+    counts: dict[str, int] = {}
+    failed = []
+    for d in data.get("outgoing", {}).values():
+        status = _status(d)
+        counts[status] = counts.get(status, 0) + 1
+        if status == FAILED:
+            failed.append(view._obj("outgoing", d, Outgoing.from_doc))
+    return OutgoingTally(counts, tuple(failed))
+
+
 @dataclass
 class _Cached:
     stamp: tuple[int, int, int]
@@ -434,9 +504,7 @@ class Store:
         self._problems: dict[tuple[Path, str], Problem] = {}
         self._problems_lock = threading.Lock()
         self._cache: dict[Path, _Cached] = {}
-        self._summaries: dict[
-            Path, tuple[tuple[int, int, int], dict[int, PeriodSummary], Problem | None]
-        ] = {}
+        self._digests: dict[Path, _Digest] = {}
         self._guards: dict[Path, threading.RLock] = {}
         self._guards_lock = threading.Lock()
         self._fragments: tuple[Path, _Fragments] | None = None
@@ -567,6 +635,12 @@ class Store:
                 hit = self._core_objects = (data, people, pships)
             return hit[1], hit[2]
 
+    def roster(self) -> Roster:
+        """People and partnerships (in id order) of one version of core.json: new dicts,
+        shared objects (built once per version, as `people_map` and `partnerships_map`)."""
+        people, partnerships = self._core_maps()
+        return Roster(dict(people), dict(partnerships))
+
     def people_map(self) -> dict[str, Person]:
         """email -> Person, as core().people() would give; a new dict, shared objects."""
         return dict(self._core_maps()[0])
@@ -601,7 +675,8 @@ class Store:
                 self._commit(path, data)
 
     def period_summary(self, period: str) -> dict[int, PeriodSummary]:
-        """Per partnership: what happened in one period, for history strips and summaries.
+        """Per partnership: what happened in one period, for history strips, summaries and
+        `status`.
 
         Cached per file version without keeping the file itself, so reading a year of
         history costs one parse per old week per process and little memory. A file that
@@ -609,29 +684,41 @@ class Store:
         `Problem` for `take_problems`: one broken old week must not stop every check-in
         whose history strip passes over it.
         """
+        return self._digest(period).summary
+
+    def outgoing_tally(self, period: str) -> OutgoingTally:
+        """How one period's outgoing mail stands: counts by status and the failed messages.
+
+        Cached per file version with the summary (one parse gives both): `status` counts the
+        queued and failed mail of the latest periods, whose 30,000 records each are nearly all
+        sent, without an object per record and, in a long-running process, without parsing a
+        file again that has not changed.
+        """
+        return self._digest(period).tally
+
+    def _digest(self, period: str) -> _Digest:
         path = self.week_path(period)
         with self._guard(path):
             try:
                 st = path.stat()
             except FileNotFoundError:
-                return {}
+                return _Digest((0, 0, 0), {}, OutgoingTally({}, ()))
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            hit = self._summaries.get(path)
-            if hit is not None and hit[0] == stamp:
-                if hit[2] is not None:
-                    self._note(hit[2])  # still broken: still reported, not parsed again
-                return hit[1]
-            problem = None
+            hit = self._digests.get(path)
+            if hit is not None and hit.stamp == stamp:
+                if hit.problem is not None:
+                    self._note(hit.problem)  # still broken: still reported, not parsed again
+                return hit
             try:
-                summary = self._summarise(path, stamp)
+                digest = self._read_digest(path, stamp)
             except CorruptFileError as exc:
                 problem = Problem(path, str(exc).removeprefix(f"{path}: "), error=True)
                 self._note(problem)
-                summary = {}
-            self._summaries[path] = (stamp, summary, problem)
-            return summary
+                digest = _Digest(stamp, {}, OutgoingTally({}, ()), problem)
+            self._digests[path] = digest
+            return digest
 
-    def _summarise(self, path: Path, stamp: tuple[int, int, int]) -> dict[int, PeriodSummary]:
+    def _read_digest(self, path: Path, stamp: tuple[int, int, int]) -> _Digest:
         cached = self._cache.get(path)
         data = cached.data if cached and cached.stamp == stamp else self._load(path, False)
         summary: dict[int, PeriodSummary] = {}
@@ -653,7 +740,7 @@ class Store:
                 prev.reports + 1,
                 prev.setback or setback,
             )
-        return summary
+        return _Digest(stamp, summary, _tally(view, data))
 
     # -- problems ---------------------------------------------------------------------------
 

@@ -176,7 +176,9 @@ def test_auto_without_smtputf8_sends_a_labels_and_fails_the_rest_once(tmp_path: 
         failed = world.record(wang)
         assert failed.status == FAILED and failed.attempts == 1
         assert "SMTPUTF8" in failed.error and "does not offer it" in failed.error
-        assert result.undeliverable == [("王芳@例子.example", failed.error)]
+        assert result.undeliverable == [
+            ("王芳@例子.example", failed.error, (failed.message_id.lower(),))
+        ]
         assert world.record(kurt).status == SENT and world.record(plain).status == SENT
         # Failed for good: a later flush does not try again.
         assert box.flush(NOW.replace(hour=12)).attempted == 0
@@ -218,3 +220,57 @@ def test_outbox_files_keep_utf8_unless_never(tmp_path: Path) -> None:
     [written] = (world.data_dir / "outbox").glob("*.eml")
     assert written.read_bytes().isascii() and b"kurt@xn--bcher-kva.example" in written.read_bytes()
     assert world.record(kurt).status == SENT and world.record(wang).status == FAILED
+
+
+# -- either spelling wherever people are compared (the admin site, imports, trust) ----------
+
+
+def test_web_admins_are_stored_in_the_people_form() -> None:
+    from mailflow.config import from_mapping
+
+    cfg = from_mapping({"web": {"admins": ["Kurt@XN--BCHER-KVA.example", "kurt@bücher.example"]}})
+    assert cfg.web.admins == ("kurt@bücher.example",)
+
+
+def test_the_admin_site_finds_an_idn_address_by_either_spelling() -> None:
+    from mailflow.webadmin_numbers import _spellings
+
+    assert _spellings("ada@example.com") == "ada@example.com"
+    assert _spellings("kurt@bücher.example") == "kurt@bücher.example kurt@xn--bcher-kva.example"
+    assert _spellings("王芳@例子.example") == "王芳@例子.example"  # no ASCII form to find
+
+
+def test_an_import_names_the_bad_row_of_a_manager_spelled_the_other_way() -> None:
+    from mailflow.people import import_rows, read_csv
+
+    text = (
+        "email,name,department,manager,timezone\n"
+        "boss@xn--bcher-kva.example,Boss,Einkauf,,Mars/Base\n"
+        "kurt@bücher.example,Kurt,Einkauf,boss@bücher.example,\n"
+    )
+    rows, problems = read_csv(text)
+    assert problems == []
+    changes, problems = import_rows(rows, {}, "Europe/Berlin", update=False)
+    assert any(p.startswith("2: ") for p in problems)
+    assert "3: manager boss@bücher.example is on bad line 2" in problems
+
+
+@pytest.mark.parametrize(
+    ("sender", "header_from", "vouches"),
+    [
+        ("kurt@bücher.example", "xn--bcher-kva.example", True),
+        ("kurt@bücher.example", "bücher.example", True),
+        ("kurt@bücher.example", "buecher.example", False),
+        ("nobody", "", False),
+    ],
+)
+def test_dmarc_vouches_for_an_idn_domain_in_either_spelling(
+    sender: str, header_from: str, vouches: bool
+) -> None:
+    from mailflow.triage import dmarc_vouches
+
+    raw = (
+        f"Authentication-Results: mx.mf.test; dmarc=pass header.from={header_from}\r\n"
+        f"From: <{sender}>\r\nSubject: hi\r\n\r\nhello\r\n"
+    ).encode()
+    assert dmarc_vouches(raw, sender, "mx.mf.test") is vouches

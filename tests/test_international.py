@@ -289,7 +289,7 @@ def test_a_non_ascii_local_part_without_smtputf8_fails_once_and_the_admin_is_tol
     add_person(config, "ada@example.com", "Ada", "Eng")
     pid, out = add_partnership(config, JUERGEN, "ada@example.com")
     assert f"cannot deliver to {JUERGEN}: a non-ASCII local part" in out
-    assert f"{JUERGEN} marked bouncing" in out
+    assert f"{JUERGEN} marked bouncing (intro, partnership {pid})" in out  # names the mail
     got = relay.wait_for(2)
     assert sorted(m.rcpt_tos[0] for m in got) == sorted(["ada@example.com", ADMIN])
     notice = next(m for m in got if m.rcpt_tos == (ADMIN,))
