@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from mailflow.people import (
     CSV_COLUMNS,
     check_new_people,
     decode_csv,
+    delivery_warning,
     import_rows,
     make_person,
     normalize_email,
@@ -182,6 +184,7 @@ def people_add(
             fail(near_miss)
         core.put_person(person)
     click.echo(f"added {person.email}")
+    _warn_undeliverable(app, [person])
 
 
 def _offered(people: Any) -> set[str]:
@@ -350,6 +353,15 @@ def people_import(app: App, file: Path, update: bool) -> None:
         click.echo(", ".join(f"{kind} {n}" for kind, n in counts.items()))
     else:
         click.echo(f"imported {counts['added']} people")
+    _warn_undeliverable(app, [c.person for c in changes if c.kind != "unchanged"])
+
+
+def _warn_undeliverable(app: App, people: Sequence[Person]) -> None:
+    """A `warning:` line for each person the configured relay cannot deliver to."""
+    for person in people:
+        why = delivery_warning(person.email, app.config.relay.smtputf8)
+        if why is not None:
+            click.echo(f"warning: {why}", err=True)
 
 
 class _null_bar:  # noqa: N801 - stands in for click.progressbar
@@ -834,6 +846,9 @@ def tick(app: App, now_text: str | None) -> None:
         for problem in problems:
             click.echo(problem, err=True)
         fail("templates have errors; nothing sent")
+    # The report says what failed, one line each: no log record (nor its traceback) goes
+    # to stderr through logging's last-resort handler.
+    logging.getLogger("mailflow").addHandler(logging.NullHandler())
     report = parts.tick(now)
     for line in report.entries:
         click.echo(line.text, err=line.kind != "done")

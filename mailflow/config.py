@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from email_validator import EmailNotValidError, validate_email
 
 from mailflow import hints
+from mailflow.addresses import canonical
 from mailflow.errors import ConfigError
 
 WEEKDAYS = hints.WEEKDAYS
@@ -94,6 +95,9 @@ class ListenerConfig:
         return {self.auth_username: password}
 
 
+SMTPUTF8_MODES = ("auto", "always", "never")
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     host: str = ""  # empty: write each message to data_dir/outbox/*.eml
@@ -103,6 +107,9 @@ class RelayConfig:
     username: str = ""
     password_env: str = "MAILFLOW_RELAY_PASSWORD"
     timeout_seconds: int = 30
+    # "auto": use SMTPUTF8 when the relay's EHLO offers it; "always": the relay takes it even
+    # unannounced; "never": ASCII only (IDN domains as A-labels, non-ASCII local parts fail).
+    smtputf8: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -424,6 +431,15 @@ def _authserv_id(value: str) -> str | None:
     return None
 
 
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        if value in choices:
+            return None
+        return f'expected one of {", ".join(choices)}, got "{value}"'
+
+    return check
+
+
 def _host(value: str) -> str | None:
     if not value.strip() or any(c.isspace() for c in value):
         return f'expected a host name or address, got "{value}"'
@@ -499,6 +515,7 @@ _RULES: tuple[tuple[str, Check], ...] = (
     ),
     _value("relay.password_env", _env_name),
     _value("relay.timeout_seconds", _at_least(1)),
+    _value("relay.smtputf8", _one_of(SMTPUTF8_MODES)),
     _value("schedule.checkin_day", _weekday),
     _value("schedule.checkin_time", _hhmm),
     _value("schedule.digest_delay_minutes", _at_least(0)),
@@ -561,8 +578,9 @@ def from_mapping(
     if cfg.schedule.checkin_day != cfg.schedule.checkin_day.lower():
         cfg = _replace(cfg, "schedule", checkin_day=cfg.schedule.checkin_day.lower())
     if cfg.web.admins:
-        # Addresses compare lower-cased whole, as people's addresses do (people.py).
-        admins = tuple(dict.fromkeys(a.strip().lower() for a in cfg.web.admins))
+        # Addresses compare in their stored form, as people's addresses do (people.py):
+        # lower case, and an IDN domain's A-labels (xn--) and Unicode the same.
+        admins = tuple(dict.fromkeys(canonical(a) for a in cfg.web.admins))
         cfg = _replace(cfg, "web", admins=admins)
     if cfg.web.public_url.endswith("/"):
         cfg = _replace(cfg, "web", public_url=cfg.web.public_url.rstrip("/"))

@@ -661,6 +661,8 @@ class Listener:
             port=o.port,
             server_hostname=o.hostname,  # the banner
             ident="mailflow ESMTP",
+            # International senders (RFC 6531) can reply: MAIL FROM may be UTF-8.
+            enable_SMTPUTF8=True,
             data_size_limit=o.max_message_bytes,
             timeout=o.timeout_seconds,
             tls_context=tls,

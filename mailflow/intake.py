@@ -39,10 +39,11 @@ from zoneinfo import ZoneInfo
 from filelock import FileLock
 
 from mailflow import actions, letters, status, triage
+from mailflow.addresses import canonical
 from mailflow.errors import CorruptFileError, is_transient
-from mailflow.letters import Bounced, Pair, ServiceInfo
+from mailflow.letters import Pair, ServiceInfo
 from mailflow.mailroom import Mailroom, Prepared, TickReport
-from mailflow.models import Outgoing, Partnership, Report, Roster
+from mailflow.models import Partnership, Report, Roster
 from mailflow.parse import parse_message
 from mailflow.schedule import current_period, report_period
 from mailflow.spool import Spool, SpoolEntry
@@ -54,7 +55,6 @@ log = logging.getLogger("mailflow")
 INGEST_BATCH = 500
 CONFIRMATIONS = "confirmations"  # core meta: the last confirmation number given
 LOCK_TIMEOUT_SECONDS = 120
-BOUNCE_LOOKBACK_PERIODS = 4  # period files searched for the mail a bounce returns
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ class Intake:
             log.warning("%s of %s waits in the spool: %s", what, entry.id, exc)
             return Wait(str(exc))
         log.exception("%s failed for %s", what, entry.id)
-        sender = (triage.sender_of(d) if d is not None else "") or entry.mail_from.lower()
+        sender = (triage.sender_of(d) if d is not None else "") or canonical(entry.mail_from)
         if d is None:
             return Quarantine(f"processing error: {reason}", sender=sender)
         return Quarantine(f"processing error: {reason}", triage.pid_of(d), d.period, sender=sender)
@@ -407,45 +407,14 @@ class Intake:
         self, bounced: list[tuple[str, str, tuple[str, ...]]], now: datetime, out: TickReport
     ) -> None:
         """Flag each failed address once; the admin hears of each newly bouncing one, with
-        the mail that bounced and the command that helps."""
-        newly: list[tuple[str, str, tuple[str, ...]]] = []
-        with self.store.core_tx() as core:
-            for addr, reason, returned in bounced:
-                person = core.person(addr)
-                if person is not None and not person.bouncing:
-                    core.put_person(replace(person, bouncing=True, bounce_reason=reason[:200]))
-                    newly.append((addr, reason, returned))
-        notices = []
-        for addr, reason, returned in newly:
-            what = self._what_bounced(addr, returned)
-            named = f" ({what.template}, partnership {what.partnership_id})" if what else ""
-            out.add(f"{addr} marked bouncing{named}")
-            notices.append(letters.bounce_notice(addr, reason, self.svc, now, what))
-        self.mailroom.post(notices, now, out)
-
-    def _what_bounced(self, address: str, returned: tuple[str, ...]) -> Bounced | None:
-        """Which of our mails bounced: the one whose Message-ID the bounce returns, else the
-        latest one we sent to `address` (a bounce that quotes no headers); None if neither
-        is in the recent period files."""
-        found: Outgoing | None = None
-        latest: Outgoing | None = None
-        for label in reversed(self.store.periods()[-BOUNCE_LOOKBACK_PERIODS:]):
-            for o in self.store.week(label).outgoings():
-                if o.message_id.lower() in returned:
-                    found = o
-                elif o.to == address and (latest is None or o.created_at > latest.created_at):
-                    latest = o
-        mail = found or latest
-        if mail is None:
-            return None
-        p = self.store.core().partnership(mail.partnership_id or 0)
-        return Bounced(mail.kind, mail.partnership_id, p.skill if p else "", mail.key)
+        the mail that bounced and the command that helps (`Mailroom.mark_bouncing`)."""
+        self.mailroom.mark_bouncing(bounced, self.svc, now, out)
 
 
 def _signed(d: Decision, sender: str) -> Decision:
     """A quarantine knows who sent it (status names the senders); other decisions already do."""
     if isinstance(d, Quarantine) and not d.sender:
-        return replace(d, sender=sender.lower())
+        return replace(d, sender=canonical(sender))
     return d
 
 

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from mailflow import letters, status
 from mailflow import partnerships as pships
-from mailflow.errors import CorruptFileError, StoreError
+from mailflow.errors import CorruptFileError, MailflowError, StoreError
 from mailflow.letters import Letter, Pair, ServiceInfo
 from mailflow.mailroom import Mailroom, Prepared, TickReport, sum_results
 from mailflow.models import (
@@ -90,7 +90,7 @@ class Jobs:
                 current = tx.partnership(pid)
                 if current is not None and current.introduced_at is None:
                     tx.put_partnership(current.with_changes(introduced_at=now))
-        out.extend(self.mailroom.flush(now))
+        out.extend(self.mailroom.flush(now, self.svc))
         return out
 
     def run(self, now: datetime, on_commit: Callable[[], None] | None = None) -> TickReport:
@@ -117,7 +117,7 @@ class Jobs:
                 try:
                     prepared.extend(self._life_cycle(p, roster, now, updates))
                 except Exception as exc:  # noqa: BLE001 - one bad partnership must not stop others
-                    log.exception("life-cycle job failed for %s", p.id)
+                    _log_failure(exc, "life-cycle job failed for partnership %s", p.id)
                     out.error(f"partnership {p.id}: {exc}")
                 plans.append((p, self._periods(p, roster, now)))
             labels = {x.label for _, periods in plans for x in periods if x}
@@ -177,7 +177,9 @@ class Jobs:
             done.set()
             kick.set()
             thread.join()
-        out.add_flush(sum_results(results))
+        total = sum_results(results)
+        out.add_flush(total)
+        self.mailroom.after_flush(total, self.svc, now, out)
         return out
 
     # -- one partnership --------------------------------------------------------------------
@@ -258,7 +260,7 @@ class Jobs:
             try:
                 return self._closing(p, roster, now, reason, updates)
             except Exception as exc:  # noqa: BLE001
-                log.exception("closing failed for %s", p.id)
+                _log_failure(exc, "closing failed for partnership %s", p.id)
                 out.error(f"closing partnership {p.id}: {exc}")
                 return []
         prepared: list[Prepared] = []
@@ -270,7 +272,7 @@ class Jobs:
                 letter = self._job_letter(job, pair, period, views[period.label], now)
                 prepared.append(self.mailroom.prepare(letter, now))
             except Exception as exc:  # noqa: BLE001 - one bad job must not stop others
-                log.exception("job %s failed", job)
+                _log_failure(exc, "%s failed for partnership %s", job.kind, p.id)
                 out.error(f"{job.kind} for partnership {p.id} {job.period}: {exc}")
         return prepared
 
@@ -315,6 +317,13 @@ class Jobs:
                     tx.put_partnership(current.with_changes(**changes))
                     if changes.get("status") == ENDED:
                         out.add(f"partnership {pid} {changes['end_reason']}")
+
+
+def _log_failure(exc: Exception, what: str, *args: object) -> None:
+    """One log line for a job that failed; the traceback only for a bug. Bad data (a
+    record no header can carry, a template error) is a ValueError or a MailflowError."""
+    bug = not isinstance(exc, ValueError | MailflowError)
+    log.error(what + ": %s", *args, exc, exc_info=bug)
 
 
 def _without(periods: Periods, broken: set[str]) -> Periods:

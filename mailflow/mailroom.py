@@ -30,8 +30,10 @@ from datetime import datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from mailflow import letters
+from mailflow.addresses import canonical
 from mailflow.compose import Templates
-from mailflow.letters import DigestMark, Letter, Mark, ServiceInfo
+from mailflow.letters import Bounced, DigestMark, Letter, Mark, ServiceInfo
 from mailflow.mime import Rendered, message_bytes
 from mailflow.models import QUEUED, SUPERSEDED, Outgoing, Week
 from mailflow.outbox import FlushResult, Outbox
@@ -40,6 +42,8 @@ from mailflow.store import Problem, Store, WeekView
 from mailflow.tokens import letter_message_id
 
 log = logging.getLogger("mailflow")
+
+BOUNCE_LOOKBACK_PERIODS = 4  # period files searched for the mail a bounce returns
 
 
 @dataclass(frozen=True)
@@ -218,11 +222,69 @@ class Mailroom:
         """Write and commit letters already rendered (see `prepare_rendered`)."""
         return self.commit([self.prepare_rendered(lt, r, now) for lt, r in items], out)
 
-    def flush(self, now: datetime) -> TickReport:
-        """Deliver what is queued and due at `now`."""
+    def flush(self, now: datetime, svc: ServiceInfo | None = None) -> TickReport:
+        """Deliver what is queued and due at `now`; with `svc`, the admin hears of each
+        address that mail could not be sent to (`after_flush`)."""
         out = TickReport()
-        out.add_flush(self.outbox.flush(now))
+        result = self.outbox.flush(now)
+        out.add_flush(result)
+        if svc is not None:
+            self.after_flush(result, svc, now, out)
         return out
+
+    def after_flush(
+        self, result: FlushResult, svc: ServiceInfo, now: datetime, out: TickReport
+    ) -> None:
+        """A recipient mail cannot travel to (a non-ASCII local part without SMTPUTF8) is
+        flagged bouncing with the reason, once, and the admin is told (and the notice sent)."""
+        if result.undeliverable and self.mark_bouncing(result.undeliverable, svc, now, out):
+            out.add_flush(self.outbox.flush(now))
+
+    def mark_bouncing(
+        self,
+        bounced: Iterable[tuple[str, str, tuple[str, ...]]],
+        svc: ServiceInfo,
+        now: datetime,
+        out: TickReport,
+    ) -> int:
+        """Flag each failed address once; the admin hears of each newly bouncing one, with
+        the mail that bounced (found by the Message-IDs `returned`) and the command that
+        helps. Each entry is (address, reason, returned). Returns how many notices were queued."""
+        newly: list[tuple[str, str, tuple[str, ...]]] = []
+        with self.store.core_tx() as core:
+            for addr, reason, returned in bounced:
+                person = core.person(addr)
+                if person is not None and not person.bouncing:
+                    core.put_person(replace(person, bouncing=True, bounce_reason=reason[:200]))
+                    newly.append((person.email, reason, returned))
+        notices = []
+        for addr, reason, returned in newly:
+            what = self.what_bounced(addr, returned)
+            named = f" ({what.template}, partnership {what.partnership_id})" if what else ""
+            out.add(f"{addr} marked bouncing{named}")
+            notices.append(letters.bounce_notice(addr, reason, svc, now, what))
+        return self.post(notices, now, out)
+
+    def what_bounced(self, address: str, returned: tuple[str, ...]) -> Bounced | None:
+        """Which of our mails bounced: the one whose Message-ID the bounce returns, else the
+        latest one we sent to `address` (either spelling of it: a bounce that quotes no
+        headers); None if neither is in the recent period files."""
+        found: Outgoing | None = None
+        latest: Outgoing | None = None
+        person = canonical(address)
+        for label in reversed(self.store.periods()[-BOUNCE_LOOKBACK_PERIODS:]):
+            for o in self.store.week(label).outgoings():
+                if o.message_id.lower() in returned:
+                    found = o
+                elif canonical(o.to) == person and (
+                    latest is None or o.created_at > latest.created_at
+                ):
+                    latest = o
+        mail = found or latest
+        if mail is None:
+            return None
+        p = self.store.core().partnership(mail.partnership_id or 0)
+        return Bounced(mail.kind, mail.partnership_id, p.skill if p else "", mail.key)
 
 
 def _supersede(week: WeekView, keys: tuple[str, ...], now: datetime, out: TickReport) -> None:
@@ -273,6 +335,7 @@ def sum_results(results: Iterable[FlushResult]) -> FlushResult:
         total.deferred += r.deferred
         total.failures.extend(r.failures)
         total.errors.extend(e for e in r.errors if e not in total.errors)
+        total.undeliverable.extend(r.undeliverable)
         total.unmarked = r.unmarked  # the last delivery's count is the current one
         total.busy = total.busy or r.busy
     return total

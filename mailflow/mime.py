@@ -24,6 +24,12 @@ from stored text. So:
   ASCII, CRLF only, no line over 998, and exactly the header names we set, in order. Even a
   mistake here cannot put a header on the wire that we did not mean to write.
 Input fields refuse encoded-word syntax too (`people.check_text` uses `has_encoded_word`).
+
+International addresses (RFC 6532): an address that is not ASCII is written in its Unicode
+form, raw UTF-8 in the From, To or Reply-To line (the only place a header may leave ASCII;
+names and subjects stay encoded words, which RFC 6532 readers read too). Such a message
+needs SMTPUTF8; `downgrade` gives its ASCII form for a relay that does not offer it (IDN
+domains as A-labels), or None when an address has no ASCII form (a non-ASCII local part).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
+
+from mailflow.addresses import ascii_domain, ascii_form
 
 
 @dataclass(frozen=True)
@@ -144,9 +152,10 @@ def phrase_tokens(name: str) -> list[str]:
 
 
 def address_tokens(addr_spec: str, display_name: str) -> list[str]:
-    """`Name <addr>` (or the bare address) as tokens; addr_spec must be checked ASCII."""
-    if not addr_spec.isascii() or _BREAKS.search(addr_spec):
-        raise ValueError(f"not an ASCII address: {addr_spec!r}")
+    """`Name <addr>` (or the bare address) as tokens; addr_spec must be checked (ASCII, or
+    the Unicode form of an international address: RFC 6532)."""
+    if _BREAKS.search(addr_spec) or _HEADER_BREAKERS.search(addr_spec) or " " in addr_spec:
+        raise ValueError(f"not an address: {addr_spec!r}")
     phrase = phrase_tokens(display_name)
     return [*phrase, f"<{addr_spec}>"] if phrase else [addr_spec]
 
@@ -172,15 +181,18 @@ def fold(name: str, tokens: Sequence[str]) -> str:
     return "\r\n".join(lines)
 
 
+# The header fields that may carry UTF-8 (an international address, RFC 6532).
+UTF8_FIELDS = frozenset({"from", "to", "reply-to"})
+
+
 def check_header_block(block: str, names: Sequence[str]) -> None:
     """ValueError unless `block` is exactly the header lines `names`, in order.
 
     `block` is a header section as it goes on the wire ("Name: value\\r\\n" lines, folded
     lines starting with a space or tab). This is the last word: whatever built the text,
-    no input can add a header line, split one, or smuggle a line break.
+    no input can add a header line, split one, or smuggle a line break. Text that is not
+    ASCII is allowed only in an address field (`UTF8_FIELDS`).
     """
-    if not block.isascii():
-        raise ValueError("header: non-ASCII text in the header section")
     if not block.endswith("\r\n"):
         raise ValueError("header: the header section must end with CRLF")
     lines = block[:-2].split("\r\n")
@@ -193,11 +205,13 @@ def check_header_block(block: str, names: Sequence[str]) -> None:
         if line[:1] in (" ", "\t"):
             if not found or not line.strip():
                 raise ValueError("header: a folded line without a header, or a blank one")
-            continue
-        match = _FIELD_NAME.match(line)
-        if match is None:
-            raise ValueError(f"header: not a header line: {line[:40]!r}")
-        found.append(match.group(1))
+        else:
+            match = _FIELD_NAME.match(line)
+            if match is None:
+                raise ValueError(f"header: not a header line: {line[:40]!r}")
+            found.append(match.group(1))
+        if not line.isascii() and found[-1].lower() not in UTF8_FIELDS:
+            raise ValueError(f"header: non-ASCII text in {found[-1]}")
     if [n.lower() for n in found] != [n.lower() for n in names]:
         raise ValueError(f"header: wrote {found}, expected {list(names)}")
 
@@ -227,6 +241,7 @@ class Folded(str):
 # -- the message -----------------------------------------------------------------------------
 
 _POLICY = email.policy.SMTP
+_POLICY_UTF8 = email.policy.SMTPUTF8  # headers with an international address (RFC 6532)
 
 
 # Unicode categories Cc, Zl and Zp: control characters and line/paragraph separators.
@@ -270,16 +285,29 @@ _PLAIN_ADDR = re.compile(
 )
 
 
+_UTF8_LOCAL = re.compile(
+    r"^(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+(?:\.(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+)*$"
+)
+
+
 def _address_tokens(field: str, addr_spec: str, display_name: str) -> list[str]:
     if _PLAIN_ADDR.match(addr_spec):
         _check_header_value(field, display_name)
         return address_tokens(addr_spec, display_name)
+    if not addr_spec.isascii():
+        # An international address is written in its Unicode form (RFC 6532: atext plus
+        # any non-ASCII character); `downgrade` gives its A-labels for a relay without
+        # SMTPUTF8. The header registry refuses a non-ASCII local part, so it is checked here.
+        _check_header_value(field, addr_spec)
+        _check_header_value(field, display_name)
+        local, _, domain = addr_spec.rpartition("@")
+        a_domain = ascii_domain(domain)
+        domain_ok = a_domain is not None and _PLAIN_ADDR.match(f"x@{a_domain}")
+        if not _UTF8_LOCAL.match(local) or not domain_ok:
+            raise ValueError(f"{field}: invalid address {addr_spec!r}")
+        return address_tokens(addr_spec, display_name)
     address = _address(field, addr_spec, display_name)
-    spec = address.addr_spec
-    if not address.domain.isascii():
-        # An internationalised domain goes on the wire as its A-label (xn--...).
-        spec = spec[: -len(address.domain)] + address.domain.encode("idna").decode("ascii")
-    return address_tokens(spec, display_name)
+    return address_tokens(address.addr_spec, display_name)
 
 
 def _header_lines(
@@ -365,7 +393,8 @@ def build_message(
         in_reply_to=in_reply_to,
         references=references,
     )
-    msg = EmailMessage(policy=_POLICY)
+    utf8 = not all(line.isascii() for line in lines)
+    msg = EmailMessage(policy=_POLICY_UTF8 if utf8 else _POLICY)
     for line in lines:
         msg[_name(line)] = Folded(line)
     # quoted-printable: 7-bit safe for any relay, and no body line can exceed SMTP's limit.
@@ -435,7 +464,49 @@ def message_bytes(
     )
     check_header_block(head, [*(_name(line) for line in lines), "Content-Type"])
     out = head + f"\r\n--{boundary}\r\n{text}\r\n--{boundary}\r\n{html}\r\n--{boundary}--\r\n"
-    return out.encode("ascii")
+    return out.encode("utf-8")  # ASCII but for an international address (RFC 6532)
+
+
+def needs_smtputf8(data: bytes) -> bool:
+    """True when a message's header section is not ASCII (an international address): it
+    may travel as it is only over SMTPUTF8 (the body is quoted-printable, always ASCII)."""
+    end = data.find(b"\r\n\r\n")
+    return not data[: end if end >= 0 else len(data)].isascii()
+
+
+# An address in one of our address fields: `<spec>` or a bare spec.
+_SPEC = re.compile(r"(?<![^\s<:,])<?([^\s<>,\"]+@[^\s<>,\"]+)>?")
+
+
+def downgrade(data: bytes) -> bytes | None:
+    """The message with every international address in its header lines in ASCII form (the
+    domain as A-labels), for a relay without SMTPUTF8; None when one has no ASCII form (a
+    non-ASCII local part) or the header section is not one of ours."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    try:
+        head = data[: end + 2].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    out: list[str] = []
+    failed = False
+
+    def ascii_spec(match: re.Match[str]) -> str:
+        nonlocal failed
+        spec = match.group(1)
+        converted = spec if spec.isascii() else ascii_form(spec)
+        if converted is None:
+            failed = True
+            return match.group(0)
+        return match.group(0).replace(spec, converted)
+
+    for line in head.split("\r\n"):
+        out.append(line if line.isascii() else _SPEC.sub(ascii_spec, line))
+    new_head = "\r\n".join(out)
+    if failed or not new_head.isascii():
+        return None
+    return new_head.encode("ascii") + data[end + 2 :]
 
 
 def _boundary(text: str) -> str:

@@ -15,6 +15,12 @@ duplicates it"). The life of one message:
 
 Outcomes, per message:
 - 250: sent. 5xx: failed with the relay's reason, never retried.
+- an international address (RFC 6531): sent as it is, with SMTPUTF8, when the relay offers
+  it (`[relay] smtputf8`: "auto" asks the EHLO, "always" assumes it, "never" does not use
+  it); otherwise in its ASCII form (IDN domains as A-labels, in the envelope and the
+  headers, `mime.downgrade`). An address without an ASCII form (a non-ASCII local part)
+  then fails at once with that reason, never retried, and is listed in
+  `FlushResult.undeliverable` so the admin can be told.
 - 4xx for this message: retried after a backoff (60 s doubling, capped at 1 h); after
   `max_attempts` tries (30 by default, about a day) failed, with the last reason.
 - the connection lost while this message was in flight (a relay that drops it after DATA,
@@ -72,9 +78,11 @@ from typing import Any
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
+from mailflow.addresses import SMTPUTF8_NEEDED, ascii_form
 from mailflow.config import RelayConfig
 from mailflow.disk import REAL, Disk
 from mailflow.errors import CorruptFileError, one_line
+from mailflow.mime import downgrade, needs_smtputf8
 from mailflow.models import FAILED, QUEUED, SENT, Outgoing, from_iso, to_iso
 from mailflow.store import Store, fsync_dir
 
@@ -189,6 +197,9 @@ class FlushResult:
     errors: list[str] = field(default_factory=list)
     # Outcomes known (journal or memory) but not yet in the period files: never resent.
     unmarked: int = 0
+    # (address, reason, (Message-ID,)): failed because the address cannot travel this way
+    # (SMTPUTF8); shaped like a bounce's (address, reason, returned) for `mark_bouncing`.
+    undeliverable: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
 
     @property
     def attempted(self) -> int:
@@ -199,6 +210,7 @@ class FlushResult:
 # "outage" means the relay could not be asked at all (no attempt is used up).
 _Outcome = tuple[str, str]
 _SENT, _FAILED, _DEFERRED, _LOST, _OUTAGE = "sent", "failed", "deferred", "lost", "outage"
+_REFUSED = "refused"  # we cannot send it to this address this way: failed, admin told
 _LOST_IN_DATA = "lost in data"  # the relay had taken MAIL and RCPT: the message's own attempt
 
 
@@ -694,6 +706,9 @@ class Outbox:
         attempts = item.attempts + 1
         if kind == _DEFERRED and attempts >= self.max_attempts:
             kind, reason = _FAILED, f"gave up after {attempts} attempts: {reason}"
+        if kind == _REFUSED:
+            kind = _FAILED
+            result.undeliverable.append((item.to, reason, (item.message_id.lower(),)))
         if kind == _SENT:
             new = replace(
                 item, status=SENT, attempts=attempts, sent_at=now, next_attempt_at=None, error=""
@@ -744,24 +759,15 @@ class Outbox:
         for period, item in due:
             marks.check_room()
             data = self._read(item)
+            if not isinstance(data, tuple):
+                # A file has no EHLO: it takes SMTPUTF8 unless the config says never.
+                form = wire_form(item.to, data, self.envelope_from, self.relay)
+                data = form.data if isinstance(form, Wire) else form
             if isinstance(data, tuple):
                 self._settle(period, item, data, now, result, marks)
                 continue
-            try:
-                # The name comes from the key, so a copy repeated after a crash replaces the
-                # first one: exactly one file per message. The directory fsync happens before
-                # the journal's and the marks' (see _Marks.commit).
-                write_atomic(
-                    self.file_dir / f"{safe_name(item.key)}.eml",
-                    data,
-                    sync_dir=False,
-                    disk=self.disk,
-                )
-            except OSError as exc:  # e.g. disk full: try again later, no attempt used up
-                outcome = (_OUTAGE, f"cannot write outbox: {exc.strerror or exc}")
-                self._settle(period, item, outcome, now, result, marks)
-                continue
-            self._settle(period, item, (_SENT, ""), now, result, marks)
+            outcome = _write_copy(self.file_dir / f"{safe_name(item.key)}.eml", data, self.disk)
+            self._settle(period, item, outcome, now, result, marks)
 
     def _deliver_relay(
         self, due: list[tuple[str, Outgoing]], now: datetime, result: FlushResult, marks: _Marks
@@ -826,6 +832,17 @@ class Outbox:
         return self._link.send(conn, item, data)
 
 
+def _write_copy(path: Path, data: bytes, disk: Disk) -> _Outcome:
+    """Deliver to a file. The name comes from the key, so a copy repeated after a crash
+    replaces the first one: exactly one file per message. The directory fsync happens before
+    the journal's and the marks' (see _Marks.commit)."""
+    try:
+        write_atomic(path, data, sync_dir=False, disk=disk)
+    except OSError as exc:  # e.g. disk full: try again later, no attempt used up
+        return (_OUTAGE, f"cannot write outbox: {exc.strerror or exc}")
+    return (_SENT, "")
+
+
 class _RelayLink:
     """The SMTP side of delivery: a connection to the relay, and one transaction per message."""
 
@@ -876,19 +893,25 @@ class _RelayLink:
         lost after the relay took MAIL and RCPT (at or after DATA) is told apart from one
         lost before: the first is this message's attempt, the second the relay's trouble."""
         options: list[str] = []
-        if not (item.to.isascii() and self.envelope_from.isascii()):
-            options.append("SMTPUTF8")
-        if not data.isascii() and conn.has_extn("8bitmime"):
-            options.append("BODY=8BITMIME")
         stage = "mail"
         try:
             conn.ehlo_or_helo_if_needed()
+            form = wire_form(item.to, data, self.envelope_from, self.relay, conn)
+            if not isinstance(form, Wire):
+                return form
+            sender, rcpt, data = form.sender, form.rcpt, form.data
+            if form.smtputf8:
+                options.append("SMTPUTF8")
+                # "always": smtplib refuses the option unless the EHLO listed it.
+                conn.esmtp_features.setdefault("smtputf8", "")
+            if not data.isascii() and conn.has_extn("8bitmime"):
+                options.append("BODY=8BITMIME")
             if conn.does_esmtp and conn.has_extn("size"):
                 options.append(f"SIZE={len(data)}")
-            code, resp = conn.mail(self.envelope_from, options)
+            code, resp = conn.mail(sender, options)
             if code == 250:
                 stage = "rcpt"
-                code, resp = conn.rcpt(item.to)
+                code, resp = conn.rcpt(rcpt)
             if code in (250, 251):
                 stage = "data"
                 code, resp = conn.data(data)
@@ -905,6 +928,39 @@ class _RelayLink:
         except smtplib.SMTPException as exc:
             return _LOST, _describe(exc)
         return _SENT, ""
+
+
+@dataclass(frozen=True)
+class Wire:
+    """How one message travels: envelope sender, recipient, bytes, and whether with SMTPUTF8."""
+
+    sender: str
+    rcpt: str
+    data: bytes
+    smtputf8: bool
+
+
+def wire_form(
+    to: str, data: bytes, envelope_from: str, relay: RelayConfig, conn: smtplib.SMTP | None = None
+) -> Wire | _Outcome:
+    """How one message travels (`Wire`), or the `_REFUSED` outcome when it cannot.
+
+    `conn` is the relay's connection (its EHLO says whether it offers SMTPUTF8); None for
+    the outbox files, which take it unless "never"."""
+    needs = not (to.isascii() and envelope_from.isascii()) or needs_smtputf8(data)
+    if not needs:
+        return Wire(envelope_from, to, data, False)
+    mode = relay.smtputf8
+    if mode == "always" or (
+        mode == "auto" and (conn is None or (conn.does_esmtp and conn.has_extn("smtputf8")))
+    ):
+        return Wire(envelope_from, to, data, True)
+    rcpt, sender = ascii_form(to), ascii_form(envelope_from)
+    ascii_data = downgrade(data) if needs_smtputf8(data) else data
+    if rcpt is None or sender is None or ascii_data is None:
+        why = 'relay smtputf8 = "never"' if mode == "never" else "the relay does not offer it"
+        return _REFUSED, f"cannot deliver to {to}: {SMTPUTF8_NEEDED}, and {why}"
+    return Wire(sender, rcpt, ascii_data, False)
 
 
 def _nothing() -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from email_validator import EmailNotValidError, validate_email
 
 from mailflow import hints
+from mailflow.addresses import SMTPUTF8_NEEDED, canonical, needs_smtputf8
 from mailflow.config import check_timezone
 from mailflow.errors import DomainError
 from mailflow.mime import has_encoded_word
@@ -61,7 +62,19 @@ def normalize_email(value: str, field: str = "email") -> str:
         raise DomainError(f'{field}: invalid address "{value.strip()}": {exc}') from None
     # Mail systems treat the local part case-insensitively in practice; matching a reply's
     # From against a member must not fail on "Anna@" vs "anna@".
-    return result.normalized.lower()
+    # The domain in Unicode (U-labels), whichever spelling was typed: one person, one key.
+    return canonical(result.normalized)
+
+
+def delivery_warning(email: str, smtputf8: str) -> str | None:
+    """Why mail to `email` cannot be delivered with `[relay] smtputf8` set so, or None.
+
+    Only a non-ASCII local part needs SMTPUTF8 (an IDN domain travels as A-labels), and only
+    "never" rules it out up front; under "auto" the relay's EHLO decides at sending time.
+    """
+    if smtputf8 == "never" and needs_smtputf8(email):
+        return f'{email}: {SMTPUTF8_NEEDED}, and [relay] smtputf8 = "never": mail to it will fail'
+    return None
 
 
 def normalize_skill(value: str, field: str = "skill") -> str:
@@ -362,7 +375,7 @@ def import_rows(
             offered.update(person.offers)
         except DomainError as exc:
             problems.append(f"{row.line}: {exc}")
-            bad_rows[f.get("email", "").strip().lower()] = row.line
+            bad_rows[canonical(f.get("email", ""))] = row.line
             continue
         found.append((row.line, person, current))
     problems.extend(_directory_problems(found, existing, bad_rows))

@@ -38,6 +38,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from mailflow import actions, letters
+from mailflow.addresses import canonical
 from mailflow.errors import DomainError, SpoolError
 from mailflow.intake import Duplicate, Intake, Wait
 from mailflow.mailroom import TickReport
@@ -178,7 +179,7 @@ def _header(headers: EmailMessage, name: str) -> str:
 
 
 def _address(value: str) -> str:
-    return email.utils.parseaddr(value)[1].lower()
+    return canonical(email.utils.parseaddr(value)[1])
 
 
 def _received(envelope: dict[str, Any]) -> datetime | None:

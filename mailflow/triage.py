@@ -48,6 +48,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from email.utils import getaddresses
 
+from mailflow.addresses import canonical, unicode_domain
 from mailflow.commands import Command, extract_commands, parse_consent
 from mailflow.errors import DomainError
 from mailflow.letters import Written
@@ -328,7 +329,7 @@ def proven(parsed: ParsedMessage, target: Target, trust: Trust) -> bool:
     anybody can write that From. The rule is the same wherever a message comes from: the
     listener, or an admin releasing it from the quarantine.
     """
-    sender = (parsed.from_address or "").lower()
+    sender = canonical(parsed.from_address or "")
     if not sender or sender != target.person:
         return False
     if target.token is not None:
@@ -342,9 +343,10 @@ _MAX_HEADER = 262_144
 
 def header_fields(raw: bytes, name: str) -> list[str]:
     """The values of header field `name` (any case) in `raw`'s header section, topmost
-    first, unfolded (ASCII; anything else replaced)."""
+    first, unfolded (UTF-8, RFC 6532: an SMTPUTF8 message's Authentication-Results may
+    name a Unicode domain, RFC 8616; bytes that are not UTF-8 replaced)."""
     end = _HEADER_END.search(raw, 0, _MAX_HEADER)
-    head = raw[: end.start() if end else _MAX_HEADER].decode("ascii", "replace")
+    head = raw[: end.start() if end else _MAX_HEADER].decode("utf-8", "replace")
     wanted = name.lower()
     found: list[list[str]] = []
     current: list[str] | None = None
@@ -375,13 +377,18 @@ def dmarc_vouches(raw: bytes, sender: str, authserv_id: str) -> bool:
     froms = header_fields(raw, "from")
     if len(froms) != 1 or len([a for _, a in getaddresses(froms) if a]) != 1:
         return False
-    domain = sender.rpartition("@")[2].lower()
+    # Either spelling of an IDN domain (A-labels or Unicode) is the same domain.
+    domain = unicode_domain(sender.rpartition("@")[2])
+    if not domain:
+        return False
     for value in header_fields(raw, "authentication-results"):
         server, results = authentication_results(value)
         if server != authserv_id.lower():
             continue
         return any(
-            method == "dmarc" and result == "pass" and props.get("header.from") == domain
+            method == "dmarc"
+            and result == "pass"
+            and unicode_domain(props.get("header.from", "")) == domain
             for method, result, props in results
         )
     return False
@@ -542,7 +549,8 @@ def _route(
     parsed: ParsedMessage, envelope: Envelope, keys: Keys, roster: Roster, vouch: bool
 ) -> Target | Decision:
     mid = message_id_of(parsed, envelope.raw)
-    sender = (parsed.from_address or envelope.mail_from or "").lower()
+    # Either spelling of an international address (A-labels or Unicode) is the same person.
+    sender = canonical(parsed.from_address or envelope.mail_from or "")
     token: Token | None = None
     to_bounce = to_plain = False
     mailbox = ""
@@ -558,7 +566,7 @@ def _route(
         token = keys.parse(ref) if ref else None
 
     if parsed.kind == "bounce" or (to_bounce and not envelope.mail_from):
-        bounced = tuple(a.lower() for a in parsed.bounced_recipients)
+        bounced = tuple(canonical(a) for a in parsed.bounced_recipients)
         why = bounce_reason(envelope.raw, parsed.detail) if bounced else parsed.detail
         returned = returned_ids(envelope.raw, keys.domain) if bounced else ()
         inbound = _inbound(envelope, mid, sender, "bounce", parsed.detail, recipients=list(bounced))
@@ -653,7 +661,7 @@ def decide_mailbox(parsed: ParsedMessage, mailbox: Mailbox, admin: str) -> Decis
     """Mail to our From address: forwarded to `admin` (quarantined without one); an
     auto-reply or our own mail coming back is only recorded (forwarding it could loop)."""
     env, sender = mailbox.envelope, mailbox.sender
-    if parsed.kind == "auto_reply" or sender == mailbox.to.strip().strip("<>").lower():
+    if parsed.kind == "auto_reply" or sender == canonical(mailbox.to.strip().strip("<>")):
         inbound = _inbound(env, mailbox.message_id, sender, parsed.kind, parsed.detail)
         return Record(f"to our From address: {parsed.detail}", inbound)
     if not admin:

@@ -43,6 +43,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mailflow.addresses import canonical
 from mailflow.clock import Clock
 from mailflow.config import Config
 from mailflow.errors import MailflowError, StartupError
@@ -330,7 +331,7 @@ class SignInPages(SiteBase):
         if isinstance(form, Response):
             return form
         now = self.clock()
-        address = " ".join(form.get("email", "").split()).lower()[:254]
+        address = canonical(" ".join(form.get("email", "").split()))[:254]
         client = request.client.host if request.client else "?"
         wait = self.per_client.hit(client, now) or (
             self.per_address.hit(address, now) if address else 0

@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from mailflow.addresses import ascii_form
 from mailflow.config import Config
 from mailflow.models import ENDED
 from mailflow.schedule import period_label
@@ -255,7 +256,8 @@ class NumbersDesk:
             rows.append(
                 _with_search(
                     row,
-                    f"{p.id} {p.member} {row.member_name} {p.partner} {row.partner_name} {p.skill}",
+                    f"{p.id} {_spellings(p.member)} {row.member_name} {_spellings(p.partner)} "
+                    f"{row.partner_name} {p.skill}",
                 )
             )
         person_rows = []
@@ -274,7 +276,8 @@ class NumbersDesk:
             person_rows.append(
                 _with_search(
                     pr,
-                    f"{person.email} {person.name} {person.department} {' '.join(person.offers)}",
+                    f"{_spellings(person.email)} {person.name} {person.department} "
+                    f"{' '.join(person.offers)}",
                 )
             )
         return Snapshot(
@@ -354,6 +357,14 @@ def stat_stamp(path: Path) -> tuple[int, int, int]:
     except FileNotFoundError:
         return (0, 0, 0)
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _spellings(address: str) -> str:
+    """An address for search: an IDN one is found by its A-labels (xn--) too."""
+    if address.isascii():
+        return address
+    other = ascii_form(address)
+    return f"{address} {other}" if other else address
 
 
 def _with_search(row: Any, text: str) -> Any:

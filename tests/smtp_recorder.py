@@ -27,6 +27,8 @@ TLS and AUTH, for the client's real STARTTLS/implicit-TLS/login path: `starttls=
 `implicit_tls=True` make a self-signed certificate for 127.0.0.1/localhost (openssl CLI, or
 `cryptography` when installed); `client_context()` returns an SSLContext that trusts it.
 `auth={"user": "secret"}` requires AUTH (PLAIN/LOGIN) before MAIL.
+`smtputf8=False` makes a relay that does not offer SMTPUTF8 (RFC 6531): a command with UTF-8
+in it (an international address) is refused with 500, as a strict ASCII server does.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class RecordedMessage:
     session: int  # 1-based number of the connection it arrived on
     tls: bool
     auth_login: str | None
+    mail_options: tuple[str, ...] = ()  # MAIL FROM parameters, e.g. ("SMTPUTF8",)
 
 
 def text_of(msg: RecordedMessage) -> str:
@@ -239,6 +242,7 @@ class _Handler:
                 session=getattr(server, "session_no", 0),
                 tls=session.ssl is not None or _implicit_tls(server),
                 auth_login=login.decode("utf-8", "replace") if isinstance(login, bytes) else None,
+                mail_options=tuple(o.upper() for o in envelope.mail_options),
             )
         )
         return "250 2.0.0 OK queued"
@@ -260,6 +264,7 @@ class RecordingSMTPServer:
         implicit_tls: bool = False,
         auth: dict[str, str] | None = None,
         cert_dir: Path | None = None,
+        smtputf8: bool = True,
     ) -> None:
         if starttls and implicit_tls:
             raise ValueError("starttls and implicit_tls are exclusive")
@@ -268,6 +273,7 @@ class RecordingSMTPServer:
         self.starttls = starttls
         self.implicit_tls = implicit_tls
         self.auth = dict(auth) if auth else None
+        self.smtputf8 = smtputf8  # offer SMTPUTF8 in the EHLO (else UTF-8 commands get 500)
         self.refuse_rcpt: dict[str, str] = {}
         self.refuse_data: dict[str, str] = {}
         self.fail_next_connections = 0
@@ -338,7 +344,11 @@ class RecordingSMTPServer:
         return ctx
 
     def _factory(self) -> SMTP:
-        kwargs: dict[str, Any] = {"hostname": "relay.test", "enable_SMTPUTF8": True, "timeout": 30}
+        kwargs: dict[str, Any] = {
+            "hostname": "relay.test",
+            "enable_SMTPUTF8": self.smtputf8,
+            "timeout": 30,
+        }
         if self.starttls:
             kwargs.update(tls_context=self._server_context(), require_starttls=True)
         if self.auth is not None:

@@ -48,6 +48,7 @@ ssl = true
 username = "bot"
 password_env = "RELAY_PW"
 timeout_seconds = 9
+smtputf8 = "never"
 
 [schedule]
 checkin_day = "Tuesday"
@@ -131,7 +132,7 @@ def test_every_key_of_every_section_is_accepted(tmp_path: Path) -> None:
         "mx.example.org",
     )
     assert cfg.relay == config.RelayConfig(
-        "smtp.example.org", 465, False, True, "bot", "RELAY_PW", 9
+        "smtp.example.org", 465, False, True, "bot", "RELAY_PW", 9, "never"
     )
     assert cfg.schedule == config.ScheduleConfig(
         "tuesday", "07:45", 24, 72, 15, 10, 3, "22:30-06:00"
@@ -384,3 +385,11 @@ def test_limit_keys_are_checked_by_name(tmp_path: Path, text: str, message: str)
         load(write(tmp_path, text))
     cfg = load(write(tmp_path, "[listener]\ntrusted_peers = []\n"))
     assert cfg.listener.trusted_peers == () and Config().service.min_free_mb == 100
+
+
+@pytest.mark.parametrize("bad", ['"sometimes"', '"AUTO"', "true"])
+def test_relay_smtputf8_is_auto_always_or_never(tmp_path: Path, bad: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[relay]\nsmtputf8 = {bad}\n")
+    with pytest.raises(ConfigError, match="relay.smtputf8"):
+        config.load(path)

@@ -20,7 +20,8 @@ PACKAGE = Path(mailflow.__file__).resolve().parent
 
 # Lowest first. A module may import from its own layer and the ones before it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "clock", "tokens", "mime", "htmltext", "classify", "hints"),  # no domain knowledge
+    # no domain knowledge
+    ("errors", "clock", "addresses", "tokens", "mime", "htmltext", "classify", "hints"),
     ("config", "models"),  # settings and the domain's data
     ("people", "partnerships", "schedule", "commands", "suggest", "export", "parse"),  # rules
     ("letters", "triage"),  # what mail says; what inbound mail means
