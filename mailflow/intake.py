@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 from filelock import FileLock
 
-from mailflow import actions, letters, status, triage
+from mailflow import actions, letters, selfservice, status, triage
 from mailflow.letters import Bounced, Pair, ServiceInfo
 from mailflow.mailroom import Mailroom, Prepared, TickReport
 from mailflow.models import Outgoing, Partnership, Report, Roster
@@ -234,6 +234,8 @@ class Intake:
         one core transaction, so no change is lost), then its letters prepared."""
         at = at or entry.received_at
         desk = actions.Desk(self.svc, at, mid, entry.id)
+        if isinstance(d, triage.Program):
+            return self._program(d, desk, out)
         pid = actions.subject(d)
         if pid is None:
             return [self.mailroom.prepare(letter, at) for letter in actions.unrouted(d, desk)]
@@ -245,6 +247,28 @@ class Intake:
         for line in outcome.lines:
             out.add(line)
         return [self.mailroom.prepare(letter, at) for letter in outcome.letters]
+
+    def _program(self, d: triage.Program, desk: actions.Desk, out: TickReport) -> list[Prepared]:
+        """Self-service: what the mail asks, on the directory as stored now (read and written
+        in one core transaction), then its letters prepared."""
+        with self.store.core_tx() as tx:
+            world = selfservice.World(
+                {p.email: p for p in tx.people()},
+                tx.partnerships(),
+                tx.requests(),
+                tx.next_partnership_id(),
+                tx.next_request_n(),
+            )
+            change = selfservice.handle(d, world, desk)
+            for person in change.people:
+                tx.put_person(person)
+            for p in change.partnerships:
+                tx.put_partnership(p)
+            for request in change.requests:
+                tx.put_request(request)
+        for line in change.lines:
+            out.add(line)
+        return [self.mailroom.prepare(letter, desk.at) for letter in change.letters]
 
     def pair_of(self, p: Partnership | None, roster: Roster, at: datetime) -> Pair | None:
         """`p` with its people and its strip at `at`; None when it or one of them is gone."""

@@ -8,18 +8,19 @@ store per file version) that the strip of one partnership needs.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from mailflow import letters
 from mailflow.models import CONSENT_ACCEPTED, CONSENT_PENDING, ENDED, PAUSED, Partnership, Person
 from mailflow.outbox import Outbox
-from mailflow.schedule import Settings, current_period
+from mailflow.schedule import Settings, current_period, utc_week
 from mailflow.spool import Spool
 from mailflow.store import Store, WeekView
 
 QUARANTINE_SHOWN = 20  # status lists the most recent quarantined messages only
+STRANGER_DAYS = 28  # mail to the program's address from outside the directory: counted this far
 
 
 def strip(
@@ -57,13 +58,15 @@ def status(
     totals = dict.fromkeys(
         ("partnerships", "sent", "replied", "setbacks", "missing", "waiting", "paused"), 0
     )
-    consent: dict[str, list[int]] = {"pending": [], "declined": [], "overdue": []}
+    consent: dict[str, list[int]] = {"pending": [], "declined": [], "overdue": [], "approval": []}
     views: dict[str, WeekView] = {}
     rows = []
     for p in core.partnerships():
         if p.status == ENDED or p.member not in people:
             continue
         totals["partnerships"] += 1
+        if p.approval:
+            consent["approval"].append(p.id)
         if p.consent != CONSENT_ACCEPTED:
             consent["declined" if p.consent == "declined" else "pending"].append(p.id)
             if p.consent == CONSENT_PENDING and p.consent_overdue_at is not None:
@@ -81,6 +84,8 @@ def status(
         "consent_pending": consent["pending"],
         "consent_declined": consent["declined"],
         "consent_overdue": consent["overdue"],
+        "awaiting_approval": consent["approval"],
+        "program_strangers": strangers(store, now),
         "bouncing": sorted(p.email for p in people.values() if p.bouncing),
         "quarantined": len(quarantined),
         "quarantined_senders": sorted({car.sender or "(nobody)" for _, car in quarantined}),
@@ -143,3 +148,17 @@ def _row(
     else:
         row["state"] = "not sent yet"
     return row
+
+
+def strangers(store: Store, now: datetime) -> dict[str, Any]:
+    """Mail to the program's address from people not in the directory (never answered), in
+    the UTC weeks of the last `STRANGER_DAYS` days: {since (a UTC week), count, senders}."""
+    since = utc_week(now - timedelta(days=STRANGER_DAYS))
+    senders: dict[str, int] = {}
+    for label in store.periods():
+        if label < since:
+            continue
+        for item in store.week(label).inbound():
+            if item.kind == "program_stranger":
+                senders[item.sender or "(nobody)"] = senders.get(item.sender or "(nobody)", 0) + 1
+    return {"since": since, "count": sum(senders.values()), "senders": sorted(senders)}

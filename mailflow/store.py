@@ -35,7 +35,16 @@ from filelock import Timeout as LockTimeout
 from tinydb.storages import Storage
 
 from mailflow.errors import StoreError
-from mailflow.models import Inbound, Outgoing, Partnership, PeriodSummary, Person, Report, Week
+from mailflow.models import (
+    Inbound,
+    Outgoing,
+    Partnership,
+    PeriodSummary,
+    Person,
+    Report,
+    Request,
+    Week,
+)
 
 LOCK_TIMEOUT_SECONDS = 60
 CACHE_FILES = 6
@@ -191,6 +200,7 @@ _KEYS = {
     "reports": "message_id",
     "inbound": "message_id",
     "outgoing": "key",
+    "requests": "n",
 }
 
 
@@ -255,6 +265,22 @@ class CoreView(_View):
 
     def next_partnership_id(self) -> int:
         return max((int(d["id"]) for d in self._table("partnerships").docs()), default=0) + 1
+
+    def requests(self) -> list[Request]:
+        return sorted(
+            (Request.from_doc(d) for d in self._table("requests").docs()), key=lambda r: r.n
+        )
+
+    def request(self, n: int) -> Request | None:
+        """A self-service request (`models.Request`) by its number."""
+        doc = self._table("requests").get(n)
+        return None if doc is None else Request.from_doc(doc)
+
+    def put_request(self, r: Request) -> None:
+        self._put("requests", r.to_doc())
+
+    def next_request_n(self) -> int:
+        return max((int(d["n"]) for d in self._table("requests").docs()), default=0) + 1
 
     def meta(self, name: str) -> Any:
         doc = self._table("meta").get(name)

@@ -41,8 +41,9 @@ from mailflow.letters import Written
 from mailflow.models import CONSENT_ACCEPTED, ENDED, Inbound, Partnership, Report, Roster
 from mailflow.parse import ParsedMessage, detect_setback, find_sections
 from mailflow.people import normalize_email
+from mailflow.program import parse_commands
 from mailflow.schedule import utc_week, weeks_between
-from mailflow.tokens import AGREE, CHECKIN, DIGEST, Keys, Rcpt, Token, token_from_ids
+from mailflow.tokens import AGREE, CHECKIN, DIGEST, PROGRAM, Keys, Rcpt, Token, token_from_ids
 
 MAX_TOKEN_AGE_WEEKS = 8  # older tokens are replays, not late replies
 FORWARD_CHARS = 20_000  # a forward shows at most this much of the message (all is archived)
@@ -210,7 +211,29 @@ class Ambiguous:
         return "which partnership: " + ", ".join(self.skills)
 
 
-Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous | Forward
+@dataclass(frozen=True)
+class Program:
+    """Mail from a person in the directory to the program's address (`request` None), or
+    her reply to a self-service mail of ours (`request`: the number its token carries).
+    `intake` and `selfservice` read the directory and the request and do what it asks."""
+
+    sender: str
+    text: str
+    request: int | None
+    inbound: Inbound
+    # The trusted MTA vouched for the From (DMARC): an offer change needs no confirmation.
+    vouched: bool = False
+
+    @property
+    def period(self) -> None:
+        return None  # about no partnership: stored in the UTC week
+
+    @property
+    def reason(self) -> str:
+        return "self-service" + (f" (reply to request {self.request})" if self.request else "")
+
+
+Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous | Forward | Program
 
 
 def records(d: Decision) -> tuple[Report | Inbound, ...]:
@@ -218,7 +241,7 @@ def records(d: Decision) -> tuple[Report | Inbound, ...]:
     match d:
         case Reply():
             return tuple(r for r in (d.report, d.inbound) if r is not None)
-        case Record() | Consent() | Note() | Ambiguous() | Forward():
+        case Record() | Consent() | Note() | Ambiguous() | Forward() | Program():
             return (d.inbound,)
     return ()
 
@@ -247,6 +270,8 @@ def pid_of(d: Decision) -> int | None:
             return d.partnership_id
         case Record():
             return d.inbound.partnership_id
+        case Forward() | Program():
+            return None
     return d.pid
 
 
@@ -344,12 +369,13 @@ def route(
     mid = message_id_of(parsed, envelope.raw)
     sender = (parsed.from_address or envelope.mail_from or "").lower()
     token: Token | None = None
-    to_bounce = to_plain = False
+    to_bounce = to_plain = to_program = False
     mailbox = ""
     for rcpt in envelope.rcpt_tos:
         kind, found = keys.rcpt(rcpt)
         to_bounce = to_bounce or kind is Rcpt.BOUNCES
         to_plain = to_plain or kind is Rcpt.PLAIN
+        to_program = to_program or kind is Rcpt.PROGRAM
         mailbox = mailbox or (rcpt if keys.is_mailbox(rcpt) else "")
         token = token or found
     if token is None and not to_bounce:
@@ -367,6 +393,10 @@ def route(
         # Auto-replies and stray mail to our return path: keep a record, answer nothing.
         inbound = _inbound(envelope, mid, sender, parsed.kind, parsed.detail)
         return Record(f"to bounce address: {parsed.detail}", inbound)
+    if token is not None and token.kind == PROGRAM:
+        return _program(parsed, sender, mid, envelope, roster, token.partnership_id, bool(mailbox))
+    if to_program and not to_plain:
+        return _program(parsed, sender, mid, envelope, roster, None, keys.is_mailbox(keys.program))
     if token is not None:
         return _by_token(token, sender, mid, envelope, roster, vouch)
     if to_plain:
@@ -377,6 +407,38 @@ def route(
     if mailbox:
         return Mailbox(sender, mid, envelope, mailbox)
     return Quarantine("no check-in token in the address or references")
+
+
+def _program(
+    parsed: ParsedMessage,
+    sender: str,
+    mid: str,
+    envelope: Envelope,
+    roster: Roster,
+    request: int | None,
+    also_mailbox: bool,
+) -> Decision | Mailbox:
+    """Mail to the program's address, or a reply to one of its mails. Only people in the
+    directory are answered (by their From address); anyone else's mail is recorded and
+    never answered (no backscatter). When the program's address is also our From address,
+    mail that asks the program nothing is a person writing to us (`Mailbox`)."""
+    person = roster.people.get(sender)
+    if parsed.kind == "auto_reply" or person is None:
+        if also_mailbox and person is None and parsed.kind != "auto_reply":
+            return Mailbox(sender, mid, envelope, sender_to(envelope))
+        kind = "auto_reply" if parsed.kind == "auto_reply" else "program_stranger"
+        inbound = _inbound(envelope, mid, sender, kind, parsed.detail)
+        why = "not in the directory" if person is None else parsed.detail
+        return Record(f"to the program address: {why}", inbound)
+    if also_mailbox and request is None and not parse_commands(parsed.text).commands:
+        return Mailbox(sender, mid, envelope, sender_to(envelope))
+    inbound = _inbound(envelope, mid, sender, "program", "self-service", request=request)
+    return Program(person.email, parsed.text, request, inbound)
+
+
+def sender_to(envelope: Envelope) -> str:
+    """The first recipient of `envelope` (the address a person wrote to)."""
+    return envelope.rcpt_tos[0] if envelope.rcpt_tos else ""
 
 
 def _by_token(

@@ -22,9 +22,18 @@ PACKAGE = Path(mailflow.__file__).resolve().parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "clock", "tokens", "mime", "htmltext", "classify", "hints"),  # no domain knowledge
     ("config", "models"),  # settings and the domain's data
-    ("people", "partnerships", "schedule", "commands", "suggest", "export", "parse"),  # rules
+    (
+        "people",
+        "partnerships",
+        "schedule",
+        "commands",
+        "suggest",
+        "export",
+        "parse",
+        "program",
+    ),  # rules
     ("letters", "triage"),  # what mail says; what inbound mail means
-    ("actions", "samples"),  # what a message asks; sample mail
+    ("actions", "selfservice", "samples"),  # what a message asks; sample mail
     ("store", "spool", "outbox", "inbox", "compose"),  # disk, network, template files
     ("mailroom", "intake", "jobs", "status", "admin", "quarantine"),  # use cases
     ("app",),  # wiring

@@ -227,7 +227,13 @@ _BASE = {k for k in RECORDED["receipt"][0] if k not in ("done_items", "problems"
 NEW_TEMPLATES: dict[str, set[str]] = {
     "released": _BASE | {"received_at", "reason", "sender", "own_address", "not_run"},
     "forward": {"service", "sender", "subject", "text", "to_address", "received_at", "kept_at"},
-}
+    # Issue 15: self-service by email.
+    "program": {"service", "reader", "program_address", "reply_address", "admin_address",
+                "topic", "done_items", "problems", "offers_shown", "offers", "skill",
+                "suggestions", "nobody", "confirm_items", "block", "block_lines", "show_help",
+                "commands", "status"},
+    "approval": _BASE | {"command", "asked_at"},
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", letters.TEMPLATE_NAMES)
