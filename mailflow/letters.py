@@ -41,6 +41,7 @@ from mailflow.models import (
     Week,
 )
 from mailflow.parse import free_text, label_of_line, says_no_setback
+from mailflow.program import BLOCK_LINES
 from mailflow.schedule import (
     ON_TIME,
     Period,
@@ -965,12 +966,6 @@ HELP_LINES = (
     ("ask N", "in a reply to the suggestions, with the agreement block"),
     ("status", "your partnerships, as member and as partner"),
     ("help", "this list"),
-)
-BLOCK_LINES = (
-    "Goal: YYYY-MM-DD what you will have done by then",
-    "Why: why it matters to you",
-    "Saddle: what your partner should tell you after a setback",
-    "Day: monday 09:00   (optional: your check-in day and time)",
 )
 
 

@@ -37,6 +37,16 @@ ASK = "ask"
 SHOWN = 3  # suggestions shown for one skill
 MAX_COMMANDS = 20  # a mail's commands beyond this are not read
 
+BLOCK_LINES = (
+    "Goal: YYYY-MM-DD what you will have done by then",
+    "Why: why it matters to you",
+    "Saddle: what your partner should tell you after a setback",
+    "Day: monday 09:00   (optional: your check-in day and time)",
+)
+"""The agreement block as our mails show it to be filled in (skipped when quoted back)."""
+_PLACEHOLDERS = {" ".join(line.lower().split()) for line in BLOCK_LINES}
+_UNFILLED = "(missing)"
+
 _ASK = re.compile(r"^ask\s+#?(\d{1,2})$")
 _FIND = re.compile(r"^(?:find\s+(?:a\s+)?)?partner\s+for\s+(\S.{0,79})$")
 _OFFER_STOP = re.compile(r"^(?:offer\s+stop|stop\s+offering|offer\s+no\s+more)\s+(\S.{0,79})$")
@@ -133,25 +143,49 @@ class Agreement:
         return not (self.goals or self.why or self.saddle or self.day or self.time)
 
 
-def parse_agreement(text: str, today: date) -> Agreement:
-    """The agreement block anywhere in `text`, in any order, quoted or not. A field's text
-    goes on over the lines below it until a blank line, another field or a command."""
+def parse_agreement(text: str, today: date, whole: str = "") -> Agreement:
+    """The agreement block anywhere in `text` (her new text), in any order, quoted or not.
+    A field's text goes on over the lines below it until a blank line, another field or a
+    command. A field she did not write in `text` is taken from `whole` (the whole message
+    with its quoted part: she may fill the block in where our mail quoted it, or complete
+    what our receipt quoted back); our own unfilled lines are never taken."""
+    fields = _fields(text)
+    if whole:
+        quoted = _fields(whole)
+        fields = {k: v or quoted[k] for k, v in fields.items()}
+    return _checked(fields, today)
+
+
+def _fields(text: str) -> dict[str, list[str]]:
+    """Each field's values in order of appearance (goals: every one, once)."""
     fields: dict[str, list[str]] = {"goal": [], "why": [], "saddle": [], "day": []}
     current: list[str] | None = None
+    depth = ""  # the quote marks of the field line: its text goes on at the same depth only
     for raw in text.splitlines():
+        marks = _QUOTE.match(raw)
+        prefix = marks.group(0).replace(" ", "") if marks else ""
         line = _unquoted(raw).strip()
         m = _FIELD.match(line)
-        if m:
-            label = m.group(1).lower()
-            fields[label].append(m.group(2).strip())
-            current = fields[label]
-            continue
-        if not line or current is None or _command(_norm(line))[0] is not None:
+        if m and (
+            " ".join(line.lower().split()) in _PLACEHOLDERS or m.group(2).strip() == _UNFILLED
+        ):
             current = None
             continue
-        if current is not fields["goal"] and current is not fields["day"]:
-            current[-1] = f"{current[-1]} {line}".strip()
-    return _checked(fields, today)
+        if m:
+            label, value = m.group(1).lower(), m.group(2).strip()
+            if value and value not in fields[label]:
+                fields[label].append(value)
+            current = fields[label] if label in ("why", "saddle") and value else None
+            depth = prefix
+            continue
+        if not line or current is None or prefix != depth or line[0] in "-(*":
+            current = None
+            continue
+        if _command(_norm(line))[0] is not None:
+            current = None
+            continue
+        current[-1] = f"{current[-1]} {line}"
+    return fields
 
 
 def _checked(fields: Mapping[str, list[str]], today: date) -> Agreement:
@@ -169,14 +203,14 @@ def _checked(fields: Mapping[str, list[str]], today: date) -> Agreement:
         goals.append(f"{goal.due.isoformat()} {goal.text}")
     if not goals and not problems:
         problems.append("Goal: missing (at least one line: Goal: YYYY-MM-DD what you will do)")
-    why = " ".join(" ".join(fields["why"]).split())
-    saddle = " ".join(" ".join(fields["saddle"]).split())
+    why = " ".join((fields["why"] or [""])[0].split())  # the first one: hers, above any quote
+    saddle = " ".join((fields["saddle"] or [""])[0].split())
     for name, value in (("Why", why), ("Saddle", saddle)):
         if not value:
             problems.append(f"{name}: missing")
         elif len(value) > LONG_TEXT:
             problems.append(f"{name}: too long (at most {LONG_TEXT} characters)")
-    day, at, problem = _day(" ".join(fields["day"]))
+    day, at, problem = _day((fields["day"] or [""])[0])
     if problem:
         problems.append(problem)
     return Agreement(tuple(goals), why, saddle, day, at, tuple(problems))

@@ -307,7 +307,7 @@ def _ask(d: Program, me: Person, req: Request, world: World, desk: Desk) -> Chan
     today = desk.at.astimezone(ZoneInfo(me.timezone)).date()
     parsed = prog.parse_commands(d.text)
     asks = [c for c in parsed.commands if c.kind == prog.ASK]
-    agreement = prog.parse_agreement(d.text, today)
+    agreement = prog.parse_agreement(d.text, today, d.body)
     if not asks and agreement.empty:
         return _commands(d, me, world, desk)  # she wrote commands in reply: answer them
     key, topic = _key(desk), f"Your partner for {req.skill}"

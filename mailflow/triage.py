@@ -218,9 +218,10 @@ class Program:
     `intake` and `selfservice` read the directory and the request and do what it asks."""
 
     sender: str
-    text: str
+    text: str  # her new text
     request: int | None
     inbound: Inbound
+    body: str = ""  # the whole message, its quoted part too (an agreement block filled in there)
     # The trusted MTA vouched for the From (DMARC): an offer change needs no confirmation.
     vouched: bool = False
 
@@ -433,7 +434,7 @@ def _program(
     if also_mailbox and request is None and not parse_commands(parsed.text).commands:
         return Mailbox(sender, mid, envelope, sender_to(envelope))
     inbound = _inbound(envelope, mid, sender, "program", "self-service", request=request)
-    return Program(person.email, parsed.text, request, inbound)
+    return Program(person.email, parsed.text, request, inbound, parsed.body)
 
 
 def sender_to(envelope: Envelope) -> str:
