@@ -375,10 +375,9 @@ def _program_address(cfg: Config) -> str | None:
     why = _address(cfg.program.address)  # the default is made of a checked domain
     if why:
         return why
-    taken = {cfg.service.sender.lower(), f"checkin@{cfg.service.domain}".lower()}
-    taken.add(f"bounces@{cfg.service.domain}".lower())
+    taken = {f"checkin@{cfg.service.domain}".lower(), f"bounces@{cfg.service.domain}".lower()}
     if address in taken:
-        return f"{address} is already one of our addresses (from_address, checkin@, bounces@)"
+        return f"{address} is already one of our addresses (checkin@ and bounces@ are taken)"
     return None
 
 

@@ -30,9 +30,10 @@ MONDAY = next_monday(9)
 
 @pytest.fixture
 def app_settings(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
-    program = getattr(request, "param", {})
+    program = dict(getattr(request, "param", {}))
+    service = {"admin_address": ADMIN, **program.pop("service", {})}
     return {
-        "service": {"admin_address": ADMIN},
+        "service": service,
         "schedule": {"quiet_hours": ""},
         "program": program,
     }
@@ -320,3 +321,19 @@ def test_help_and_status_by_mail(world: MailWorld) -> None:
     write(world, ADA, "status")
     text = said(world.last_to(ADA, "your partnerships"))
     assert "partner's consent: accepted" in text and "next check-in: Monday" in text
+
+
+@pytest.mark.parametrize(
+    "app_settings", [{"service": {"from_address": f"Hot Team <{PROGRAM}>"}}], indirect=True
+)
+def test_program_address_shared_with_our_from_address(world: MailWorld) -> None:
+    """Commands go to the program; anything else written there reaches the admin."""
+    write(world, ADA, "status")
+    assert "You have no running partnerships." in said(world.last_to(ADA, "your partnerships"))
+    write(world, ADA, "Who do I talk to about the offsite?", subject="offsite")
+    forward = world.last_to(ADMIN, "offsite")
+    assert "Who do I talk to about the offsite?" in said(forward)
+    assert str(forward.message["Reply-To"]) == ADA
+    write(world, "stranger@else.example", "partner for public speaking", subject="join")
+    assert world.last_to(ADMIN, "join")  # a person writing to us: forwarded, never answered
+    assert not world.mail_to("stranger@else.example")
