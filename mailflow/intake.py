@@ -198,6 +198,7 @@ class Intake:
         prepared: list[Prepared] = []
         fates: list[tuple[SpoolEntry, Fate]] = []
         seen: set[str] = set()
+        programs: list[int] = []  # indexes in `fates`: self-service, handled together below
         for entry, d in decided:
             if isinstance(d, Quarantine):
                 fates.append((entry, d))
@@ -212,6 +213,10 @@ class Intake:
                 fates.append((entry, Duplicate(d)))
                 continue
             seen.add(mid)
+            if isinstance(d, triage.Program):
+                programs.append(len(fates))
+                fates.append((entry, d))
+                continue
             try:
                 prepared.extend(self._apply(d, roster, entry, mid, out, at))
             except Exception as exc:  # noqa: BLE001 - keep the message; a human looks at it
@@ -219,6 +224,8 @@ class Intake:
                 reason = f"processing error: {type(exc).__name__}: {exc}"
                 d = Quarantine(reason, triage.pid_of(d), d.period, sender=triage.sender_of(d))
             fates.append((entry, d))
+        if programs:
+            prepared.extend(self._programs(fates, programs, out, at))
         return prepared, fates
 
     def _apply(
@@ -234,8 +241,6 @@ class Intake:
         one core transaction, so no change is lost), then its letters prepared."""
         at = at or entry.received_at
         desk = actions.Desk(self.svc, at, mid, entry.id)
-        if isinstance(d, triage.Program):
-            return self._program(d, desk, out)
         pid = actions.subject(d)
         if pid is None:
             return [self.mailroom.prepare(letter, at) for letter in actions.unrouted(d, desk)]
@@ -248,27 +253,55 @@ class Intake:
             out.add(line)
         return [self.mailroom.prepare(letter, at) for letter in outcome.letters]
 
-    def _program(self, d: triage.Program, desk: actions.Desk, out: TickReport) -> list[Prepared]:
-        """Self-service: what the mail asks, on the directory as stored now (read and written
-        in one core transaction), then its letters prepared."""
+    def _programs(
+        self,
+        fates: list[tuple[SpoolEntry, Fate]],
+        indexes: list[int],
+        out: TickReport,
+        at: datetime | None,
+    ) -> list[Prepared]:
+        """Self-service mail of the batch, in one core transaction: each message sees the
+        directory as stored now with the changes of the ones before it (read once, from the
+        store's parsed snapshot, and written once). A message whose handling fails is
+        quarantined with the reason; the others go on."""
+        changes: list[tuple[actions.Desk, selfservice.Change]] = []
         with self.store.core_tx() as tx:
+            # The lock is held: the store's parsed maps are this transaction's data.
+            people, pships = self.store.people_map(), self.store.partnerships_map()
             world = selfservice.World(
-                {p.email: p for p in tx.people()},
-                tx.partnerships(),
-                tx.requests(),
-                tx.next_partnership_id(),
+                people, list(pships.values()), tx.requests(), tx.next_partnership_id(),
                 tx.next_request_n(),
-            )
-            change = selfservice.handle(d, world, desk)
-            for person in change.people:
-                tx.put_person(person)
-            for p in change.partnerships:
-                tx.put_partnership(p)
-            for request in change.requests:
-                tx.put_request(request)
-        for line in change.lines:
-            out.add(line)
-        return [self.mailroom.prepare(letter, desk.at) for letter in change.letters]
+            )  # fmt: skip
+            for i in indexes:
+                entry, d = fates[i]
+                assert isinstance(d, triage.Program)
+                desk = actions.Desk(
+                    self.svc, at or entry.received_at, d.inbound.message_id, entry.id
+                )
+                try:
+                    change = selfservice.handle(d, world, desk)
+                except Exception as exc:  # noqa: BLE001 - keep the message; a human looks at it
+                    log.exception("self-service failed for %s", entry.id)
+                    why = f"processing error: {type(exc).__name__}: {exc}"
+                    fates[i] = (entry, Quarantine(why, sender=d.sender))
+                    continue
+                world = selfservice.applied(world, change)
+                changes.append((desk, change))
+            for _, change in changes:
+                for person in change.people:
+                    tx.put_person(person)
+                for p in change.partnerships:
+                    tx.put_partnership(p)
+                for request in change.requests:
+                    tx.put_request(request)
+            if changes:
+                tx.set_meta("next_request", world.next_n)
+        prepared = []
+        for desk, change in changes:
+            for line in change.lines:
+                out.add(line)
+            prepared.extend(self.mailroom.prepare(letter, desk.at) for letter in change.letters)
+        return prepared
 
     def pair_of(self, p: Partnership | None, roster: Roster, at: datetime) -> Pair | None:
         """`p` with its people and its strip at `at`; None when it or one of them is gone."""

@@ -14,6 +14,7 @@ partnerships first) with the program's cap on how many partnerships a partner ca
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from mailflow.errors import DomainError
 from mailflow.models import ENDED, Partnership, Person
 from mailflow.partnerships import LONG_TEXT, parse_goal
 from mailflow.people import normalize_skill
-from mailflow.suggest import Suggestion, suggest_partners
+from mailflow.suggest import Suggestion, eligible_partners
 
 HELP = "help"
 STATUS = "status"
@@ -276,8 +277,12 @@ def candidates(
 ) -> list[Suggestion]:
     """Up to `limit` people who may partner `member` for `skill` (the rule of `partners
     suggest`), leaving out those who carry `cap` partnerships or more."""
-    found = suggest_partners(member, skill, people, partnerships)
-    return [s for s in found if s.active_partnerships < cap][:limit]
+    found = (
+        s
+        for s in eligible_partners(member, skill, people, partnerships)
+        if s.active_partnerships < cap
+    )
+    return list(itertools.islice(found, limit))
 
 
 def at_cap(partner: str, partnerships: Iterable[Partnership], cap: int) -> int | None:

@@ -66,6 +66,18 @@ class Change:
     lines: tuple[str, ...] = ()
 
 
+def applied(world: World, change: Change) -> World:
+    """`world` with `change` made: what the next message of the same batch sees."""
+    people = {**world.people, **{p.email: p for p in change.people}}
+    made = {p.id: p for p in change.partnerships}
+    pships = [made.pop(p.id, p) for p in world.partnerships] + list(made.values())
+    asked = {r.n: r for r in change.requests}
+    requests = [asked.pop(r.n, r) for r in world.requests] + list(asked.values())
+    next_pid = max([world.next_pid - 1, *(p.id for p in change.partnerships)]) + 1
+    next_n = max([world.next_n - 1, *(r.n for r in change.requests)]) + 1
+    return World(people, pships, requests, next_pid, next_n)
+
+
 def handle(d: Program, world: World, desk: Desk) -> Change:
     """Handle one message to the program's address (or a reply to one of its mails)."""
     me = world.people.get(d.sender)

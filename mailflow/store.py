@@ -280,7 +280,9 @@ class CoreView(_View):
         self._put("requests", r.to_doc())
 
     def next_request_n(self) -> int:
-        return max((int(d["n"]) for d in self._table("requests").docs()), default=0) + 1
+        """Request numbers are never reused (a pruned request's token must stay dead)."""
+        stored = max((int(d["n"]) for d in self._table("requests").docs()), default=0) + 1
+        return max(stored, int(self.meta("next_request") or 1))
 
     def meta(self, name: str) -> Any:
         doc = self._table("meta").get(name)
