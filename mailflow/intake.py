@@ -296,6 +296,8 @@ class Intake:
                     tx.put_request(request)
             if changes:
                 tx.set_meta("next_request", world.next_n)
+                for n in selfservice.expired(world, changes[-1][0].at):
+                    tx.remove_request(n)
         prepared = []
         for desk, change in changes:
             for line in change.lines:

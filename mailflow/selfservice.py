@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from mailflow import letters
@@ -39,6 +40,7 @@ from mailflow.tokens import hash16
 from mailflow.triage import Program
 
 OPEN, APPROVAL, OFF = "open", "approval", "off"
+REQUEST_WEEKS = 8  # a self-service mail older than this is answered no more (as old check-ins)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,13 @@ class Change:
     lines: tuple[str, ...] = ()
 
 
+def expired(world: World, now: datetime) -> list[int]:
+    """Requests no reply can act on any more (older than twice `REQUEST_WEEKS`): the store
+    drops them, so the table stays the size of a few weeks' asks."""
+    limit = now - timedelta(weeks=2 * REQUEST_WEEKS)
+    return [r.n for r in world.requests if r.asked_at < limit]
+
+
 def applied(world: World, change: Change) -> World:
     """`world` with `change` made: what the next message of the same batch sees."""
     people = {**world.people, **{p.email: p for p in change.people}}
@@ -89,6 +98,11 @@ def handle(d: Program, world: World, desk: Desk) -> Change:
     if req is None or req.person != me.email:
         # Our token, but not her request: a forwarded mail answered by someone else.
         return Change(lines=(f"self-service: reply to request {d.request} not from its person",))
+    if req.asked_at < desk.at - timedelta(weeks=REQUEST_WEEKS) and req.used_by != desk.mid:
+        what = "change" if req.kind == OFFER else f'"partner for {req.skill}"'
+        problem = f"That mail is more than {REQUEST_WEEKS} weeks old: please write {what} again."
+        answer = Answer(_key(desk), "Your mail to the program", problems=(problem,), show_help=True)
+        return Change(letters=(letters.program_answer(me, answer, desk.svc, desk.at),))
     if req.kind == OFFER:
         return _confirm_offer(d, me, req, world, desk)
     return _ask(d, me, req, world, desk)

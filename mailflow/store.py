@@ -279,6 +279,11 @@ class CoreView(_View):
     def put_request(self, r: Request) -> None:
         self._put("requests", r.to_doc())
 
+    def remove_request(self, n: int) -> None:
+        if not self._writable:
+            raise RuntimeError("write outside a transaction")
+        self.changed = self._table("requests").delete(n) or self.changed
+
     def next_request_n(self) -> int:
         """Request numbers are never reused (a pruned request's token must stay dead)."""
         stored = max((int(d["n"]) for d in self._table("requests").docs()), default=0) + 1
