@@ -15,11 +15,12 @@ a caller can build once and keep the `App`, whose parts are:
 | `jobs` | the week's jobs (`run_and_deliver`, `introduce`) |
 
 `App.tick(now)` runs everything due at `now` once; `App.listener(clock)` makes the SMTP
-listener on this app's spool; `serve(app, clock, stop)` runs listener, ingest, sender and
-scheduler until `stop` is set. The sender is woken by ingest whenever it queued mail, so a
-receipt, a forwarded note or a consent confirmation leaves seconds after the reply that
-caused it, not at the next tick. Every part reads the clock only through the `now` it is handed; the
-edges (the CLI, `serve`, the tests) hold the clock.
+listener on this app's spool; `App.start_site(clock)` starts the admin site over these same
+parts; `serve(app, clock, stop)` runs listener, ingest, sender and scheduler (and the site,
+unless `[web] enabled = false`) until `stop` is set. The sender is woken by ingest whenever it
+queued mail, so a receipt, a forwarded note or a consent confirmation leaves seconds after the
+reply that caused it, not at the next tick. Every part reads the clock only through the `now`
+it is handed; the edges (the CLI, `serve`, the tests) hold the clock.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import schedule as schedule_lib
 from mailflow import status
 from mailflow.clock import Clock
 from mailflow.compose import Templates
-from mailflow.config import Config
+from mailflow.config import Config, templates_override
 from mailflow.errors import ListenerError, StartupError
 from mailflow.intake import Intake
 from mailflow.jobs import Jobs
@@ -53,8 +54,9 @@ from mailflow.spool import Spool
 from mailflow.store import Store
 from mailflow.tokens import Rcpt
 
-if TYPE_CHECKING:  # the listener (aiosmtpd) is imported only by what listens
+if TYPE_CHECKING:  # the listener (aiosmtpd) and the site (uvicorn) only by what runs them
     from mailflow.inbox import Listener
+    from mailflow.web import WebServer
 
 log = logging.getLogger("mailflow")
 
@@ -99,7 +101,7 @@ class App:
         self.data_dir = config.service.data_dir
         self.store = Store(self.data_dir)
         self.store.init()
-        self.templates = templates or Templates(config.templates.dir)
+        self.templates = templates or Templates(templates_override(config))
         self.svc = ServiceInfo.from_config(config, load_secret(config))
         relay = config.relay
         password = config.secret(relay.password_env) if relay.host else None
@@ -151,6 +153,14 @@ class App:
         notify = on_spooled or _ignore
         return Listener(replace(options, **overrides), self.spool, self.rcpt_policy, notify, clock)
 
+    def start_site(self, clock: Clock) -> WebServer:
+        """Start the admin site on `[web] host/port` over this app's parts (it shares their
+        store, spool, outbox and templates); StartupError, saying why, when it cannot listen.
+        """
+        from mailflow.web import start_site
+
+        return start_site(self, clock)
+
 
 def build(config: Config, *, templates: Templates | None = None) -> App:
     """The parts of mailflow for `config` (see the module docstring); `templates` lets a
@@ -172,12 +182,16 @@ def serve(
     ready: Callable[[], None] | None = None,
     *,
     ingest_process: bool | None = None,
+    site: bool | None = None,
 ) -> None:
-    """Listener + ingest process (or thread) + scheduler loop until `stop` is set.
+    """Listener + ingest process (or thread) + scheduler loop (+ admin site) until `stop`.
 
     Refuses to start (StartupError) with a broken template, a listener that cannot listen,
     or an ingest process without a clock that can cross to it. `ingest_process` None: the
-    config's `listener.ingest_process`. `ready` is called once everything runs.
+    config's `listener.ingest_process`; `site` None: the config's `web.enabled`. The site
+    starts after the mail service's own start checks and its first tick; it is for people,
+    and mail must not wait for it: if its port is taken, serve logs why and goes on without
+    it (`mailflow web` alone fails instead). `ready` is called once everything runs.
     """
     problems = app.templates.check()
     if problems:
@@ -203,10 +217,23 @@ def serve(
         raise
     lc = app.config.listener
     log.info("listening on %s:%d for *@%s", lc.host, lc.port, app.svc.domain)
+    sites: list[WebServer] = []
+
+    def started() -> None:
+        if app.config.web.enabled if site is None else site:
+            try:
+                sites.append(app.start_site(clock))
+            except StartupError as exc:
+                log.error("admin site not started (mail goes on): %s", exc)
+        if ready is not None:
+            ready()
+
     try:
-        _schedule(app, clock, stop, worker, ready)
+        _schedule(app, clock, stop, worker, started)
     finally:
         log.info("stopping")
+        for running in sites:
+            running.stop()  # first: a page in flight may still queue mail
         listener.stop()
         worker.stop()
         sender.stop()

@@ -23,7 +23,7 @@ import click
 from mailflow import admin
 from mailflow import partnerships as pships
 from mailflow.clock import Clock, shifted_clock, system_clock
-from mailflow.config import Config, load
+from mailflow.config import Config, load, templates_override
 from mailflow.errors import MailflowError, StartupError, UsageProblem, one_line
 from mailflow.models import Partnership, Person
 from mailflow.people import (
@@ -639,7 +639,7 @@ def templates() -> None:
 def _templates(app: App) -> Any:
     from mailflow.compose import Templates
 
-    return Templates(app.config.templates.dir)
+    return Templates(templates_override(app.config))
 
 
 @templates.command("check")
@@ -875,9 +875,66 @@ def serve(app: App) -> None:
     stop = threading.Event()
     install_signal_handlers(stop)
     try:
+        # The admin site starts inside, once the mail service passed its own start checks.
         serve_app(parts, app.running_clock(), stop)
     except OSError as exc:  # the data directory or a port: before anything ran
         raise StartupError(f"cannot start: {exc}") from None
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def web(ctx: click.Context) -> None:
+    """The admin site alone, until SIGINT/SIGTERM (`serve` also serves it)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+    import threading
+
+    from mailflow.app import install_signal_handlers
+    from mailflow.web import site_url
+
+    app = ctx.find_object(App)
+    assert app is not None
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    # Safe next to `serve`: every change goes through the same store, spool and outbox locks.
+    # A port that is taken is a StartupError: one `error:` line, exit 1.
+    site = _build(app).start_site(app.running_clock())
+    click.echo(f"admin site on {site_url(app.config)} (sign in: mailflow web link EMAIL)")
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        site.stop()
+
+
+@web.command("link")
+@click.argument("email")
+@pass_app
+def web_link(app: App, email: str) -> None:
+    """Print a one-time sign-in link for EMAIL (15 minutes), as Jupyter prints its token URL.
+
+    EMAIL must be in [web] admins; with no admins configured (the embedded default), whoever
+    can run this command on the server may sign in.
+    """
+    from mailflow.web import site_url
+    from mailflow.webadmin import WebAdmin
+    from mailflow.webauth import Auth, derive_key
+
+    address = normalize_email(email)
+    admins = app.config.web.admins
+    if admins and address not in admins:
+        fail(f"{address} is not in web.admins ({', '.join(admins)})")
+    desk = WebAdmin(_build(app))
+    now = app.now()
+    token = Auth(desk.state_dir, derive_key(desk.secret)).issue_link(address, now)
+    desk.record(now, address, "sign-in link printed", "", "by `mailflow web link` on the server")
+    click.echo(f"{site_url(app.config)}/signin/{token}")
 
 
 @cli.command()

@@ -128,6 +128,21 @@ class TemplatesConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The admin site: `serve` also serves it unless `enabled` is false; `mailflow web` alone."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8025
+    # Who may sign in (a one-time link is mailed to these addresses only). Empty: nobody by
+    # mail; `mailflow web link EMAIL` (shell access to the data) still lets anyone in.
+    admins: tuple[str, ...] = ()
+    # The address people type to reach the site (scheme://host[:port]), for the links we
+    # mail ("" means http://host:port). An https:// URL also marks the session cookie Secure.
+    public_url: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     listener: ListenerConfig = field(default_factory=ListenerConfig)
@@ -135,6 +150,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     templates: TemplatesConfig = field(default_factory=TemplatesConfig)
     program: ProgramConfig = field(default_factory=ProgramConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     # The values of the environment variables this config names (secret_env, password_env,
     # auth_password_env), read once at load: nothing else reads the environment. Not from the
     # file, never printed, not compared.
@@ -144,6 +160,26 @@ class Config:
         """The value the environment gave `env_name` at load, or None when unset or empty."""
         return self.secrets.get(env_name) or None
 
+    def templates_dir(self) -> Path:
+        """Where admins' template files live: `[templates] dir`, else data_dir/templates/.
+
+        Files there override the shipped ones file by file; the web admin saves into it.
+        """
+        return self.templates.dir or self.service.data_dir / "templates"
+
+
+def templates_override(config: Config) -> Path:
+    """The override directory to hand `compose.Templates`, created when it is the default.
+
+    A configured `[templates] dir` must exist (a typo must not silently fall back to the
+    shipped set); the default data_dir/templates/ is made here, so that a template saved later
+    by the web admin is picked up by `serve`'s refresh without a restart.
+    """
+    path = config.templates_dir()
+    if config.templates.dir is None:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
 
 _SECTIONS: dict[str, type] = {
     "service": ServiceConfig,
@@ -152,6 +188,7 @@ _SECTIONS: dict[str, type] = {
     "schedule": ScheduleConfig,
     "templates": TemplatesConfig,
     "program": ProgramConfig,
+    "web": WebConfig,
 }
 
 # Optional paths: "" or absent means none.
@@ -227,6 +264,10 @@ def _describe(value: Any) -> str:
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Check one raw TOML value against the type of its default."""
+    if isinstance(default, tuple):  # a list of strings (web.admins)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {_describe(value)}")
+        return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
@@ -381,6 +422,27 @@ def _program_address(cfg: Config) -> str | None:
     return None
 
 
+def _host(value: str) -> str | None:
+    if not value.strip() or any(c.isspace() for c in value):
+        return f'expected a host name or address, got "{value}"'
+    return None
+
+
+def _addresses(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        why = _address(value) if value else 'not a valid address ""'
+        if why:
+            return why
+    return None
+
+
+def _site_url(value: str) -> str | None:
+    # No path: the site's own links are absolute from "/", so it must own the host.
+    if not value or re.fullmatch(r"https?://[^\s/?#@]+", value):
+        return None
+    return f'expected http(s)://host[:port], got "{value}"'
+
+
 def _deadline_after_remind(cfg: Config) -> str | None:
     sc = cfg.schedule
     if sc.deadline_after_hours <= sc.remind_after_hours:
@@ -446,6 +508,10 @@ _RULES: tuple[tuple[str, Check], ...] = (
         lambda c: c.schedule.deadline_after_hours > 24 * 7 - 1,
         "must fall within the week (at most 167)",
     ),
+    _value("web.host", _host),
+    _value("web.port", _port),
+    _value("web.admins", _addresses),
+    _value("web.public_url", _site_url),
 )
 
 
@@ -489,6 +555,12 @@ def from_mapping(
         cfg = _resolve_paths(cfg, base_dir)
     if cfg.schedule.checkin_day != cfg.schedule.checkin_day.lower():
         cfg = _replace(cfg, "schedule", checkin_day=cfg.schedule.checkin_day.lower())
+    if cfg.web.admins:
+        # Addresses compare lower-cased whole, as people's addresses do (people.py).
+        admins = tuple(dict.fromkeys(a.strip().lower() for a in cfg.web.admins))
+        cfg = _replace(cfg, "web", admins=admins)
+    if cfg.web.public_url.endswith("/"):
+        cfg = _replace(cfg, "web", public_url=cfg.web.public_url.rstrip("/"))
     _validate(cfg)
     if environ:
         names = (cfg.service.secret_env, cfg.relay.password_env, cfg.listener.auth_password_env)

@@ -25,7 +25,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -36,7 +36,7 @@ from mailflow.letters import Bounced, Pair, ServiceInfo
 from mailflow.mailroom import Mailroom, Prepared, TickReport
 from mailflow.models import Outgoing, Partnership, Report, Roster
 from mailflow.parse import parse_message
-from mailflow.schedule import current_period, report_period
+from mailflow.schedule import current_period, report_period, utc_week
 from mailflow.spool import Spool, SpoolEntry
 from mailflow.store import Store, WeekView, fsync_dir
 from mailflow.triage import Decision, Forward, Quarantine, Record, Reply
@@ -46,6 +46,26 @@ log = logging.getLogger("mailflow")
 INGEST_BATCH = 500
 LOCK_TIMEOUT_SECONDS = 120
 BOUNCE_LOOKBACK_PERIODS = 4  # period files searched for the mail a bounce returns
+
+
+def _stranger(d: Decision) -> bool:
+    """Mail to the program's address from outside the directory (counted for `status`)."""
+    return isinstance(d, Record) and d.inbound.kind == "program_stranger"
+
+
+def _count_stranger(
+    counted: dict[str, dict[str, int]], d: Decision, entry: SpoolEntry, at: datetime | None
+) -> None:
+    """One more stranger's mail in its UTC week; weeks past what `status` shows are dropped.
+    (A batch run again after a crash may count one twice: it is a statistic.)"""
+    assert isinstance(d, Record)
+    when = at or entry.received_at
+    week = counted.setdefault(utc_week(when), {})
+    sender = d.inbound.sender or "(nobody)"
+    week[sender] = week.get(sender, 0) + 1
+    oldest = utc_week(when - timedelta(days=2 * status.STRANGER_DAYS))
+    for label in [k for k in counted if k < oldest]:
+        del counted[label]
 
 
 @dataclass(frozen=True)
@@ -213,7 +233,7 @@ class Intake:
                 fates.append((entry, Duplicate(d)))
                 continue
             seen.add(mid)
-            if isinstance(d, triage.Program):
+            if isinstance(d, triage.Program) or _stranger(d):
                 programs.append(len(fates))
                 fates.append((entry, d))
                 continue
@@ -272,9 +292,12 @@ class Intake:
                 people, list(pships.values()), tx.requests(), tx.next_partnership_id(),
                 tx.next_request_n(),
             )  # fmt: skip
+            counted = tx.meta(status.STRANGERS_META) or {}
             for i in indexes:
                 entry, d = fates[i]
-                assert isinstance(d, triage.Program)
+                if not isinstance(d, triage.Program):  # a stranger: counted, never answered
+                    _count_stranger(counted, d, entry, at)
+                    continue
                 desk = actions.Desk(
                     self.svc, at or entry.received_at, d.inbound.message_id, entry.id
                 )
@@ -294,6 +317,8 @@ class Intake:
                     tx.put_partnership(p)
                 for request in change.requests:
                     tx.put_request(request)
+            if len(changes) < len(indexes):
+                tx.set_meta(status.STRANGERS_META, counted)
             if changes:
                 tx.set_meta("next_request", world.next_n)
                 for n in selfservice.expired(world, changes[-1][0].at):

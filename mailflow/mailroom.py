@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 from mailflow.compose import Templates
 from mailflow.letters import DigestMark, Letter, Mark, ServiceInfo
-from mailflow.mime import message_bytes
+from mailflow.mime import Rendered, message_bytes
 from mailflow.models import QUEUED, SUPERSEDED, Outgoing, Week
 from mailflow.outbox import FlushResult, Outbox
 from mailflow.schedule import quiet_until, utc_week
@@ -116,7 +116,17 @@ class Mailroom:
     def prepare(self, letter: Letter, now: datetime) -> Prepared:
         """Render and write one letter (not yet synced or recorded); TemplateError if its
         template does not render."""
-        rendered = self.templates.render(letter.template, letter.ctx)
+        return self.prepare_rendered(
+            letter, self.templates.render(letter.template, letter.ctx), now
+        )
+
+    def prepare_rendered(self, letter: Letter, rendered: Rendered, now: datetime) -> Prepared:
+        """Write one letter whose text is already rendered (not yet synced or recorded).
+
+        For mail that is not one of the program's templates (the admin site's sign-in link, a
+        test of a template as typed): `letter.template` then only names its kind, and the
+        rest (wire bytes, outbox file, the record under its key) is what every letter gets.
+        """
         mid = letter.message_id or letter_message_id(letter.template, letter.key, self.domain)
         held = self.hold(letter, now)
         data = message_bytes(
@@ -177,6 +187,12 @@ class Mailroom:
     def post(self, letters: Iterable[Letter | None], now: datetime, out: TickReport) -> int:
         """Prepare and commit letters (None entries are skipped: "nothing to send")."""
         return self.commit([self.prepare(letter, now) for letter in letters if letter], out)
+
+    def post_rendered(
+        self, items: Iterable[tuple[Letter, Rendered]], now: datetime, out: TickReport
+    ) -> int:
+        """Write and commit letters already rendered (see `prepare_rendered`)."""
+        return self.commit([self.prepare_rendered(lt, r, now) for lt, r in items], out)
 
     def flush(self, now: datetime) -> TickReport:
         """Deliver what is queued and due at `now`."""

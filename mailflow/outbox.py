@@ -297,28 +297,31 @@ class Outbox:
         return chosen
 
     def _with_status(self, status: str, periods: Sequence[str] | None) -> list[Outgoing]:
-        out = [
-            o
-            for p in self._periods(periods)
-            for o in self.store.week(p).outgoings()
-            if o.status == status
-        ]
+        out = [o for p in self._periods(periods) for o in self.store.week(p).outgoings(status)]
         return sorted(out, key=lambda o: (o.created_at, o.key))
 
     def pending(self, periods: Sequence[str] | None = None) -> list[Outgoing]:
-        """Queued messages in the recent periods (for `status`)."""
+        """Queued messages in the recent periods."""
         return self._with_status(QUEUED, periods)
+
+    def count(self, status: str, periods: Sequence[str] | None = None) -> int:
+        """How many messages of the recent periods are in `status` (for `status`: counting
+        builds no object per message, and most of a week's are long sent)."""
+        return sum(
+            self.store.outgoing_tally(p).counts.get(status, 0) for p in self._periods(periods)
+        )
 
     def failed(self, periods: Sequence[str] | None = None) -> list[Outgoing]:
         """Messages the relay refused permanently, with its reason in `error`."""
-        return self._with_status(FAILED, periods)
+        out = [o for p in self._periods(periods) for o in self.store.outgoing_tally(p).failed]
+        return sorted(out, key=lambda o: (o.created_at, o.key))
 
     def _due(self, now: datetime, periods: Sequence[str] | None) -> list[tuple[str, Outgoing]]:
         due = [
             (p, o)
             for p in self._periods(periods)
-            for o in self.store.week(p).outgoings()
-            if o.status == QUEUED and (o.next_attempt_at is None or o.next_attempt_at <= now)
+            for o in self.store.week(p).outgoings(QUEUED)
+            if o.next_attempt_at is None or o.next_attempt_at <= now
         ]
         # Oldest first, so a long backlog drains in the order it was queued.
         due.sort(key=lambda po: (po[1].created_at, po[1].key))

@@ -1,9 +1,10 @@
 """The read side: what `status` shows, and the week-by-week strip of one partnership.
 
-Nothing here writes. `status` reads the core file, the current period file of each running
-partnership, the spool (with the quarantine's sidecars, which name each message's sender) and
-the outbox; `strip` reads the per-period summaries (cached by the
-store per file version) that the strip of one partnership needs.
+Nothing here writes. Both read the per-period summaries and outgoing tallies the store keeps
+per file version (never an object per record): `status` those of the current period of each
+running partnership and of the outbox's latest periods, with the core file, the spool and
+the quarantine (whose sidecars name each message's sender); `strip` those of the weeks one
+partnership's strip shows.
 """
 
 from __future__ import annotations
@@ -13,14 +14,25 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from mailflow import letters
-from mailflow.models import CONSENT_ACCEPTED, CONSENT_PENDING, ENDED, PAUSED, Partnership, Person
+from mailflow.models import (
+    CONSENT_ACCEPTED,
+    CONSENT_PENDING,
+    ENDED,
+    PAUSED,
+    QUEUED,
+    Partnership,
+    PeriodSummary,
+    Person,
+)
 from mailflow.outbox import Outbox
 from mailflow.schedule import Settings, current_period, utc_week
 from mailflow.spool import Spool
-from mailflow.store import Store, WeekView
+from mailflow.store import Store
 
 QUARANTINE_SHOWN = 20  # status lists the most recent quarantined messages only
 STRANGER_DAYS = 28  # mail to the program's address from outside the directory: counted this far
+STRANGERS_META = "program_strangers"  # {UTC week: {sender: count}}, kept by intake
+NOTHING_YET = PeriodSummary()  # a partnership the period file has no record of
 
 
 def strip(
@@ -53,15 +65,17 @@ def status(
 ) -> dict[str, Any]:
     """This period of every running partnership, with the totals, consent, bounces, the
     quarantine and the outgoing queue: the dict `status --json` prints."""
-    core = store.core()
-    people = {p.email: p for p in core.people()}
+    # The store's objects of this version of core.json (a site asks again and again), and
+    # per-period summaries instead of the period files' records: no object per record.
+    roster = store.roster()
+    people = roster.people
     totals = dict.fromkeys(
         ("partnerships", "sent", "replied", "setbacks", "missing", "waiting", "paused"), 0
     )
     consent: dict[str, list[int]] = {"pending": [], "declined": [], "overdue": [], "approval": []}
-    views: dict[str, WeekView] = {}
+    summaries: dict[str, dict[int, PeriodSummary]] = {}  # one file version per status
     rows = []
-    for p in core.partnerships():
+    for p in roster.partnerships.values():
         if p.status == ENDED or p.member not in people:
             continue
         totals["partnerships"] += 1
@@ -73,9 +87,8 @@ def status(
                 consent["overdue"].append(p.id)
         if p.status == PAUSED:
             totals["paused"] += 1
-        rows.append(
-            _row(store, views, p, ZoneInfo(people[p.member].timezone), settings, now, totals)
-        )
+        tz = ZoneInfo(people[p.member].timezone)
+        rows.append(_row(store, summaries, p, tz, settings, now, totals))
     quarantined = [(qid, spool.sidecar(qid)) for qid, _ in spool.quarantined()]
     failed = outbox.failed()
     return {
@@ -99,7 +112,7 @@ def status(
             for qid, car in quarantined[-QUARANTINE_SHOWN:]
         ],
         "spooled": spool.count_pending(),
-        "outgoing_queued": len(outbox.pending()),
+        "outgoing_queued": outbox.count(QUEUED),
         "outgoing_failed": len(failed),
         "failed": [{"key": o.key, "to": o.to, "error": o.error} for o in failed],
         "partnerships_detail": rows,
@@ -108,7 +121,7 @@ def status(
 
 def _row(
     store: Store,
-    views: dict[str, WeekView],
+    summaries: dict[str, dict[int, PeriodSummary]],
     p: Partnership,
     tz: ZoneInfo,
     settings: Settings,
@@ -128,18 +141,18 @@ def _row(
     if cur is None:
         row["state"] = "not started"
         return row
-    view = views.get(cur.label) or views.setdefault(cur.label, store.week(cur.label))
-    week = view.week(p.id)
-    reports = view.reports(p.id)
-    sent = bool(week and week.checkin_at)
-    setback = any(r.setback for r in reports)
-    row.update(checkin_sent=sent, reports=len(reports), setback=setback)
+    summary = summaries.get(cur.label)
+    if summary is None:
+        summary = summaries[cur.label] = store.period_summary(cur.label)
+    week = summary.get(p.id, NOTHING_YET)
+    sent, reports, setback = week.checkin_sent, week.reports, week.setback
+    row.update(checkin_sent=sent, reports=reports, setback=setback)
     totals["sent"] += sent
     if reports:
         totals["replied"] += 1
         totals["setbacks"] += setback
         row["state"] = "setback" if setback else "reported"
-    elif week and week.no_report_at:
+    elif week.no_report_sent:
         totals["missing"] += 1
         row["state"] = "missing"
     elif sent:
@@ -152,13 +165,15 @@ def _row(
 
 def strangers(store: Store, now: datetime) -> dict[str, Any]:
     """Mail to the program's address from people not in the directory (never answered), in
-    the UTC weeks of the last `STRANGER_DAYS` days: {since (a UTC week), count, senders}."""
+    the UTC weeks of the last `STRANGER_DAYS` days: {since (a UTC week), count, senders}.
+    Counted by `intake` in the core file's meta (`program_strangers`), so this reads no
+    period file."""
     since = utc_week(now - timedelta(days=STRANGER_DAYS))
-    senders: dict[str, int] = {}
-    for label in store.periods():
-        if label < since:
-            continue
-        for item in store.week(label).inbound():
-            if item.kind == "program_stranger":
-                senders[item.sender or "(nobody)"] = senders.get(item.sender or "(nobody)", 0) + 1
-    return {"since": since, "count": sum(senders.values()), "senders": sorted(senders)}
+    weeks = store.core().meta(STRANGERS_META) or {}
+    senders: set[str] = set()
+    count = 0
+    for label, by_sender in weeks.items():
+        if label >= since:
+            senders |= set(by_sender)
+            count += sum(by_sender.values())
+    return {"since": since, "count": count, "senders": sorted(senders)}

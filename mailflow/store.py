@@ -23,7 +23,7 @@ import operator
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -36,6 +36,8 @@ from tinydb.storages import Storage
 
 from mailflow.errors import StoreError
 from mailflow.models import (
+    FAILED,
+    QUEUED,
     Inbound,
     Outgoing,
     Partnership,
@@ -43,6 +45,7 @@ from mailflow.models import (
     Person,
     Report,
     Request,
+    Roster,
     Week,
 )
 
@@ -224,6 +227,11 @@ class _View:
             table = self._tables[name] = _Table(raw, _KEYS[name])
         return table
 
+    def _docs(self, name: str) -> Iterable[dict[str, Any]]:
+        """A table's documents, without building its key index just to read them all."""
+        table = self._tables.get(name)
+        return table.raw.values() if table is not None else self._data.get(name, {}).values()
+
     def _put(self, name: str, doc: dict[str, Any]) -> None:
         if not self._writable:
             raise RuntimeError("write outside a transaction")
@@ -364,11 +372,67 @@ class WeekView(_View):
         doc = self._table("outgoing").get(key)
         return None if doc is None else Outgoing.from_doc(doc)
 
-    def outgoings(self) -> list[Outgoing]:
-        return [Outgoing.from_doc(d) for d in self._table("outgoing").docs()]
+    def outgoings(self, status: str | None = None) -> list[Outgoing]:
+        """The period's outgoing mail (only that in `status`, when given)."""
+        if status is None:
+            return [Outgoing.from_doc(d) for d in self._table("outgoing").docs()]
+        # Filtered on the stored documents: a period of 30,000 sent messages builds no object
+        # for the few still queued or failed that a delivery or `status` asks about.
+        return [Outgoing.from_doc(d) for d in self._docs("outgoing") if _status(d) == status]
 
     def put_outgoing(self, item: Outgoing) -> None:
         self._put("outgoing", item.to_doc())
+
+
+def _status(doc: dict[str, Any]) -> str:
+    return str(doc.get("status", QUEUED))  # as Outgoing.from_doc reads it
+
+
+@dataclass(frozen=True)
+class OutgoingTally:
+    """How a period's outgoing mail stands: how many in each status, and the failed ones."""
+
+    counts: Mapping[str, int]
+    failed: tuple[Outgoing, ...]
+
+
+@dataclass(frozen=True)
+class _Digest:
+    """What is kept of one version of a period file once it has been read for its numbers."""
+
+    stamp: tuple[int, int, int]
+    summary: dict[int, PeriodSummary]
+    tally: OutgoingTally
+
+
+def _summarize(data: dict[str, dict[str, Any]]) -> dict[int, PeriodSummary]:
+    summary: dict[int, PeriodSummary] = {}
+    for d in data.get("weeks", {}).values():
+        summary[int(d["partnership_id"])] = PeriodSummary(
+            checkin_sent=d.get("checkin_at") is not None,
+            no_report_sent=d.get("no_report_at") is not None,
+        )
+    for d in data.get("reports", {}).values():
+        pid = int(d["partnership_id"])
+        prev = summary.get(pid, PeriodSummary())
+        summary[pid] = PeriodSummary(
+            prev.checkin_sent,
+            prev.no_report_sent,
+            prev.reports + 1,
+            prev.setback or bool(d["setback"]),
+        )
+    return summary
+
+
+def _tally(data: dict[str, dict[str, Any]]) -> OutgoingTally:
+    counts: dict[str, int] = {}
+    failed = []
+    for d in data.get("outgoing", {}).values():
+        status = _status(d)
+        counts[status] = counts.get(status, 0) + 1
+        if status == FAILED:
+            failed.append(Outgoing.from_doc(d))
+    return OutgoingTally(counts, tuple(failed))
 
 
 @dataclass
@@ -388,7 +452,7 @@ class Store:
         self.data_dir = data_dir
         self.db_dir = data_dir / "db"
         self._cache: dict[Path, _Cached] = {}
-        self._summaries: dict[Path, tuple[tuple[int, int, int], dict[int, PeriodSummary]]] = {}
+        self._digests: dict[Path, _Digest] = {}
         self._guards: dict[Path, threading.RLock] = {}
         self._guards_lock = threading.Lock()
         self._fragments: tuple[Path, _Fragments] | None = None
@@ -515,6 +579,12 @@ class Store:
                 hit = self._core_objects = (data, people, pships)
             return hit[1], hit[2]
 
+    def roster(self) -> Roster:
+        """People and partnerships (in id order) of one version of core.json: new dicts,
+        shared objects (built once per version, as `people_map` and `partnerships_map`)."""
+        people, partnerships = self._core_maps()
+        return Roster(dict(people), dict(partnerships))
+
     def people_map(self) -> dict[str, Person]:
         """email -> Person, as core().people() would give; a new dict, shared objects."""
         return dict(self._core_maps()[0])
@@ -547,40 +617,40 @@ class Store:
                 self._commit(path, data)
 
     def period_summary(self, period: str) -> dict[int, PeriodSummary]:
-        """Per partnership: what happened in one period, for history strips and summaries.
+        """Per partnership: what happened in one period, for history strips, summaries and
+        `status`.
 
         Cached per file version without keeping the file itself, so reading a year of
         history costs one parse per old week per process and little memory.
         """
+        return self._digest(period).summary
+
+    def outgoing_tally(self, period: str) -> OutgoingTally:
+        """How one period's outgoing mail stands: counts by status and the failed messages.
+
+        Cached per file version with the summary (one parse gives both): `status` counts the
+        queued and failed mail of the latest periods, whose 30,000 records each are nearly all
+        sent, without an object per record and, in a long-running process, without parsing a
+        file again that has not changed.
+        """
+        return self._digest(period).tally
+
+    def _digest(self, period: str) -> _Digest:
         path = self.week_path(period)
         with self._guard(path):
             try:
                 st = path.stat()
             except FileNotFoundError:
-                return {}
+                return _Digest((0, 0, 0), {}, OutgoingTally({}, ()))
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            hit = self._summaries.get(path)
-            if hit is not None and hit[0] == stamp:
-                return hit[1]
+            hit = self._digests.get(path)
+            if hit is not None and hit.stamp == stamp:
+                return hit
             cached = self._cache.get(path)
             data = cached.data if cached and cached.stamp == stamp else self._load(path, False)
-            summary: dict[int, PeriodSummary] = {}
-            for d in data.get("weeks", {}).values():
-                summary[int(d["partnership_id"])] = PeriodSummary(
-                    checkin_sent=d.get("checkin_at") is not None,
-                    no_report_sent=d.get("no_report_at") is not None,
-                )
-            for d in data.get("reports", {}).values():
-                pid = int(d["partnership_id"])
-                prev = summary.get(pid, PeriodSummary())
-                summary[pid] = PeriodSummary(
-                    prev.checkin_sent,
-                    prev.no_report_sent,
-                    prev.reports + 1,
-                    prev.setback or bool(d["setback"]),
-                )
-            self._summaries[path] = (stamp, summary)
-            return summary
+            digest = _Digest(stamp, _summarize(data), _tally(data))
+            self._digests[path] = digest
+            return digest
 
     def periods(self) -> list[str]:
         """Every period label that has a file, oldest first."""

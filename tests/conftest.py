@@ -190,6 +190,41 @@ def listening(app: Any, port: int, clock: SettableClock) -> Iterator[Any]:
         listener.stop()
 
 
+# -- the browser (admin-site tests) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium, headless, driven by Playwright (never a browser of Playwright's own).
+
+    One per test module: the sync API keeps an event loop on this thread while it runs, which
+    must not outlive the module into tests that run their own loops.
+    """
+    from playwright.sync_api import expect, sync_playwright
+    from webtools import launch_browser
+
+    # expect() waits 5 s by default; the live preview runs `templates check` (~0.7 s alone),
+    # and this machine is shared: give every assertion the same bounded 15 s.
+    expect.set_options(timeout=15_000)
+
+    with sync_playwright() as pw:
+        chromium = launch_browser(pw)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: object) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    context.set_default_timeout(15_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
 # -- a simulated week, relative to the wall clock ------------------------------------------------
 
 

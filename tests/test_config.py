@@ -60,6 +60,13 @@ dir = "/srv/templates"
 address = "hotteam@example.org"
 self_service = "approval"
 max_partnerships_per_partner = 2
+
+[web]
+enabled = false
+host = "0.0.0.0"
+port = 8443
+admins = ["Ops@Example.org", "hr@example.org"]
+public_url = "https://admin.example.org"
 """
 
 
@@ -124,6 +131,9 @@ def test_every_key_of_every_section_is_accepted(tmp_path: Path) -> None:
     )
     assert cfg.templates.dir == Path("/srv/templates")
     assert cfg.program == config.ProgramConfig("hotteam@example.org", "approval", 2)
+    assert cfg.web == config.WebConfig(
+        False, "0.0.0.0", 8443, ("ops@example.org", "hr@example.org"), "https://admin.example.org"
+    )
     # Every field of every section appears in FULL: a new key must be added here too.
     for section, cls in config._SECTIONS.items():
         for f in dataclasses.fields(cls):

@@ -184,7 +184,9 @@ class MTA(threading.Thread):
 
 
 # 25 restarts of `serve` (a new interpreter each) on a loaded 2-core machine can take minutes;
-# every wait inside is bounded, so this is only a hang guard.
+# every wait inside is bounded, so this is only a hang guard. One worker runs it apart from the
+# browser tests (their Chromium and these restarts together overran the time limit).
+@pytest.mark.xdist_group("heavy")
 @pytest.mark.timeout(600)
 def test_sigkill_while_replies_stream_in_loses_and_doubles_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -45,6 +45,10 @@ def write_config(tmp_path: Path, relay_port: int, listen_port: int, **schedule: 
         'host = "127.0.0.1"',
         f"port = {relay_port}",
         "timeout_seconds = 5",
+        # The mail path under test; the admin site that serve also starts is tested on its
+        # own (tests/test_web_*.py), and parallel serves would all ask for its port.
+        "[web]",
+        "enabled = false",
         "[schedule]",
         *(f"{k} = {json.dumps(v)}" for k, v in sched.items()),
     ]
