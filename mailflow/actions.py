@@ -10,6 +10,12 @@ partnership: mail to our From address is forwarded to the admin. `consent_given`
 partner's yes or no means, whether it came by mail or from an admin who heard it another way
 (`admin.record_consent`).
 
+Mail that came in a member's name without proof that it is hers (to the plain address, or
+from another address and released by an admin) is answered at her stored address: its
+commands are held and she is asked to confirm them (`on_unconfirmed`; her answer is
+`on_confirm`), a report that came to the plain address is shown to her in a receipt
+(`on_plain_report`).
+
 Each handler computes from the partnership *as stored now* (`intake` reads it, and writes
 the result back, in one core transaction, so two replies never lose each other's change) and
 returns an `Outcome`: the changed partnership, the letters to send, and lines for the run's
@@ -26,32 +32,60 @@ from zoneinfo import ZoneInfo
 
 from mailflow import letters
 from mailflow import partnerships as pships
-from mailflow.commands import ACCEPT, Env, apply_commands
+from mailflow.commands import (
+    ACCEPT,
+    CONFIRM_DAYS,
+    DECLINE,
+    MAX_OPEN,
+    Command,
+    Env,
+    apply_commands,
+    describe,
+    held_commands,
+    hold,
+    is_open,
+    settle,
+)
 from mailflow.letters import Letter, Pair, ServiceInfo, Told
-from mailflow.models import CONSENT_PENDING, ENDED, Partnership, Report, Week
+from mailflow.models import CANCELLED, CONFIRMED, CONSENT_PENDING, ENDED, Partnership, Report, Week
 from mailflow.schedule import Period, current_period, first_checkin, utc_week
-from mailflow.tokens import AGREE, CHECKIN, hash16
-from mailflow.triage import Ambiguous, Consent, Decision, Forward, Note, Quarantine, Reply
+from mailflow.tokens import AGREE, CHECKIN, CONFIRM, hash16
+from mailflow.triage import (
+    Ambiguous,
+    Confirm,
+    Consent,
+    Decision,
+    Forward,
+    Note,
+    Quarantine,
+    Reply,
+)
 
 
 @dataclass(frozen=True)
 class Desk:
-    """The message being answered: when it arrived and how it is known."""
+    """The message being answered: when it arrived and how it is known.
+
+    `next_n`: the number a new confirmation request would get (read by `intake` in the same
+    core transaction that writes the result).
+    """
 
     svc: ServiceInfo
     at: datetime  # when we received it
     mid: str  # its Message-ID: receipts and notices are keyed by it (sent once per message)
     entry_id: str  # its spool id (the key of a "not counted" receipt)
+    next_n: int = 1
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What handling a message comes to: the partnership to write back (None: unchanged),
-    the letters to send, and what to report."""
+    the letters to send, and what to report; `numbered`: `Desk.next_n` was used."""
 
     partnership: Partnership | None = None
     letters: tuple[Letter, ...] = ()
     lines: tuple[str, ...] = ()
+    numbered: int | None = None
 
 
 NOTHING = Outcome()
@@ -60,9 +94,9 @@ NOTHING = Outcome()
 def subject(d: Decision) -> int | None:
     """The partnership whose current record `apply` needs, or None when `d` asks nothing."""
     match d:
-        case Reply(commands=(), problems=()):
-            return None  # a plain report (the common case): nothing to do or tell
-        case Reply() | Consent() | Note() | Ambiguous():
+        case Reply(commands=(), problems=(), to_confirm=(), unbound=False):
+            return None  # a report to her check-in (the common case): nothing to do or tell
+        case Reply() | Consent() | Note() | Ambiguous() | Confirm():
             return d.pid
         case Quarantine(tell_member=True):
             return d.partnership_id
@@ -84,10 +118,16 @@ def apply(d: Decision, pair: Pair | None, desk: Desk) -> Outcome:
     if pair is None:
         return NOTHING
     match d:
+        case Reply() if d.to_confirm:
+            return on_unconfirmed(d, pair, desk)
+        case Reply(commands=(), problems=(), unbound=True):
+            return on_plain_report(d, pair, desk)
         case Reply(commands=(), problems=()):
             return NOTHING
         case Reply():
             return on_commands(d, pair, desk)
+        case Confirm():
+            return on_confirm(d, pair, desk)
         case Consent():
             return on_consent(d, pair, desk)
         case Note():
@@ -102,26 +142,127 @@ def apply(d: Decision, pair: Pair | None, desk: Desk) -> Outcome:
 def on_commands(d: Reply, pair: Pair, desk: Desk) -> Outcome:
     """Commands in a member's reply: applied, confirmed in a receipt (with what was not
     understood or asked back), and told to the partner when check-ins pause, resume or stop."""
+    reply = desk.svc.keys.address(CHECKIN, pair.p.id, d.period)
+    return _run(pair, d.commands, d.problems, d.report is not None, d.period, reply, desk)
+
+
+def _run(
+    pair: Pair,
+    commands: Sequence[Command],
+    problems: tuple[str, ...],
+    report_stored: bool,
+    period: str,
+    reply: str,
+    desk: Desk,
+    confirmed: bool = False,
+) -> Outcome:
+    """Apply commands on the partnership as stored now; her receipt and the partner's notices."""
     p, svc = pair.p, desk.svc
     today = desk.at.astimezone(ZoneInfo(pair.member.timezone)).date()
-    result = apply_commands(p, d.commands, Env(today, desk.at, desk.mid))
+    result = apply_commands(p, commands, Env(today, desk.at, desk.mid, confirmed))
     updated = replace(pair, p=result.partnership)
-    reply = svc.keys.address(CHECKIN, p.id, d.period)
     told = Told(
         key=f"receipt:{hash16(desk.mid)}",
         reply=reply,
         reply_to=reply,
         done=result.done,
-        problems=d.problems + result.problems,
+        problems=problems + result.problems,
         question=result.question,
-        report_stored=d.report is not None,
-        period=d.period,
+        report_stored=report_stored,
+        period=period,
     )
     out = [letters.receipt(updated, told, svc, desk.at)]
     for action, until in result.notices:
-        out.append(letters.pause_notice(updated, action, until, desk.mid, d.period, svc, desk.at))
+        out.append(letters.pause_notice(updated, action, until, desk.mid, period, svc, desk.at))
     lines = tuple(f"partnership {p.id}: {line}" for line in result.done)
     return Outcome(result.partnership, tuple(out), lines)
+
+
+def on_unconfirmed(d: Reply, pair: Pair, desk: Desk) -> Outcome:
+    """Commands in her name without proof: held, and she is asked at her stored address to
+    confirm them (never at a Reply-To the mail carried). Nothing changes until she does.
+
+    They came to the plain address from her address (`d.unbound`), or, through a token, from
+    another address in a mail an admin released from the quarantine: the only way a
+    token-bound mail is unproven (`triage.route` quarantines it otherwise)."""
+    p, svc, at = pair.p, desk.svc, desk.at
+    today = at.astimezone(ZoneInfo(pair.member.timezone)).date()
+    held, asked = hold(p, d.to_confirm, desk.next_n, desk.mid, today, at)
+    if asked is None:
+        # Enough requests already wait for her: a flood of mail in her name asks her no more.
+        line = f"partnership {p.id}: not asked to confirm: {MAX_OPEN} requests still open"
+        if d.report is None:
+            return Outcome(lines=(line,))
+        why = (
+            f"The commands in it ({'; '.join(c.line for c in d.to_confirm)}) were not run: "
+            f"{MAX_OPEN} earlier requests from {svc.keys.plain_address} still wait for your "
+            "answer. Answer those, or write the commands in a reply to your check-in."
+        )
+        receipt = letters.report_receipt(pair, d.report, svc, at, (why, *d.problems))
+        return Outcome(letters=(receipt,), lines=(line,))
+    asking = letters.Asking(
+        asked,
+        tuple(describe(c, p) for c in d.to_confirm),
+        d.problems,
+        d.report is not None,
+        d.period,
+        CONFIRM_DAYS,
+        "" if d.unbound else d.sender or "an unknown address",
+    )
+    letter = letters.confirm(replace(pair, p=held), asking, svc, at)
+    line = f"partnership {p.id}: asked {pair.member.email} to confirm: " + "; ".join(asked.lines)
+    numbered = asked.n if held is not p else None
+    return Outcome(held, (letter,), (line,), numbered)
+
+
+def on_confirm(d: Confirm, pair: Pair, desk: Desk) -> Outcome:
+    """Her answer to a confirmation mail: yes runs the held commands (as confirmed: a `stop`
+    ends it), no cancels them, anything else is asked again; a request already answered or
+    lapsed changes nothing, and she is told so."""
+    p, svc, at = pair.p, desk.svc, desk.at
+    reply = letters.reply_address_of(pair, svc, at)
+    asked = next((x for x in p.pending if x.n == d.n), None)
+    label = current_label(pair, svc, at)
+
+    def told(done: str = "", question: str = "", reply_to: str = reply) -> Outcome:
+        key = f"receipt:{hash16(desk.mid)}"
+        text = Told(key, reply_to, reply_to, done=(done,) if done else (), question=question)
+        return Outcome(letters=(letters.receipt(pair, text, svc, at),))
+
+    if asked is None or not is_open(asked, at):
+        why = {CONFIRMED: "was already confirmed", CANCELLED: "was already cancelled"}
+        state = why.get(asked.state if asked else "", f"lapsed after {CONFIRM_DAYS} days")
+        return told(
+            question=f"That request {state}; nothing changed now. To do it, write the "
+            "command in a reply to your check-in."
+        )
+    if d.answer is None:
+        again = svc.keys.address(CONFIRM, d.n, d.period)
+        return told(question='Please reply "yes" to do it or "no" to cancel it.', reply_to=again)
+    if d.answer == DECLINE:
+        admin = f" and tell {svc.admin}" if svc.admin else ""
+        done = (
+            "Cancelled: nothing changed. If you did not write that mail, someone used your "
+            f"address: keep an eye on what we send you{admin}."
+        )
+        out = told(done=done)
+        line = f"partnership {p.id}: confirmation {d.n} cancelled by {d.sender}"
+        return replace(out, partnership=settle(p, d.n, CANCELLED, at), lines=(line,))
+    settled = replace(pair, p=settle(p, d.n, CONFIRMED, at))
+    return _run(settled, held_commands(asked), (), False, label, reply, desk, confirmed=True)
+
+
+def on_plain_report(d: Reply, pair: Pair, desk: Desk) -> Outcome:
+    """A report that came to the plain address counts, and she sees it at her own address."""
+    if d.report is None:
+        return NOTHING
+    return Outcome(letters=(letters.report_receipt(pair, d.report, desk.svc, desk.at),))
+
+
+def current_label(pair: Pair, svc: ServiceInfo, at: datetime) -> str:
+    """The partnership's current period, else the UTC week of `at`."""
+    cur = current_period(pair.p, ZoneInfo(pair.member.timezone), svc.settings, at)
+    return cur.label if cur else utc_week(at)
 
 
 def on_consent(d: Consent, pair: Pair, desk: Desk) -> Outcome:

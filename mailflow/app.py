@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import schedule as schedule_lib
 
 from mailflow import status
-from mailflow.clock import Clock
+from mailflow.clock import Clock, JumpWatch
 from mailflow.compose import Templates
 from mailflow.config import Config, templates_override
 from mailflow.errors import ListenerError, StartupError
@@ -53,6 +53,7 @@ from mailflow.outbox import Outbox
 from mailflow.spool import Spool
 from mailflow.store import Store
 from mailflow.tokens import Rcpt
+from mailflow.triage import Trust
 
 if TYPE_CHECKING:  # the listener (aiosmtpd) and the site (uvicorn) only by what runs them
     from mailflow.inbox import Listener
@@ -109,7 +110,8 @@ class App:
         self.outbox = Outbox(self.store, relay, password, bounces, self.data_dir)
         self.spool = Spool(self.data_dir / "spool")
         self.mailroom = Mailroom(self.store, self.outbox, self.templates, self.svc)
-        self.intake = Intake(self.store, self.spool, self.mailroom, self.svc, self.data_dir)
+        trust = Trust(config.listener.trusted_authserv_id)
+        self.intake = Intake(self.store, self.spool, self.mailroom, self.svc, self.data_dir, trust)
         self.jobs = Jobs(self.store, self.mailroom, self.svc)
 
     def ingest(self, now: datetime) -> TickReport:
@@ -117,9 +119,12 @@ class App:
         return self.intake.ingest(now)
 
     def tick(self, now: datetime) -> TickReport:
-        """Everything due at `now`, once: ingest spooled mail, queue jobs, deliver."""
+        """Everything due at `now`, once: ingest spooled mail, queue jobs, deliver; then what
+        the store found wrong with its files on the way (each named, as `error`/`warning`
+        lines: a broken file stops only what needs it, and the caller must hear of it)."""
         out = self.intake.ingest(now)
         out.extend(self.jobs.run_and_deliver(now))
+        out.add_problems(self.store.take_problems())
         return out
 
     def status(self, now: datetime) -> dict[str, Any]:
@@ -135,20 +140,11 @@ class App:
     ) -> Listener:
         """The SMTP listener of this app's config (not started); `overrides` replace fields
         of its `ListenerOptions` (a test's port, a smaller size limit, ...)."""
-        from mailflow.inbox import Listener, ListenerOptions
+        from mailflow.inbox import Listener, options_from_config
 
-        lc = self.config.listener
-        options = ListenerOptions(
-            host=lc.host,
-            port=lc.port,
-            max_message_bytes=lc.max_message_bytes,
-            timeout_seconds=lc.timeout_seconds,
-            max_connections=lc.max_connections,
-            hostname=self.svc.domain,
-            tls_cert=lc.tls_cert,
-            tls_key=lc.tls_key,
-            require_starttls=lc.require_starttls,
-            auth_users=lc.auth_users(self.config.secrets),
+        # Every [listener] key, plus the banner's domain and the disk floor: one place.
+        options = options_from_config(
+            self.config, auth_users=self.config.listener.auth_users(self.config.secrets)
         )
         notify = on_spooled or _ignore
         return Listener(replace(options, **overrides), self.spool, self.rcpt_policy, notify, clock)
@@ -217,6 +213,13 @@ def serve(
         raise
     lc = app.config.listener
     log.info("listening on %s:%d for *@%s", lc.host, lc.port, app.svc.domain)
+    since = clock()
+
+    def refusals() -> None:  # for `status`: what the listener refused since we started
+        counts = listener.refusals
+        if counts != app.spool.refusals().get("counts", {}):
+            app.spool.record_refusals(counts, since)
+
     sites: list[WebServer] = []
 
     def started() -> None:
@@ -229,12 +232,13 @@ def serve(
             ready()
 
     try:
-        _schedule(app, clock, stop, worker, started)
+        _schedule(app, clock, stop, worker, started, refusals)
     finally:
         log.info("stopping")
         for running in sites:
             running.stop()  # first: a page in flight may still queue mail
         listener.stop()
+        refusals()
         worker.stop()
         sender.stop()
         log.info("stopped")
@@ -246,15 +250,20 @@ def _schedule(
     stop: threading.Event,
     worker: _IngestThread | _IngestWorker,
     ready: Callable[[], None] | None,
+    after_tick: Callable[[], None] = lambda: None,
 ) -> None:
     """The scheduler loop: a tick every `tick_seconds` (and one at once, to catch up)."""
     scheduler = schedule_lib.Scheduler()
 
     def scheduled_tick() -> None:
         try:
+            after_tick()
             for problem in app.templates.refresh():
                 log.error("template not used (last good version stays): %s", problem)
             app.jobs.run_and_deliver(clock())
+            # Logged by the store as it found them; taken so that a file still broken at
+            # the next tick is logged again (and a repaired one no longer is).
+            app.store.take_problems()
         except Exception:  # noqa: BLE001 - a failed tick is retried at the next one
             log.exception("tick failed; will retry")
 
@@ -264,7 +273,18 @@ def _schedule(
     scheduled_tick()
     if ready is not None:
         ready()
+    watch = JumpWatch()
+    watch.jumped()
     while not stop.is_set():
+        jump = watch.jumped()
+        if jump is not None:
+            # `schedule` compares naive local time: after a step back (or the zone leaving
+            # DST) its next run would lie that far ahead. Re-armed from now, and a tick at
+            # once (ticks are idempotent), so a clock step delays nothing.
+            log.warning("wall clock jumped by %s; scheduler re-armed", jump)
+            scheduler.clear()
+            scheduler.every(tick_seconds).seconds.do(scheduled_tick)
+            scheduled_tick()
         scheduler.run_pending()
         if not worker.alive():
             log.error("ingest process stopped (exit %s); starting a new one", worker.exitcode())

@@ -850,10 +850,13 @@ def tick(app: App, now_text: str | None) -> None:
             click.echo(problem, err=True)
         fail("templates have errors; nothing sent")
     report = parts.tick(now)
-    for line in report.lines:
-        click.echo(line)
+    for line in report.entries:
+        click.echo(line.text, err=line.kind != "done")
     if not report.lines:
         click.echo("nothing due")
+    if report.errors:
+        # Each already said what failed; the exit status tells a cron job or a script.
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()
@@ -967,6 +970,16 @@ def status(app: App, as_json: bool, now_text: str | None) -> None:
         + (f" (from {', '.join(senders)})" if senders else "")
         + f"  spooled: {data['spooled']}"
     )
+    held, lc = data["held"], app.config.listener
+    click.echo(
+        f"held (waiting or quarantined): {held['messages']} message(s), "
+        f"{held['bytes'] / 1048576:.1f} MB (quotas: {lc.quarantine_max_per_sender} per sender, "
+        f"{lc.quarantine_max_mb} MB in all; over them the listener answers 452)"
+    )
+    refused = data["refused"]
+    if refused.get("counts"):
+        counts = ", ".join(f"{reason} {n}" for reason, n in refused["counts"].items())
+        click.echo(f"refused by the listener since {refused['since']}: {counts}")
     click.echo(f"outgoing queued: {data['outgoing_queued']}  failed: {data['outgoing_failed']}")
     strangers = data["program_strangers"]
     click.echo(
@@ -1072,13 +1085,14 @@ def main(
     """
     env = os.environ if environ is None else environ
     try:
-        cli.main(
+        code = cli.main(
             args=list(argv) if argv is not None else None,
             prog_name="mailflow",
             standalone_mode=False,
             obj=Edge(clock, env),
         )
-        return 0
+        # Not standalone, click hands a command's `Exit(n)` back as n (tick's errors: 1).
+        return code if isinstance(code, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.UsageError as exc:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
 from mailflow import partnerships as pships
 from mailflow.errors import DomainError
-from mailflow.models import Partnership
+from mailflow.models import OPEN, Partnership, Pending
 from mailflow.parse import fold_typography
 
 PAUSE_UNTIL = "pause_until"
@@ -131,11 +131,16 @@ def _command(line: str, today: date) -> tuple[Command | None, str | None]:
 
 @dataclass(frozen=True)
 class Env:
-    """When a reply's commands run: the member's date, the instant, the reply's Message-ID."""
+    """When a reply's commands run: the member's date, the instant, the reply's Message-ID.
+
+    `confirmed`: she confirmed them from her own mailbox (an answer to a confirmation mail),
+    which is already the second step a `stop` asks for.
+    """
 
     today: date
     at: datetime
     mid: str
+    confirmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,9 @@ def _goal_done(p: Partnership, c: Command, env: Env) -> Step:
 def _stop(p: Partnership, c: Command, env: Env) -> Step:
     """The first stop asks; a second one (another reply) within STOP_CONFIRM_DAYS ends it."""
     asked = p.stop_requested_at
+    if env.confirmed:
+        ended = pships.end(p, env.at).with_changes(end_reason="stopped by the member")
+        return Step(ended, "Stopped: this partnership has ended.", ("stopped", ""))
     if (
         p.stop_requested
         and p.stop_requested != env.mid
@@ -230,6 +238,66 @@ def apply_commands(p: Partnership, commands: Sequence[Command], env: Env) -> Com
             notices.append(step.notice)
         question = step.question or question
     return CommandResult(p, tuple(done), tuple(problems), tuple(notices), question)
+
+
+def describe(c: Command, p: Partnership) -> str:
+    """What a command will do, in words, for the mail that asks her to confirm it."""
+    if c.kind == PAUSE_UNTIL:
+        return f"Pause until {c.until}: no check-ins, reminders or digests before then."
+    if c.kind == RESUME:
+        return "Resume: check-ins start again."
+    if c.kind == GOAL_DONE:
+        goal = next((g.text for g in p.goals if g.n == c.goal), "")
+        return f"Mark goal {c.goal} achieved" + (f": {goal}" if goal else ".")
+    return "Stop: end this partnership."
+
+
+# -- commands from an address not bound to her ---------------------------------------------
+#
+# A From header proves nothing (design.md section 3): commands that came to the plain address
+# are held as a `Pending` request until she confirms them from her own mailbox, by answering
+# the confirmation mail, whose reply address carries the request's own number.
+
+CONFIRM_DAYS = 7  # an open request lapses after this many days
+MAX_OPEN = 3  # open requests per partnership: a flood of forged mail asks her no more often
+KEEP_ANSWERED = 5  # answered (or lapsed) requests kept, so a late answer is told what happened
+
+
+def is_open(x: Pending, at: datetime) -> bool:
+    """Waiting for her answer and not lapsed at `at`."""
+    return x.state == OPEN and at - x.asked_at <= timedelta(days=CONFIRM_DAYS)
+
+
+def hold(
+    p: Partnership, commands: Sequence[Command], n: int, mid: str, today: date, at: datetime
+) -> tuple[Partnership, Pending | None]:
+    """`p` with `commands` held as request `n` (the one already held for message `mid`, if
+    any: a batch run again after a crash asks nothing twice). None: MAX_OPEN requests are
+    already open, so none is added and nobody is asked."""
+    for x in p.pending:
+        if x.message_id == mid:
+            return p, x
+    if sum(1 for x in p.pending if is_open(x, at)) >= MAX_OPEN:
+        return p, None
+    asked = Pending(n, mid, at, today, tuple(c.line for c in commands))
+    return p.with_changes(pending=_pruned((*p.pending, asked), at)), asked
+
+
+def settle(p: Partnership, n: int, state: str, at: datetime) -> Partnership:
+    """`p` with request `n` answered (CONFIRMED or CANCELLED)."""
+    pending = tuple(replace(x, state=state) if x.n == n else x for x in p.pending)
+    return p.with_changes(pending=_pruned(pending, at))
+
+
+def held_commands(x: Pending) -> tuple[Command, ...]:
+    """The commands of a request, read as on the day she wrote them."""
+    return extract_commands("\n".join(x.lines), x.asked_on).commands
+
+
+def _pruned(pending: tuple[Pending, ...], at: datetime) -> tuple[Pending, ...]:
+    live = [x for x in pending if is_open(x, at)]
+    done = [x for x in pending if not is_open(x, at)][-KEEP_ANSWERED:]
+    return tuple(sorted((*done, *live), key=lambda x: x.n))
 
 
 ACCEPT = "accepted"

@@ -7,6 +7,7 @@ Secrets never live in the file: it only names the environment variables that hol
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -37,6 +38,9 @@ class ServiceConfig:
     timezone: str = "UTC"
     admin_address: str = ""
     secret_env: str = "MAILFLOW_SECRET"
+    # Below this much free space (MB) where data_dir lives, the listener answers 452 and
+    # the space left is kept for the database and the queue (Postfix: queue_minfree).
+    min_free_mb: int = 100
 
     @property
     def sender(self) -> str:
@@ -65,6 +69,17 @@ class ListenerConfig:
     require_starttls: bool = False  # refuse MAIL before STARTTLS
     auth_username: str = ""  # set: AUTH required (only over TLS) before MAIL
     auth_password_env: str = "MAILFLOW_LISTENER_PASSWORD"
+    # Floods (issue 12): sessions per client address (0: no cap); the MTA in front is exempt.
+    max_sessions_per_client: int = 10
+    trusted_peers: tuple[str, ...] = ("127.0.0.1", "::1")  # addresses or networks (CIDR)
+    # Mail held (waiting or quarantined) for anything but a reply address: per envelope
+    # sender and in all; over either, RCPT gets 452 (0: no quota).
+    quarantine_max_per_sender: int = 20
+    quarantine_max_mb: int = 100
+    # The authserv-id of the MTA in front (RFC 8601), e.g. "mx.example.com": its topmost
+    # Authentication-Results header with dmarc=pass proves a sender's address ("": none
+    # counts). Such headers from anyone else are ignored.
+    trusted_authserv_id: str = ""
 
     def auth_users(self, environ: Mapping[str, str]) -> dict[str, str] | None:
         """{username: password} for the listener's AUTH, or None when AUTH is off."""
@@ -287,6 +302,10 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if default is None and key in _OPTIONAL_PATHS:
             return Path(value).expanduser() if value else None  # "": none (shipped templates)
         return value
+    if isinstance(default, tuple):  # a list of strings (e.g. listener.trusted_peers)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {_describe(value)}")
+        return tuple(value)
     raise ConfigError(f"{key}: unsupported value {_describe(value)}")  # pragma: no cover
 
 
@@ -419,6 +438,25 @@ def _program_address(cfg: Config) -> str | None:
     taken = {f"checkin@{cfg.service.domain}".lower(), f"bounces@{cfg.service.domain}".lower()}
     if address in taken:
         return f"{address} is already one of our addresses (checkin@ and bounces@ are taken)"
+
+
+def _off_or_more(value: int) -> str | None:
+    return None if value >= 0 else f"expected 0 or more (0: off), got {value}"
+
+
+def _networks(values: tuple[str, ...]) -> str | None:
+    for peer in values:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            return f'not an IP address or network: "{peer}"'
+    return None
+
+
+def _authserv_id(value: str) -> str | None:
+    # RFC 8601's authserv-id is one token (a host name in practice): compared exactly.
+    if any(c.isspace() or not c.isprintable() or c in ';"()' for c in value):
+        return "expected one word such as mx.example.com (no spaces, quotes or semicolons)"
     return None
 
 
@@ -457,6 +495,7 @@ _RULES: tuple[tuple[str, Check], ...] = (
     _value("service.admin_address", _address),
     _value("service.timezone", _zone),
     _value("service.secret_env", _env_name),
+    _value("service.min_free_mb", _at_least(0)),
     _value("listener.port", _port),
     _value("listener.max_message_bytes", _at_least(1024)),
     _value("listener.timeout_seconds", _at_least(1)),
@@ -483,6 +522,11 @@ _RULES: tuple[tuple[str, Check], ...] = (
     ),
     _value("listener.auth_username", _auth_name),
     _value("listener.auth_password_env", _env_name),
+    _value("listener.max_sessions_per_client", _off_or_more),
+    _value("listener.trusted_peers", _networks),
+    _value("listener.quarantine_max_per_sender", _off_or_more),
+    _value("listener.quarantine_max_mb", _off_or_more),
+    _value("listener.trusted_authserv_id", _authserv_id),
     _value("relay.port", _port),
     _when(
         "relay.ssl",

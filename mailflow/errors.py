@@ -71,3 +71,47 @@ class UsageProblem(MailflowError):
 def one_line(message: str) -> str:
     """An error must stay one line even when it quotes a value with CR/LF in it."""
     return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+class CorruptFileError(StoreError):
+    """A database file that cannot be read as one (truncated, not JSON, a record of the wrong
+    shape). It names the file, and only that file's data is unavailable: a caller that reads
+    many files (a tick over several weeks) reports it and goes on with the others."""
+
+    def __init__(self, path: object, message: str) -> None:
+        super().__init__(one_line(f"{path}: {message}"))
+        self.path = path
+
+
+class DiskFullError(StoreError):
+    """A write failed for lack of space (ENOSPC, EDQUOT). It passes by itself once space
+    returns: retry later, never quarantine or give up because of it."""
+
+    transient: ClassVar[bool] = True
+
+    def __init__(self, path: object, message: str) -> None:
+        super().__init__(one_line(f"{path}: {message}"))
+        self.path = path
+
+
+class StoreLockedError(StoreError):
+    """A database file's lock was held by another process for longer than we wait. It
+    passes by itself (the other writer finishes): retry later, never quarantine for it."""
+
+    transient: ClassVar[bool] = True
+
+    def __init__(self, path: object, message: str) -> None:
+        super().__init__(one_line(f"{path}: {message}"))
+        self.path = path
+
+
+# errno values that mean "no room to write": they pass once space is freed.
+_NO_SPACE = (28, 122)  # ENOSPC, EDQUOT (Linux)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a failure that passes by itself (disk full, a lock held too long): the work
+    should stay where it is (spool, queue) and be retried, not quarantined or failed."""
+    if getattr(exc, "transient", False):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _NO_SPACE

@@ -14,6 +14,13 @@ message, and a message leaves the spool only after its record is on disk.
 An admin's release of a quarantined message (`quarantine.release`) takes the same path for
 one message, told it is a release: `decide_one(..., release=True)`, then `settle` (steps 1
 and 2) and `archive` (step 3), under the same locks as an ingest.
+
+Only mail that cannot be understood is quarantined. A failure that is not the message's
+(`Wait`): the disk full, a database lock held by another process for longer than we wait, a
+database file that cannot be read; leaves the message in the spool, untouched, and the next
+ingest (serve: within a second; else the next tick) tries it again. A message whose side
+effects met such a failure changed nothing: its letters are written before its partnership
+is, in the same core transaction, so the retry starts from the same state.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from zoneinfo import ZoneInfo
 from filelock import FileLock
 
 from mailflow import actions, letters, selfservice, status, triage
+from mailflow.errors import CorruptFileError, is_transient
 from mailflow.letters import Bounced, Pair, ServiceInfo
 from mailflow.mailroom import Mailroom, Prepared, TickReport
 from mailflow.models import Outgoing, Partnership, Report, Roster
@@ -44,6 +52,7 @@ from mailflow.triage import Decision, Forward, Quarantine, Record, Reply
 log = logging.getLogger("mailflow")
 
 INGEST_BATCH = 500
+CONFIRMATIONS = "confirmations"  # core meta: the last confirmation number given
 LOCK_TIMEOUT_SECONDS = 120
 BOUNCE_LOOKBACK_PERIODS = 4  # period files searched for the mail a bounce returns
 
@@ -75,15 +84,36 @@ class Duplicate:
     decision: Decision
 
 
-Fate = Decision | Duplicate
+@dataclass(frozen=True)
+class Wait:
+    """A message met a failure that is not its own (see the module docstring): it stays in
+    the spool for the next ingest."""
+
+    reason: str
+
+
+Fate = Decision | Duplicate | Wait
+
+
+def passing(exc: BaseException) -> bool:
+    """A failure that passes (disk full, a lock held too long) or that a human fixes in the
+    data directory (a corrupt database file): the mail waits, it is not to blame."""
+    return is_transient(exc) or isinstance(exc, CorruptFileError)
 
 
 class Intake:
     """Turns spooled mail into records; safe to run from several threads and processes."""
 
     def __init__(
-        self, store: Store, spool: Spool, mailroom: Mailroom, svc: ServiceInfo, data_dir: Path
+        self,
+        store: Store,
+        spool: Spool,
+        mailroom: Mailroom,
+        svc: ServiceInfo,
+        data_dir: Path,
+        trust: triage.Trust = triage.Trust(),  # noqa: B008 - frozen, shared on purpose
     ) -> None:
+        self.trust = trust  # what besides our tokens proves a sender (see triage.proven)
         self.store = store
         self.spool = spool
         self.mailroom = mailroom
@@ -99,9 +129,18 @@ class Intake:
                 entries = self.spool.pending(limit)
                 if not entries:
                     break
-                self._batch(entries, now, report)
-                if len(entries) < limit:
+                try:
+                    waiting = self._batch(entries, now, report)
+                except Exception as exc:
+                    if not passing(exc):
+                        raise
+                    # Writing the batch's letters or records met a full disk (or a lock, a
+                    # broken file): all of it stays in the spool, and nothing is lost.
+                    log.warning("ingest stopped; the spool keeps its mail: %s", exc)
+                    report.error(f"{len(entries)} message(s) wait in the spool: {exc}")
                     break
+                if waiting or len(entries) < limit:
+                    break  # what waits is tried again by the next ingest, not in a loop here
         return report
 
     @contextlib.contextmanager
@@ -124,7 +163,8 @@ class Intake:
         self, entry: SpoolEntry, d: Decision, roster: Roster, now: datetime, out: TickReport
     ) -> Fate:
         """Steps 1 and 2 for one message decided elsewhere (a release): its side effects at
-        `now`, then its records. A message already stored comes back as a `Duplicate`."""
+        `now`, then its records. A message already stored comes back as a `Duplicate`; one
+        whose side effects met a passing failure (the disk, a lock) as a `Wait`."""
         prepared, fates = self._act([(entry, d)], roster, {}, out, at=now)
         self.mailroom.commit(prepared, out)
         self._record(fates)
@@ -134,26 +174,42 @@ class Intake:
         """Step 3 for one message: archived under its period (from wherever it lies now)."""
         self._dispose([(entry, fate)], now, out)
 
-    def _batch(self, entries: list[SpoolEntry], now: datetime, out: TickReport) -> None:
+    def _batch(self, entries: list[SpoolEntry], now: datetime, out: TickReport) -> int:
+        """One batch, in the promised order; how many of its messages wait in the spool."""
         # The maps are built once per core file version, not per batch: serve's batches are
         # often small. One snapshot per period for the batch: a view indexes its tables on
         # first use, so a snapshot per message made every message cost a pass over the
         # period's records.
         roster = self.roster()
         views: dict[str, WeekView] = {}
-        decided: list[tuple[SpoolEntry, Decision]] = []
+        decided: list[tuple[SpoolEntry, Decision | Wait]] = []
         for entry in entries:
+            decision: Decision | Wait
             try:
                 decision = self._decide(entry, roster, views)
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the rest
-                log.exception("ingest failed for %s", entry.id)
-                reason = f"processing error: {type(exc).__name__}: {exc}"
-                decision = Quarantine(reason, sender=entry.mail_from.lower())
+                decision = self._failed(entry, exc, "ingest")
             decided.append((entry, decision))
         prepared, fates = self._act(decided, roster, views, out)
         self.mailroom.commit(prepared, out)
         self._record(fates)
         self._dispose(fates, now, out)
+        return sum(1 for _, fate in fates if isinstance(fate, Wait))
+
+    def _failed(
+        self, entry: SpoolEntry, exc: Exception, what: str, d: Decision | None = None
+    ) -> Quarantine | Wait:
+        """Quarantine for a message we cannot understand (with what `d`, its decision, knew
+        of its partnership); `Wait` when it is not to blame."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if passing(exc):
+            log.warning("%s of %s waits in the spool: %s", what, entry.id, exc)
+            return Wait(str(exc))
+        log.exception("%s failed for %s", what, entry.id)
+        sender = (triage.sender_of(d) if d is not None else "") or entry.mail_from.lower()
+        if d is None:
+            return Quarantine(f"processing error: {reason}", sender=sender)
+        return Quarantine(f"processing error: {reason}", triage.pid_of(d), d.period, sender=sender)
 
     def _decide(
         self,
@@ -166,7 +222,9 @@ class Intake:
         envelope = triage.Envelope(
             entry.id, entry.mail_from, entry.rcpt_tos, entry.received_at, entry.raw
         )
-        target = triage.route(parsed, envelope, self.svc.keys, roster, vouch=release)
+        target = triage.route(
+            parsed, envelope, self.svc.keys, roster, trust=self.trust, vouch=release
+        )
         if isinstance(target, triage.Mailbox):
             return triage.decide_mailbox(parsed, target, self.svc.admin)
         if not isinstance(target, triage.Target):
@@ -206,7 +264,7 @@ class Intake:
 
     def _act(
         self,
-        decided: list[tuple[SpoolEntry, Decision]],
+        decided: list[tuple[SpoolEntry, Decision | Wait]],
         roster: Roster,
         views: dict[str, WeekView],
         out: TickReport,
@@ -219,7 +277,11 @@ class Intake:
         fates: list[tuple[SpoolEntry, Fate]] = []
         seen: set[str] = set()
         programs: list[int] = []  # indexes in `fates`: self-service, handled together below
+        stalled: Wait | None = None  # once the disk or a lock fails, the rest waits too
         for entry, d in decided:
+            if isinstance(d, Wait) or stalled is not None:
+                fates.append((entry, stalled or d))
+                continue
             if isinstance(d, Quarantine):
                 fates.append((entry, d))
                 try:
@@ -228,24 +290,26 @@ class Intake:
                     log.exception("not-counted notice failed for %s", entry.id)
                 continue
             mid = triage.message_id(d)
-            view = self._view(views, triage.record_period(d, entry.received_at))
-            if mid in seen or view.has_message(mid):
-                fates.append((entry, Duplicate(d)))
-                continue
-            seen.add(mid)
-            if isinstance(d, triage.Program) or _stranger(d):
-                programs.append(len(fates))
-                fates.append((entry, d))
-                continue
+            fate: Fate = d
             try:
+                view = self._view(views, triage.record_period(d, entry.received_at))
+                if mid in seen or view.has_message(mid):
+                    fates.append((entry, Duplicate(d)))
+                    continue
+                seen.add(mid)
+                if isinstance(d, triage.Program) or _stranger(d):
+                    programs.append(len(fates))  # handled together below
+                    fates.append((entry, d))
+                    continue
                 prepared.extend(self._apply(d, roster, entry, mid, out, at))
             except Exception as exc:  # noqa: BLE001 - keep the message; a human looks at it
-                log.exception("side effects failed for %s", entry.id)
-                reason = f"processing error: {type(exc).__name__}: {exc}"
-                d = Quarantine(reason, triage.pid_of(d), d.period, sender=triage.sender_of(d))
-            fates.append((entry, d))
+                fate = self._failed(entry, exc, "side effects", d)
+                # The next message would only wait as long again (a lock) or fail the same
+                # way (the disk): it waits without trying.
+                stalled = fate if isinstance(fate, Wait) else None
+            fates.append((entry, fate))
         if programs:
-            prepared.extend(self._programs(fates, programs, out, at))
+            prepared.extend(_programs(self, fates, programs, out, at))
         return prepared, fates
 
     def _apply(
@@ -260,74 +324,26 @@ class Intake:
         """What the message asks, on its partnership as stored now (read and written back in
         one core transaction, so no change is lost), then its letters prepared."""
         at = at or entry.received_at
-        desk = actions.Desk(self.svc, at, mid, entry.id)
         pid = actions.subject(d)
         if pid is None:
+            desk = actions.Desk(self.svc, at, mid, entry.id)
             return [self.mailroom.prepare(letter, at) for letter in actions.unrouted(d, desk)]
         with self.store.core_tx() as tx:
             current = tx.partnership(pid)
+            # Confirmation numbers are counted in the core file, read and written in this
+            # transaction: two requests never share one (each mail confirms its own).
+            next_n = int(tx.meta(CONFIRMATIONS) or 0) + 1
+            desk = actions.Desk(self.svc, at, mid, entry.id, next_n)
             outcome = actions.apply(d, self.pair_of(current, roster, at), desk)
+            # Its letters on disk before its change: a full disk here changes nothing, and
+            # the message waits in the spool to be handled whole.
+            prepared = [self.mailroom.prepare(letter, at) for letter in outcome.letters]
             if outcome.partnership is not None and outcome.partnership != current:
                 tx.put_partnership(outcome.partnership)
+            if outcome.numbered is not None:
+                tx.set_meta(CONFIRMATIONS, outcome.numbered)
         for line in outcome.lines:
             out.add(line)
-        return [self.mailroom.prepare(letter, at) for letter in outcome.letters]
-
-    def _programs(
-        self,
-        fates: list[tuple[SpoolEntry, Fate]],
-        indexes: list[int],
-        out: TickReport,
-        at: datetime | None,
-    ) -> list[Prepared]:
-        """Self-service mail of the batch, in one core transaction: each message sees the
-        directory as stored now with the changes of the ones before it (read once, from the
-        store's parsed snapshot, and written once). A message whose handling fails is
-        quarantined with the reason; the others go on."""
-        changes: list[tuple[actions.Desk, selfservice.Change]] = []
-        with self.store.core_tx() as tx:
-            # The lock is held: the store's parsed maps are this transaction's data.
-            people, pships = self.store.people_map(), self.store.partnerships_map()
-            world = selfservice.World(
-                people, list(pships.values()), tx.requests(), tx.next_partnership_id(),
-                tx.next_request_n(),
-            )  # fmt: skip
-            counted = tx.meta(status.STRANGERS_META) or {}
-            for i in indexes:
-                entry, d = fates[i]
-                if not isinstance(d, triage.Program):  # a stranger: counted, never answered
-                    _count_stranger(counted, d, entry, at)
-                    continue
-                desk = actions.Desk(
-                    self.svc, at or entry.received_at, d.inbound.message_id, entry.id
-                )
-                try:
-                    change = selfservice.handle(d, world, desk)
-                except Exception as exc:  # noqa: BLE001 - keep the message; a human looks at it
-                    log.exception("self-service failed for %s", entry.id)
-                    why = f"processing error: {type(exc).__name__}: {exc}"
-                    fates[i] = (entry, Quarantine(why, sender=d.sender))
-                    continue
-                world = selfservice.applied(world, change)
-                changes.append((desk, change))
-            for _, change in changes:
-                for person in change.people:
-                    tx.put_person(person)
-                for p in change.partnerships:
-                    tx.put_partnership(p)
-                for request in change.requests:
-                    tx.put_request(request)
-            if len(changes) < len(indexes):
-                tx.set_meta(status.STRANGERS_META, counted)
-            if changes:
-                tx.set_meta("next_request", world.next_n)
-                for n in selfservice.expired(world, changes[-1][0].at):
-                    tx.remove_request(n)
-        prepared = []
-        for desk, change in changes:
-            for line in change.lines:
-                out.add(line)
-            prepared.extend(self.mailroom.prepare(letter, desk.at) for letter in change.letters)
         return prepared
 
     def pair_of(self, p: Partnership | None, roster: Roster, at: datetime) -> Pair | None:
@@ -344,7 +360,7 @@ class Intake:
         """The records of the batch: one write per period file."""
         by_period: dict[str, list[Decision]] = defaultdict(list)
         for entry, d in fates:
-            if not isinstance(d, Quarantine | Duplicate):
+            if not isinstance(d, Quarantine | Duplicate | Wait):
                 by_period[triage.record_period(d, entry.received_at)].append(d)
         for period, items in by_period.items():
             with self.store.week_tx(period) as week:
@@ -361,7 +377,16 @@ class Intake:
         """Archive or quarantine each message (after its record is on disk), then bounces."""
         archived: set[Path] = set()
         bounced: list[tuple[str, str, tuple[str, ...]]] = []
+        waiting = [entry.id for entry, d in fates if isinstance(d, Wait)]
+        if waiting:
+            reasons = sorted({d.reason for _, d in fates if isinstance(d, Wait)})
+            out.error(
+                f"{len(waiting)} message(s) wait in the spool for the next ingest: "
+                + "; ".join(reasons)
+            )
         for entry, d in fates:
+            if isinstance(d, Wait):
+                continue
             if isinstance(d, Quarantine):
                 self.spool.quarantine(
                     entry.id,
@@ -386,7 +411,7 @@ class Intake:
                 fsync_dir(folder)
         if bounced:
             self._mark_bouncing(bounced, now, out)
-        working = {triage.sender_of(d) for _, d in fates if not isinstance(d, Duplicate)}
+        working = {triage.sender_of(d) for _, d in fates if not isinstance(d, Duplicate | Wait)}
         working.discard("")
         if working & self._bouncing():
             self._clear_bouncing(working, out)
@@ -461,3 +486,59 @@ def _line(entry: SpoolEntry, fate: Fate) -> str:
         case Forward(written=w):
             return f"forwarded {entry.id} from {w.sender or 'nobody'} to the admin"
     return f"recorded {fate.reason} ({entry.id})"
+
+
+def _programs(
+    intake: Intake,
+    fates: list[tuple[SpoolEntry, Fate]],
+    indexes: list[int],
+    out: TickReport,
+    at: datetime | None,
+) -> list[Prepared]:
+    """Self-service mail of the batch, in one core transaction: each message sees the
+    directory as stored now with the changes of the ones before it (read once, from the
+    store's parsed snapshot, and written once). A message whose handling fails is
+    quarantined with the reason; the others go on."""
+    changes: list[tuple[actions.Desk, selfservice.Change]] = []
+    with intake.store.core_tx() as tx:
+        # The lock is held: the store's parsed maps are this transaction's data.
+        people, pships = intake.store.people_map(), intake.store.partnerships_map()
+        world = selfservice.World(
+            people, list(pships.values()), tx.requests(), tx.next_partnership_id(),
+            tx.next_request_n(),
+        )  # fmt: skip
+        counted = tx.meta(status.STRANGERS_META) or {}
+        for i in indexes:
+            entry, d = fates[i]
+            if not isinstance(d, triage.Program):  # a stranger: counted, never answered
+                _count_stranger(counted, d, entry, at)
+                continue
+            desk = actions.Desk(intake.svc, at or entry.received_at, d.inbound.message_id, entry.id)
+            try:
+                change = selfservice.handle(d, world, desk)
+            except Exception as exc:  # noqa: BLE001 - keep the message; a human looks at it
+                log.exception("self-service failed for %s", entry.id)
+                why = f"processing error: {type(exc).__name__}: {exc}"
+                fates[i] = (entry, Quarantine(why, sender=d.sender))
+                continue
+            world = selfservice.applied(world, change)
+            changes.append((desk, change))
+        for _, change in changes:
+            for person in change.people:
+                tx.put_person(person)
+            for p in change.partnerships:
+                tx.put_partnership(p)
+            for request in change.requests:
+                tx.put_request(request)
+        if len(changes) < len(indexes):
+            tx.set_meta(status.STRANGERS_META, counted)
+        if changes:
+            tx.set_meta("next_request", world.next_n)
+            for n in selfservice.expired(world, changes[-1][0].at):
+                tx.remove_request(n)
+    prepared = []
+    for desk, change in changes:
+        for line in change.lines:
+            out.add(line)
+        prepared.extend(intake.mailroom.prepare(letter, desk.at) for letter in change.letters)
+    return prepared

@@ -21,9 +21,9 @@ from zoneinfo import ZoneInfo
 
 from mailflow import letters, status
 from mailflow import partnerships as pships
-from mailflow.errors import StoreError
+from mailflow.errors import CorruptFileError, StoreError
 from mailflow.letters import Letter, Pair, ServiceInfo
-from mailflow.mailroom import Mailroom, Prepared, TickReport, flush_lines, sum_results
+from mailflow.mailroom import Mailroom, Prepared, TickReport, sum_results
 from mailflow.models import (
     ACTIVE,
     CONSENT_ACCEPTED,
@@ -121,9 +121,15 @@ class Jobs:
                     out.error(f"partnership {p.id}: {exc}")
                 plans.append((p, self._periods(p, roster, now)))
             labels = {x.label for _, periods in plans for x in periods if x}
-            views = {label: self.store.week(label) for label in labels}
+            views, broken = self._views(labels)
             states = {label: _states(view.weeks(), view.reports()) for label, view in views.items()}
             for p, periods in plans:
+                if any(x and x.label in broken for x in periods):
+                    # Only the jobs of a period whose file cannot be read wait (what it sent
+                    # is unknown: nothing rather than twice), and no closing without it.
+                    known = _without(periods, broken)
+                    prepared.extend(self._due(p, known, roster, views, states, now, None, out))
+                    continue
                 prepared.extend(self._due(p, periods, roster, views, states, now, updates, out))
                 if len(prepared) >= COMMIT_CHUNK:
                     self.mailroom.commit(prepared, out)
@@ -135,6 +141,18 @@ class Jobs:
                 on_commit()
             self._update(updates, out)
         return out
+
+    def _views(self, labels: Iterable[str]) -> tuple[dict[str, WeekView], set[str]]:
+        """A snapshot of each period file, and the labels whose file cannot be read (the
+        store names each in `take_problems`; only the jobs that need it wait)."""
+        views: dict[str, WeekView] = {}
+        broken: set[str] = set()
+        for label in labels:
+            try:
+                views[label] = self.store.week(label)
+            except CorruptFileError:
+                broken.add(label)
+        return views, broken
 
     def run_and_deliver(self, now: datetime) -> TickReport:
         """Queue what is due and deliver it, sending each committed chunk while the next
@@ -159,8 +177,7 @@ class Jobs:
             done.set()
             kick.set()
             thread.join()
-        for line in flush_lines(sum_results(results)):
-            out.add(line)
+        out.add_flush(sum_results(results))
         return out
 
     # -- one partnership --------------------------------------------------------------------
@@ -222,17 +239,22 @@ class Jobs:
         views: dict[str, WeekView],
         states: States,
         now: datetime,
-        updates: Updates,
+        updates: Updates | None,
         out: TickReport,
     ) -> list[Prepared]:
-        """The prepared mail of every job due for one partnership, or its closing."""
+        """The prepared mail of every job due for one partnership, or its closing (not when
+        `updates` is None: a period it needs to know of could not be read)."""
         cur, prev, nxt = periods
         tz = self._tz(p, roster)
         current = _state_of(cur, states, p.id)
         others = (_state_of(prev, states, p.id), _state_of(nxt, states, p.id))
         jobs = due_jobs(p, tz, self.svc.settings, now, current, *others)
         reason = pships.closing_reason(p, now.astimezone(tz).date())
-        if reason is not None and _may_close(reason, current, prev, nxt, states, p.id):
+        if (
+            reason is not None
+            and updates is not None
+            and _may_close(reason, current, prev, nxt, states, p.id)
+        ):
             # Any digest still owed goes out first, and a last week still open runs to its
             # deadline; the summary follows at a later tick.
             try:
@@ -295,6 +317,11 @@ class Jobs:
                     tx.put_partnership(current.with_changes(**changes))
                     if changes.get("status") == ENDED:
                         out.add(f"partnership {pid} {changes['end_reason']}")
+
+
+def _without(periods: Periods, broken: set[str]) -> Periods:
+    cur, prev, nxt = (None if x is not None and x.label in broken else x for x in periods)
+    return cur, prev, nxt
 
 
 def _may_close(

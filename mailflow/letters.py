@@ -35,6 +35,7 @@ from mailflow.models import (
     CONSENT_ACCEPTED,
     ENDED,
     Partnership,
+    Pending,
     PeriodSummary,
     Person,
     Report,
@@ -57,6 +58,7 @@ from mailflow.schedule import (
 from mailflow.tokens import (
     AGREE,
     CHECKIN,
+    CONFIRM,
     DIGEST,
     PROGRAM,
     REPLY_MARKER,
@@ -83,6 +85,8 @@ TEMPLATE_NAMES: tuple[str, ...] = (
     "forward",
     "program",
     "approval",
+    "confirm",
+    "report_receipt",
 )
 """The templates the sender uses; ``templates preview NAME`` accepts exactly these."""
 
@@ -1108,4 +1112,102 @@ def approval(pair: Pair, svc: ServiceInfo, at: datetime) -> Letter | None:
         utc_week(at),
         ctx,
         partnership_id=p.id,
+    )
+
+
+# -- mail that came to the plain address ------------------------------------------------------
+#
+# Anybody can write a From header. What came to the plain address in a member's name is told
+# to her at her stored address (never to a Reply-To it carried): a report, so she sees it was
+# counted; commands, which wait for her to confirm them from her own mailbox.
+
+
+def reply_address_of(pair: Pair, svc: ServiceInfo, at: datetime) -> str:
+    """Where her answers count as hers: her current check-in address, else the plain one."""
+    p = pair.p
+    cur = current_period(p, ZoneInfo(pair.member.timezone), svc.settings, at)
+    return svc.keys.address(CHECKIN, p.id, cur.label) if cur else svc.keys.plain_address
+
+
+def _plain_context(
+    pair: Pair, period: str, reply: str, sender: str, svc: ServiceInfo, at: datetime
+) -> dict[str, Any]:
+    ctx = base(pair, period, reply, pair.member, at, svc)
+    ctx.update(
+        sender=sender,
+        plain_address=svc.keys.plain_address,
+        received_at=local_time(at, pair.member.timezone),
+        admin=svc.admin,
+    )
+    return ctx
+
+
+@dataclass(frozen=True)
+class Asking:
+    """What a confirmation mail asks: request `asked`, its commands in words (`steps`), the
+    lines not understood, and whether a report in the same mail was stored (for `period`).
+    `released_from`: the mail came through the quarantine, released by an admin, from this
+    address ("": it came to the plain address from hers)."""
+
+    asked: Pending
+    steps: tuple[str, ...]
+    problems: tuple[str, ...] = ()
+    report_stored: bool = False
+    period: str = ""
+    lapse_days: int = 7
+    released_from: str = ""  # an admin released it from the quarantine: who sent it
+
+
+def confirm(pair: Pair, asking: Asking, svc: ServiceInfo, at: datetime) -> Letter:
+    """Commands that came in her name without proof, for her to confirm: to the plain
+    address from her address, or from another address in a mail an admin released from the
+    quarantine (`released` in the context: then `sender` is that address).
+
+    It goes to her stored address; its reply address carries the request's own number
+    (a CONFIRM token), so her answer confirms exactly what this mail showed her.
+    """
+    asked, member = asking.asked, pair.member
+    reply = svc.keys.address(CONFIRM, asked.n, utc_week(asked.asked_at))
+    period = asking.period or utc_week(asked.asked_at)
+    sender = asking.released_from or member.email
+    ctx = _plain_context(pair, period, reply, sender, svc, asked.asked_at)
+    lapses = asked.asked_at + timedelta(days=asking.lapse_days)
+    ctx.update(
+        released=bool(asking.released_from),
+        steps=list(asking.steps),
+        lines=list(asked.lines),
+        problems=list(asking.problems),
+        report_stored=asking.report_stored,
+        lapses_at=local_time(lapses, member.timezone),
+    )
+    return Letter(
+        "confirm",
+        f"confirm:{hash16(asked.message_id)}",
+        Recipient.of(member),
+        utc_week(at),
+        ctx,
+        reply_to=reply,
+        partnership_id=pair.p.id,
+    )
+
+
+def report_receipt(
+    pair: Pair, report: Report, svc: ServiceInfo, at: datetime, problems: Sequence[str] = ()
+) -> Letter:
+    """A report that came to the plain address: stored, and shown to her at her own address
+    (so a report somebody else wrote in her name is seen). Replies go to her check-in."""
+    reply = reply_address_of(pair, svc, at)
+    ctx = _plain_context(pair, report.period, reply, report.sender, svc, at)
+    ctx.update(
+        report=report_items([report], pair.member.timezone)[0],
+        problems=list(problems),
+    )
+    return Letter(
+        "report_receipt",
+        f"receipt:{hash16(report.message_id)}",
+        Recipient.of(pair.member),
+        utc_week(at),
+        ctx,
+        reply_to=reply,
+        partnership_id=pair.p.id,
     )

@@ -36,7 +36,7 @@ from mailflow.mime import Rendered, message_bytes
 from mailflow.models import QUEUED, SUPERSEDED, Outgoing, Week
 from mailflow.outbox import FlushResult, Outbox
 from mailflow.schedule import quiet_until, utc_week
-from mailflow.store import Store, WeekView
+from mailflow.store import Problem, Store, WeekView
 from mailflow.tokens import letter_message_id
 
 log = logging.getLogger("mailflow")
@@ -44,9 +44,10 @@ log = logging.getLogger("mailflow")
 
 @dataclass(frozen=True)
 class Line:
-    """One line of what a run did: `done` (queued, sent, recorded, ...) or `error`."""
+    """One line of what a run did: `done` (queued, sent, recorded, ...), `error` (something
+    failed and waits for a retry or a human: `tick` exits non-zero) or `warning`."""
 
-    kind: Literal["done", "error"]
+    kind: Literal["done", "error", "warning"]
     text: str
 
 
@@ -65,7 +66,25 @@ class TickReport:
     def error(self, text: str) -> None:
         """A job that failed (it is retried at the next run); printed as `error: TEXT`."""
         self.entries.append(Line("error", f"error: {text}"))
-        log.info("error: %s", text)
+        log.info("error: %s", text)  # where it happened already logged it, with its level
+
+    def warning(self, text: str) -> None:
+        """Something a human should look at that stopped nothing; `warning: TEXT`."""
+        self.entries.append(Line("warning", f"warning: {text}"))
+        log.info("warning: %s", text)
+
+    def add_flush(self, result: FlushResult) -> None:
+        """What a delivery did: sent, deferred and failed messages, and its errors (marks
+        that could not be written, a delivery cut short) as `error` lines."""
+        for line in flush_lines(result):
+            self.add(line)
+        for text in result.errors:
+            self.error(text)
+
+    def add_problems(self, problems: Iterable[Problem]) -> None:
+        """What the store noticed while reading (a corrupt file: error; a stray one: warning)."""
+        for problem in problems:
+            (self.error if problem.error else self.warning)(str(problem))
 
     def extend(self, other: TickReport) -> None:
         """Another run's lines, after these."""
@@ -81,6 +100,11 @@ class TickReport:
     def errors(self) -> list[str]:
         """The lines of jobs that failed."""
         return [line.text for line in self.entries if line.kind == "error"]
+
+    @property
+    def done(self) -> list[str]:
+        """The lines of what was done (the CLI prints them on stdout, the rest on stderr)."""
+        return [line.text for line in self.entries if line.kind == "done"]
 
 
 @dataclass(frozen=True)
@@ -197,8 +221,7 @@ class Mailroom:
     def flush(self, now: datetime) -> TickReport:
         """Deliver what is queued and due at `now`."""
         out = TickReport()
-        for line in flush_lines(self.outbox.flush(now)):
-            out.add(line)
+        out.add_flush(self.outbox.flush(now))
         return out
 
 
@@ -249,6 +272,9 @@ def sum_results(results: Iterable[FlushResult]) -> FlushResult:
         total.failed += r.failed
         total.deferred += r.deferred
         total.failures.extend(r.failures)
+        total.errors.extend(e for e in r.errors if e not in total.errors)
+        total.unmarked = r.unmarked  # the last delivery's count is the current one
+        total.busy = total.busy or r.busy
     return total
 
 

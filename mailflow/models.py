@@ -115,6 +115,48 @@ class Goal:
         )
 
 
+OPEN = "open"  # a Pending request still waits for her answer
+CONFIRMED = "confirmed"
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Commands a member sent from an address not bound to her (the plain address), held
+    until she confirms them from her own mailbox. `n` numbers the request: it is the number
+    in the token of the confirmation mail's reply address, so an answer confirms exactly the
+    request that mail showed her. The lines are kept as she wrote them (normalised) with her
+    date when she wrote them, so they mean the same when confirmed ("pause 2 weeks")."""
+
+    n: int
+    message_id: str  # of the mail that asked
+    asked_at: datetime
+    asked_on: date  # the member's date then
+    lines: tuple[str, ...]
+    state: str = OPEN  # open | confirmed | cancelled (an open one lapses by age)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "message_id": self.message_id,
+            "asked_at": to_iso(self.asked_at),
+            "asked_on": self.asked_on.isoformat(),
+            "lines": list(self.lines),
+            "state": self.state,
+        }
+
+    @classmethod
+    def from_doc(cls, d: dict[str, Any]) -> Pending:
+        return cls(
+            n=int(d["n"]),
+            message_id=d["message_id"],
+            asked_at=stamp(d, "asked_at", f"confirmation {d['n']}"),
+            asked_on=date.fromisoformat(d["asked_on"]),
+            lines=tuple(d["lines"]),
+            state=d.get("state", OPEN),
+        )
+
+
 @dataclass(frozen=True)
 class Partnership:
     id: int
@@ -143,6 +185,7 @@ class Partnership:
     # "waiting": asked by self-service under `self_service = "approval"`; the introductions
     # wait for an admin's `partnerships approve` ("": nothing to approve).
     approval: str = ""
+    pending: tuple[Pending, ...] = ()  # commands waiting for the member's confirmation
 
     def to_doc(self) -> dict[str, Any]:
         doc = {
@@ -172,6 +215,8 @@ class Partnership:
         }
         if self.approval:  # absent when empty: older records stay byte for byte the same
             doc["approval"] = self.approval
+        if self.pending:  # absent when empty: older records stay byte for byte the same
+            doc["pending"] = [x.to_doc() for x in self.pending]
         return doc
 
     @classmethod
@@ -201,6 +246,7 @@ class Partnership:
             stop_requested_at=from_iso(d.get("stop_requested_at")),
             end_reason=d.get("end_reason", ""),
             approval=d.get("approval", ""),
+            pending=tuple(Pending.from_doc(x) for x in d.get("pending", ())),
         )
 
     def with_changes(self, **changes: Any) -> Partnership:

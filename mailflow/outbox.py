@@ -11,56 +11,87 @@ duplicates it"). The life of one message:
 3. `flush(now)` delivers every queued record whose `next_attempt_at` has come:
    - no relay host (the embedded default): the file is copied into data_dir/outbox/ under a
      name derived from the key, so a repeat copy overwrites instead of duplicating;
-   - a relay: one SMTP connection for the whole batch (STARTTLS or implicit TLS, AUTH).
-   Outcomes: 250 -> sent; 5xx -> failed with the relay's reason, never retried; 4xx -> stays
-   queued, retried after a backoff (60 s doubling, capped at 1 h); the relay unreachable or
-   the connection lost -> this and every remaining message of the batch stay queued with
-   backoff, and the next flush reconnects.
+   - a relay: one SMTP connection for the batch (STARTTLS or implicit TLS, AUTH).
 
-The at-least-once window. Marks are written in groups (every `mark_every` messages, 200 by
-default, and at the end of a flush, also when it fails): rewriting a period file per message
-would cost a 10,000-message fan-out 10,000 rewrites of a multi-megabyte file. So a crash
-after the relay's 250 and before the group's mark resends at most one group (about a tenth of
-a second of sending) on restart; SMTP itself has the same window for a single message (the
-connection drops after the final dot but before the 250 arrives). Every resend carries the
-same bytes, hence the same stable Message-ID (`make_message_id`), so receivers can drop the
-copy. Nothing is ever marked sent that the relay did not accept.
+Outcomes, per message:
+- 250: sent. 5xx: failed with the relay's reason, never retried.
+- 4xx for this message: retried after a backoff (60 s doubling, capped at 1 h); after
+  `max_attempts` tries (30 by default, about a day) failed, with the last reason.
+- the connection lost while this message was in flight (a relay that drops it after DATA,
+  every time): a new connection takes the rest at once, so one poison message never holds
+  up the others. The lost message counts as one attempt of its own when the relay took
+  other messages in the same flush (so it is the message, not the relay); otherwise it is
+  treated as an outage.
+- the relay unreachable (refused, 421 greeting, TLS or AUTH failure): an outage. Every due
+  message waits (for as long as it has been queued, between 60 s and 1 h) without using up
+  an attempt: an outage delays mail, it never makes it fail.
 
-Only one process delivers at a time (a file lock around `flush`), so `tick` run next to
-`serve` cannot send the same queued message twice. Nothing here reads the wall clock: `now`
-is passed in, which keeps retries testable and deterministic.
+Outcomes are recorded per message, the moment the relay answers. Rewriting a period file
+per message would cost a 10,000-message fan-out 10,000 rewrites of a multi-megabyte file, so
+each outcome is first appended to a small journal (`mail/out/.outcomes.journal`, 4 MiB
+allocated once, so appending needs no new space even on a full disk), and the period files
+are updated in groups (every `mark_every`, 200, and at the end of a flush); after that the
+journal is emptied. A flush starts by applying what an earlier one left in the journal, and
+a message whose outcome is there is never sent again, even while the period file cannot be
+written (disk full): a failed mark is retried, never answered by resending. The journal is
+written with pwrite (a killed process loses nothing the kernel has) and fdatasync'ed every
+20 outcomes and before each group's marks. So a SIGKILL resends at most the message in
+flight (the relay said 250 and we died before writing it down, the window SMTP itself
+has), a power loss at most the last 20. Every resend carries the same bytes, hence the same
+stable Message-ID (`make_message_id`), so receivers can drop the copy. Nothing is ever
+marked sent that the relay did not accept.
+
+`flush` never raises: an unexpected error is logged and reported in `FlushResult.errors`,
+and what the relay accepted before it is still marked; the caller (the sender thread of a
+tick) survives it and reports it. Only one process delivers at a time (a file lock around
+`flush`), so `tick` run next to `serve` cannot send the same queued message twice. Nothing
+here reads the wall clock: `now` is passed in, which keeps retries testable and
+deterministic.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import logging
 import os
 import re
 import smtplib
 import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
 from mailflow.config import RelayConfig
-from mailflow.models import FAILED, QUEUED, SENT, Outgoing
+from mailflow.disk import REAL, Disk
+from mailflow.errors import CorruptFileError, one_line
+from mailflow.models import FAILED, QUEUED, SENT, Outgoing, from_iso, to_iso
 from mailflow.store import Store, fsync_dir
 
 log = logging.getLogger("mailflow.outbox")
 
 RECENT_PERIODS = 3  # flush/pending/failed look at this many most recent period files
-MARK_EVERY = 200  # group commit size for marks: the most a crash can make us resend
+MARK_EVERY = 200  # period-file marks are written in groups of this many outcomes
 BACKOFF_BASE_SECONDS = 60
 BACKOFF_CAP_SECONDS = 3600
+MAX_ATTEMPTS = 30  # 4xx answers (or drops) for one message before it fails: about a day
+MAX_CONNECTIONS_PER_FLUSH = 6  # reconnects after drops; the rest waits for the next flush
 FLUSH_LOCK_WAIT_SECONDS = 10.0  # how long a flush waits for another process's flush
+JOURNAL_NAME = ".outcomes.journal"
+JOURNAL_BYTES = 4 * 1024 * 1024  # about 25,000 outcomes; allocated once, never grows
+JOURNAL_SYNC_EVERY = 20  # outcomes between fdatasyncs: what a power loss may resend
+JOURNAL_ENTRY_ROOM = 2048  # a message is sent only while its outcome surely fits
+_JOURNAL_ERROR_CHARS = 300
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _PERIOD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -85,12 +116,27 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**exponent))
 
 
-def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True, sync_file: bool = True) -> None:
+def outage_wait(item: Outgoing, now: datetime) -> timedelta:
+    """How long a message waits out a relay outage: as long as it has been queued, between
+    60 s and 1 h. Doubling without a counter, so an outage uses up none of its attempts."""
+    age = (now - item.created_at).total_seconds()
+    return timedelta(seconds=min(BACKOFF_CAP_SECONDS, max(BACKOFF_BASE_SECONDS, age)))
+
+
+def write_atomic(
+    path: Path,
+    data: bytes,
+    *,
+    sync_dir: bool = True,
+    sync_file: bool = True,
+    disk: Disk = REAL,
+) -> None:
     """Replace `path` with `data` so a reader or a crash sees the old file or the new one.
 
     sync_file=False skips the file's fsync: the caller makes it durable later (os.sync).
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    disk.before_write(tmp, len(data))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -107,13 +153,14 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True, sync_file: b
         fsync_dir(path.parent)
 
 
-def _create_new(path: Path, data: bytes) -> bool:
+def _create_new(path: Path, data: bytes, disk: Disk = REAL) -> bool:
     """Write a file that did not exist, in place (one create, no rename); False if it exists.
 
     Safe without the temp-file dance because nothing reads a message file before a record
     points at it, and the record is written only after this file is complete and synced. A
     writer that loses the race (the file exists) falls back to an atomic replace.
     """
+    disk.before_write(path, len(data))
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -137,50 +184,245 @@ class FlushResult:
     deferred: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, relay's reason)
     busy: bool = False  # another process was flushing; nothing was attempted
+    # One line each, for `error:` output and a non-zero exit: marks that could not be
+    # written (kept in the journal, retried), an unexpected error that ended the flush early.
+    errors: list[str] = field(default_factory=list)
+    # Outcomes known (journal or memory) but not yet in the period files: never resent.
+    unmarked: int = 0
 
     @property
     def attempted(self) -> int:
         return self.sent + self.failed + self.deferred
 
 
-# Outcome of one delivery attempt: (kind, reason). "lost" means the connection is unusable.
+# Outcome of one delivery attempt: (kind, reason). "lost" means the connection is unusable;
+# "outage" means the relay could not be asked at all (no attempt is used up).
 _Outcome = tuple[str, str]
-_SENT, _FAILED, _DEFERRED, _LOST = "sent", "failed", "deferred", "lost"
+_SENT, _FAILED, _DEFERRED, _LOST, _OUTAGE = "sent", "failed", "deferred", "lost", "outage"
+_LOST_IN_DATA = "lost in data"  # the relay had taken MAIL and RCPT: the message's own attempt
+
+
+class _Halt(Exception):
+    """Stop sending: an outcome could not be written down anywhere durable."""
+
+
+class _Journal:
+    """Outcomes not yet in the period files, appended in place in a preallocated file.
+
+    The file is JOURNAL_BYTES long from its first use; its content is the prefix up to the
+    first NUL byte, one JSON line per outcome. Appending overwrites zeros (no new blocks,
+    so it works on a full disk); emptying writes zeros back from the start (a crash halfway
+    leaves a NUL first, which reads as empty: everything there was already marked).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._end = 0
+        self._unsynced = 0
+
+    def open(self) -> list[dict[str, Any]]:
+        """Open (allocating the file on first use) and return the entries it holds."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < JOURNAL_BYTES:
+                _allocate(fd, JOURNAL_BYTES)
+                os.fsync(fd)
+                fsync_dir(self.path.parent)
+            content = _read_until_nul(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        # A torn last line (power loss mid-append) is dropped, and overwritten next.
+        self._end = content.rfind(b"\n") + 1
+        entries = []
+        for line in content[: self._end].splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("k"), str):
+                entries.append(entry)
+        return entries
+
+    def append(self, entry: dict[str, Any]) -> None:
+        assert self._fd is not None
+        line = json.dumps(entry, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+        if self._end + len(line) >= JOURNAL_BYTES:  # the last byte stays NUL
+            raise OSError(errno.ENOSPC, "outcome journal is full", str(self.path))
+        os.pwrite(self._fd, line, self._end)
+        self._end += len(line)
+        self._unsynced += 1
+        if self._unsynced >= JOURNAL_SYNC_EVERY:
+            self.sync()
+
+    def room(self) -> int:
+        return JOURNAL_BYTES - 1 - self._end
+
+    def sync(self) -> None:
+        if self._fd is not None and self._unsynced:
+            os.fdatasync(self._fd)
+            self._unsynced = 0
+
+    def clear(self) -> None:
+        """Empty it: every entry is in the period files now."""
+        if self._fd is None or not self._end:
+            return
+        os.pwrite(self._fd, bytes(self._end), 0)
+        os.fdatasync(self._fd)
+        self._end = 0
+        self._unsynced = 0
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with suppress(OSError):
+                if self._unsynced:
+                    os.fdatasync(fd)
+            os.close(fd)
+
+
+def _allocate(fd: int, size: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        # No fallocate here: real zeros take the space just as well.
+        have = os.fstat(fd).st_size
+        os.pwrite(fd, bytes(size - have), have)
+
+
+def _read_until_nul(fd: int) -> bytes:
+    out = bytearray()
+    offset = 0
+    while offset < JOURNAL_BYTES:
+        chunk = os.pread(fd, 65536, offset)
+        if not chunk:
+            break
+        nul = chunk.find(b"\0")
+        if nul >= 0:
+            out += chunk[:nul]
+            break
+        out += chunk
+        offset += len(chunk)
+    return bytes(out)
+
+
+def _entry(period: str, item: Outgoing) -> dict[str, Any]:
+    return {
+        "p": period,
+        "k": item.key,
+        "s": item.status,
+        "a": item.attempts,
+        "n": to_iso(item.next_attempt_at),
+        "t": to_iso(item.sent_at),
+        "e": item.error[:_JOURNAL_ERROR_CHARS],
+    }
+
+
+def _apply(current: Outgoing, entry: dict[str, Any]) -> Outgoing | None:
+    """`current` with a journalled outcome applied, or None when it no longer applies."""
+    # Only a queued record is ours to change; anything else was changed by someone who
+    # knew better (e.g. an admin) or by this very entry already.
+    if current.status != QUEUED or int(entry.get("a", 0)) < current.attempts:
+        return None
+    return replace(
+        current,
+        status=str(entry["s"]),
+        attempts=int(entry.get("a", 0)),
+        next_attempt_at=from_iso(entry.get("n")),
+        sent_at=from_iso(entry.get("t")),
+        error=str(entry.get("e", "")),
+    )
 
 
 class _Marks:
-    """Group commit of status changes: one week_tx per period file per group."""
+    """Outcomes: journalled one by one, written to the period files in groups."""
 
-    def __init__(self, store: Store, every: int, before_commit: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        journal: _Journal,
+        backlog: Iterable[dict[str, Any]],
+        every: int,
+        before_sync: Callable[[], None],
+    ) -> None:
         self._store = store
+        self._journal = journal
         self._every = max(1, every)
-        self._before_commit = before_commit
-        self._pending: dict[str, dict[str, Outgoing]] = {}
-        self._count = 0
+        self._before_sync = before_sync
+        # Everything journalled (or held in memory) since the journal was last emptied, in
+        # order: a commit writes all of it, so that emptying the journal loses nothing.
+        self.uncommitted: list[dict[str, Any]] = list(backlog)
+        self.orphans: list[dict[str, Any]] = []  # sent, but the journal would not take it
+        self._since_commit = 0
+        self.error: str | None = None
 
     def add(self, period: str, item: Outgoing) -> None:
-        self._pending.setdefault(period, {})[item.key] = item
-        self._count += 1
-        if self._count >= self._every:
+        entry = _entry(period, item)
+        try:
+            self._journal.append(entry)
+        except OSError as exc:
+            # The outcome is known only here now: keep it, and send nothing more until it
+            # is written down (a later flush of this process retries it first).
+            self.orphans.append(entry)
+            self.uncommitted.append(entry)
+            self.error = f"cannot record outcomes in {self._journal.path}: {exc.strerror or exc}"
+            raise _Halt(self.error) from exc
+        self.uncommitted.append(entry)
+        self._since_commit += 1
+        if self._since_commit >= self._every:
             self.commit()
 
-    def commit(self) -> None:
-        if not self._pending:
-            return
-        # E.g. make the outbox/ renames durable before the records claim "sent".
-        self._before_commit()
-        for period, items in self._pending.items():
-            with self._store.week_tx(period) as view:
-                for key, new in items.items():
-                    current = view.outgoing(key)
-                    # Only a queued record is ours to change; anything else was changed by
-                    # someone who knew better (e.g. an admin), so leave it alone.
-                    if current is None or current.status != QUEUED:
-                        log.warning("outgoing %s is no longer queued; mark skipped", key)
-                        continue
-                    view.put_outgoing(new)
-        self._pending.clear()
-        self._count = 0
+    def check_room(self) -> None:
+        """_Halt unless the journal surely takes one more outcome: a message is sent only
+        when what the relay answers can be written down."""
+        if self._journal.room() < JOURNAL_ENTRY_ROOM:
+            self.error = (
+                f"outcome journal {self._journal.path} is full; nothing more is sent until "
+                "the period files can be written"
+            )
+            raise _Halt(self.error)
+
+    def held_keys(self) -> set[str]:
+        return {e["k"] for e in self.uncommitted}
+
+    def commit(self) -> bool:
+        """Write every uncommitted outcome to its period file; True when all are written."""
+        self._since_commit = 0
+        if not self.uncommitted:
+            return True
+        by_period: dict[str, dict[str, dict[str, Any]]] = {}
+        for entry in self.uncommitted:  # in order: the last outcome of a key wins
+            by_period.setdefault(str(entry.get("p", "")), {})[entry["k"]] = entry
+        try:
+            # E.g. make the outbox/ renames durable before the records claim "sent".
+            self._before_sync()
+            self._journal.sync()
+            for period, entries in by_period.items():
+                if not _PERIOD.match(period):
+                    log.warning("outcome journal: bad period %r skipped", period)
+                    continue
+                with self._store.week_tx(period) as view:
+                    for key, entry in entries.items():
+                        current = view.outgoing(key)
+                        new = None if current is None else _apply(current, entry)
+                        if new is None:
+                            if current is None or current.status == QUEUED:
+                                log.warning("outgoing %s: outcome not applied", key)
+                            continue
+                        view.put_outgoing(new)
+            self._journal.clear()
+        except Exception as exc:  # noqa: BLE001 - kept in the journal; retried, never resent
+            self.error = f"cannot mark outcomes: {one_line(str(exc)) or type(exc).__name__}"
+            log.error("%s; %d outcome(s) kept in the journal", self.error, len(self.uncommitted))
+            return False
+        self.uncommitted.clear()
+        self.orphans.clear()
+        self.error = None
+        return True
 
 
 class Outbox:
@@ -196,22 +438,27 @@ class Outbox:
         *,
         tls_context: ssl.SSLContext | None = None,
         mark_every: int = MARK_EVERY,
+        max_attempts: int = MAX_ATTEMPTS,
+        disk: Disk = REAL,
     ) -> None:
         self.store = store
         self.relay = relay
-        self._password = password  # never logged, never in a repr or an error
         self.envelope_from = envelope_from
         self.data_dir = data_dir
         self.mark_every = mark_every
+        self.max_attempts = max(1, max_attempts)
+        self.disk = disk
         # Verified TLS by default; tests (and private CAs) pass their own context.
-        self._tls = tls_context or ssl.create_default_context()
-        domain = envelope_from.rpartition("@")[2]
-        # Our own name for EHLO: smtplib's default (getfqdn) can stall on a DNS lookup.
-        self._helo_name = domain or "localhost"
+        tls = tls_context or ssl.create_default_context()
+        self._link = _RelayLink(relay, password, envelope_from, tls)
         self.out_dir = data_dir / "mail" / "out"
         self.file_dir = data_dir / "outbox"
         self._known_dirs: set[Path] = set()
         self._unsynced = False  # write_message(sync=False) happened since the last sync()
+        self.journal_path = self.out_dir / JOURNAL_NAME
+        # Outcomes of an earlier flush of this process that no journal would take (only
+        # when the journal itself failed): never resent, written down first next time.
+        self._orphans: list[dict[str, Any]] = []
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -220,6 +467,15 @@ class Outbox:
         Call at start, like Store.init, before any other process writes here."""
         for folder in (self.out_dir, self.file_dir):
             self._ensure_dir(folder)
+        # Allocate the outcome journal now, while there is room: on a full disk later it
+        # needs none (see _Journal).
+        journal = _Journal(self.journal_path)
+        try:
+            journal.open()
+        except OSError as exc:
+            log.error("cannot allocate the outcome journal %s: %s", self.journal_path, exc)
+        finally:
+            journal.close()
         for folder in (self.file_dir, *[p for p in self.out_dir.iterdir() if p.is_dir()]):
             for tmp in folder.glob(".*.tmp"):
                 with suppress(OSError):
@@ -271,8 +527,8 @@ class Outbox:
         except FileNotFoundError:
             same = False
         if not same:
-            if sync or not _create_new(path, data):
-                write_atomic(path, data, sync_dir=sync, sync_file=sync)
+            if sync or not _create_new(path, data, self.disk):
+                write_atomic(path, data, sync_dir=sync, sync_file=sync, disk=self.disk)
             if not sync:
                 self._unsynced = True
         return path.relative_to(self.data_dir).as_posix()
@@ -296,31 +552,46 @@ class Outbox:
                 raise ValueError(f"not a period label: {period!r}")
         return chosen
 
-    def _with_status(self, status: str, periods: Sequence[str] | None) -> list[Outgoing]:
-        out = [o for p in self._periods(periods) for o in self.store.week(p).outgoings(status)]
-        return sorted(out, key=lambda o: (o.created_at, o.key))
+    def _outgoings(
+        self,
+        periods: Sequence[str] | None,
+        errors: list[str] | None = None,
+        status: str | None = None,
+    ) -> Iterable[tuple[str, Outgoing]]:
+        """(period, record) of the chosen periods (only those in `status`, when given). A
+        period file that cannot be read is skipped (and named in `errors`, and in the store's
+        problems): its mail waits, the other periods' mail goes."""
+        for p in self._periods(periods):
+            try:
+                items = self.store.week(p).outgoings(status)
+            except CorruptFileError as exc:
+                if errors is not None:
+                    errors.append(f"{exc}; its mail waits until the file is repaired")
+                continue
+            for o in items:
+                yield p, o
 
     def pending(self, periods: Sequence[str] | None = None) -> list[Outgoing]:
-        """Queued messages in the recent periods."""
-        return self._with_status(QUEUED, periods)
+        """Queued messages in the recent periods, oldest first."""
+        out = [o for _, o in self._outgoings(periods, status=QUEUED)]
+        return sorted(out, key=lambda o: (o.created_at, o.key))
 
     def count(self, status: str, periods: Sequence[str] | None = None) -> int:
-        """How many messages of the recent periods are in `status` (for `status`: counting
-        builds no object per message, and most of a week's are long sent)."""
-        return sum(
-            self.store.outgoing_tally(p).counts.get(status, 0) for p in self._periods(periods)
-        )
+        """How many messages of the recent periods are in `status` (no object per message)."""
+        tallies = (self.store.outgoing_tally(p) for p in self._periods(periods))
+        return sum(t.counts.get(status, 0) for t in tallies)
 
     def failed(self, periods: Sequence[str] | None = None) -> list[Outgoing]:
         """Messages the relay refused permanently, with its reason in `error`."""
         out = [o for p in self._periods(periods) for o in self.store.outgoing_tally(p).failed]
         return sorted(out, key=lambda o: (o.created_at, o.key))
 
-    def _due(self, now: datetime, periods: Sequence[str] | None) -> list[tuple[str, Outgoing]]:
+    def _due(
+        self, now: datetime, periods: Sequence[str] | None, errors: list[str] | None = None
+    ) -> list[tuple[str, Outgoing]]:
         due = [
             (p, o)
-            for p in self._periods(periods)
-            for o in self.store.week(p).outgoings(QUEUED)
+            for p, o in self._outgoings(periods, errors, QUEUED)
             if o.next_attempt_at is None or o.next_attempt_at <= now
         ]
         # Oldest first, so a long backlog drains in the order it was queued.
@@ -330,42 +601,82 @@ class Outbox:
     # -- step 3: delivery -------------------------------------------------------------------------
 
     def flush(self, now: datetime, periods: Sequence[str] | None = None) -> FlushResult:
-        """Deliver every queued message that is due at `now`; see the module docstring."""
+        """Deliver every queued message that is due at `now`; see the module docstring.
+
+        Never raises (but for a naive `now`): problems are in `FlushResult.errors`.
+        """
         if now.tzinfo is None:
             raise ValueError("flush needs an aware datetime")
         result = FlushResult()
-        self._ensure_dir(self.out_dir)
-        lock = FileLock(str(self.out_dir / ".flush.lock"), timeout=FLUSH_LOCK_WAIT_SECONDS)
         try:
+            self._ensure_dir(self.out_dir)
+            lock = FileLock(str(self.out_dir / ".flush.lock"), timeout=FLUSH_LOCK_WAIT_SECONDS)
             lock.acquire()
         except LockTimeout:
             log.info("flush skipped: another process is delivering")
             result.busy = True
             return result
+        except Exception as exc:  # noqa: BLE001 - e.g. no room for the lock file: retry later
+            return self._flush_error(result, "cannot start delivery", exc)
         try:
-            # Read the queue only under the lock: what another flusher marked is then visible.
-            due = self._due(now, periods)
-            if not due:
-                return result
-            marks = _Marks(
-                self.store,
-                self.mark_every,
-                self._sync_file_dir if not self.relay.host else _nothing,
-            )
-            try:
-                if self.relay.host:
-                    self._deliver_relay(due, now, result, marks)
-                else:
-                    self._deliver_files(due, now, result, marks)
-            finally:
-                # Also on an unexpected error: what the relay accepted must be marked.
-                marks.commit()
+            self._flush_locked(now, periods, result)
         finally:
             lock.release()
         log.info(
             "flush: sent=%d failed=%d deferred=%d", result.sent, result.failed, result.deferred
         )
         return result
+
+    def _flush_error(self, result: FlushResult, what: str, exc: BaseException) -> FlushResult:
+        text = f"{what}: {one_line(str(exc)) or type(exc).__name__}"
+        if isinstance(exc, OSError | smtplib.SMTPException):
+            log.error("%s", text)
+        else:
+            log.exception("%s", text)  # a bug: keep the traceback in the log
+        result.errors.append(text)
+        return result
+
+    def _flush_locked(
+        self, now: datetime, periods: Sequence[str] | None, result: FlushResult
+    ) -> None:
+        journal = _Journal(self.journal_path)
+        try:
+            backlog = journal.open()
+        except OSError as exc:
+            # Without a journal an outcome could be lost in a crash and the message resent:
+            # send nothing until it can be opened (it is allocated once, on first use).
+            self._flush_error(result, f"cannot open the outcome journal {self.journal_path}", exc)
+            return
+        marks = _Marks(
+            self.store,
+            journal,
+            [*self._orphans, *backlog],
+            self.mark_every,
+            self._sync_file_dir if not self.relay.host else _nothing,
+        )
+        try:
+            # What an earlier flush learned but could not mark is marked first; if that
+            # still fails, those messages are held back (never resent) and the rest flows.
+            marks.commit()
+            held = marks.held_keys()
+            due = [(p, o) for p, o in self._due(now, periods, result.errors) if o.key not in held]
+            if due:
+                if self.relay.host:
+                    self._deliver_relay(due, now, result, marks)
+                else:
+                    self._deliver_files(due, now, result, marks)
+        except _Halt as exc:
+            result.errors.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - the sender must survive any error
+            self._flush_error(result, "delivery stopped", exc)
+        finally:
+            # Also after an error: what the relay accepted must be marked (or stay journalled).
+            marks.commit()
+            if marks.error and marks.error not in result.errors:
+                result.errors.append(marks.error)
+            self._orphans = list(marks.orphans)
+            result.unmarked = len({e["k"] for e in marks.uncommitted})
+            journal.close()
 
     def _settle(
         self,
@@ -378,9 +689,11 @@ class Outbox:
         *,
         quiet: bool = False,
     ) -> None:
-        """Record one outcome: the new status goes into the group commit, one log line out."""
+        """Record one outcome (journal now, period file with its group), one log line."""
         kind, reason = outcome
         attempts = item.attempts + 1
+        if kind == _DEFERRED and attempts >= self.max_attempts:
+            kind, reason = _FAILED, f"gave up after {attempts} attempts: {reason}"
         if kind == _SENT:
             new = replace(
                 item, status=SENT, attempts=attempts, sent_at=now, next_attempt_at=None, error=""
@@ -395,7 +708,10 @@ class Outbox:
             result.failures.append((item.key, reason))
             log.warning("failed %s to %s: %s", item.key, item.to, reason)
         else:
-            retry = now + backoff(attempts)
+            if kind == _OUTAGE:  # the relay was not asked: no attempt used up
+                attempts, retry = item.attempts, now + outage_wait(item, now)
+            else:
+                retry = now + backoff(attempts)
             new = replace(item, attempts=attempts, next_attempt_at=retry, error=reason)
             result.deferred += 1
             if not quiet:
@@ -426,23 +742,105 @@ class Outbox:
     ) -> None:
         self._ensure_dir(self.file_dir)
         for period, item in due:
+            marks.check_room()
             data = self._read(item)
             if isinstance(data, tuple):
                 self._settle(period, item, data, now, result, marks)
                 continue
             try:
                 # The name comes from the key, so a copy repeated after a crash replaces the
-                # first one: exactly one file per message. The directory fsync happens once
-                # per group, before the marks (see _Marks.commit).
-                write_atomic(self.file_dir / f"{safe_name(item.key)}.eml", data, sync_dir=False)
-            except OSError as exc:  # e.g. disk full: try again later
-                self._settle(
-                    period, item, (_DEFERRED, f"cannot write outbox: {exc}"), now, result, marks
+                # first one: exactly one file per message. The directory fsync happens before
+                # the journal's and the marks' (see _Marks.commit).
+                write_atomic(
+                    self.file_dir / f"{safe_name(item.key)}.eml",
+                    data,
+                    sync_dir=False,
+                    disk=self.disk,
                 )
+            except OSError as exc:  # e.g. disk full: try again later, no attempt used up
+                outcome = (_OUTAGE, f"cannot write outbox: {exc.strerror or exc}")
+                self._settle(period, item, outcome, now, result, marks)
                 continue
             self._settle(period, item, (_SENT, ""), now, result, marks)
 
-    def _connect(self) -> smtplib.SMTP:
+    def _deliver_relay(
+        self, due: list[tuple[str, Outgoing]], now: datetime, result: FlushResult, marks: _Marks
+    ) -> None:
+        where = f"{self.relay.host}:{self.relay.port}"
+        queue = deque(due)
+        lost: list[tuple[str, Outgoing, _Outcome]] = []  # in flight when a connection broke
+        delivered = False  # the relay took at least one message in this flush
+        lost_in_a_row = 0
+        for connection in range(MAX_CONNECTIONS_PER_FLUSH):
+            if not queue or lost_in_a_row >= 2:
+                break  # two drops in a row: the relay, not a message; the rest waits
+            try:
+                conn = self._link.connect()
+            except (OSError, smtplib.SMTPException) as exc:
+                reason = f"relay {where} unavailable: {_describe(exc)}"
+                # One line for the outage, not one per message of a 10,000-message fan-out.
+                log.warning("%s; %d message(s) deferred", reason, len(queue))
+                while queue:
+                    period, item = queue.popleft()
+                    outcome = (_OUTAGE, reason)
+                    self._settle(period, item, outcome, now, result, marks, quiet=True)
+                break
+            if connection == 0:
+                log.info("connected to relay %s for %d message(s)", where, len(queue))
+            try:
+                while queue:
+                    period, item = queue[0]
+                    marks.check_room()
+                    data = self._read(item)
+                    outcome = data if isinstance(data, tuple) else self._send(conn, item, data)
+                    queue.popleft()
+                    if outcome[0] in (_LOST, _LOST_IN_DATA):
+                        lost.append((period, item, outcome))
+                        lost_in_a_row += 1
+                        log.warning(
+                            "relay %s connection lost sending %s: %s; %d message(s) left",
+                            where,
+                            item.key,
+                            outcome[1],
+                            len(queue),
+                        )
+                        break  # a new connection for the rest
+                    lost_in_a_row = 0
+                    delivered = delivered or outcome[0] == _SENT
+                    self._settle(period, item, outcome, now, result, marks)
+            finally:
+                with suppress(OSError, smtplib.SMTPException):
+                    conn.quit()
+                conn.close()
+        # A message in flight when the connection broke uses up an attempt (and "fails"
+        # after max_attempts) when the relay had taken its MAIL and RCPT, or took other
+        # messages in this flush: then it is the message. Otherwise the relay is in
+        # trouble, and that is an outage. What is left in `queue` is untouched: it is still
+        # due, and the next flush takes it.
+        for period, item, (kind, reason) in lost:
+            counted = kind == _LOST_IN_DATA or delivered
+            outcome = (_DEFERRED if counted else _OUTAGE, f"connection lost: {reason}")
+            self._settle(period, item, outcome, now, result, marks)
+
+    def _send(self, conn: smtplib.SMTP, item: Outgoing, data: bytes) -> _Outcome:
+        return self._link.send(conn, item, data)
+
+
+class _RelayLink:
+    """The SMTP side of delivery: a connection to the relay, and one transaction per message."""
+
+    def __init__(
+        self, relay: RelayConfig, password: str | None, envelope_from: str, tls: ssl.SSLContext
+    ) -> None:
+        self.relay = relay
+        self._password = password  # never logged, never in a repr or an error
+        self.envelope_from = envelope_from
+        self._tls = tls
+        domain = envelope_from.rpartition("@")[2]
+        # Our own name for EHLO: smtplib's default (getfqdn) can stall on a DNS lookup.
+        self._helo_name = domain or "localhost"
+
+    def connect(self) -> smtplib.SMTP:
         r = self.relay
         conn: smtplib.SMTP
         if r.ssl:
@@ -473,60 +871,36 @@ class Outbox:
             raise
         return conn
 
-    def _deliver_relay(
-        self, due: list[tuple[str, Outgoing]], now: datetime, result: FlushResult, marks: _Marks
-    ) -> None:
-        where = f"{self.relay.host}:{self.relay.port}"
-        try:
-            conn = self._connect()
-        except (OSError, smtplib.SMTPException) as exc:
-            reason = f"relay {where} unavailable: {_describe(exc)}"
-            # One line for the outage, not one per message of a 10,000-message fan-out.
-            log.warning("%s; %d message(s) deferred", reason, len(due))
-            for period, item in due:
-                self._settle(period, item, (_DEFERRED, reason), now, result, marks, quiet=True)
-            return
-        log.info("connected to relay %s for %d message(s)", where, len(due))
-        try:
-            for i, (period, item) in enumerate(due):
-                data = self._read(item)
-                outcome = data if isinstance(data, tuple) else self._send(conn, item, data)
-                if outcome[0] != _LOST:
-                    self._settle(period, item, outcome, now, result, marks)
-                    continue
-                # The connection is gone: this message and the rest wait for the next flush
-                # (and its new connection). None of them is marked sent.
-                rest = due[i:]
-                log.warning(
-                    "relay %s connection lost: %s; %d message(s) deferred",
-                    where,
-                    outcome[1],
-                    len(rest),
-                )
-                for p, it in rest:
-                    self._settle(p, it, (_DEFERRED, outcome[1]), now, result, marks, quiet=True)
-                return
-        finally:
-            with suppress(OSError, smtplib.SMTPException):
-                conn.quit()
-            conn.close()
-
-    def _send(self, conn: smtplib.SMTP, item: Outgoing, data: bytes) -> _Outcome:
+    def send(self, conn: smtplib.SMTP, item: Outgoing, data: bytes) -> _Outcome:
+        """One transaction, step by step (as smtplib's sendmail does), so that a connection
+        lost after the relay took MAIL and RCPT (at or after DATA) is told apart from one
+        lost before: the first is this message's attempt, the second the relay's trouble."""
         options: list[str] = []
         if not (item.to.isascii() and self.envelope_from.isascii()):
             options.append("SMTPUTF8")
         if not data.isascii() and conn.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
+        stage = "mail"
         try:
-            conn.sendmail(self.envelope_from, [item.to], data, mail_options=options)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, resp = next(iter(exc.recipients.values()), (-1, b"recipient refused"))
-            return _classify(code, resp)
-        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-            return _classify(exc.smtp_code, exc.smtp_error)
+            conn.ehlo_or_helo_if_needed()
+            if conn.does_esmtp and conn.has_extn("size"):
+                options.append(f"SIZE={len(data)}")
+            code, resp = conn.mail(self.envelope_from, options)
+            if code == 250:
+                stage = "rcpt"
+                code, resp = conn.rcpt(item.to)
+            if code in (250, 251):
+                stage = "data"
+                code, resp = conn.data(data)
+            if code not in (250, 251):
+                with suppress(smtplib.SMTPException, OSError):
+                    conn.rset()
+                return _classify(code, resp)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            return _LOST, _describe(exc)
-        except smtplib.SMTPResponseException as exc:
+            return (_LOST_IN_DATA if stage == "data" else _LOST), _describe(exc)
+        except smtplib.SMTPResponseException as exc:  # e.g. DATA answered other than 354
+            with suppress(smtplib.SMTPException, OSError):
+                conn.rset()
             return _classify(exc.smtp_code, exc.smtp_error)
         except smtplib.SMTPException as exc:
             return _LOST, _describe(exc)

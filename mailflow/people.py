@@ -20,6 +20,7 @@ from email_validator import EmailNotValidError, validate_email
 from mailflow import hints
 from mailflow.config import check_timezone
 from mailflow.errors import DomainError
+from mailflow.mime import has_encoded_word
 from mailflow.models import ENDED, Partnership, Person
 
 # Control characters (C0, DEL, C1) and the Unicode line/paragraph separators: any of them in a
@@ -30,9 +31,16 @@ CSV_COLUMNS = ("email", "name", "department", "manager", "timezone", "offers")
 
 
 def check_text(field: str, value: str, *, required: bool = True, limit: int = MAX_FIELD) -> str:
-    """Strip a free-text field and refuse control characters (header injection)."""
+    """Strip a free-text field and refuse control characters and RFC 2047 encoded words.
+
+    Both are header injection: a field may reach a Subject or a display name, and Python's
+    email package (3.11.7, CVE-2024-6923) decodes an encoded word there into a raw CR/LF.
+    No real name, department, skill or goal is written as `=?charset?q?...?=`.
+    """
     if _CONTROL.search(value):
         raise DomainError(f"{field}: control characters (such as CR/LF) are not allowed")
+    if has_encoded_word(value):
+        raise DomainError(f"{field}: encoded-word syntax (=?...?=) is not allowed")
     value = value.strip()
     if required and not value:
         raise DomainError(f"{field}: must not be empty")
@@ -45,6 +53,8 @@ def normalize_email(value: str, field: str = "email") -> str:
     """Validate syntax (no DNS) and return the normalised, lower-cased address."""
     if _CONTROL.search(value):
         raise DomainError(f"{field}: control characters (such as CR/LF) are not allowed")
+    if has_encoded_word(value):
+        raise DomainError(f"{field}: encoded-word syntax (=?...?=) is not allowed")
     try:
         result = validate_email(value.strip(), check_deliverability=False)
     except EmailNotValidError as exc:

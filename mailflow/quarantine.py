@@ -13,10 +13,12 @@ functions let a person decide what it is:
   way of any reply (`intake`), told it is a release: a report counts for the period it was
   written for (its token's), and the partner gets that period's digest now, even if the
   period has passed (the one exception to "nothing for a past period is sent late"). A
-  release never makes a From header into proof: when the message came from another address
-  than the token's person, what it says counts and what it asks (commands, a yes or no) is
-  not done; the member is told which commands were not run. What would still not count (no
-  new text, an unknown partnership, no token) is refused and stays in the quarantine.
+  release never makes a From header into proof (`triage.proven` decides, as for any mail):
+  when the message came from another address than the token's person, what it says counts;
+  its commands are held and the member is asked to confirm them from her own mailbox (as
+  for commands sent to the plain address), and a yes or no in it is refused. What would
+  still not count (no new text, an unknown partnership, no token) is refused and stays in
+  the quarantine.
 - `drop(spool, qid, now, by)`: delete it for good.
 
 Each decision is recorded in the message's sidecar (`released: ...` or `dropped: ...`) before
@@ -37,7 +39,7 @@ from zoneinfo import ZoneInfo
 
 from mailflow import actions, letters
 from mailflow.errors import DomainError, SpoolError
-from mailflow.intake import Duplicate, Intake
+from mailflow.intake import Duplicate, Intake, Wait
 from mailflow.mailroom import TickReport
 from mailflow.models import Report
 from mailflow.parse import ParsedMessage, parse_message
@@ -113,7 +115,8 @@ class Released:
 
     @property
     def not_run(self) -> tuple[str, ...]:
-        """Command lines not run: the release vouched for a sender it could not prove."""
+        """Command lines not run: the release vouched for a sender it could not prove, so
+        they wait for the member's yes to a confirmation mail."""
         return self.decision.not_run if isinstance(self.decision, Reply) else ()
 
 
@@ -260,6 +263,8 @@ def release(intake: Intake, qid: str, now: datetime, by: str) -> Released:
         fate = intake.settle(entry, decision, roster, now, out)
         if isinstance(fate, Quarantine):
             raise DomainError(f"{qid} stays in the quarantine: {fate.reason}")
+        if isinstance(fate, Wait):
+            raise DomainError(f"{qid} stays in the quarantine for now (try again): {fate.reason}")
         if isinstance(decision, Reply):
             intake.mailroom.post(_letters(intake, decision, reason, now, qid, out), now, out)
         spool.close_quarantined(qid, f"released: {now.isoformat()} by {by}: {_summary(fate)}")

@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from mailflow import letters
+from mailflow.commands import describe, extract_commands
 from mailflow.config import ScheduleConfig
 from mailflow.errors import TemplateError
 from mailflow.letters import Bounced, Letter, Pair, ServiceInfo, Told, Written
@@ -28,6 +29,7 @@ from mailflow.models import (
     CONSENT_PENDING,
     Goal,
     Partnership,
+    Pending,
     PeriodSummary,
     Person,
     Report,
@@ -162,6 +164,8 @@ _SAMPLE_VARIANTS: dict[str, tuple[str, ...]] = {
         "status",
         "help",
     ),
+    "confirm": ("commands", "with report", "not understood"),
+    "report_receipt": ("report", "not asked"),
 }
 """The named sample variants of the newer templates; the first is the default."""
 
@@ -424,6 +428,36 @@ def _approval(variant: str, setback: bool, updated: bool) -> Letter | None:
     return letters.approval(Pair(p, ZOE, INES), SVC, now)
 
 
+def _confirm(variant: str, setback: bool, updated: bool) -> Letter:
+    # Written to the plain address from Zoë's address on Tuesday evening of week 48.
+    now = _at(11, 24, 19, 30)
+    lines = ("pause 2 weeks", "goal 4 done")
+    asked = Pending(12, "<plain@example.com>", now, now.date(), lines)
+    commands = extract_commands("\n".join(lines), asked.asked_on).commands
+    problems = ('not understood: "pause til friday" (write "pause until YYYY-MM-DD")',)
+    asking = letters.Asking(
+        asked,
+        tuple(describe(c, RUNNING) for c in commands),
+        problems if variant == "not understood" else (),
+        variant == "with report",
+        "2026-W48",
+    )
+    return letters.confirm(_pair(RUNNING, now), asking, SVC, now)
+
+
+def _report_receipt(variant: str, setback: bool, updated: bool) -> Letter:
+    report = replace(FREE_TEXT, received_at=_at(11, 28, 10, 15))
+    why = (
+        "The commands in it (pause 2 weeks) were not run: 3 earlier requests from "
+        "checkin@mailflow.example.com still wait for your answer. Answer those, or write the "
+        "commands in a reply to your check-in.",
+    )
+    problems = why if variant == "not asked" else ()
+    return letters.report_receipt(
+        _pair(RUNNING, report.received_at), report, SVC, report.received_at, problems
+    )
+
+
 _BUILDERS: dict[str, Callable[[str, bool, bool], Letter | None]] = {
     "checkin": _checkin,
     "reminder": _reminder,
@@ -441,6 +475,8 @@ _BUILDERS: dict[str, Callable[[str, bool, bool], Letter | None]] = {
     "forward": _forward,
     "program": _program,
     "approval": _approval,
+    "confirm": _confirm,
+    "report_receipt": _report_receipt,
 }
 
 

@@ -11,6 +11,7 @@ Layout (a maildir-like scheme: the rename is the commit point):
   `recover()` deletes only under the exclusive lock, so a recovery in another process
   while `serve` is writing never deletes a write in flight.
 - `spool/new/<id>`: committed, waiting for the processor.
+- `spool/refusals.json`: what the running listener refused, by reason (see `record_refusals`).
 - `quarantine/<id>` + `quarantine/<id>.reason.txt`: set aside with the reason (next to
   `spool/`, at data_dir level, so that status and operators find it in one place). The
   sidecar is `key: value` lines: `reason`, `envelope`, and when known `sender` (the From
@@ -37,11 +38,13 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from mailflow.disk import REAL, Disk, room_for
 from mailflow.errors import SpoolError
 from mailflow.store import fsync_dir
 
@@ -51,9 +54,11 @@ MAGIC = b"MFSPOOL1 "
 REASON_SUFFIX = ".reason.txt"
 UNREADABLE = "unreadable spool file"
 WRITERS_LOCK = ".writers.lock"
+REFUSALS = "refusals.json"  # the running listener's refusals, by reason (for status)
 # An envelope line is small (at most a few dozen recipients); anything longer than this
 # without a newline is a damaged file, and we refuse to read it into memory as a header.
 _MAX_HEADER_BYTES = 256 * 1024
+_ENVELOPE_PEEK = 4096  # enough for the envelope line of any message we accept
 
 
 @dataclass(frozen=True)
@@ -78,11 +83,88 @@ class SpoolEntry:
     raw: bytes
 
 
+@dataclass(frozen=True)
+class Held:
+    """Mail accepted but not (yet) stored as records: waiting in spool/new/ or quarantined.
+
+    What the listener's quotas count (`[listener] quarantine_max_per_sender`,
+    `quarantine_max_mb`) and what `status` can show.
+    """
+
+    messages: int
+    bytes: int
+    by_sender: dict[str, int]  # envelope sender, lower-cased ("" is the null sender)
+
+    def from_sender(self, sender: str) -> int:
+        return self.by_sender.get(sender.lower(), 0)
+
+
+class _HeldIndex:
+    """Who sent what is held, kept current by listing the two directories when they change.
+
+    Correct across processes (the ingest process quarantines, `quarantine release/drop`
+    runs in the CLI) without any shared state: a directory's mtime changes with every entry
+    added or removed, and only new ids are read (their envelope line, once).
+    """
+
+    def __init__(self, dirs: tuple[Path, ...]) -> None:
+        self.dirs = dirs
+        self._stamps: tuple[int, ...] | None = None
+        self._entries: dict[str, tuple[str, int]] = {}  # id -> (sender, size)
+        self._lock = threading.Lock()
+        self._held = Held(0, 0, {})
+
+    def held(self) -> Held:
+        with self._lock:
+            try:
+                stamps = tuple(d.stat().st_mtime_ns for d in self.dirs)
+            except OSError:
+                return self._held
+            if stamps == self._stamps:
+                return self._held
+            found: dict[str, Path] = {}
+            for d in self.dirs:
+                for name in os.listdir(d):
+                    if not name.startswith(".") and not name.endswith(REASON_SUFFIX):
+                        found[name] = d / name
+            entries = {i: e for i, e in self._entries.items() if i in found}
+            for entry_id, path in found.items():
+                if entry_id not in entries:
+                    entry = _peek(path)
+                    if entry is not None:
+                        entries[entry_id] = entry
+            by_sender: dict[str, int] = {}
+            for sender, _size in entries.values():
+                by_sender[sender] = by_sender.get(sender, 0) + 1
+            self._entries, self._stamps = entries, stamps
+            self._held = Held(len(entries), sum(size for _, size in entries.values()), by_sender)
+            return self._held
+
+
+def _peek(path: Path) -> tuple[str, int] | None:
+    """(sender, size) of a spool or quarantine file; None when it vanished meanwhile."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(_ENVELOPE_PEEK)
+            size = os.fstat(f.fileno()).st_size
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except OSError:
+        return "", 0
+    try:
+        header, _ = _split(head)
+    except SpoolError:
+        return "", size  # unreadable: counted, as nobody's
+    sender = header.get("mail_from")
+    return (sender.lower() if isinstance(sender, str) else ""), size
+
+
 class Spool:
     """A directory of committed messages; safe to use from several threads at once."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, disk: Disk = REAL) -> None:
         self.root = Path(root)
+        self.disk = disk  # free space, and the fault hook for tests (see disk.py)
         self.tmp_dir = self.root / "tmp"
         self.new_dir = self.root / "new"
         self.quarantine_dir = self.root.parent / "quarantine"
@@ -92,6 +174,44 @@ class Spool:
         # order of arrival within this process, the random part keeps processes apart.
         self._seq = 0
         self._seq_lock = threading.Lock()
+        self._held = _HeldIndex((self.new_dir, self.quarantine_dir))
+
+    # -- room and quotas --------------------------------------------------------------------
+
+    def has_room(self, floor_bytes: int) -> bool:
+        """More than `floor_bytes` free where the spool lives (statvfs; one system call).
+
+        Below it the listener refuses new mail with 452 and leaves the rest of the space
+        to the database, the archive and the outgoing queue; it asks again at every MAIL,
+        so it resumes by itself once space returns.
+        """
+        return room_for(self.disk, self.root, floor_bytes)
+
+    def held(self) -> Held:
+        """Mail waiting in new/ or quarantined, by envelope sender (for the quotas)."""
+        return self._held.held()
+
+    def record_refusals(self, counts: Mapping[str, int], since: datetime) -> None:
+        """What the running listener refused since `since` (when `serve` started), by reason
+        ("disk", "sender_quota", "total_quota", "per_client", "idle", "endless_line"), for
+        `status`. Replaced atomically; best effort: when it cannot be written (a full disk)
+        the last one stays and the listener goes on."""
+        doc = {"since": since.isoformat(), "counts": dict(sorted(counts.items()))}
+        tmp = self.root / (REFUSALS + ".tmp")
+        try:
+            tmp.write_text(json.dumps(doc), encoding="utf-8")
+            os.replace(tmp, self.root / REFUSALS)
+        except OSError as exc:
+            log.warning("cannot record the listener's refusals: %s", exc)
+
+    def refusals(self) -> dict[str, Any]:
+        """The last `record_refusals` ({"since", "counts"}), or {} (none, or unreadable)."""
+        try:
+            doc = json.loads((self.root / REFUSALS).read_text(encoding="utf-8"))
+            counts = {str(k): int(v) for k, v in doc["counts"].items()}
+            return {"since": str(doc["since"]), "counts": counts}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return {}
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -163,6 +283,7 @@ class Spool:
         }
         line = MAGIC + json.dumps(header, ensure_ascii=True).encode("ascii") + b"\n"
         tmp = self.tmp_dir / entry_id
+        self.disk.before_write(tmp, len(line) + len(raw))
         with self._writers(fcntl.LOCK_SH):
             # O_EXCL: ids are unique, so an existing file would mean a bug; never overwrite.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -275,6 +396,7 @@ class Spool:
         """Write `<id>.reason.txt` atomically (temp file, fsync, rename)."""
         sidecar = self.quarantine_dir / (entry_id + REASON_SUFFIX)
         tmp = self.quarantine_dir / f".{entry_id}.reason.tmp"
+        self.disk.before_write(tmp, len(text))
         with tmp.open("w", encoding="utf-8", errors="backslashreplace") as f:
             f.write(text)
             f.flush()

@@ -90,6 +90,7 @@ def status(
         tz = ZoneInfo(people[p.member].timezone)
         rows.append(_row(store, summaries, p, tz, settings, now, totals))
     quarantined = [(qid, spool.sidecar(qid)) for qid, _ in spool.quarantined()]
+    held = spool.held()  # what the listener's quotas count (waiting or quarantined)
     failed = outbox.failed()
     return {
         "now": now.isoformat(),
@@ -112,6 +113,8 @@ def status(
             for qid, car in quarantined[-QUARANTINE_SHOWN:]
         ],
         "spooled": spool.count_pending(),
+        "held": {"messages": held.messages, "bytes": held.bytes},
+        "refused": spool.refusals(),  # by the running listener, by reason ({}: none recorded)
         "outgoing_queued": outbox.count(QUEUED),
         "outgoing_failed": len(failed),
         "failed": [{"key": o.key, "to": o.to, "error": o.error} for o in failed],

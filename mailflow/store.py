@@ -19,22 +19,30 @@ need no lock: a rename is atomic, so they see the old file or the new one, never
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 from tinydb.storages import Storage
 
-from mailflow.errors import StoreError
+from mailflow.disk import REAL, Disk
+from mailflow.errors import (
+    CorruptFileError,
+    DiskFullError,
+    StoreError,
+    StoreLockedError,
+    is_transient,
+)
 from mailflow.models import (
     FAILED,
     QUEUED,
@@ -49,18 +57,26 @@ from mailflow.models import (
     Week,
 )
 
+log = logging.getLogger("mailflow.store")
+_T = TypeVar("_T")
+
 LOCK_TIMEOUT_SECONDS = 60
 CACHE_FILES = 6
 # ...and at most this many bytes of JSON (parsed, a file takes several times its size): old
 # weeks of a 10,000-partnership program are 10+ MB each, and `serve` must stay small.
 CACHE_BYTES = 16 * 1024 * 1024
+# Only a file named exactly like a period is a period: "2030-W02 (copy).json" or
+# "2030-W02.bak.json" (an editor's or an operator's copy) would otherwise be read as weeks
+# of their own, stop delivery on a bad name, or send their queued mail a second time.
+_PERIOD_FILE = re.compile(r"^(\d{4}-W\d{2})\.json$")
 
 
 class AtomicJSONStorage(Storage):
     """A TinyDB storage that never leaves a half-written file behind."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, disk: Disk = REAL) -> None:
         self.path = path
+        self.disk = disk
 
     def read(self) -> dict[str, dict[str, Any]] | None:
         try:
@@ -70,13 +86,13 @@ class AtomicJSONStorage(Storage):
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot read database: {exc.strerror}") from None
         if not raw.strip():
-            raise StoreError(f"{self.path}: database file is empty (corrupt); restore it")
+            raise CorruptFileError(self.path, "database file is empty (corrupt); restore it")
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{self.path}: database file is corrupt: {exc}") from None
+            raise CorruptFileError(self.path, f"database file is corrupt: {exc}") from None
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-            raise StoreError(f"{self.path}: database file is corrupt: not TinyDB tables")
+            raise CorruptFileError(self.path, "database file is corrupt: not TinyDB tables")
         return data
 
     def write(self, data: dict[str, dict[str, Any]], payload: bytes | None = None) -> None:
@@ -85,18 +101,27 @@ class AtomicJSONStorage(Storage):
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         if payload is None:
             payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with suppress(OSError):
-                tmp.unlink()
-            raise
-        fsync_dir(self.path.parent)
+            self.disk.before_write(tmp, len(payload))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(payload)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                with suppress(OSError):
+                    tmp.unlink()
+                raise
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            # Typed, naming the file: a full disk passes by itself (callers retry, and
+            # keep what they hold); the old file is untouched either way.
+            reason = exc.strerror or str(exc)
+            if is_transient(exc):
+                raise DiskFullError(self.path, f"cannot write database: {reason}") from None
+            raise StoreError(f"{self.path}: cannot write database: {reason}") from None
 
     def close(self) -> None:
         pass
@@ -162,11 +187,20 @@ def fsync_dir(path: Path) -> None:
 class _Table:
     """A TinyDB table (doc_id -> doc) with an index on our own key field."""
 
-    def __init__(self, raw: dict[str, dict[str, Any]], key_field: str) -> None:
+    def __init__(self, raw: dict[str, dict[str, Any]], key_field: str, where: Path) -> None:
         self.raw = raw
         self.key_field = key_field
-        self.by_key: dict[Any, str] = {doc[key_field]: doc_id for doc_id, doc in raw.items()}
-        self.next_id = max((int(i) for i in raw), default=0) + 1
+        self.by_key: dict[Any, str] = {}
+        for doc_id, doc in raw.items():
+            if not isinstance(doc, dict):
+                raise CorruptFileError(where, f"document {doc_id}: not an object")
+            if key_field not in doc:
+                raise CorruptFileError(where, f'document {doc_id}: missing "{key_field}"')
+            self.by_key[doc[key_field]] = doc_id
+        try:
+            self.next_id = max((int(i) for i in raw), default=0) + 1
+        except ValueError:
+            raise CorruptFileError(where, "document ids must be numbers") from None
 
     def get(self, key: Any) -> dict[str, Any] | None:
         doc_id = self.by_key.get(key)
@@ -195,6 +229,17 @@ class _Table:
         return len(self.raw)
 
 
+# What a record is called in an error: "partnership 3", "person ada@example.com".
+_KINDS = {
+    "people": "person",
+    "partnerships": "partnership",
+    "meta": "meta",
+    "weeks": "week",
+    "reports": "report",
+    "inbound": "inbound",
+    "outgoing": "outgoing",
+}
+
 _KEYS = {
     "people": "email",
     "partnerships": "id",
@@ -210,10 +255,13 @@ _KEYS = {
 class _View:
     """Tables of one database file, read-only unless opened by a transaction."""
 
-    def __init__(self, data: dict[str, dict[str, Any]], writable: bool) -> None:
+    def __init__(
+        self, data: dict[str, dict[str, Any]], writable: bool, path: Path = Path("?")
+    ) -> None:
         self._data = data
         self._tables: dict[str, _Table] = {}
         self._writable = writable
+        self.path = path
         self.changed = False
 
     def _table(self, name: str) -> _Table:
@@ -224,8 +272,28 @@ class _View:
                 raw = {}
                 if self._writable:
                     self._data[name] = raw
-            table = self._tables[name] = _Table(raw, _KEYS[name])
+            table = self._tables[name] = _Table(raw, _KEYS[name], self.path)
         return table
+
+    def _obj(self, table: str, doc: dict[str, Any], make: Callable[[dict[str, Any]], _T]) -> _T:
+        """A domain object from a stored document; a hand-edited one of the wrong shape is a
+        CorruptFileError naming the file and the record (`FILE: partnership 3: missing
+        "member"`), never a KeyError from deep inside."""
+        try:
+            return make(doc)
+        except StoreError as exc:  # a missing stamp: models names the record already
+            raise CorruptFileError(self.path, str(exc)) from None
+        except KeyError as exc:
+            what = _what(table, doc)
+            raise CorruptFileError(self.path, f'{what}: missing "{exc.args[0]}"') from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            what = _what(table, doc)
+            raise CorruptFileError(self.path, f"{what}: wrong value ({exc})") from None
+
+    def _objs(
+        self, table: str, docs: Iterable[dict[str, Any]], make: Callable[[dict[str, Any]], _T]
+    ) -> list[_T]:
+        return [self._obj(table, d, make) for d in docs]
 
     def _docs(self, name: str) -> Iterable[dict[str, Any]]:
         """A table's documents, without building its key index just to read them all."""
@@ -241,11 +309,11 @@ class _View:
 
 class CoreView(_View):
     def people(self) -> list[Person]:
-        return [Person.from_doc(d) for d in self._table("people").docs()]
+        return self._objs("people", self._table("people").docs(), Person.from_doc)
 
     def person(self, email: str) -> Person | None:
         doc = self._table("people").get(email)
-        return None if doc is None else Person.from_doc(doc)
+        return None if doc is None else self._obj("people", doc, Person.from_doc)
 
     def put_person(self, person: Person) -> None:
         self._put("people", person.to_doc())
@@ -259,20 +327,18 @@ class CoreView(_View):
         return removed
 
     def partnerships(self) -> list[Partnership]:
-        return sorted(
-            (Partnership.from_doc(d) for d in self._table("partnerships").docs()),
-            key=lambda p: p.id,
-        )
+        docs = self._table("partnerships").docs()
+        return sorted(self._objs("partnerships", docs, Partnership.from_doc), key=lambda p: p.id)
 
     def partnership(self, pid: int) -> Partnership | None:
         doc = self._table("partnerships").get(pid)
-        return None if doc is None else Partnership.from_doc(doc)
+        return None if doc is None else self._obj("partnerships", doc, Partnership.from_doc)
 
     def put_partnership(self, p: Partnership) -> None:
         self._put("partnerships", p.to_doc())
 
     def next_partnership_id(self) -> int:
-        return max((int(d["id"]) for d in self._table("partnerships").docs()), default=0) + 1
+        return max((p.id for p in self.partnerships()), default=0) + 1
 
     def requests(self) -> list[Request]:
         return sorted(
@@ -306,17 +372,19 @@ class CoreView(_View):
 
 
 class WeekView(_View):
-    def __init__(self, period: str, data: dict[str, dict[str, Any]], writable: bool) -> None:
-        super().__init__(data, writable)
+    def __init__(
+        self, period: str, data: dict[str, dict[str, Any]], writable: bool, path: Path = Path("?")
+    ) -> None:
+        super().__init__(data, writable, path)
         self.period = period
         self._report_index: dict[int, list[dict[str, Any]]] | None = None
 
     def week(self, partnership_id: int) -> Week | None:
         doc = self._table("weeks").get(f"{partnership_id}:{self.period}")
-        return None if doc is None else Week.from_doc(doc)
+        return None if doc is None else self._obj("weeks", doc, Week.from_doc)
 
     def weeks(self) -> list[Week]:
-        return [Week.from_doc(d) for d in self._table("weeks").docs()]
+        return self._objs("weeks", self._table("weeks").docs(), Week.from_doc)
 
     def put_week(self, week: Week) -> None:
         if week.period != self.period:
@@ -329,7 +397,8 @@ class WeekView(_View):
         if self._report_index is None:
             index: dict[int, list[dict[str, Any]]] = {}
             for d in self._table("reports").docs():
-                index.setdefault(int(d["partnership_id"]), []).append(d)
+                pid = self._obj("reports", d, lambda d: int(d["partnership_id"]))
+                index.setdefault(pid, []).append(d)
             self._report_index = index
         return self._report_index
 
@@ -338,7 +407,7 @@ class WeekView(_View):
             docs: Iterable[dict[str, Any]] = self._table("reports").docs()
         else:
             docs = self._reports_by_pid().get(partnership_id, [])
-        return sorted((Report.from_doc(d) for d in docs), key=lambda r: r.received_at)
+        return sorted(self._objs("reports", docs, Report.from_doc), key=lambda r: r.received_at)
 
     def report_count(self, partnership_id: int) -> int:
         return len(self._reports_by_pid().get(partnership_id, []))
@@ -360,7 +429,7 @@ class WeekView(_View):
         return True
 
     def inbound(self) -> list[Inbound]:
-        return [Inbound.from_doc(d) for d in self._table("inbound").docs()]
+        return self._objs("inbound", self._table("inbound").docs(), Inbound.from_doc)
 
     def add_inbound(self, item: Inbound) -> bool:
         if self.has_message(item.message_id):
@@ -370,18 +439,41 @@ class WeekView(_View):
 
     def outgoing(self, key: str) -> Outgoing | None:
         doc = self._table("outgoing").get(key)
-        return None if doc is None else Outgoing.from_doc(doc)
+        return None if doc is None else self._obj("outgoing", doc, Outgoing.from_doc)
 
     def outgoings(self, status: str | None = None) -> list[Outgoing]:
         """The period's outgoing mail (only that in `status`, when given)."""
         if status is None:
-            return [Outgoing.from_doc(d) for d in self._table("outgoing").docs()]
+            return self._objs("outgoing", self._table("outgoing").docs(), Outgoing.from_doc)
         # Filtered on the stored documents: a period of 30,000 sent messages builds no object
         # for the few still queued or failed that a delivery or `status` asks about.
-        return [Outgoing.from_doc(d) for d in self._docs("outgoing") if _status(d) == status]
+        docs = (d for d in self._docs("outgoing") if _status(d) == status)
+        return self._objs("outgoing", docs, Outgoing.from_doc)
 
     def put_outgoing(self, item: Outgoing) -> None:
         self._put("outgoing", item.to_doc())
+
+
+def _what(table: str, doc: Any) -> str:
+    key = doc.get(_KEYS[table]) if isinstance(doc, dict) else None
+    return f"{_KINDS[table]} {key}" if key is not None else _KINDS[table]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with a file in the data directory, found while reading it.
+
+    `error`: its data is unavailable (a corrupt week: that week's work stops, the rest goes
+    on), and a tick must say so and exit non-zero. Otherwise a warning (a stray file in
+    db/weeks/ that is not read at all).
+    """
+
+    path: Path
+    message: str
+    error: bool
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
 
 
 def _status(doc: dict[str, Any]) -> str:
@@ -403,35 +495,17 @@ class _Digest:
     stamp: tuple[int, int, int]
     summary: dict[int, PeriodSummary]
     tally: OutgoingTally
+    problem: Problem | None = None  # the file could not be read: reported at each use
 
 
-def _summarize(data: dict[str, dict[str, Any]]) -> dict[int, PeriodSummary]:
-    summary: dict[int, PeriodSummary] = {}
-    for d in data.get("weeks", {}).values():
-        summary[int(d["partnership_id"])] = PeriodSummary(
-            checkin_sent=d.get("checkin_at") is not None,
-            no_report_sent=d.get("no_report_at") is not None,
-        )
-    for d in data.get("reports", {}).values():
-        pid = int(d["partnership_id"])
-        prev = summary.get(pid, PeriodSummary())
-        summary[pid] = PeriodSummary(
-            prev.checkin_sent,
-            prev.no_report_sent,
-            prev.reports + 1,
-            prev.setback or bool(d["setback"]),
-        )
-    return summary
-
-
-def _tally(data: dict[str, dict[str, Any]]) -> OutgoingTally:
+def _tally(view: WeekView, data: dict[str, dict[str, Any]]) -> OutgoingTally:
     counts: dict[str, int] = {}
     failed = []
     for d in data.get("outgoing", {}).values():
         status = _status(d)
         counts[status] = counts.get(status, 0) + 1
         if status == FAILED:
-            failed.append(Outgoing.from_doc(d))
+            failed.append(view._obj("outgoing", d, Outgoing.from_doc))
     return OutgoingTally(counts, tuple(failed))
 
 
@@ -448,9 +522,12 @@ _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.\d+\.\d+\.tmp$")
 class Store:
     """Handle on one data directory. Safe across threads and processes."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, disk: Disk = REAL) -> None:
         self.data_dir = data_dir
         self.db_dir = data_dir / "db"
+        self.disk = disk  # the fault hook for tests (see disk.py)
+        self._problems: dict[tuple[Path, str], Problem] = {}
+        self._problems_lock = threading.Lock()
         self._cache: dict[Path, _Cached] = {}
         self._digests: dict[Path, _Digest] = {}
         self._guards: dict[Path, threading.RLock] = {}
@@ -506,7 +583,11 @@ class Store:
         cached = self._cache.get(path)
         if cached is not None and cached.stamp == stamp:
             return cached.data
-        data = AtomicJSONStorage(path).read() or {}
+        try:
+            data = AtomicJSONStorage(path, self.disk).read() or {}
+        except CorruptFileError as exc:
+            self._note(Problem(path, str(exc).removeprefix(f"{path}: "), error=True))
+            raise
         if keep:
             self._remember(path, _Cached(stamp, data))
         return data
@@ -531,7 +612,7 @@ class Store:
             try:
                 lock.acquire()
             except LockTimeout:
-                raise StoreError(f"{path}: database is locked by another process") from None
+                raise StoreLockedError(path, "database is locked by another process") from None
             try:
                 # Copy the tables (not the documents: puts replace documents, never edit
                 # them) so snapshots handed out earlier, and the cache if this transaction
@@ -548,7 +629,7 @@ class Store:
         frag = self._fragments
         if frag is None or frag[0] != path:
             frag = self._fragments = (path, _Fragments())
-        AtomicJSONStorage(path).write(data, frag[1].dumps(data))
+        AtomicJSONStorage(path, self.disk).write(data, frag[1].dumps(data))
         st = path.stat()
         self._remember(path, _Cached((st.st_ino, st.st_mtime_ns, st.st_size), data))
 
@@ -564,7 +645,7 @@ class Store:
     def core(self) -> CoreView:
         """A read-only snapshot of people and partnerships."""
         with self._guard(self.core_path):
-            return CoreView(self._load(self.core_path), writable=False)
+            return CoreView(self._load(self.core_path), writable=False, path=self.core_path)
 
     def _core_maps(self) -> tuple[dict[str, Person], dict[int, Partnership]]:
         # Domain objects are frozen, so they can be shared across calls; they are rebuilt only
@@ -573,7 +654,7 @@ class Store:
             data = self._load(self.core_path)
             hit = self._core_objects
             if hit is None or hit[0] is not data:
-                view = CoreView(data, writable=False)
+                view = CoreView(data, writable=False, path=self.core_path)
                 people = {p.email: p for p in view.people()}
                 pships = {p.id: p for p in view.partnerships()}
                 hit = self._core_objects = (data, people, pships)
@@ -597,21 +678,23 @@ class Store:
     def core_tx(self) -> Iterator[CoreView]:
         """Read-modify-write of people and partnerships, atomic and exclusive."""
         with self._transaction(self.core_path) as data:
-            view = CoreView(data, writable=True)
+            view = CoreView(data, writable=True, path=self.core_path)
             yield view
             if view.changed:
                 self._commit(self.core_path, data)
 
     def week(self, period: str) -> WeekView:
+        """A read-only snapshot of one period; CorruptFileError (naming the file) when that
+        file cannot be read, which stops only what needs this period."""
         path = self.week_path(period)
         with self._guard(path):
-            return WeekView(period, self._load(path), writable=False)
+            return WeekView(period, self._load(path), writable=False, path=path)
 
     @contextmanager
     def week_tx(self, period: str) -> Iterator[WeekView]:
         path = self.week_path(period)
         with self._transaction(path) as data:
-            view = WeekView(period, data, writable=True)
+            view = WeekView(period, data, writable=True, path=path)
             yield view
             if view.changed:
                 self._commit(path, data)
@@ -621,7 +704,10 @@ class Store:
         `status`.
 
         Cached per file version without keeping the file itself, so reading a year of
-        history costs one parse per old week per process and little memory.
+        history costs one parse per old week per process and little memory. A file that
+        cannot be read gives an empty summary (that week shows as nothing happened) and a
+        `Problem` for `take_problems`: one broken old week must not stop every check-in
+        whose history strip passes over it.
         """
         return self._digest(period).summary
 
@@ -645,19 +731,79 @@ class Store:
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
             hit = self._digests.get(path)
             if hit is not None and hit.stamp == stamp:
+                if hit.problem is not None:
+                    self._note(hit.problem)  # still broken: still reported, not parsed again
                 return hit
-            cached = self._cache.get(path)
-            data = cached.data if cached and cached.stamp == stamp else self._load(path, False)
-            digest = _Digest(stamp, _summarize(data), _tally(data))
+            try:
+                digest = self._read_digest(path, stamp)
+            except CorruptFileError as exc:
+                problem = Problem(path, str(exc).removeprefix(f"{path}: "), error=True)
+                self._note(problem)
+                digest = _Digest(stamp, {}, OutgoingTally({}, ()), problem)
             self._digests[path] = digest
             return digest
 
+    def _read_digest(self, path: Path, stamp: tuple[int, int, int]) -> _Digest:
+        cached = self._cache.get(path)
+        data = cached.data if cached and cached.stamp == stamp else self._load(path, False)
+        summary: dict[int, PeriodSummary] = {}
+        view = WeekView(path.stem, data, writable=False, path=path)
+        for d in data.get("weeks", {}).values():
+            pid = view._obj("weeks", d, lambda d: int(d["partnership_id"]))
+            summary[pid] = PeriodSummary(
+                checkin_sent=d.get("checkin_at") is not None,
+                no_report_sent=d.get("no_report_at") is not None,
+            )
+        for d in data.get("reports", {}).values():
+            pid, setback = view._obj(
+                "reports", d, lambda d: (int(d["partnership_id"]), bool(d["setback"]))
+            )
+            prev = summary.get(pid, PeriodSummary())
+            summary[pid] = PeriodSummary(
+                prev.checkin_sent,
+                prev.no_report_sent,
+                prev.reports + 1,
+                prev.setback or setback,
+            )
+        return _Digest(stamp, summary, _tally(view, data))
+
+    # -- problems ---------------------------------------------------------------------------
+
+    def _note(self, problem: Problem) -> None:
+        with self._problems_lock:
+            if (problem.path, problem.message) not in self._problems:
+                (log.error if problem.error else log.warning)("%s", problem)
+            self._problems[(problem.path, problem.message)] = problem
+
+    def take_problems(self) -> list[Problem]:
+        """The problems noticed while reading since the last call (each once), oldest first.
+
+        For the caller of a whole run (`tick`, a `serve` tick): print each as an `error:`
+        (or warning) line and exit non-zero when any is an error.
+        """
+        with self._problems_lock:
+            out = list(self._problems.values())
+            self._problems.clear()
+        return out
+
     def periods(self) -> list[str]:
-        """Every period label that has a file, oldest first."""
+        """Every period label that has a file, oldest first.
+
+        Only files named exactly like a period (`YYYY-Www.json`) count; any other file in
+        db/weeks/ is left alone and reported once as a warning (`take_problems`).
+        """
         folder = self.db_dir / "weeks"
         if not folder.is_dir():
             return []
-        return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
+        labels = []
+        for p in folder.glob("*.json"):
+            m = _PERIOD_FILE.match(p.name)
+            if m is not None:
+                labels.append(m.group(1))
+            elif not p.name.startswith("."):
+                message = "not a period file (expected YYYY-Www.json); ignored"
+                self._note(Problem(p, message, error=False))
+        return sorted(labels)
 
     def reports(self, pid: int | None = None, since: date | None = None) -> Iterator[Report]:
         """Every stored report (of partnership `pid`), period file by period file, oldest first.

@@ -7,7 +7,8 @@ partnership. Everything is lower case because some MTAs fold the local part's ca
 
 Everything here is seen by receivers or stored in period files, so none of it may change
 between releases (a change re-sends mail or breaks reply matching after an upgrade):
-- addresses: `checkin+TOKEN@DOMAIN` (a reply), `checkin@DOMAIN` (the plain address),
+- addresses: `checkin+TOKEN@DOMAIN` (a reply; TOKEN's kind says to what: a check-in `c`, a
+  digest `d`, an introduction `a`, a confirmation `v`), `checkin@DOMAIN` (the plain address),
   `bounces@DOMAIN` (our return path); `classify_rcpt` says which one an address is;
 - Message-IDs: `<KIND.TOKEN@DOMAIN>` for check-ins, reminders, no-report digests and
   `<digestN.TOKEN@DOMAIN>` for digests (so a reply by reference finds its token), and
@@ -31,7 +32,10 @@ AGREE = "a"  # a partner's answer to the introduction (consent)
 # A reply to a self-service mail (suggestions, an offer to confirm): the number is the
 # request's (`models.Request.n`), not a partnership's.
 PROGRAM = "s"
-KINDS = (CHECKIN, DIGEST, AGREE, PROGRAM)
+# A member's answer to a confirmation: the number is the request's (`models.Pending.n`), not
+# a partnership's, so the answer confirms exactly the commands that mail showed her.
+CONFIRM = "v"
+KINDS = (CHECKIN, DIGEST, AGREE, CONFIRM, PROGRAM)
 LOCAL_PREFIX = "checkin"  # checkin+TOKEN@DOMAIN
 PLAIN_LOCAL = LOCAL_PREFIX  # checkin@DOMAIN: members write here without a token
 BOUNCE_LOCAL = "bounces"  # bounces@DOMAIN: the return path (envelope sender) of our mail
@@ -164,7 +168,8 @@ class Keys:
     program: str = ""  # the program's address (lower case; "": no self-service)
 
     def token(self, kind: str, partnership_id: int, period: str) -> str:
-        """The token of a reply of `kind` (CHECKIN, DIGEST, AGREE) to a partnership's period."""
+        """The token of a reply of `kind` (CHECKIN, DIGEST, AGREE) to a partnership's period
+        (CONFIRM: `partnership_id` is the confirmation's number)."""
         return make_token(self.secret, kind, partnership_id, period)
 
     def address(self, kind: str, partnership_id: int, period: str) -> str:

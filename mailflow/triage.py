@@ -18,10 +18,22 @@ Two steps, as Mailman's LMTP runner splits the recipient before the queue does i
    self-service is the same mailbox, its commands are a `Target` of step 1 and only the rest
    comes here.)
 
+A From header proves nothing (design.md section 3). `proven(parsed, target, trust)` is the one
+rule for when what a message *asks* (commands, consent) may be done in a person's name: the
+From is her stored address and the message came through a token bound to her (a reply to an
+address we sent to her, or one naming our Message-ID to her), or the trusted MTA in front
+vouches for the From with DMARC (`Authentication-Results`, RFC 8601). A member's commands
+that are not proven (she wrote to the plain address) are not run: `decide` hands them back
+as `Reply.to_confirm`, and she is asked to confirm them from her own mailbox (`Confirm`, the
+answer to that mail). What a message *says* (a report) still counts; a report that came
+unbound gets a receipt at her stored address, so a forgery is seen.
+
 An admin's release of a quarantined message goes the same two steps, told so: `route(...,
-vouch=True)` lets a sender who is not the token's person through as an unproven `Target`
-(the From header is still no proof: `decide` then runs none of its commands), and `Facts`
-with `released=True` counts a report for the period its token names, however old.
+vouch=True)` lets a sender who is not the token's person (or a reply to an ended partnership)
+through as a `Target`, and `Facts` with `released=True` counts a report for the period its
+token names, however old. The release is no proof either: `proven` is the same rule, so the
+commands of a message from another address are held for the member's confirmation exactly
+like those of a mail to the plain address, and a yes or no from another address is refused.
 
 Decisions are frozen variants; `actions` does what they ask and `intake` stores them. The
 stored records (`Report`, `Inbound`) carry the path the raw message will be archived under,
@@ -32,8 +44,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
+from email.utils import getaddresses
 
 from mailflow.commands import Command, extract_commands, parse_consent
 from mailflow.errors import DomainError
@@ -43,7 +56,17 @@ from mailflow.parse import ParsedMessage, detect_setback, find_sections
 from mailflow.people import normalize_email
 from mailflow.program import parse_commands
 from mailflow.schedule import utc_week, weeks_between
-from mailflow.tokens import AGREE, CHECKIN, DIGEST, PROGRAM, Keys, Rcpt, Token, token_from_ids
+from mailflow.tokens import (
+    AGREE,
+    CHECKIN,
+    CONFIRM,
+    DIGEST,
+    PROGRAM,
+    Keys,
+    Rcpt,
+    Token,
+    token_from_ids,
+)
 
 MAX_TOKEN_AGE_WEEKS = 8  # older tokens are replays, not late replies
 FORWARD_CHARS = 20_000  # a forward shows at most this much of the message (all is archived)
@@ -61,17 +84,29 @@ class Envelope:
 
 
 @dataclass(frozen=True)
+class Trust:
+    """What besides our tokens may prove a sender: the authserv-id of the MTA in front
+    (`[listener] trusted_authserv_id`) whose Authentication-Results count ("": none)."""
+
+    authserv_id: str = ""
+
+
+@dataclass(frozen=True)
 class Target:
     """The partnership a message is about, and how we know: its token, or None when it came
-    to the plain address and was picked by its skill line or subject."""
+    to the plain address and was picked by its skill line or subject.
+
+    `person`: the stored address of whom it speaks for (the token's person: the member for a
+    check-in or confirmation, the partner for a digest or introduction; the member for mail to
+    the plain address). `proven`: see `proven` (set by `route`).
+    """
 
     partnership: Partnership
     token: Token | None
     sender: str
     message_id: str
     envelope: Envelope
-    # False when an admin's release vouches for a sender who is not the person the token
-    # was sent to: what the message says counts, what it asks (commands, consent) does not.
+    person: str = ""
     proven: bool = True
 
 
@@ -147,7 +182,12 @@ class Forward:
 
 @dataclass(frozen=True)
 class Reply:
-    """A member's reply: a progress record and/or commands (`problems`: lines not understood)."""
+    """A member's reply: a progress record and/or commands (`problems`: lines not understood).
+
+    `to_confirm`: commands of hers that are not proven (see `proven`): held, and she is asked
+    to confirm them. `unbound`: it came without a token (to the plain address), so she gets a
+    receipt at her stored address whatever it held. `proven`: its From is proven hers.
+    """
 
     reason: str
     pid: int
@@ -157,7 +197,14 @@ class Reply:
     inbound: Inbound | None = None  # commands only: recorded as inbound mail
     commands: tuple[Command, ...] = ()
     problems: tuple[str, ...] = ()
-    not_run: tuple[str, ...] = ()  # command lines of an unproven sender: never run
+    to_confirm: tuple[Command, ...] = ()
+    unbound: bool = False
+    proven: bool = True
+
+    @property
+    def not_run(self) -> tuple[str, ...]:
+        """Command lines not run now: held until she confirms them (`to_confirm`)."""
+        return tuple(c.line for c in self.to_confirm)
 
 
 @dataclass(frozen=True)
@@ -234,7 +281,24 @@ class Program:
         return "self-service" + (f" (reply to request {self.request})" if self.request else "")
 
 
-Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous | Forward | Program
+@dataclass(frozen=True)
+class Confirm:
+    """A member's answer to a confirmation mail: yes (ACCEPT), no (DECLINE) or None (unclear)
+    to the held request number `n`."""
+
+    pid: int
+    n: int
+    period: str
+    answer: str | None
+    sender: str
+    inbound: Inbound
+
+    @property
+    def reason(self) -> str:
+        return f"confirmation {self.n}: {self.answer or 'unclear'}"
+
+
+Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous | Forward | Confirm | Program
 
 
 def records(d: Decision) -> tuple[Report | Inbound, ...]:
@@ -242,7 +306,7 @@ def records(d: Decision) -> tuple[Report | Inbound, ...]:
     match d:
         case Reply():
             return tuple(r for r in (d.report, d.inbound) if r is not None)
-        case Record() | Consent() | Note() | Ambiguous() | Forward() | Program():
+        case Record() | Consent() | Note() | Ambiguous() | Forward() | Confirm() | Program():
             return (d.inbound,)
     return ()
 
@@ -277,11 +341,140 @@ def pid_of(d: Decision) -> int | None:
 
 
 def sender_of(d: Decision) -> str:
-    """Who proved they receive our mail: the sender of a reply, consent or note ("" else)."""
+    """Who proved they receive our mail: the proven sender of a reply, consent, note or
+    confirmation ("" else: mail to the plain address could come from anyone)."""
     match d:
-        case Reply() | Consent() | Note():
+        case Reply(proven=False):
+            return ""
+        case Reply() | Consent() | Note() | Confirm():
             return d.sender
     return ""
+
+
+# -- who may act in whose name ----------------------------------------------------------------
+
+
+def proven(parsed: ParsedMessage, target: Target, trust: Trust) -> bool:
+    """May what this message asks (commands, consent) be done in `target.person`'s name?
+
+    Only when its From is her stored address, and either it came through a token bound to
+    her (`route` checked the token's person: a reply to an address we sent to her, or a
+    reference to our Message-ID to her), or the trusted MTA in front vouches for the From
+    with DMARC (`dmarc_vouches`). Mail to the plain address from her address is not proof:
+    anybody can write that From. The rule is the same wherever a message comes from: the
+    listener, or an admin releasing it from the quarantine.
+    """
+    sender = (parsed.from_address or "").lower()
+    if not sender or sender != target.person:
+        return False
+    if target.token is not None:
+        return True
+    return dmarc_vouches(target.envelope.raw, sender, trust.authserv_id)
+
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MAX_HEADER = 262_144
+
+
+def header_fields(raw: bytes, name: str) -> list[str]:
+    """The values of header field `name` (any case) in `raw`'s header section, topmost
+    first, unfolded (ASCII; anything else replaced)."""
+    end = _HEADER_END.search(raw, 0, _MAX_HEADER)
+    head = raw[: end.start() if end else _MAX_HEADER].decode("ascii", "replace")
+    wanted = name.lower()
+    found: list[list[str]] = []
+    current: list[str] | None = None
+    for line in head.splitlines():
+        if line[:1] in (" ", "\t"):  # a folded continuation of the field above
+            if current is not None:
+                current.append(line.strip())
+            continue
+        field, colon, value = line.partition(":")
+        current = [value.strip()] if colon and field.strip().lower() == wanted else None
+        if current is not None:
+            found.append(current)
+    return [" ".join(parts) for parts in found]
+
+
+def dmarc_vouches(raw: bytes, sender: str, authserv_id: str) -> bool:
+    """True when the MTA in front (`authserv_id`) says DMARC passed for `sender`'s domain.
+
+    Its verdict is the topmost Authentication-Results header whose authserv-id is exactly
+    `authserv_id` (RFC 8601 section 5: the MTA adds its own on top, and should remove any it
+    finds with its own id; one added below it by the sender is never reached). Headers of
+    any other authserv-id are ignored, and so is everything when `authserv_id` is "". The
+    message must have exactly one From field with one address (DMARC checks one From; a
+    second one could be the one we read).
+    """
+    if not authserv_id:
+        return False
+    froms = header_fields(raw, "from")
+    if len(froms) != 1 or len([a for _, a in getaddresses(froms) if a]) != 1:
+        return False
+    domain = sender.rpartition("@")[2].lower()
+    for value in header_fields(raw, "authentication-results"):
+        server, results = authentication_results(value)
+        if server != authserv_id.lower():
+            continue
+        return any(
+            method == "dmarc" and result == "pass" and props.get("header.from") == domain
+            for method, result, props in results
+        )
+    return False
+
+
+_PAIR = re.compile(r'([A-Za-z0-9][A-Za-z0-9./_-]*)\s*=\s*("[^"]*"|[^\s";]+)')
+
+
+def authentication_results(value: str) -> tuple[str, list[tuple[str, str, dict[str, str]]]]:
+    """An Authentication-Results value (RFC 8601 2.2) as (authserv-id, [(method, result,
+    {ptype.property: value})]), all lower case; comments are dropped. Linear in the value."""
+    parts = _split_semicolons(_uncomment(value))
+    words = parts[0].split() if parts else []
+    server = words[0].strip('"').lower() if words else ""
+    results = []
+    for part in parts[1:]:
+        pairs = _PAIR.findall(part)
+        if not pairs:
+            continue  # "none"
+        method, result = pairs[0]
+        props = {k.lower(): v.strip('"').lower() for k, v in pairs[1:]}
+        results.append((method.split("/")[0].lower(), result.strip('"').lower(), props))
+    return server, results
+
+
+def _uncomment(value: str) -> str:
+    """`value` without (comments), nested or not; quoted strings kept as they are."""
+    out: list[str] = []
+    depth, quoted = 0, False
+    for ch in value:
+        if quoted:
+            quoted = ch != '"'
+        elif ch == "(":
+            depth += 1
+            continue
+        elif ch == ")" and depth:
+            depth -= 1
+            continue
+        elif ch == '"' and not depth:
+            quoted = True
+        if not depth:
+            out.append(ch)
+    return "".join(out)
+
+
+def _split_semicolons(value: str) -> list[str]:
+    parts, current, quoted = [], [], False
+    for ch in value:
+        if ch == '"':
+            quoted = not quoted
+        if ch == ";" and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -359,14 +552,35 @@ def _pick(candidates: list[Partnership], skill: str | None, subject: str) -> Par
 
 
 def route(
-    parsed: ParsedMessage, envelope: Envelope, keys: Keys, roster: Roster, *, vouch: bool = False
+    parsed: ParsedMessage,
+    envelope: Envelope,
+    keys: Keys,
+    roster: Roster,
+    *,
+    trust: Trust = Trust(),  # noqa: B008 - frozen, shared on purpose
+    vouch: bool = False,
 ) -> Target | Decision:
-    """The partnership a message is about (`Target`), or what it is when it is about none.
+    """The partnership a message is about (`Target`, with `proven` set), or what it is when
+    it is about none.
 
     `vouch`: an admin releases it from the quarantine, so a reply to a token from another
-    address than the token's person, or to an ended partnership, is routed anyway (as an
-    unproven `Target` in the first case).
+    address than the token's person, or to an ended partnership, is routed anyway. The
+    From header is still no proof: such a `Target` is unproven (see `proven`), so what it
+    asks waits for the person's own confirmation.
     """
+    found = _route(parsed, envelope, keys, roster, vouch)
+    if isinstance(found, Target):
+        return replace(found, proven=proven(parsed, found, trust))
+    if isinstance(found, Program) and found.request is None:
+        # A new mail to the program's address: what it changes (offers) takes effect at
+        # once only when the trusted MTA vouches for its From; else she confirms it.
+        return replace(found, vouched=dmarc_vouches(envelope.raw, found.sender, trust.authserv_id))
+    return found
+
+
+def _route(
+    parsed: ParsedMessage, envelope: Envelope, keys: Keys, roster: Roster, vouch: bool
+) -> Target | Decision:
     mid = message_id_of(parsed, envelope.raw)
     sender = (parsed.from_address or envelope.mail_from or "").lower()
     token: Token | None = None
@@ -445,12 +659,17 @@ def sender_to(envelope: Envelope) -> str:
 def _by_token(
     token: Token, sender: str, mid: str, envelope: Envelope, roster: Roster, vouch: bool
 ) -> Target | Decision:
-    p = roster.partnerships.get(token.partnership_id)
-    if p is None:
-        return Quarantine(f"unknown partnership {token.partnership_id}")
-    expected = roster.people.get(p.member if token.kind == CHECKIN else p.partner)
+    if token.kind == CONFIRM:
+        p = _asking(token.partnership_id, roster)
+        if p is None:
+            return Quarantine(f"unknown confirmation {token.partnership_id}")
+    else:
+        p = roster.partnerships.get(token.partnership_id)
+        if p is None:
+            return Quarantine(f"unknown partnership {token.partnership_id}")
+    expected = roster.people.get(p.member if token.kind in (CHECKIN, CONFIRM) else p.partner)
     if vouch and expected is not None:
-        return Target(p, token, sender, mid, envelope, proven=sender == expected.email)
+        return Target(p, token, sender, mid, envelope, person=expected.email)
     if expected is None or sender != expected.email:
         who = "member" if token.kind == CHECKIN else "partner"
         return Quarantine(
@@ -467,7 +686,15 @@ def _by_token(
             tell_member=True,
             to_partner=token.kind != CHECKIN,
         )
-    return Target(p, token, sender, mid, envelope)
+    return Target(p, token, sender, mid, envelope, person=expected.email)
+
+
+def _asking(n: int, roster: Roster) -> Partnership | None:
+    """The partnership holding confirmation request `n` (open, answered or lapsed)."""
+    for p in roster.partnerships.values():
+        if any(x.n == n for x in p.pending):
+            return p
+    return None
 
 
 def _by_member(
@@ -486,7 +713,7 @@ def _by_member(
     extracted = extract_commands(parsed.text, date.min)
     p = _pick(candidates, extracted.skill, parsed.subject)
     if p is not None:
-        return Target(p, None, sender, mid, envelope)
+        return Target(p, None, sender, mid, envelope, person=p.member)
     if parsed.kind == "auto_reply":
         inbound = _inbound(envelope, mid, sender, "auto_reply", parsed.detail)
         return Record(f"auto-reply: {parsed.detail}", inbound)
@@ -546,17 +773,25 @@ def decide(parsed: ParsedMessage, target: Target, facts: Facts) -> Decision:
         period = token.period if token else None
         inbound = _target_inbound(target, "auto_reply", parsed.detail, period)
         return Record(f"auto-reply: {parsed.detail}", inbound)
+    if token is not None and token.kind in (AGREE, CONFIRM) and not target.proven:
+        # Only an admin's release routes another sender's answer here: it is not theirs.
+        what = "the introduction" if token.kind == AGREE else "a confirmation"
+        who = "partner" if token.kind == AGREE else "member"
+        return Quarantine(
+            f"a yes or no to {what} counts only from the {who}'s own address",
+            partnership_id=p.id,
+            period=token.period,
+        )
     if token is not None and token.kind == AGREE:
-        if not target.proven:
-            return Quarantine(
-                "a yes or no to the introduction counts only from the partner's own address",
-                partnership_id=p.id,
-                period=token.period,
-            )
         answer = parse_consent(parsed.text)
         detail = answer or "unclear"
         inbound = _target_inbound(target, "consent", detail, token.period, text=parsed.text)
         return Consent(p.id, token.period, answer, parsed.text.strip(), target.sender, inbound)
+    if token is not None and token.kind == CONFIRM:
+        answer = parse_consent(parsed.text)
+        n, period = token.partnership_id, token.period
+        inbound = _target_inbound(target, "confirmation", answer or "unclear", period, n=n)
+        return Confirm(p.id, n, period, answer, target.sender, inbound)
     if token is not None and token.kind == DIGEST:
         if not parsed.text.strip():
             reason = "empty reply: no new text outside the quoted digest"
@@ -601,53 +836,39 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
     period = token.period if facts.released and token is not None else facts.report_period
     extracted = extract_commands(parsed.text, facts.local_today)
     rest = extracted.text
-    commands, problems, not_run = extracted.commands, extracted.problems, ()
+    commands, to_confirm = extracted.commands, ()
     if not target.proven:
-        # A release never makes a From header proof: her report counts, but nothing it asks
-        # for is done, and nobody is asked back about lines we did not understand.
-        commands, problems = (), ()
-        not_run = tuple(c.line for c in extracted.commands)
-        if not rest:
-            return Quarantine(
-                "nothing to count: the message holds only commands, and a release does not "
-                f"run commands from {target.sender or 'an unknown sender'}",
-                partnership_id=pid,
-                period=period,
-            )
-    if not rest and not commands:
-        if problems:
-            inbound = _target_inbound(target, "commands", "not understood", period)
-            return Reply(
-                "commands not understood",
-                pid,
-                period,
-                target.sender,
-                inbound=inbound,
-                problems=problems,
-            )
-        reason = "empty reply: no new text outside the quoted check-in"
-        return Quarantine(reason, partnership_id=pid, period=period)
-    if not rest:
-        inbound = _target_inbound(target, "commands", "commands only", period)
+        # Not proven hers (see `proven`): what it asks waits for her yes to a confirmation
+        # mail at her stored address, whoever wrote it (her address, to the plain one; or
+        # another address, released from the quarantine by an admin). Nothing runs before.
+        to_confirm, commands = commands, ()
+
+    def reply(reason: str, report: Report | None = None, inbound: Inbound | None = None) -> Reply:
         return Reply(
-            "commands",
+            reason,
             pid,
             period,
             target.sender,
-            inbound=inbound,
-            commands=commands,
-            problems=problems,
+            report,
+            inbound,
+            commands,
+            extracted.problems,
+            to_confirm,
+            unbound=token is None,
+            proven=target.proven,
         )
-    return Reply(
-        "reply",
-        pid,
-        period,
-        target.sender,
-        report=_report(parsed, rest, target, period),
-        commands=commands,
-        problems=problems,
-        not_run=not_run,
-    )
+
+    if not rest and not extracted.commands:
+        if extracted.problems:
+            inbound = _target_inbound(target, "commands", "not understood", period)
+            return reply("commands not understood", inbound=inbound)
+        reason = "empty reply: no new text outside the quoted check-in"
+        return Quarantine(reason, partnership_id=pid, period=period)
+    if not rest:
+        return reply(
+            "commands", inbound=_target_inbound(target, "commands", "commands only", period)
+        )
+    return reply("reply", report=_report(parsed, rest, target, period))
 
 
 def _report(parsed: ParsedMessage, rest: str, target: Target, period: str) -> Report:

@@ -17,6 +17,11 @@ Faults (set them at any time from the test thread; the server reads them under a
 - `drop_next_data = N`: the next N DATA commands close the connection without an answer
   (the relay dies mid-batch; the message is not recorded). With `drop_after_data = K` the
   first K DATA commands still pass, so a batch breaks after K messages.
+- `drop_data_for = {address}`: a DATA for that recipient is read in full and then the
+  connection is closed without an answer, every time (a poison message that crashes the
+  relay's content filter).
+- `on_message = callable`: called with each RecordedMessage as it is accepted (on the
+  server's thread, before the 250 goes out), e.g. to fill a disk at that moment.
 - `down()` / `up()`: stop and start listening on the same port (connections are refused).
 TLS and AUTH, for the client's real STARTTLS/implicit-TLS/login path: `starttls=True` or
 `implicit_tls=True` make a self-signed certificate for 127.0.0.1/localhost (openssl CLI, or
@@ -210,6 +215,11 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self._recorder._poisoned(envelope.rcpt_tos):
+            # Close after the whole message arrived, without an answer.
+            assert server.transport is not None
+            server.transport.close()
+            raise asyncio.CancelledError
         for rcpt in envelope.rcpt_tos:
             answer = self._recorder._lookup("refuse_data", rcpt)
             if answer:
@@ -263,6 +273,9 @@ class RecordingSMTPServer:
         self.fail_next_connections = 0
         self.drop_next_data = 0
         self.drop_after_data = 0
+        self.drop_data_for: set[str] = set()
+        self.dropped = 0  # DATA transactions closed by drop_data_for
+        self.on_message: Any = None
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._messages: list[RecordedMessage] = []
@@ -411,12 +424,21 @@ class RecordingSMTPServer:
             self.drop_next_data -= 1
             return True
 
+    def _poisoned(self, rcpts: list[str]) -> bool:
+        with self._lock:
+            if any(r.lower() in self.drop_data_for for r in rcpts):
+                self.dropped += 1
+                return True
+            return False
+
     def _lookup(self, knob: str, address: str) -> str | None:
         with self._lock:
             table: dict[str, str] = getattr(self, knob)
             return table.get(address) or table.get(address.lower())
 
     def _record(self, msg: RecordedMessage) -> None:
+        if self.on_message is not None:
+            self.on_message(msg)
         with self._cond:
             self._messages.append(msg)
             self._cond.notify_all()

@@ -292,11 +292,19 @@ def test_a_yes_from_another_address_is_not_released(desk: Desk, relay: Recording
     )
 
 
-def test_commands_only_from_another_address_are_not_released(desk: Desk) -> None:
+def test_commands_only_from_another_address_wait_for_the_members_yes(desk: Desk) -> None:
+    """Nothing counts, but the release goes through: the commands are held for Ada's yes to
+    a confirmation mail at her stored address, as any command in her name without proof."""
     qid = mismatch(desk, "pause 2 weeks")
-    err = desk.cli.bad("quarantine", "release", qid)
-    assert "nothing to count: the message holds only commands" in err
-    assert desk.show()["status"] == "active"
+    out = desk.cli.ok("quarantine", "release", qid).out
+    assert out.startswith(f"released {qid}\nnot run (sent from ada@home.example): pause 2 weeks\n")
+    assert "partnership 1: asked ada@example.com to confirm: pause 2 weeks" in out
+    assert desk.show()["status"] == "active" and desk.show()["reports"] == []
+    [ask] = [m for m in desk.relay.messages if m.rcpt_tos == (ADA,) and "confirm" in
+             str(m.message["Subject"]).lower()]  # fmt: skip
+    assert "The program admin released a mail from ada@home.example" in " ".join(
+        text_of(ask).split()
+    )
 
 
 # -- release, done ------------------------------------------------------------------------------
@@ -308,7 +316,8 @@ def test_release_counts_it_runs_no_command_and_sends_the_digest(desk: Desk) -> N
     before = len(desk.relay.messages)
     out = desk.cli.ok("quarantine", "release", qid).out
     assert out.startswith(f"released {qid}\nnot run (sent from ada@home.example): goal 1 done\n")
-    assert "queued digest to grace@example.com" in out and "sent 2 message(s)" in out
+    assert "queued digest to grace@example.com" in out and "sent 3 message(s)" in out
+    assert "partnership 1: asked ada@example.com to confirm: goal 1 done" in out
     shown = desk.show()
     [report] = shown["reports"]
     assert report["text"] == "Rough week, I fell behind.\nNext week: catch up"
@@ -320,8 +329,9 @@ def test_release_counts_it_runs_no_command_and_sends_the_digest(desk: Desk) -> N
     # Nothing she wrote is lost, and no "Setback: none" under the setback banner.
     assert "Rough week, I fell behind." in text and "catch up" in text
     assert "SETBACK" in text and "none" not in text.lower().split("goals:")[0]
-    [told] = [m for m in new if m.rcpt_tos == (ADA,)]
-    assert "counts after all" in str(told.message["Subject"])
+    [told] = [m for m in new if "counts after all" in str(m.message["Subject"])]
+    [ask] = [m for m in new if "Please confirm" in str(m.message["Subject"])]
+    assert told.rcpt_tos == ask.rcpt_tos == (ADA,)  # the command waits for her yes
     # What the release made of it is in the sidecar, next to the reason.
     sidecar = (desk.app.data_dir / "quarantine" / f"{qid}.reason.txt").read_text()
     assert "released: 2026-12-01T08:00:00+00:00 by " in sidecar

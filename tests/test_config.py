@@ -20,6 +20,7 @@ data_dir = "/srv/mailflow"
 timezone = "Europe/Berlin"
 admin_address = "admin@example.org"
 secret_env = "MY_SECRET"
+min_free_mb = 50
 
 [listener]
 host = "0.0.0.0"
@@ -33,6 +34,11 @@ tls_key = "/srv/tls/key.pem"
 require_starttls = true
 auth_username = "mta"
 auth_password_env = "LISTENER_PW"
+max_sessions_per_client = 3
+trusted_peers = ["10.0.0.25", "fd00::/64"]
+quarantine_max_per_sender = 5
+quarantine_max_mb = 40
+trusted_authserv_id = "mx.example.org"
 
 [relay]
 host = "smtp.example.org"
@@ -109,6 +115,7 @@ def test_every_key_of_every_section_is_accepted(tmp_path: Path) -> None:
         timezone="Europe/Berlin",
         admin_address="admin@example.org",
         secret_env="MY_SECRET",
+        min_free_mb=50,
     )
     assert cfg.listener == config.ListenerConfig(
         "0.0.0.0",
@@ -122,6 +129,11 @@ def test_every_key_of_every_section_is_accepted(tmp_path: Path) -> None:
         True,
         "mta",
         "LISTENER_PW",
+        3,
+        ("10.0.0.25", "fd00::/64"),
+        5,
+        40,
+        "mx.example.org",
     )
     assert cfg.relay == config.RelayConfig(
         "smtp.example.org", 465, False, True, "bot", "RELAY_PW", 9
@@ -359,3 +371,23 @@ def test_the_example_config_lists_every_key_with_its_default() -> None:
         defaults.schedule,
         defaults.program,
     )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[service]\nmin_free_mb = -1\n", "service.min_free_mb: expected 0 or more"),
+        ("[listener]\nmax_sessions_per_client = -2\n", "listener.max_sessions_per_client"),
+        ("[listener]\nquarantine_max_mb = -1\n", "listener.quarantine_max_mb"),
+        ("[listener]\nquarantine_max_per_sender = -1\n", "listener.quarantine_max_per_sender"),
+        ('[listener]\ntrusted_peers = "127.0.0.1"\n', "listener.trusted_peers: expected a list"),
+        ("[listener]\ntrusted_peers = [1]\n", "listener.trusted_peers: expected a list"),
+        ('[listener]\ntrusted_peers = ["mx.local"]\n', 'not an IP address or network: "mx.local"'),
+        ('[listener]\ntrusted_authserv_id = "mx; x"\n', "listener.trusted_authserv_id: expected"),
+    ],
+)
+def test_limit_keys_are_checked_by_name(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load(write(tmp_path, text))
+    cfg = load(write(tmp_path, "[listener]\ntrusted_peers = []\n"))
+    assert cfg.listener.trusted_peers == () and Config().service.min_free_mb == 100

@@ -338,7 +338,8 @@ def test_relay_faults_during_fanout_deliver_each_checkin_once(
             relay.refuse_rcpt[m] = "451 4.3.0 try again later"
         relay.drop_after_data, relay.drop_next_data = 5, 1
         tick("2026-11-30T10:00:00+00:00")
-        assert len(checkins(relay)) < n  # still faulty: not everything went
+        # (Since issue 12 a drop holds up only the message in flight, so most went in the
+        # first tick already; what matters is below: each exactly once in the end.)
         # Recovered: later ticks (past each backoff) deliver the rest.
         relay.refuse_rcpt.clear()
         for hour in range(11, 20):

@@ -320,8 +320,12 @@ def test_release_of_a_sender_mismatch_counts_it_and_sends_the_digest_now(world: 
     text = text_of(digest)
     assert "Missed the Thursday rehearsal" in " ".join(text.split())
     assert "released it today" in text and "One bad week is data" in text
-    # The member hears it counts, and which command was not run.
-    [told] = [m for m in new if m.rcpt_tos == (PRIYA,)]
+    # The member hears it counts, and which command was not run: it waits for her yes to a
+    # confirmation mail at her own address (a release is no proof of who wrote it).
+    [told] = [m for m in new if "counts after all" in subject(m)]
+    [ask] = [m for m in new if subject(m).startswith("Please confirm: pause 2 weeks")]
+    assert told.rcpt_tos == ask.rcpt_tos == (PRIYA,)
+    assert f"released a mail from {OTHER}" in " ".join(text_of(ask).split())
     told_text = " ".join(text_of(told).split())
     assert "counts as your public speaking report for week 49 of 2026" in told_text
     assert f"It came from {OTHER}, not from {PRIYA}" in told_text

@@ -34,16 +34,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),  # rules
     ("letters", "triage"),  # what mail says; what inbound mail means
     ("actions", "selfservice", "samples"),  # what a message asks; sample mail
-    ("store", "spool", "outbox", "inbox", "compose", "audit", "webauth"),  # disk, network, files
+    ("disk", "store", "spool", "outbox", "inbox", "compose", "audit", "webauth"),  # disk, network
     ("mailroom", "intake", "jobs", "status", "admin", "quarantine"),  # use cases
     ("webadmin", "webadmin_numbers", "webadmin_templates", "webadmin_quarantine", "web"),  # site
     ("app",),  # wiring
     ("cli", "demo", "__main__"),  # edges
 )
 PURE = set(LAYERS[0] + LAYERS[1] + LAYERS[2] + LAYERS[3] + LAYERS[4]) - {"clock", "config"}
-IO = {"store", "spool", "inbox", "outbox", "mailroom", "app", "intake", "jobs", "status", "admin"}
-IO |= {"quarantine", "audit", "webauth", "webadmin", "webadmin_numbers", "webadmin_templates"}
-IO |= {"webadmin_quarantine", "web"}
+IO = {"disk", "store", "spool", "inbox", "outbox", "mailroom", "app", "intake", "jobs", "status"}
+IO |= {"admin", "quarantine", "audit", "webauth", "webadmin", "webadmin_numbers"}
+IO |= {"webadmin_templates", "webadmin_quarantine", "web"}
 CLOCK_OR_ENV = {
     ("datetime", "now"), ("datetime", "utcnow"), ("datetime", "today"), ("date", "today"),
     ("time", "time"), ("time", "time_ns"), ("os", "environ"), ("os", "getenv"),

@@ -34,6 +34,7 @@ def app_settings(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
     service = {"admin_address": ADMIN, **program.pop("service", {})}
     return {
         "service": service,
+        "listener": {"trusted_authserv_id": "mx.example.com"},
         "schedule": {"quiet_hours": ""},
         "program": program,
     }
@@ -112,6 +113,23 @@ def test_offer_takes_effect_when_she_confirms_from_her_own_mailbox(world: MailWo
     reply(world, confirm, ADA, "Yes please")
     assert people(world)[ADA]["offers"] == ["public speaking"]
     assert "You offer: public speaking." in said(world.last_to(ADA, "your offers"))
+
+
+def test_an_offer_vouched_for_by_the_trusted_mta_takes_effect_at_once(world: MailWorld) -> None:
+    ar = "mx.example.com; spf=pass; dmarc=pass (p=reject) header.from=example.com"
+    world.send(letter(ADA, PROGRAM, "offer", "offer negotiation", Authentication_Results=ar))
+    world.tick()
+    assert people(world)[ADA]["offers"] == ["negotiation"]
+    assert "You offer: negotiation." in said(world.last_to(ADA, "your offers"))
+    assert not world.mail_to(ADA, "confirm")
+    # Another server's verdict (or none) proves nothing: she is asked.
+    forged = "evil.example; dmarc=pass header.from=example.com"
+    world.send(
+        letter(ADA, PROGRAM, "offer", "offer stop negotiation", Authentication_Results=forged)
+    )
+    world.tick()
+    assert people(world)[ADA]["offers"] == ["negotiation"]
+    assert world.last_to(ADA, "confirm")
 
 
 def test_offer_near_miss_and_no_then_a_forged_answer(world: MailWorld) -> None:

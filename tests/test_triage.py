@@ -297,18 +297,25 @@ def test_a_release_routes_a_stranger_but_does_not_take_him_for_the_member() -> N
 
 def test_a_release_vouches_for_the_text_never_for_the_commands() -> None:
     raw = mail("ada@home.example", "Rough week, I fell behind.\n\npause 2 weeks\ngoal 1 done")
-    target = Target(P1, TOKEN, "ada@home.example", "<m1@example.com>", envelope(raw), False)
+    target = Target(P1, TOKEN, "ada@home.example", "<m1@example.com>", envelope(raw),
+                    person=ADA, proven=False)  # fmt: skip
     got = decide(parse_message(raw), target, RELEASED)
     assert isinstance(got, Reply) and got.report is not None
     assert got.report.text == "Rough week, I fell behind." and got.report.setback is True
     assert got.report.sender == "ada@home.example"
-    assert got.commands == () and got.problems == ()
+    # Nothing runs: her commands wait for her yes to a confirmation mail, as any command
+    # that came in her name without proof (the same rule as mail to the plain address).
+    assert got.commands == () and got.problems == () and got.proven is False
     assert got.not_run == ("pause 2 weeks", "goal 1 done")
+    assert [c.line for c in got.to_confirm] == ["pause 2 weeks", "goal 1 done"]
+    assert got.unbound is False  # it came through her check-in's token
+    # Commands alone are released too: nothing counts, and they wait for her yes.
     only = mail("ada@home.example", "stop")
-    target = Target(P1, TOKEN, "ada@home.example", "<m1@example.com>", envelope(only), False)
-    refused = decide(parse_message(only), target, RELEASED)
-    assert isinstance(refused, Quarantine)
-    assert refused.reason.startswith("nothing to count: the message holds only commands")
+    target = Target(P1, TOKEN, "ada@home.example", "<m1@example.com>", envelope(only),
+                    person=ADA, proven=False)  # fmt: skip
+    held = decide(parse_message(only), target, RELEASED)
+    assert isinstance(held, Reply) and held.report is None and held.inbound is not None
+    assert held.commands == () and [c.line for c in held.to_confirm] == ["stop"]
 
 
 def test_a_release_counts_for_the_tokens_week_however_old() -> None:
@@ -326,6 +333,6 @@ def test_a_release_counts_for_the_tokens_week_however_old() -> None:
 def test_a_released_yes_from_another_address_is_no_consent() -> None:
     raw = mail("grace@home.example", "Yes!")
     target = Target(P1, Token(AGREE, 1, "2026-W48"), "grace@home.example", "<m1@x>",
-                    envelope(raw), False)  # fmt: skip
+                    envelope(raw), person=GRACE, proven=False)  # fmt: skip
     got = decide(parse_message(raw), target, RELEASED)
     assert isinstance(got, Quarantine) and "only from the partner's own address" in got.reason
