@@ -583,14 +583,15 @@ def partnerships_resend_intro(app: App, pid: str, to: str) -> None:
 
 @partnerships.command("consent")
 @click.argument("pid", metavar="ID")
-@click.option("--accepted", "answer", flag_value="accepted", help="The partner said yes.")
-@click.option("--declined", "answer", flag_value="declined", help="The partner said no.")
+@click.option("--accepted", is_flag=True, help="The partner said yes.")
+@click.option("--declined", is_flag=True, help="The partner said no.")
 @click.option("--note", default="", help="What the partner said (kept with a decline).")
 @pass_app
-def partnerships_consent(app: App, pid: str, answer: str | None, note: str) -> None:
+def partnerships_consent(app: App, pid: str, accepted: bool, declined: bool, note: str) -> None:
     """Record the partner's answer that reached you another way; both people are told."""
-    if answer is None:
-        raise click.UsageError("say which: --accepted or --declined")
+    if accepted == declined:  # neither, or both: one flag's value must not win silently
+        raise click.UsageError("say which: --accepted or --declined (one of them)")
+    answer = "accepted" if accepted else "declined"
     text = pships.check_text("note", note, required=False, limit=pships.LONG_TEXT)
     mailroom = _build(app).mailroom
     report = admin.record_consent(mailroom, _pid(pid), answer == "accepted", app.now(), text)
@@ -646,7 +647,10 @@ def _templates(app: App) -> Any:
 @pass_app
 def templates_check(app: App) -> None:
     """Render every template with sample data; report FILE:LINE: message."""
-    problems = _templates(app).check()
+    templates = _templates(app)
+    for stray in templates.strays():
+        click.echo(f"warning: {stray}", err=True)
+    problems = templates.check()
     for problem in problems:
         click.echo(problem, err=True)
     if problems:

@@ -25,6 +25,7 @@ end): a runaway template fails its check instead of hanging ``templates check`` 
 
 from __future__ import annotations
 
+import difflib
 import re
 import time
 import traceback
@@ -347,6 +348,22 @@ class Templates:
         variables or keys in branches the samples do not reach.
         """
         return _check_set(_TemplateSet(self._dirs))
+
+    def strays(self) -> list[str]:
+        """Warnings for files in the override directory that no template reads: a misspelt
+        ``chekin.txt.j2`` would otherwise be ignored in silence while the shipped check-in
+        goes out. Partials (names starting with ``_``) may be anything: templates include them.
+        """
+        if self.override_dir is None:
+            return []
+        shipped = sorted(f.name for f in SHIPPED_DIR.glob("*.j2"))
+        out = []
+        for f in sorted(self.override_dir.glob("*.j2")):
+            if f.name not in shipped and not f.name.startswith("_"):
+                close = difflib.get_close_matches(f.name, shipped, n=1, cutoff=0.75)
+                guess = f' (did you mean "{close[0]}"?)' if close else ""
+                out.append(f"{f}: replaces no template, so it is not used{guess}")
+        return out
 
     def preview(self, name: str, setback: bool = False, variant: str | None = None) -> Rendered:
         """Render ``name`` with sample data.

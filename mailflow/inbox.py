@@ -527,6 +527,12 @@ class _SMTP(SMTP):
             self._idle_handle.cancel()
         self._idle_handle = self.loop.call_later(self._timeout_duration, self._idle)
 
+    def _timeout_cb(self) -> None:
+        # aiosmtpd's own timer (no bytes at all for the timeout): also a session cut for want
+        # of progress, counted with ours so `status` shows every slot freed this way.
+        self.event_handler.refuse("idle")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
     def _idle(self) -> None:
         log.info(
             "%s: no progress in %s s; closing",

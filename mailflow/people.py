@@ -236,6 +236,8 @@ def read_csv(text: str, delimiter: str = ",") -> tuple[list[CsvRow], list[str]]:
             if None in record:
                 problems.append(f"{line}: too many fields")
                 continue
+            if not any((v or "").strip() for v in record.values()):
+                continue  # a row of empty cells (",,,", as Excel saves a cleared row) is blank
             rows.append(CsvRow(line, {k: (v or "") for k, v in record.items()}))
     except csv.Error as exc:
         problems.append(f"{reader.line_num}: {exc}")

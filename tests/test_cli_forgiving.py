@@ -90,6 +90,13 @@ def test_excel_utf8_with_bom_and_semicolons_imports_with_a_note(mf: Mailflow) ->
     assert people(mf)["zoe@example.com"]["name"] == "Zoë Ødegaard"
 
 
+def test_rows_of_empty_cells_are_blank_lines(mf: Mailflow) -> None:
+    """Excel saves a row whose cells were cleared as ",,,": skipped like a blank line."""
+    data = b"email,name,department\r\nada@example.com,Ada,Eng\r\n,,\r\n , ,\r\n\r\n"
+    assert mf.ok("people", "import", write(mf, "cleared.csv", data)).out.startswith("imported 1")
+    assert list(people(mf)) == ["ada@example.com"]
+
+
 def test_excel_windows_1252_imports_with_a_note_naming_the_encoding(mf: Mailflow) -> None:
     text = "email;name;department\nzoe@example.com;Zoë Ødegaard – Sales;Sales\n"
     result = mf.ok("people", "import", write(mf, "win.csv", text.encode("cp1252")))
@@ -226,6 +233,10 @@ def test_list_shows_consent_and_show_the_effective_checkin(pair: Mailflow) -> No
     pair.ok(*partnership_args("--accepted", "--checkin-day", "Friday", "--checkin-time", "07:30",
                               skill="sql"))  # fmt: skip
     pair.ok(*partnership_args(skill="python"))
+    # Both answers, or none, is refused: neither flag may win silently.
+    both = pair.bad("partnerships", "consent", "3", "--accepted", "--declined", code=2)
+    assert "--accepted or --declined" in both
+    assert "--accepted or --declined" in pair.bad("partnerships", "consent", "3", code=2)
     pair.ok("partnerships", "consent", "3", "--declined")
     table = pair.ok("partnerships", "list").out.splitlines()
     assert table[0].split()[:3] == ["ID", "STATUS", "CONSENT"]

@@ -479,3 +479,21 @@ def test_cli_preview_every_new_template(
 ) -> None:
     result = Mailflow(tmp_path, capsys).ok("templates", "preview", name)
     assert result.out.startswith("Subject: ")
+
+
+def test_check_warns_of_an_override_file_no_template_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt override (chekin.txt.j2) would be ignored in silence: check names it, with
+    the file it probably meant; a partial (_mine.j2) may be called anything."""
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "chekin.txt.j2").write_text("Hello {{ member.name }}\n", encoding="utf-8")
+    (own / "_mine.j2").write_text("{# a partial #}\n", encoding="utf-8")
+    mailflow = Mailflow(tmp_path, capsys, f'[templates]\ndir = "{own}"\n')
+    result = mailflow.ok("templates", "check")
+    assert result.out == "templates ok\n"
+    assert result.err == (
+        f"warning: {own / 'chekin.txt.j2'}: replaces no template, so it is not used"
+        ' (did you mean "checkin.txt.j2"?)\n'
+    )
