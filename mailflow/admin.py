@@ -80,6 +80,35 @@ def resume(store: Store, pid: int) -> Partnership:
     return _update(store, pid, lambda _core, p: pships.resume(p))
 
 
+def approve(store: Store, pid: int) -> Partnership:
+    """Approve a partnership asked for by self-service under `self_service = "approval"`:
+    its introductions may go out (the caller sends them: `Jobs.introduce`). DomainError when
+    it waits for no approval."""
+
+    def change(_core: CoreView, p: Partnership) -> Partnership:
+        if not p.approval:
+            raise DomainError(f"partnership {p.id} waits for no approval")
+        if p.status == ENDED:
+            raise DomainError(f"partnership {p.id} has ended")
+        return p.with_changes(approval="")
+
+    return _update(store, pid, change)
+
+
+def partner_load_warning(store: Store, p: Partnership, cap: int) -> str:
+    """ "warning: ..." when `p`'s partner now carries more than `cap` partnerships ("" else):
+    an admin may go past the program's limit, but should know it."""
+    load = sum(
+        1 for q in store.core().partnerships() if q.partner == p.partner and q.status != ENDED
+    )
+    if load <= cap:
+        return ""
+    return (
+        f"warning: {p.partner} now carries {load} partnerships as partner, more than "
+        f"max_partnerships_per_partner ({cap})"
+    )
+
+
 def end(store: Store, pid: int, now: datetime) -> Partnership:
     """End a partnership for good."""
     return _update(store, pid, lambda _core, p: pships.end(p, now))

@@ -466,12 +466,31 @@ def partnerships_add(
         core.put_partnership(p)
     if p.allow_same_line:
         click.echo("note: same department or reporting line allowed by --allow-same-line")
+    warning = admin.partner_load_warning(
+        app.store, p, app.config.program.max_partnerships_per_partner
+    )
+    if warning:
+        click.echo(warning, err=True)
     try:
         for line in _build(app).jobs.introduce(p.id, app.now()).lines:
             click.echo(line)
     except Exception as exc:  # noqa: BLE001 - the partnership exists; `serve` retries the intro
         click.echo(f"warning: introductions not sent yet ({exc}); serve/tick will retry", err=True)
     click.echo(p.id)
+
+
+@partnerships.command("approve")
+@click.argument("pid")
+@pass_app
+def partnerships_approve(app: App, pid: str) -> None:
+    """Approve a partnership asked for by email (self_service = "approval"): introduce both."""
+    p = admin.approve(app.store, _pid(pid))
+    click.echo(f"partnership {p.id} approved")
+    try:
+        for line in _build(app).jobs.introduce(p.id, app.now()).lines:
+            click.echo(line)
+    except Exception as exc:  # noqa: BLE001 - approved; `serve` sends the intro at its tick
+        click.echo(f"warning: introductions not sent yet ({exc}); serve/tick will retry", err=True)
 
 
 def _pid(pid: str) -> int:
@@ -981,6 +1000,11 @@ def status(app: App, as_json: bool, now_text: str | None) -> None:
         counts = ", ".join(f"{reason} {n}" for reason, n in refused["counts"].items())
         click.echo(f"refused by the listener since {refused['since']}: {counts}")
     click.echo(f"outgoing queued: {data['outgoing_queued']}  failed: {data['outgoing_failed']}")
+    strangers = data["program_strangers"]
+    click.echo(
+        f"awaiting approval: {len(data['awaiting_approval'])}  mail to the program address "
+        f"from outside the directory since {strangers['since']}: {strangers['count']}"
+    )
     for item in data["failed"]:
         click.echo(f"  failed {item['key']} to {item['to']}: {item['error']}")
     for item in data["quarantine"]:
@@ -1017,7 +1041,12 @@ def partners_suggest(app: App, member: str, skill: str, as_json: bool) -> None:
     member = normalize_email(member, "member")
     core = app.store.core()
     people_by_email = {p.email: p for p in core.people()}
-    found = suggest_partners(member, skill, people_by_email, core.partnerships())
+    cap = app.config.program.max_partnerships_per_partner
+    found = [
+        s
+        for s in suggest_partners(member, skill, people_by_email, core.partnerships())
+        if s.active_partnerships < cap
+    ]
     if as_json:
         emit_json(
             [
@@ -1027,7 +1056,10 @@ def partners_suggest(app: App, member: str, skill: str, as_json: bool) -> None:
         )
         return
     if not found:
-        click.echo(f"no eligible partner offers {normalize_skill(skill)!r} for {member}")
+        click.echo(
+            f"no eligible partner offers {normalize_skill(skill)!r} for {member} "
+            f"(below max_partnerships_per_partner, {cap})"
+        )
         return
     _table(
         ["EMAIL", "NAME", "DEPARTMENT", "PARTNERSHIPS"],

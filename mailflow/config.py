@@ -126,6 +126,24 @@ class ScheduleConfig:
     quiet_hours: str = "21:00-07:00"
 
 
+SELF_SERVICE_MODES = ("open", "approval", "off")
+
+
+@dataclass(frozen=True)
+class ProgramConfig:
+    """Self-service by email: the program's address and its rules."""
+
+    # Where members write `offer`, `partner for`, `help`, `status` ("": hotteam@ + domain).
+    address: str = ""
+    # open: an agreed ask starts at once; approval: the admin approves it first; off: no asks.
+    self_service: str = "open"
+    max_partnerships_per_partner: int = 3  # suggestions and asks skip partners at the cap
+
+    def address_for(self, domain: str) -> str:
+        """The program's address, lower case."""
+        return (self.address or f"hotteam@{domain}").strip().lower()
+
+
 @dataclass(frozen=True)
 class TemplatesConfig:
     dir: Path | None = None
@@ -153,6 +171,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     templates: TemplatesConfig = field(default_factory=TemplatesConfig)
+    program: ProgramConfig = field(default_factory=ProgramConfig)
     web: WebConfig = field(default_factory=WebConfig)
     # The values of the environment variables this config names (secret_env, password_env,
     # auth_password_env), read once at load: nothing else reads the environment. Not from the
@@ -190,6 +209,7 @@ _SECTIONS: dict[str, type] = {
     "relay": RelayConfig,
     "schedule": ScheduleConfig,
     "templates": TemplatesConfig,
+    "program": ProgramConfig,
     "web": WebConfig,
 }
 
@@ -411,6 +431,22 @@ def _auth_name(value: str) -> str | None:
     return None
 
 
+def _mode(value: str) -> str | None:
+    if value not in SELF_SERVICE_MODES:
+        return f'expected one of {", ".join(SELF_SERVICE_MODES)}, got "{value}"'
+    return None
+
+
+def _program_address(cfg: Config) -> str | None:
+    address = cfg.program.address_for(cfg.service.domain)
+    why = _address(cfg.program.address)  # the default is made of a checked domain
+    if why:
+        return why
+    taken = {f"checkin@{cfg.service.domain}".lower(), f"bounces@{cfg.service.domain}".lower()}
+    if address in taken:
+        return f"{address} is already one of our addresses (checkin@ and bounces@ are taken)"
+
+
 def _off_or_more(value: int) -> str | None:
     return None if value >= 0 else f"expected 0 or more (0: off), got {value}"
 
@@ -525,6 +561,9 @@ _RULES: tuple[tuple[str, Check], ...] = (
     _value("schedule.consent_days", _at_least(1)),
     _value("schedule.quiet_hours", _quiet_hours),
     ("schedule.deadline_after_hours", _deadline_after_remind),
+    ("program.address", _program_address),
+    _value("program.self_service", _mode),
+    _value("program.max_partnerships_per_partner", _at_least(1)),
     _when(
         "schedule.deadline_after_hours",
         lambda c: c.schedule.deadline_after_hours > 24 * 7 - 1,

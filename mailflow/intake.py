@@ -32,20 +32,20 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from filelock import FileLock
 
-from mailflow import actions, letters, status, triage
+from mailflow import actions, letters, selfservice, status, triage
 from mailflow.addresses import canonical
 from mailflow.errors import CorruptFileError, is_transient
 from mailflow.letters import Pair, ServiceInfo
 from mailflow.mailroom import Mailroom, Prepared, TickReport
 from mailflow.models import Partnership, Report, Roster
 from mailflow.parse import parse_message
-from mailflow.schedule import current_period, report_period
+from mailflow.schedule import current_period, report_period, utc_week
 from mailflow.spool import Spool, SpoolEntry
 from mailflow.store import Store, WeekView, fsync_dir
 from mailflow.triage import Decision, Forward, Quarantine, Record, Reply
@@ -55,6 +55,26 @@ log = logging.getLogger("mailflow")
 INGEST_BATCH = 500
 CONFIRMATIONS = "confirmations"  # core meta: the last confirmation number given
 LOCK_TIMEOUT_SECONDS = 120
+
+
+def _stranger(d: Decision) -> bool:
+    """Mail to the program's address from outside the directory (counted for `status`)."""
+    return isinstance(d, Record) and d.inbound.kind == "program_stranger"
+
+
+def _count_stranger(
+    counted: dict[str, dict[str, int]], d: Decision, entry: SpoolEntry, at: datetime | None
+) -> None:
+    """One more stranger's mail in its UTC week; weeks past what `status` shows are dropped.
+    (A batch run again after a crash may count one twice: it is a statistic.)"""
+    assert isinstance(d, Record)
+    when = at or entry.received_at
+    week = counted.setdefault(utc_week(when), {})
+    sender = d.inbound.sender or "(nobody)"
+    week[sender] = week.get(sender, 0) + 1
+    oldest = utc_week(when - timedelta(days=2 * status.STRANGER_DAYS))
+    for label in [k for k in counted if k < oldest]:
+        del counted[label]
 
 
 @dataclass(frozen=True)
@@ -256,6 +276,7 @@ class Intake:
         prepared: list[Prepared] = []
         fates: list[tuple[SpoolEntry, Fate]] = []
         seen: set[str] = set()
+        programs: list[int] = []  # indexes in `fates`: self-service, handled together below
         stalled: Wait | None = None  # once the disk or a lock fails, the rest waits too
         for entry, d in decided:
             if isinstance(d, Wait) or stalled is not None:
@@ -276,6 +297,10 @@ class Intake:
                     fates.append((entry, Duplicate(d)))
                     continue
                 seen.add(mid)
+                if isinstance(d, triage.Program) or _stranger(d):
+                    programs.append(len(fates))  # handled together below
+                    fates.append((entry, d))
+                    continue
                 prepared.extend(self._apply(d, roster, entry, mid, out, at))
             except Exception as exc:  # noqa: BLE001 - keep the message; a human looks at it
                 fate = self._failed(entry, exc, "side effects", d)
@@ -283,6 +308,8 @@ class Intake:
                 # way (the disk): it waits without trying.
                 stalled = fate if isinstance(fate, Wait) else None
             fates.append((entry, fate))
+        if programs:
+            prepared.extend(_programs(self, fates, programs, out, at))
         return prepared, fates
 
     def _apply(
@@ -428,3 +455,59 @@ def _line(entry: SpoolEntry, fate: Fate) -> str:
         case Forward(written=w):
             return f"forwarded {entry.id} from {w.sender or 'nobody'} to the admin"
     return f"recorded {fate.reason} ({entry.id})"
+
+
+def _programs(
+    intake: Intake,
+    fates: list[tuple[SpoolEntry, Fate]],
+    indexes: list[int],
+    out: TickReport,
+    at: datetime | None,
+) -> list[Prepared]:
+    """Self-service mail of the batch, in one core transaction: each message sees the
+    directory as stored now with the changes of the ones before it (read once, from the
+    store's parsed snapshot, and written once). A message whose handling fails is
+    quarantined with the reason; the others go on."""
+    changes: list[tuple[actions.Desk, selfservice.Change]] = []
+    with intake.store.core_tx() as tx:
+        # The lock is held: the store's parsed maps are this transaction's data.
+        people, pships = intake.store.people_map(), intake.store.partnerships_map()
+        world = selfservice.World(
+            people, list(pships.values()), tx.requests(), tx.next_partnership_id(),
+            tx.next_request_n(),
+        )  # fmt: skip
+        counted = tx.meta(status.STRANGERS_META) or {}
+        for i in indexes:
+            entry, d = fates[i]
+            if not isinstance(d, triage.Program):  # a stranger: counted, never answered
+                _count_stranger(counted, d, entry, at)
+                continue
+            desk = actions.Desk(intake.svc, at or entry.received_at, d.inbound.message_id, entry.id)
+            try:
+                change = selfservice.handle(d, world, desk)
+            except Exception as exc:  # noqa: BLE001 - keep the message; a human looks at it
+                log.exception("self-service failed for %s", entry.id)
+                why = f"processing error: {type(exc).__name__}: {exc}"
+                fates[i] = (entry, Quarantine(why, sender=d.sender))
+                continue
+            world = selfservice.applied(world, change)
+            changes.append((desk, change))
+        for _, change in changes:
+            for person in change.people:
+                tx.put_person(person)
+            for p in change.partnerships:
+                tx.put_partnership(p)
+            for request in change.requests:
+                tx.put_request(request)
+        if len(changes) < len(indexes):
+            tx.set_meta(status.STRANGERS_META, counted)
+        if changes:
+            tx.set_meta("next_request", world.next_n)
+            for n in selfservice.expired(world, changes[-1][0].at):
+                tx.remove_request(n)
+    prepared = []
+    for desk, change in changes:
+        for line in change.lines:
+            out.add(line)
+        prepared.extend(intake.mailroom.prepare(letter, desk.at) for letter in change.letters)
+    return prepared

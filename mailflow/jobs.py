@@ -78,7 +78,7 @@ class Jobs:
         out = TickReport()
         core = self.store.core()
         p = core.partnership(pid)
-        if p is not None and p.introduced_at is None:
+        if p is not None and p.introduced_at is None and not p.approval:
             member, partner = core.person(p.member), core.person(p.partner)
             if member is None or partner is None:
                 raise StoreError(f"partnership {pid}: {p.member} or {p.partner} does not exist")
@@ -215,6 +215,8 @@ class Jobs:
         local_today = now.astimezone(self._tz(p, roster)).date()
         if p.status == PAUSED and p.paused_until is not None and local_today >= p.paused_until:
             updates.setdefault(p.id, {}).update(status=ACTIVE, paused_until=None)
+        if p.approval:
+            return items  # asked by self-service: nothing goes out before an admin approves
         if p.introduced_at is None:
             pair = self._pair(p, roster, now)
             items.extend(self._prepare([letters.intro(pair, r, self.svc, now) for r in ROLES], now))

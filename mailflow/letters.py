@@ -42,10 +42,12 @@ from mailflow.models import (
     Week,
 )
 from mailflow.parse import free_text, label_of_line, says_no_setback
+from mailflow.program import BLOCK_LINES
 from mailflow.schedule import (
     ON_TIME,
     Period,
     Settings,
+    checkin_moment,
     current_period,
     days_left,
     first_checkin,
@@ -58,6 +60,7 @@ from mailflow.tokens import (
     CHECKIN,
     CONFIRM,
     DIGEST,
+    PROGRAM,
     REPLY_MARKER,
     Keys,
     hash16,
@@ -80,6 +83,8 @@ TEMPLATE_NAMES: tuple[str, ...] = (
     "consent_notice",
     "released",
     "forward",
+    "program",
+    "approval",
     "confirm",
     "report_receipt",
 )
@@ -169,12 +174,19 @@ class ServiceInfo:
     checkin_time: str = "09:00"  # the configured default, as written in the config
     default_tz: str = "UTC"
     from_name: str = DEFAULT_FROM_NAME  # the display name of our From
+    self_service: str = "open"  # [program] self_service: open | approval | off
+    max_per_partner: int = 3  # [program] max_partnerships_per_partner
 
     @classmethod
     def from_config(cls, config: Config, secret: bytes) -> ServiceInfo:
         """The service as `config` describes it, signing tokens with `secret`."""
         return cls(
-            keys=Keys(secret, config.service.domain, config.service.sender.lower()),
+            keys=Keys(
+                secret,
+                config.service.domain,
+                config.service.sender.lower(),
+                config.program.address_for(config.service.domain),
+            ),
             from_address=config.service.sender,
             from_name=config.service.sender_name,
             settings=Settings.from_config(config.schedule),
@@ -183,6 +195,8 @@ class ServiceInfo:
             deadline_hours=config.schedule.deadline_after_hours,
             checkin_time=config.schedule.checkin_time,
             default_tz=config.service.timezone,
+            self_service=config.program.self_service,
+            max_per_partner=config.program.max_partnerships_per_partner,
         )
 
     @property
@@ -943,6 +957,160 @@ def released(
         utc_week(at),
         ctx,
         reply_to=reply,
+        partnership_id=p.id,
+    )
+
+
+# -- self-service: answers from the program's address ------------------------------------------
+
+HELP_LINES = (
+    ("offer SKILL", "offer yourself as a partner for a skill"),
+    ("offer stop SKILL", "stop offering it"),
+    ("partner for SKILL", "up to three people who could be your partner"),
+    ("ask N", "in a reply to the suggestions, with the agreement block"),
+    ("status", "your partnerships, as member and as partner"),
+    ("help", "this list"),
+)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What an answer from the program's address says; every part is optional.
+
+    `request`: the number of the self-service request whose token the reply address carries
+    (a reply to it can ask someone or confirm an offer); None: replies go to the program's
+    address. `suggestions`: rows of {n, name, department, partnerships, ask}.
+    """
+
+    key: str
+    topic: str
+    request: int | None = None
+    done: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+    offers: tuple[str, ...] | None = None  # her offers now (None: not shown)
+    skill: str = ""
+    suggestions: tuple[Mapping[str, Any], ...] = ()
+    nobody: str = ""  # why nobody is suggested, and who to ask
+    confirm: tuple[str, ...] = ()  # offer changes waiting for her yes
+    block: Mapping[str, Any] | None = None  # the agreement as understood, to complete
+    show_help: bool = False
+    status: Mapping[str, Any] | None = None
+
+
+def program_answer(reader: Person, answer: Answer, svc: ServiceInfo, at: datetime) -> Letter:
+    """An answer to what `reader` wrote to the program's address (or to our reply to it)."""
+    keys = svc.keys
+    period = utc_week(at)
+    reply = keys.program or svc.from_address
+    message_id = None
+    if answer.request is not None:
+        token = keys.token(PROGRAM, answer.request, period)
+        reply = reply_address(token, keys.domain)
+        message_id = token_message_id("program", token, keys.domain)
+    ctx = {
+        "service": svc.context(),
+        "reader": {"name": reader.name, "email": reader.email},
+        "program_address": keys.program,
+        "reply_address": reply,
+        "admin_address": svc.admin,
+        "topic": answer.topic,
+        "done_items": list(answer.done),
+        "problems": list(answer.problems),
+        "offers_shown": answer.offers is not None,
+        "offers": list(answer.offers or ()),
+        "skill": answer.skill,
+        "suggestions": [dict(s) for s in answer.suggestions],
+        "nobody": answer.nobody,
+        "confirm_items": list(answer.confirm),
+        "block": dict(answer.block) if answer.block is not None else None,
+        "block_lines": list(BLOCK_LINES),
+        "show_help": answer.show_help,
+        "commands": [{"command": c, "meaning": m} for c, m in HELP_LINES],
+        "status": dict(answer.status) if answer.status is not None else None,
+    }
+    return Letter(
+        "program",
+        answer.key,
+        Recipient.of(reader),
+        period,
+        ctx,
+        reply_to=reply,
+        message_id=message_id,
+        tz=reader.timezone,
+        anytime=True,
+    )
+
+
+def status_rows(
+    reader: Person,
+    partnerships: Sequence[Partnership],
+    people: Mapping[str, Person],
+    svc: ServiceInfo,
+    now: datetime,
+) -> dict[str, list[dict[str, Any]]]:
+    """`reader`'s running partnerships as member and as partner, for her status by mail."""
+    rows: dict[str, list[dict[str, Any]]] = {"as_member": [], "as_partner": []}
+    for p in partnerships:
+        if p.status == ENDED or reader.email not in (p.member, p.partner):
+            continue
+        member, partner = people.get(p.member), people.get(p.partner)
+        if member is None or partner is None:
+            continue
+        role = "as_member" if p.member == reader.email else "as_partner"
+        other = partner if role == "as_member" else member
+        if p.approval:
+            nxt = "after the program admin approves it"
+        elif p.consent != CONSENT_ACCEPTED:
+            nxt = f"after {partner.name} accepts"
+        elif p.status != "active":
+            nxt = f"paused{f' until {p.paused_until}' if p.paused_until else ''}"
+        else:
+            nxt = local_time(
+                next_checkin(p, ZoneInfo(member.timezone), svc.settings, now), reader.timezone
+            )
+        today = now.astimezone(ZoneInfo(reader.timezone)).date()
+        rows[role].append(
+            {
+                "id": p.id,
+                "skill": p.skill,
+                "with": other.name,
+                "with_email": other.email,
+                "consent": p.consent,
+                "status": p.status,
+                "next_checkin": nxt,
+                "goals": goal_items(p, today),
+            }
+        )
+    return rows
+
+
+def next_checkin(p: Partnership, tz: ZoneInfo, s: Settings, now: datetime) -> datetime:
+    """The next check-in moment of a running partnership after `now` (on or after its start)."""
+    today = now.astimezone(tz).date()
+    for days in range(0, 22, 7):
+        year, week, _ = (max(today, p.start) + timedelta(days)).isocalendar()
+        at = checkin_moment(p, tz, s, year, week)
+        if at > now and at.astimezone(tz).date() >= p.start:
+            return at
+    return first_checkin(p, tz, s, now)
+
+
+def approval(pair: Pair, svc: ServiceInfo, at: datetime) -> Letter | None:
+    """The admin is asked to approve a partnership asked for by self-service (None without
+    an admin address)."""
+    if not svc.admin:
+        return None
+    p = pair.p
+    ctx = base(pair, utc_week(at), svc.admin, pair.member, at, svc)
+    ctx.update(
+        command=f"mailflow partnerships approve {p.id}", asked_at=local_time(at, svc.default_tz)
+    )
+    return Letter(
+        "approval",
+        f"approval:{p.id}",
+        Recipient(svc.admin),
+        utc_week(at),
+        ctx,
         partnership_id=p.id,
     )
 

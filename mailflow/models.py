@@ -182,6 +182,9 @@ class Partnership:
     stop_requested: str = ""  # Message-ID of the reply that asked to stop (awaiting a second)
     stop_requested_at: datetime | None = None
     end_reason: str = ""
+    # "waiting": asked by self-service under `self_service = "approval"`; the introductions
+    # wait for an admin's `partnerships approve` ("": nothing to approve).
+    approval: str = ""
     pending: tuple[Pending, ...] = ()  # commands waiting for the member's confirmation
 
     def to_doc(self) -> dict[str, Any]:
@@ -210,6 +213,8 @@ class Partnership:
             "stop_requested_at": to_iso(self.stop_requested_at),
             "end_reason": self.end_reason,
         }
+        if self.approval:  # absent when empty: older records stay byte for byte the same
+            doc["approval"] = self.approval
         if self.pending:  # absent when empty: older records stay byte for byte the same
             doc["pending"] = [x.to_doc() for x in self.pending]
         return doc
@@ -240,11 +245,69 @@ class Partnership:
             stop_requested=d.get("stop_requested", ""),
             stop_requested_at=from_iso(d.get("stop_requested_at")),
             end_reason=d.get("end_reason", ""),
+            approval=d.get("approval", ""),
             pending=tuple(Pending.from_doc(x) for x in d.get("pending", ())),
         )
 
     def with_changes(self, **changes: Any) -> Partnership:
         return replace(self, **changes)
+
+
+WAITING = "waiting"  # Partnership.approval: the admin has not approved it yet
+SUGGEST = "suggest"  # a Request: the people suggested to her for a skill
+OFFER = "offer"  # a Request: offer changes waiting for her confirmation
+
+
+@dataclass(frozen=True)
+class Request:
+    """A self-service mail we sent a person that only a reply to can act on: the token of
+    its reply address carries `n`. `SUGGEST`: the people suggested for `skill`, in the order
+    shown (`ask 2` is the second); `OFFER`: offer changes asked from the program address,
+    which take effect when she confirms them. `used_by`: the Message-ID of the reply that
+    acted on it (a request acts once); `pid`: the partnership it created."""
+
+    n: int
+    person: str
+    kind: str
+    asked_at: datetime
+    skill: str = ""
+    candidates: tuple[str, ...] = ()
+    add: tuple[str, ...] = ()  # OFFER: skills to offer
+    remove: tuple[str, ...] = ()  # OFFER: skills to stop offering
+    asked_by: str = ""  # the Message-ID of the mail that made it
+    used_by: str = ""
+    pid: int | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "person": self.person,
+            "kind": self.kind,
+            "asked_at": to_iso(self.asked_at),
+            "skill": self.skill,
+            "candidates": list(self.candidates),
+            "add": list(self.add),
+            "remove": list(self.remove),
+            "asked_by": self.asked_by,
+            "used_by": self.used_by,
+            "pid": self.pid,
+        }
+
+    @classmethod
+    def from_doc(cls, d: dict[str, Any]) -> Request:
+        return cls(
+            n=int(d["n"]),
+            person=d["person"],
+            kind=d["kind"],
+            asked_at=stamp(d, "asked_at", f"request {d['n']}"),
+            skill=d.get("skill", ""),
+            candidates=tuple(d.get("candidates", ())),
+            add=tuple(d.get("add", ())),
+            remove=tuple(d.get("remove", ())),
+            asked_by=d.get("asked_by", ""),
+            used_by=d.get("used_by", ""),
+            pid=d.get("pid"),
+        )
 
 
 @dataclass(frozen=True)

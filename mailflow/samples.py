@@ -41,7 +41,9 @@ from mailflow.tokens import AGREE, CHECKIN, Keys
 BERLIN = ZoneInfo("Europe/Berlin")
 SETTINGS = Settings.from_config(ScheduleConfig())
 SVC = ServiceInfo(
-    keys=Keys(b"sample key: not a secret", "mailflow.example.com"),
+    keys=Keys(
+        b"sample key: not a secret", "mailflow.example.com", "", "hotteam@mailflow.example.com"
+    ),
     from_address="mailflow@mailflow.example.com",
     settings=SETTINGS,
     admin="admin@mailflow.example.com",
@@ -152,6 +154,16 @@ _SAMPLE_VARIANTS: dict[str, tuple[str, ...]] = {
     "released": ("another address", "own address"),
     "bounce_notice": ("introduction", "check-in", "unknown"),
     "forward": ("person", "unknown sender"),
+    "program": (
+        "suggestions",
+        "nobody",
+        "ask incomplete",
+        "asked",
+        "offers",
+        "confirm offer",
+        "status",
+        "help",
+    ),
     "confirm": ("commands", "with report", "not understood"),
     "report_receipt": ("report", "not asked"),
 }
@@ -334,6 +346,88 @@ def _released(variant: str, setback: bool, updated: bool) -> Letter:
     return letters.released(pair, "2026-W48", at, reason, sender, not_run, "<r@x>", SVC, now)
 
 
+INES = Person("ines.moreau@example.com", "Inès Moreau", "Finance", None, "Europe/Paris")
+_ANSWERS: dict[str, dict[str, Any]] = {
+    "suggestions": {
+        "topic": "Partners for public speaking",
+        "request": 12,
+        "skill": "public speaking",
+        "suggestions": tuple(
+            {"n": i, "name": name, "department": dept, "partnerships": n, "ask": f"ask {i}"}
+            for i, (name, dept, n) in enumerate(
+                [
+                    ("Bruno Keller", "Sales", 0),
+                    ("Inès Moreau", "Finance", 1),
+                    ("Yuki Tanaka", "Legal <EU>", 2),
+                ],
+                start=1,
+            )
+        ),
+    },
+    "nobody": {
+        "topic": "Partners for negotiation",
+        "skill": "negotiation",
+        "nobody": 'Nobody offers "negociation" yet (did you mean "negotiation"?). Please ask '
+        "admin@mailflow.example.com.",
+    },
+    "ask incomplete": {
+        "topic": "Your partner for public speaking",
+        "request": 12,
+        "problems": ("Saddle: missing", 'goal: expected "YYYY-MM-DD TEXT", got "next month"'),
+        "block": {
+            "goals": ["2026-12-18 Give a 10-minute talk at the team meeting"],
+            "why": "I want to present my own work <myself>.",
+            "saddle": "",
+            "day": "tuesday 08:30",
+            "ask": "ask 2",
+        },
+    },
+    "asked": {
+        "topic": "Your partner for public speaking",
+        "done": (
+            "You asked Inès Moreau to be your partner for public speaking (partnership 8).",
+            "We introduced you both; Inès Moreau answers yes or no, and your check-ins start "
+            "once the answer is yes.",
+        ),
+    },
+    "offers": {
+        "topic": "Your offers",
+        "done": ("Done: offer negotiation",),
+        "problems": ('"offer stop chess": you do not offer "chess"',),
+        "offers": ("public speaking", "negotiation"),
+    },
+    "confirm offer": {
+        "topic": "Please confirm your offer",
+        "request": 13,
+        "confirm": ("offer negotiation", "stop offering excel"),
+    },
+    "status": {"topic": "Your partnerships"},
+    "help": {
+        "topic": "How to use hotteam@mailflow.example.com",
+        "problems": ("We found no command in your mail.",),
+        "show_help": True,
+    },
+}
+
+
+def _program(variant: str, setback: bool, updated: bool) -> Letter:
+    now = _at(11, 24, 12)
+    fields = dict(_ANSWERS[variant])
+    if variant == "status":
+        people = {p.email: p for p in (ZOE, BRUNO, INES)}
+        mine = RUNNING.with_changes(goals=GOALS)
+        theirs = NEW.with_changes(id=9, member=INES.email, skill="excel", partner=ZOE.email)
+        fields["status"] = letters.status_rows(ZOE, (mine, theirs), people, SVC, now)
+    answer = letters.Answer(key="program:sample", **fields)
+    return letters.program_answer(ZOE, answer, SVC, now)
+
+
+def _approval(variant: str, setback: bool, updated: bool) -> Letter | None:
+    now = _at(11, 24, 12)
+    p = NEW.with_changes(id=8, partner=INES.email, approval="waiting", created_at=now)
+    return letters.approval(Pair(p, ZOE, INES), SVC, now)
+
+
 def _confirm(variant: str, setback: bool, updated: bool) -> Letter:
     # Written to the plain address from Zoë's address on Tuesday evening of week 48.
     now = _at(11, 24, 19, 30)
@@ -379,6 +473,8 @@ _BUILDERS: dict[str, Callable[[str, bool, bool], Letter | None]] = {
     "consent_notice": _consent_notice,
     "released": _released,
     "forward": _forward,
+    "program": _program,
+    "approval": _approval,
     "confirm": _confirm,
     "report_receipt": _report_receipt,
 }

@@ -9,7 +9,7 @@ partnership's strip shows.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -25,11 +25,13 @@ from mailflow.models import (
     Person,
 )
 from mailflow.outbox import Outbox
-from mailflow.schedule import Settings, current_period
+from mailflow.schedule import Settings, current_period, utc_week
 from mailflow.spool import Spool
 from mailflow.store import Store
 
 QUARANTINE_SHOWN = 20  # status lists the most recent quarantined messages only
+STRANGER_DAYS = 28  # mail to the program's address from outside the directory: counted this far
+STRANGERS_META = "program_strangers"  # {UTC week: {sender: count}}, kept by intake
 NOTHING_YET = PeriodSummary()  # a partnership the period file has no record of
 
 
@@ -70,13 +72,15 @@ def status(
     totals = dict.fromkeys(
         ("partnerships", "sent", "replied", "setbacks", "missing", "waiting", "paused"), 0
     )
-    consent: dict[str, list[int]] = {"pending": [], "declined": [], "overdue": []}
+    consent: dict[str, list[int]] = {"pending": [], "declined": [], "overdue": [], "approval": []}
     summaries: dict[str, dict[int, PeriodSummary]] = {}  # one file version per status
     rows = []
     for p in roster.partnerships.values():
         if p.status == ENDED or p.member not in people:
             continue
         totals["partnerships"] += 1
+        if p.approval:
+            consent["approval"].append(p.id)
         if p.consent != CONSENT_ACCEPTED:
             consent["declined" if p.consent == "declined" else "pending"].append(p.id)
             if p.consent == CONSENT_PENDING and p.consent_overdue_at is not None:
@@ -94,6 +98,8 @@ def status(
         "consent_pending": consent["pending"],
         "consent_declined": consent["declined"],
         "consent_overdue": consent["overdue"],
+        "awaiting_approval": consent["approval"],
+        "program_strangers": strangers(store, now),
         "bouncing": sorted(p.email for p in people.values() if p.bouncing),
         "quarantined": len(quarantined),
         "quarantined_senders": sorted({car.sender or "(nobody)" for _, car in quarantined}),
@@ -158,3 +164,19 @@ def _row(
     else:
         row["state"] = "not sent yet"
     return row
+
+
+def strangers(store: Store, now: datetime) -> dict[str, Any]:
+    """Mail to the program's address from people not in the directory (never answered), in
+    the UTC weeks of the last `STRANGER_DAYS` days: {since (a UTC week), count, senders}.
+    Counted by `intake` in the core file's meta (`program_strangers`), so this reads no
+    period file."""
+    since = utc_week(now - timedelta(days=STRANGER_DAYS))
+    weeks = store.core().meta(STRANGERS_META) or {}
+    senders: set[str] = set()
+    count = 0
+    for label, by_sender in weeks.items():
+        if label >= since:
+            senders |= set(by_sender)
+            count += sum(by_sender.values())
+    return {"since": since, "count": count, "senders": sorted(senders)}

@@ -52,6 +52,7 @@ from mailflow.models import (
     PeriodSummary,
     Person,
     Report,
+    Request,
     Roster,
     Week,
 )
@@ -247,6 +248,7 @@ _KEYS = {
     "reports": "message_id",
     "inbound": "message_id",
     "outgoing": "key",
+    "requests": "n",
 }
 
 
@@ -337,6 +339,29 @@ class CoreView(_View):
 
     def next_partnership_id(self) -> int:
         return max((p.id for p in self.partnerships()), default=0) + 1
+
+    def requests(self) -> list[Request]:
+        return sorted(
+            (Request.from_doc(d) for d in self._table("requests").docs()), key=lambda r: r.n
+        )
+
+    def request(self, n: int) -> Request | None:
+        """A self-service request (`models.Request`) by its number."""
+        doc = self._table("requests").get(n)
+        return None if doc is None else Request.from_doc(doc)
+
+    def put_request(self, r: Request) -> None:
+        self._put("requests", r.to_doc())
+
+    def remove_request(self, n: int) -> None:
+        if not self._writable:
+            raise RuntimeError("write outside a transaction")
+        self.changed = self._table("requests").delete(n) or self.changed
+
+    def next_request_n(self) -> int:
+        """Request numbers are never reused (a pruned request's token must stay dead)."""
+        stored = max((int(d["n"]) for d in self._table("requests").docs()), default=0) + 1
+        return max(stored, int(self.meta("next_request") or 1))
 
     def meta(self, name: str) -> Any:
         doc = self._table("meta").get(name)

@@ -7,7 +7,7 @@ never proposes a pairing that would then be refused without `--allow-same-line`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from mailflow.models import ENDED, Partnership, Person
@@ -30,6 +30,17 @@ def suggest_partners(
 
     `member` must already be a normalised address (the CLI runs `normalize_email`).
     """
+    return list(eligible_partners(member, skill, people, partnerships))
+
+
+def eligible_partners(
+    member: str,
+    skill: str,
+    people: Mapping[str, Person],
+    partnerships: Sequence[Partnership],
+) -> Iterator[Suggestion]:
+    """`suggest_partners`, one at a time: the eligibility rule runs only for as many people as
+    the caller takes (self-service shows three of thousands)."""
     if member not in people:
         raise DomainError(f"member: no such person {member}")
     wanted = normalize_skill(skill)
@@ -43,8 +54,6 @@ def suggest_partners(
     # offer_directory does the skill match and the load count (not-ended partnerships as
     # partner) and already sorts by (load, email); reusing it keeps `people list --offers`
     # and suggestions in the same order.
-    return [
-        Suggestion(person, load)
-        for person, load in offer_directory(wanted, people.values(), partnerships)
-        if person.email not in paired and not eligibility_problems(member, person.email, people)
-    ]
+    for person, load in offer_directory(wanted, people.values(), partnerships):
+        if person.email not in paired and not eligibility_problems(member, person.email, people):
+            yield Suggestion(person, load)

@@ -29,10 +29,13 @@ from enum import Enum
 CHECKIN = "c"  # a member's answer to a check-in or reminder
 DIGEST = "d"  # a partner's answer to a digest
 AGREE = "a"  # a partner's answer to the introduction (consent)
+# A reply to a self-service mail (suggestions, an offer to confirm): the number is the
+# request's (`models.Request.n`), not a partnership's.
+PROGRAM = "s"
 # A member's answer to a confirmation: the number is the request's (`models.Pending.n`), not
 # a partnership's, so the answer confirms exactly the commands that mail showed her.
 CONFIRM = "v"
-KINDS = (CHECKIN, DIGEST, AGREE, CONFIRM)
+KINDS = (CHECKIN, DIGEST, AGREE, CONFIRM, PROGRAM)
 LOCAL_PREFIX = "checkin"  # checkin+TOKEN@DOMAIN
 PLAIN_LOCAL = LOCAL_PREFIX  # checkin@DOMAIN: members write here without a token
 BOUNCE_LOCAL = "bounces"  # bounces@DOMAIN: the return path (envelope sender) of our mail
@@ -98,13 +101,14 @@ class Rcpt(Enum):
     PLAIN = "plain"  # checkin@DOMAIN
     BOUNCES = "bounces"  # bounces@DOMAIN
     FROM = "from"  # our own From address (any domain): a person writing to us
+    PROGRAM = "program"  # the program's address (`[program] address`): self-service
     FOREIGN = "foreign"  # another domain: we never relay
     BAD_TOKEN = "bad_token"  # our domain, but no address we made
 
     @property
     def accepted(self) -> bool:
         """Whether the listener takes mail for it."""
-        return self in (Rcpt.TOKEN, Rcpt.PLAIN, Rcpt.BOUNCES, Rcpt.FROM)
+        return self in (Rcpt.TOKEN, Rcpt.PLAIN, Rcpt.BOUNCES, Rcpt.FROM, Rcpt.PROGRAM)
 
 
 def classify_rcpt(address: str, domain: str, secret: bytes) -> tuple[Rcpt, Token | None]:
@@ -161,6 +165,7 @@ class Keys:
     secret: bytes = field(repr=False)
     domain: str
     mailbox: str = ""
+    program: str = ""  # the program's address (lower case; "": no self-service)
 
     def token(self, kind: str, partnership_id: int, period: str) -> str:
         """The token of a reply of `kind` (CHECKIN, DIGEST, AGREE) to a partnership's period
@@ -185,6 +190,8 @@ class Keys:
         """`classify_rcpt` with this key and domain; our From address is `Rcpt.FROM` unless
         it is one of the addresses above (then it is that one, and `is_mailbox` says so)."""
         kind, token = classify_rcpt(address, self.domain, self.secret)
+        if kind is not Rcpt.TOKEN and self.is_program(address):
+            return Rcpt.PROGRAM, None
         if not kind.accepted and self.is_mailbox(address):
             return Rcpt.FROM, None
         return kind, token
@@ -192,6 +199,10 @@ class Keys:
     def is_mailbox(self, address: str) -> bool:
         """Whether `address` (any case, optional <>) is our From address."""
         return bool(self.mailbox) and address.strip().strip("<>").lower() == self.mailbox
+
+    def is_program(self, address: str) -> bool:
+        """Whether `address` (any case, optional <>) is the program's address."""
+        return bool(self.program) and address.strip().strip("<>").lower() == self.program
 
     def parse(self, token: str) -> Token | None:
         """`parse_token` with this key: the token's meaning, or None when not ours."""

@@ -55,8 +55,19 @@ from mailflow.letters import Written
 from mailflow.models import CONSENT_ACCEPTED, ENDED, Inbound, Partnership, Report, Roster
 from mailflow.parse import ParsedMessage, detect_setback, find_sections
 from mailflow.people import normalize_email
+from mailflow.program import parse_commands
 from mailflow.schedule import utc_week, weeks_between
-from mailflow.tokens import AGREE, CHECKIN, CONFIRM, DIGEST, Keys, Rcpt, Token, token_from_ids
+from mailflow.tokens import (
+    AGREE,
+    CHECKIN,
+    CONFIRM,
+    DIGEST,
+    PROGRAM,
+    Keys,
+    Rcpt,
+    Token,
+    token_from_ids,
+)
 
 MAX_TOKEN_AGE_WEEKS = 8  # older tokens are replays, not late replies
 FORWARD_CHARS = 20_000  # a forward shows at most this much of the message (all is archived)
@@ -249,6 +260,29 @@ class Ambiguous:
 
 
 @dataclass(frozen=True)
+class Program:
+    """Mail from a person in the directory to the program's address (`request` None), or
+    her reply to a self-service mail of ours (`request`: the number its token carries).
+    `intake` and `selfservice` read the directory and the request and do what it asks."""
+
+    sender: str
+    text: str  # her new text
+    request: int | None
+    inbound: Inbound
+    body: str = ""  # the whole message, its quoted part too (an agreement block filled in there)
+    # The trusted MTA vouched for the From (DMARC): an offer change needs no confirmation.
+    vouched: bool = False
+
+    @property
+    def period(self) -> None:
+        return None  # about no partnership: stored in the UTC week
+
+    @property
+    def reason(self) -> str:
+        return "self-service" + (f" (reply to request {self.request})" if self.request else "")
+
+
+@dataclass(frozen=True)
 class Confirm:
     """A member's answer to a confirmation mail: yes (ACCEPT), no (DECLINE) or None (unclear)
     to the held request number `n`."""
@@ -265,7 +299,7 @@ class Confirm:
         return f"confirmation {self.n}: {self.answer or 'unclear'}"
 
 
-Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous | Forward | Confirm
+Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous | Forward | Confirm | Program
 
 
 def records(d: Decision) -> tuple[Report | Inbound, ...]:
@@ -273,7 +307,7 @@ def records(d: Decision) -> tuple[Report | Inbound, ...]:
     match d:
         case Reply():
             return tuple(r for r in (d.report, d.inbound) if r is not None)
-        case Record() | Consent() | Note() | Ambiguous() | Forward() | Confirm():
+        case Record() | Consent() | Note() | Ambiguous() | Forward() | Confirm() | Program():
             return (d.inbound,)
     return ()
 
@@ -302,6 +336,8 @@ def pid_of(d: Decision) -> int | None:
             return d.partnership_id
         case Record():
             return d.inbound.partnership_id
+        case Forward() | Program():
+            return None
     return d.pid
 
 
@@ -542,6 +578,10 @@ def route(
     found = _route(parsed, envelope, keys, roster, vouch)
     if isinstance(found, Target):
         return replace(found, proven=proven(parsed, found, trust))
+    if isinstance(found, Program) and found.request is None:
+        # A new mail to the program's address: what it changes (offers) takes effect at
+        # once only when the trusted MTA vouches for its From; else she confirms it.
+        return replace(found, vouched=dmarc_vouches(envelope.raw, found.sender, trust.authserv_id))
     return found
 
 
@@ -552,12 +592,13 @@ def _route(
     # Either spelling of an international address (A-labels or Unicode) is the same person.
     sender = canonical(parsed.from_address or envelope.mail_from or "")
     token: Token | None = None
-    to_bounce = to_plain = False
+    to_bounce = to_plain = to_program = False
     mailbox = ""
     for rcpt in envelope.rcpt_tos:
         kind, found = keys.rcpt(rcpt)
         to_bounce = to_bounce or kind is Rcpt.BOUNCES
         to_plain = to_plain or kind is Rcpt.PLAIN
+        to_program = to_program or kind is Rcpt.PROGRAM
         mailbox = mailbox or (rcpt if keys.is_mailbox(rcpt) else "")
         token = token or found
     if token is None and not to_bounce:
@@ -575,6 +616,10 @@ def _route(
         # Auto-replies and stray mail to our return path: keep a record, answer nothing.
         inbound = _inbound(envelope, mid, sender, parsed.kind, parsed.detail)
         return Record(f"to bounce address: {parsed.detail}", inbound)
+    if token is not None and token.kind == PROGRAM:
+        return _program(parsed, sender, mid, envelope, roster, token.partnership_id, bool(mailbox))
+    if to_program and not to_plain:
+        return _program(parsed, sender, mid, envelope, roster, None, keys.is_mailbox(keys.program))
     if token is not None:
         return _by_token(token, sender, mid, envelope, roster, vouch)
     if to_plain:
@@ -585,6 +630,38 @@ def _route(
     if mailbox:
         return Mailbox(sender, mid, envelope, mailbox)
     return Quarantine("no check-in token in the address or references")
+
+
+def _program(
+    parsed: ParsedMessage,
+    sender: str,
+    mid: str,
+    envelope: Envelope,
+    roster: Roster,
+    request: int | None,
+    also_mailbox: bool,
+) -> Decision | Mailbox:
+    """Mail to the program's address, or a reply to one of its mails. Only people in the
+    directory are answered (by their From address); anyone else's mail is recorded and
+    never answered (no backscatter). When the program's address is also our From address,
+    mail that asks the program nothing is a person writing to us (`Mailbox`)."""
+    person = roster.people.get(sender)
+    if parsed.kind == "auto_reply" or person is None:
+        if also_mailbox and person is None and parsed.kind != "auto_reply":
+            return Mailbox(sender, mid, envelope, sender_to(envelope))
+        kind = "auto_reply" if parsed.kind == "auto_reply" else "program_stranger"
+        inbound = _inbound(envelope, mid, sender, kind, parsed.detail)
+        why = "not in the directory" if person is None else parsed.detail
+        return Record(f"to the program address: {why}", inbound)
+    if also_mailbox and request is None and not parse_commands(parsed.text).commands:
+        return Mailbox(sender, mid, envelope, sender_to(envelope))
+    inbound = _inbound(envelope, mid, sender, "program", "self-service", request=request)
+    return Program(person.email, parsed.text, request, inbound, parsed.body)
+
+
+def sender_to(envelope: Envelope) -> str:
+    """The first recipient of `envelope` (the address a person wrote to)."""
+    return envelope.rcpt_tos[0] if envelope.rcpt_tos else ""
 
 
 def _by_token(

@@ -76,6 +76,7 @@ CSP = (
 # 'unsafe-inline' styles only: mail HTML in the preview frames is styled inline (the frames
 # are sandboxed without scripts, and the CSP allows no inline script anywhere).
 PARTNERSHIP_ACTIONS = {
+    "approve": "Approve",
     "pause": "Pause",
     "resume": "Resume",
     "end": "End",
@@ -549,6 +550,7 @@ class ProgramPages(SiteBase):
         calls: dict[str, Callable[[], str]] = {
             "pause": lambda: a.pause(pid, form.get("until", ""), now, who),
             "resume": lambda: a.resume(pid, now, who),
+            "approve": lambda: a.approve(pid, now, who),
             "end": lambda: a.end(pid, now, who),
             "resend-intro": lambda: a.resend_intro(pid, now, who),
             "consent-accepted": lambda: a.record_consent(pid, True, now, who),

@@ -33,6 +33,7 @@ from mailflow.audit import AuditLog
 from mailflow.compose import PARTS, Rendered, Templates
 from mailflow.config import Config
 from mailflow.intake import Intake
+from mailflow.jobs import Jobs
 from mailflow.letters import TEMPLATE_NAMES, Letter, Recipient, ServiceInfo
 from mailflow.mailroom import Mailroom, TickReport
 from mailflow.models import CONSENT_ACCEPTED, CONSENT_DECLINED, ENDED, Partnership
@@ -194,6 +195,15 @@ class WebAdmin(NumbersDesk, TemplateDesk, QuarantineDesk):
             now, who, "introduction resent", f"partnership {pid}", f"to {p.member} and {p.partner}"
         )
         return " ".join([f"Introduction of partnership {pid} sent again.", *_short_lines(out)])
+
+    def approve(self, pid: int, now: datetime, who: str) -> str:
+        """As `mailflow partnerships approve ID`: a partnership asked for by email under
+        `self_service = "approval"` is approved, and both people are introduced."""
+        admin.approve(self.store, pid)
+        out = Jobs(self.store, self.mailroom, self.svc).introduce(pid, now)
+        self._changed()
+        self.record(now, who, "partnership approved", f"partnership {pid}")
+        return " ".join([f"Partnership {pid} approved: both are introduced.", *_short_lines(out)])
 
     def record_consent(self, pid: int, accepted: bool, now: datetime, who: str) -> str:
         """As `mailflow partnerships consent ID --accepted|--declined`: the partner's answer

@@ -63,6 +63,11 @@ quiet_hours = "22:30-06:00"
 [templates]
 dir = "/srv/templates"
 
+[program]
+address = "hotteam@example.org"
+self_service = "approval"
+max_partnerships_per_partner = 2
+
 [web]
 enabled = false
 host = "0.0.0.0"
@@ -138,6 +143,7 @@ def test_every_key_of_every_section_is_accepted(tmp_path: Path) -> None:
         "tuesday", "07:45", 24, 72, 15, 10, 3, "22:30-06:00"
     )
     assert cfg.templates.dir == Path("/srv/templates")
+    assert cfg.program == config.ProgramConfig("hotteam@example.org", "approval", 2)
     assert cfg.web == config.WebConfig(
         False, "0.0.0.0", 8443, ("ops@example.org", "hr@example.org"), "https://admin.example.org"
     )
@@ -360,10 +366,11 @@ def test_the_example_config_lists_every_key_with_its_default() -> None:
         assert set(listed[section.name]) == keys, section.name
     cfg = load(example)
     assert dataclasses.replace(cfg.service, data_dir=Path("data")) == defaults.service
-    assert (cfg.listener, cfg.relay, cfg.schedule) == (
+    assert (cfg.listener, cfg.relay, cfg.schedule, cfg.program) == (
         defaults.listener,
         defaults.relay,
         defaults.schedule,
+        defaults.program,
     )
 
 

@@ -23,9 +23,18 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # no domain knowledge
     ("errors", "clock", "addresses", "tokens", "mime", "htmltext", "classify", "hints"),
     ("config", "models"),  # settings and the domain's data
-    ("people", "partnerships", "schedule", "commands", "suggest", "export", "parse"),  # rules
+    (
+        "people",
+        "partnerships",
+        "schedule",
+        "commands",
+        "suggest",
+        "export",
+        "parse",
+        "program",
+    ),  # rules
     ("letters", "triage"),  # what mail says; what inbound mail means
-    ("actions", "samples"),  # what a message asks; sample mail
+    ("actions", "selfservice", "samples"),  # what a message asks; sample mail
     ("disk", "store", "spool", "outbox", "inbox", "compose", "audit", "webauth"),  # disk, network
     ("mailroom", "intake", "jobs", "status", "admin", "quarantine"),  # use cases
     ("webadmin", "webadmin_numbers", "webadmin_templates", "webadmin_quarantine", "web"),  # site

@@ -187,7 +187,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # What the old code rendered (the upgrade fixture), and the templates added since, recorded
 # from their samples when they were added (`new_context_keys.json`; issue 10: released;
 # issue 12: confirm, report_receipt, recorded again at the merge with issues 10 and 13, whose
-# report parts and released requests they show; issue 13: forward): admins' copies of a
+# report parts and released requests they show; issue 13: forward; issue 15: program,
+# approval): admins' copies of a
 # template are written against these keys.
 RECORDED = {
     **json.loads((FIXTURES / "upgrade" / "context_keys.json").read_text()),

@@ -106,6 +106,9 @@ def test_status_reads_the_same(upgraded: Upgraded) -> None:
         senders.append(item.pop("sender"))
         assert item.pop("partnership") is None  # not recorded by the old sidecars
     assert senders == ["edsger@example.com", "mallory@example.org"]
+    # Issue 15 (self-service): computed from the old data, which has none of either.
+    assert got.pop("awaiting_approval") == []
+    assert got.pop("program_strangers")["count"] == 0
     # Added since the fixture was made (issue 12): the mail held against the quarantine
     # quotas, computed from the old data as it lies (its two quarantined messages).
     held = got.pop("held")

@@ -288,3 +288,39 @@ def test_the_sign_in_link_is_not_held_for_quiet_hours(tmp_path: Path) -> None:
         assert site.status()["outgoing_queued"] == 0
         entry = _audit(site.data)[-1]
         assert (entry["action"], entry["who"]) == ("signed in", ADMIN)
+
+
+def test_approve_a_partnership_asked_for_by_email(tmp_path: Path) -> None:
+    """Issue 15: under self_service = "approval" the admin may approve on the site too."""
+    from mailflow.models import Goal, Partnership
+    from mailflow.store import Store
+
+    with admin_site(tmp_path, extra='[program]\nself_service = "approval"\n') as site:
+        site.cli("people", "add", "ada@example.com", "--name", "Ada", "--department", "Eng")
+        site.cli("people", "add", "grace@example.com", "--name", "Grace", "--department", "Ops")
+        store = Store(site.data)
+        with store.core_tx() as core:  # as a self-service ask leaves it: waiting, not introduced
+            core.put_partnership(
+                Partnership(
+                    1, "ada@example.com", "grace@example.com", "sql",
+                    (Goal(1, site.now.date() + timedelta(days=60), "Ship it"),), "w", "s",
+                    site.now.date(), site.now, consent="pending", approval="waiting",
+                )
+            )  # fmt: skip
+        pid = "1"
+        before = len(site.mails(kind="intro"))
+        client = Client(site)
+        client.sign_in()
+        page = client.get(f"/partnerships/{pid}").body
+        assert "waits for an admin's approval" in page and f"/partnerships/{pid}/approve" in page
+        confirm = client.get(f"/partnerships/{pid}/approve")
+        assert confirm.status == 200 and "asked for this partnership by email" in confirm.body
+        done = client.post(f"/partnerships/{pid}/approve", {"csrf": confirm.csrf()})
+        assert done.status == 303, done.body
+        assert "approved: both are introduced" in client.get(done.location).body
+        deadline = time.monotonic() + 10
+        while len(site.mails(kind="intro")) < before + 2:
+            assert time.monotonic() < deadline, "no introductions after the approval"
+            time.sleep(0.05)
+        assert json.loads(site.cli("partnerships", "show", pid, "--json"))["introduced_at"]
+        assert _audit(site.data)[-1]["action"] == "partnership approved"
