@@ -171,8 +171,7 @@ def people_add(
         email, name, department, manager, timezone, offers, app.config.service.timezone
     )
     with app.store.core_tx() as core:
-        existing = {p.email: p for p in core.people()}
-        problems = check_new_people([person], existing)
+        problems = check_new_people([person], core.directory)
         if problems:
             fail(problems[0].split(": ", 1)[1])
         core.put_person(person)
@@ -205,7 +204,7 @@ def people_update(
 
     addr = normalize_email(email)
     with app.store.core_tx() as core:
-        existing = {p.email: p for p in core.people()}
+        existing = core.directory
         current = existing.get(addr)
         if current is None:
             fail(f"no such person {addr}")
@@ -312,8 +311,7 @@ def people_import(app: App, file: Path) -> None:
                 problems.append(f"{row.line}: {exc}")
                 bad_rows[f.get("email", "").strip().lower()] = row.line
     with app.store.core_tx() as core:
-        existing = {p.email: p for p in core.people()}
-        for problem in check_new_people(new, existing):
+        for problem in check_new_people(new, core.directory):
             index, message = problem.split(": ", 1)
             person = new[int(index)]
             if person.manager in bad_rows and message.endswith("does not exist"):
@@ -402,7 +400,6 @@ def partnerships_add(
     member = normalize_email(member, "member")
     partner = normalize_email(partner, "partner")
     with app.store.core_tx() as core:
-        people_by_email = {p.email: p for p in core.people()}
         p = pships.new_partnership(
             pid=core.next_partnership_id(),
             member=member,
@@ -411,7 +408,7 @@ def partnerships_add(
             goals=goals,
             why=why,
             saddle=saddle,
-            people=people_by_email,
+            people=core.directory,
             existing=core.partnerships(),
             now=app.now(),
             checkin_day=checkin_day,
@@ -429,6 +426,70 @@ def partnerships_add(
     except Exception as exc:  # noqa: BLE001 - the partnership exists; `serve` retries the intro
         click.echo(f"warning: introductions not sent yet ({exc}); serve/tick will retry", err=True)
     click.echo(p.id)
+
+
+@partnerships.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_app
+def partnerships_import(app: App, file: Path) -> None:
+    """Create partnerships from a CSV (member,partner,skill,goal_due,goal,why,saddle,start,
+    checkin_day,checkin_time,accepted): one goal per row; rows with the same member and skill
+    are one partnership.
+
+    All or nothing, with the checks of 'partnerships add': every bad row is reported with its
+    line number and none is created. Introductions go out with the next tick (serve), through
+    the outbox like any other mail.
+    """
+    try:
+        text = file.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        fail(f"{file}: cannot read: {exc.strerror}")
+    except UnicodeDecodeError:
+        fail(f"{file}: not UTF-8 text")
+    groups, problems = pships.read_import_csv(text)
+    now = app.now()
+    created: list[Partnership] = []
+    items = (
+        click.progressbar(
+            groups, label="checking partnerships", file=sys.stderr, hidden=not sys.stderr.isatty()
+        )
+        if sum(len(g.lines) for g in groups) >= PROGRESS_BAR_ROWS
+        else _null_bar(groups)
+    )
+    with app.store.core_tx() as core:
+        mine: dict[str, list[Partnership]] = {}
+        for p in core.partnerships():
+            mine.setdefault(p.member, []).append(p)
+        pid = core.next_partnership_id()
+        with items as bar:
+            for group in bar:
+                try:
+                    p = pships.import_partnership(
+                        group,
+                        pid=pid,
+                        people=core.directory,
+                        existing=mine.get(group.fields["member"], []),
+                        now=now,
+                    )
+                except DomainError as exc:
+                    problems.append(f"{group.lines[0]}: {exc}")
+                    continue
+                created.append(p)
+                pid += 1
+        if problems:
+            problems.sort(key=lambda s: int(s.split(":", 1)[0]))
+            for problem in problems:
+                click.echo(f"error: {file}:{problem}", err=True)
+            fail(f"{file}: {len(problems)} problem(s); nothing imported")
+        if not created:
+            fail(f"{file}: no rows to import (expected columns: {','.join(pships.IMPORT_COLUMNS)})")
+        for p in created:
+            core.put_partnership(p)
+    goals = sum(len(p.goals) for p in created)
+    click.echo(
+        f"imported {len(created)} partnerships ({goals} goals), ids {created[0].id}-"
+        f"{created[-1].id}; introductions go out with the next tick"
+    )
 
 
 def _pid(pid: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections import ChainMap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -119,7 +120,8 @@ def check_new_people(new: Sequence[Person], existing: Mapping[str, Person]) -> l
             problems.append(f"{i}: {person.email} appears twice in the file")
         else:
             seen[person.email] = i
-    everyone = {**existing, **{p.email: p for p in new}}
+    # Lookups only: `existing` may be the store's directory, read shard by shard.
+    everyone = ChainMap({p.email: p for p in new}, existing)
     for i, person in enumerate(new):
         if person.manager and person.manager not in everyone:
             problems.append(f"{i}: manager {person.manager} does not exist")
@@ -155,7 +157,7 @@ def update_person(
     )
     if updated.manager and updated.manager not in existing:
         raise DomainError(f"manager: {updated.manager} does not exist")
-    if updated.manager and _in_cycle(updated.email, {**existing, updated.email: updated}):
+    if updated.manager and _in_cycle(updated.email, ChainMap({updated.email: updated}, existing)):
         raise DomainError(f"manager: {updated.manager} would make a loop in the manager chain")
     bouncing = current.bouncing and not clear_bouncing
     return replace(

@@ -52,7 +52,7 @@ def status(
     """This period of every running partnership, with the totals, consent, bounces, the
     quarantine and the outgoing queue: the dict `status --json` prints."""
     core = store.core()
-    people = {p.email: p for p in core.people()}
+    people = core.directory  # only the shards of running partnerships' members are read
     totals = dict.fromkeys(
         ("partnerships", "sent", "replied", "setbacks", "missing", "waiting", "paused"), 0
     )
@@ -81,7 +81,7 @@ def status(
         "consent_pending": consent["pending"],
         "consent_declined": consent["declined"],
         "consent_overdue": consent["overdue"],
-        "bouncing": sorted(p.email for p in people.values() if p.bouncing),
+        "bouncing": sorted(core.bouncing()),
         "quarantined": len(quarantined),
         "quarantine": [{"id": i, "reason": r} for i, r in quarantined[-QUARANTINE_SHOWN:]],
         "spooled": spool.count_pending(),

@@ -1,7 +1,14 @@
 """Storage: the only module that touches TinyDB; it takes and returns domain objects.
 
 Layout under data_dir/db/ (every file is in TinyDB's JSON format, `{table: {doc_id: doc}}`):
-- core.json: the small tables that change rarely: people, partnerships, meta.
+- core.json: the program: partnerships, meta, and the index of bouncing addresses. Its size
+  grows with the program, not with the directory.
+- people/XX.json: the directory, in 256 shards by a hash of the address (XX = crc32 % 256 in
+  hex). A question about one person reads one shard, the eligibility walk up a reporting
+  line reads one shard per manager, and a change to one person rewrites one shard: an admin
+  action costs the same in a directory of 100 people as in one of 100,000.
+- commit.json: present only while a transaction that changes several files (an import, a
+  bounce flag with its index entry) is being applied; see `Store._commit_many`.
 - weeks/YYYY-Www.json: one file per period label: the scheduler's per-partnership state
   (weeks), progress records (reports), other inbound mail (inbound) and outgoing mail
   (outgoing). A write rewrites only its own period's file, so its cost does not grow with
@@ -14,6 +21,10 @@ based, so it also excludes other processes such as a CLI command while `serve` r
 the file (re-parsed only when its inode/mtime/size changed since we last saw it), apply the
 changes in memory, then write a temp file, fsync, `os.replace`, fsync the directory. Readers
 need no lock: a rename is atomic, so they see the old file or the new one, never a mix.
+
+Up to issue 16 people lived in core.json; the first start of this version moves them to their
+shards (`Store._migrate_locked`): shards are written and synced first, and rewriting
+core.json without its people table is the single atomic step that commits the move.
 """
 
 from __future__ import annotations
@@ -24,7 +35,8 @@ import operator
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -57,6 +69,14 @@ CACHE_BYTES = 16 * 1024 * 1024
 # "2030-W02.bak.json" (an editor's or an operator's copy) would otherwise be read as weeks
 # of their own, stop delivery on a bad name, or send their queued mail a second time.
 _PERIOD_FILE = re.compile(r"^(\d{4}-W\d{2})\.json$")
+# The directory's shards: fixed forever (a different count would need a migration).
+PEOPLE_SHARDS = 256
+_SHARD_FILE = re.compile(r"^[0-9a-f]{2}\.json$")
+
+
+def shard_name(email: str) -> str:
+    """The shard file a person's record lives in: stable across processes and versions."""
+    return f"{zlib.crc32(email.encode('utf-8')) % PEOPLE_SHARDS:02x}.json"
 
 
 class AtomicJSONStorage(Storage):
@@ -203,6 +223,13 @@ class _Table:
             self.by_key[key] = doc_id
         self.raw[doc_id] = doc
 
+    def delete(self, key: Any) -> bool:
+        doc_id = self.by_key.pop(key, None)
+        if doc_id is None:
+            return False
+        del self.raw[doc_id]
+        return True
+
     def docs(self) -> Iterator[dict[str, Any]]:
         return iter(self.raw.values())
 
@@ -215,6 +242,7 @@ _KINDS = {
     "people": "person",
     "partnerships": "partnership",
     "meta": "meta",
+    "bouncing": "bouncing address",
     "weeks": "week",
     "reports": "report",
     "inbound": "inbound",
@@ -225,6 +253,7 @@ _KEYS = {
     "people": "email",
     "partnerships": "id",
     "meta": "name",
+    "bouncing": "email",
     "weeks": "key",
     "reports": "message_id",
     "inbound": "message_id",
@@ -281,17 +310,106 @@ class _View:
         self._table(name).put(doc)
         self.changed = True
 
+    def _delete(self, name: str, key: Any) -> None:
+        if not self._writable:
+            raise RuntimeError("write outside a transaction")
+        if self._table(name).delete(key):
+            self.changed = True
+
+
+class Directory(Mapping[str, Person]):
+    """email -> Person over the shard files, reading a shard only when asked about someone
+    in it (each once per Directory). Lookups (`[]`, `get`, `in`) cost one small file however
+    large the directory; iterating reads every shard. Read-only unless made by `core_tx`.
+    """
+
+    def __init__(self, store: Store, writable: bool) -> None:
+        self._store = store
+        self._writable = writable
+        self._views: dict[str, _View] = {}
+        self._people: dict[str, Person | None] = {}
+
+    def _view(self, name: str) -> _View:
+        view = self._views.get(name)
+        if view is None:
+            path = self._store.people_dir / name
+            data = self._store._load_shard(path)
+            if self._writable:
+                data = {table: dict(docs) for table, docs in data.items()}
+            view = self._views[name] = _View(data, self._writable, path)
+        return view
+
+    def __getitem__(self, email: str) -> Person:
+        try:
+            person = self._people[email]
+        except KeyError:
+            view = self._view(shard_name(email))
+            doc = view._table("people").get(email)
+            person = None if doc is None else view._obj("people", doc, Person.from_doc)
+            self._people[email] = person
+        if person is None:
+            raise KeyError(email)
+        return person
+
+    def __contains__(self, email: object) -> bool:
+        return isinstance(email, str) and self.get(email) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        for name in self._store.shard_names():
+            yield from list(self._view(name)._table("people").by_key)
+
+    def __len__(self) -> int:
+        return sum(len(self._view(n)._table("people")) for n in self._store.shard_names())
+
+    def put(self, person: Person) -> None:
+        self._view(shard_name(person.email))._put("people", person.to_doc())
+        self._people[person.email] = person
+
+    def remove(self, email: str) -> None:
+        self._view(shard_name(email))._delete("people", email)
+        self._people[email] = None
+
+    def changed(self) -> list[tuple[Path, dict[str, dict[str, Any]]]]:
+        """(path, data) of each shard this transaction changed."""
+        return [(v.path, v._data) for v in self._views.values() if v.changed]
+
 
 class CoreView(_View):
+    def __init__(
+        self, data: dict[str, dict[str, Any]], writable: bool, path: Path, people: Directory
+    ) -> None:
+        super().__init__(data, writable, path)
+        self.directory = people
+
     def people(self) -> list[Person]:
-        return self._objs("people", self._table("people").docs(), Person.from_doc)
+        """Everyone (reads every shard): for lists and imports, not for one person."""
+        return list(self.directory.values())
 
     def person(self, email: str) -> Person | None:
-        doc = self._table("people").get(email)
-        return None if doc is None else self._obj("people", doc, Person.from_doc)
+        return self.directory.get(email)
 
     def put_person(self, person: Person) -> None:
-        self._put("people", person.to_doc())
+        """Store a person; the bouncing index in core.json follows in the same commit."""
+        self.directory.put(person)
+        index = self._table("bouncing")
+        entry = index.get(person.email)
+        if person.bouncing:
+            if entry is None or entry.get("reason") != person.bounce_reason:
+                self._put("bouncing", {"email": person.email, "reason": person.bounce_reason})
+        elif entry is not None:
+            self._delete("bouncing", person.email)
+
+    def remove_person(self, email: str) -> None:
+        self.directory.remove(email)
+        self._delete("bouncing", email)
+
+    def bouncing(self) -> dict[str, str]:
+        """Bouncing address -> reason, from the index (no shard is read)."""
+        return {
+            d["email"]: str(d.get("reason", ""))
+            for d in self._table("bouncing").docs()
+            if isinstance(d.get("email"), str)
+        }
 
     def partnerships(self) -> list[Partnership]:
         docs = self._table("partnerships").docs()
@@ -305,7 +423,7 @@ class CoreView(_View):
         self._put("partnerships", p.to_doc())
 
     def next_partnership_id(self) -> int:
-        return max((p.id for p in self.partnerships()), default=0) + 1
+        return max((int(k) for k in self._table("partnerships").by_key), default=0) + 1
 
     def meta(self, name: str) -> Any:
         doc = self._table("meta").get(name)
@@ -440,9 +558,9 @@ class Store:
         self._guards: dict[Path, threading.RLock] = {}
         self._guards_lock = threading.Lock()
         self._fragments: tuple[Path, _Fragments] | None = None
-        self._core_objects: (
-            tuple[dict[str, dict[str, Any]], dict[str, Person], dict[int, Partnership]] | None
-        ) = None
+        # Parsed shards by file version: serve asks about the same people again and again.
+        self._shards: dict[Path, _Cached] = {}
+        self._core_objects: tuple[dict[str, dict[str, Any]], dict[int, Partnership]] | None = None
 
     def init(self) -> None:
         """Create the directories and clear temp files a killed writer left behind.
@@ -454,12 +572,15 @@ class Store:
         alive, or the next init() gets it).
         """
         (self.db_dir / "weeks").mkdir(parents=True, exist_ok=True)
-        for folder in (self.db_dir, self.db_dir / "weeks"):
+        self.people_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.db_dir, self.db_dir / "weeks", self.people_dir):
             for tmp in folder.glob(".*.tmp"):
                 m = _TEMP_NAME.match(tmp.name)
                 if m is None:
                     continue
-                lock = FileLock(str(folder / m.group("target")) + ".lock", timeout=0)
+                # Shards are written under the core lock (one transaction spans both).
+                target = self.core_path if folder == self.people_dir else folder / m.group("target")
+                lock = FileLock(str(target) + ".lock", timeout=0)
                 try:
                     lock.acquire()
                 except LockTimeout:
@@ -469,6 +590,15 @@ class Store:
                         tmp.unlink()
                 finally:
                     lock.release()
+        # Finish (or discard) a multi-file commit a killed writer left, and move the people
+        # of an old data directory into their shards: both under the core lock.
+        with self._transaction(self.core_path) as data:  # (applies a journal first)
+            for folder in (self.db_dir, self.people_dir):
+                for staged in folder.glob(".*.staged"):  # staged, never committed
+                    with suppress(OSError):
+                        staged.unlink()
+            if "people" in data:
+                self._migrate_locked(data)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -521,6 +651,8 @@ class Store:
             except LockTimeout:
                 raise StoreLockedError(path, "database is locked by another process") from None
             try:
+                if path == self.core_path:
+                    self._recover_locked()
                 # Copy the tables (not the documents: puts replace documents, never edit
                 # them) so snapshots handed out earlier, and the cache if this transaction
                 # fails, never see half-applied changes.
@@ -549,27 +681,77 @@ class Store:
     def week_path(self, period: str) -> Path:
         return self.db_dir / "weeks" / f"{period}.json"
 
-    def core(self) -> CoreView:
-        """A read-only snapshot of people and partnerships."""
-        with self._guard(self.core_path):
-            return CoreView(self._load(self.core_path), writable=False, path=self.core_path)
+    @property
+    def people_dir(self) -> Path:
+        return self.db_dir / "people"
 
-    def _core_maps(self) -> tuple[dict[str, Person], dict[int, Partnership]]:
-        # Domain objects are frozen, so they can be shared across calls; they are rebuilt only
-        # when core.json changed (a new parsed dict), not on every small ingest batch.
+    @property
+    def journal_path(self) -> Path:
+        return self.db_dir / "commit.json"
+
+    def shard_path(self, email: str) -> Path:
+        """The shard file that holds (or would hold) this person."""
+        return self.people_dir / shard_name(email)
+
+    def shard_names(self) -> list[str]:
+        if not self.people_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.people_dir.iterdir() if _SHARD_FILE.match(p.name))
+
+    def _load_shard(self, path: Path) -> dict[str, dict[str, Any]]:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return {}
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._shards.get(path)
+        if cached is not None and cached.stamp == stamp:
+            return cached.data
+        try:
+            data = AtomicJSONStorage(path, self.disk).read() or {}
+        except CorruptFileError as exc:
+            self._note(Problem(path, str(exc).removeprefix(f"{path}: "), error=True))
+            raise
+        self._shards[path] = _Cached(stamp, data)
+        return data
+
+    def _core_data(self) -> dict[str, dict[str, Any]]:
+        """core.json as it is now, after any unfinished commit or migration is settled."""
         with self._guard(self.core_path):
+            if self.journal_path.exists():
+                # A writer is applying a multi-file commit (or died doing it): wait for it
+                # (or finish its work) so that this read sees all of it or none of it.
+                with self._transaction(self.core_path):
+                    pass
             data = self._load(self.core_path)
+            if "people" in data:
+                with self._transaction(self.core_path) as fresh:
+                    if "people" in fresh:
+                        self._migrate_locked(fresh)
+                data = self._load(self.core_path)
+            return data
+
+    def core(self) -> CoreView:
+        """A read-only snapshot of the partnerships; people are read shard by shard when asked."""
+        return CoreView(
+            self._core_data(), writable=False, path=self.core_path, people=Directory(self, False)
+        )
+
+    def _core_maps(self) -> tuple[Directory, dict[int, Partnership]]:
+        # Partnership objects are frozen, so they can be shared across calls; they are rebuilt
+        # only when core.json changed (a new parsed dict), not on every small ingest batch.
+        data = self._core_data()
+        with self._guard(self.core_path):
             hit = self._core_objects
             if hit is None or hit[0] is not data:
-                view = CoreView(data, writable=False, path=self.core_path)
-                people = {p.email: p for p in view.people()}
-                pships = {p.id: p for p in view.partnerships()}
-                hit = self._core_objects = (data, people, pships)
-            return hit[1], hit[2]
+                view = CoreView(data, False, self.core_path, Directory(self, False))
+                hit = self._core_objects = (data, {p.id: p for p in view.partnerships()})
+            return Directory(self, False), hit[1]
 
-    def people_map(self) -> dict[str, Person]:
-        """email -> Person, as core().people() would give; a new dict, shared objects."""
-        return dict(self._core_maps()[0])
+    def people_map(self) -> Mapping[str, Person]:
+        """email -> Person for lookups, read shard by shard (parsed shards are cached per
+        file version, so serve parses each once until it changes)."""
+        return self._core_maps()[0]
 
     def partnerships_map(self) -> dict[int, Partnership]:
         """id -> Partnership in id order, as core().partnerships() would give."""
@@ -577,12 +759,125 @@ class Store:
 
     @contextmanager
     def core_tx(self) -> Iterator[CoreView]:
-        """Read-modify-write of people and partnerships, atomic and exclusive."""
+        """Read-modify-write of people and partnerships, atomic and exclusive: every file it
+        changed (core.json, shards) is replaced together or not at all."""
         with self._transaction(self.core_path) as data:
-            view = CoreView(data, writable=True, path=self.core_path)
+            if "people" in data:
+                self._migrate_locked(data)
+            people = Directory(self, writable=True)
+            view = CoreView(data, writable=True, path=self.core_path, people=people)
             yield view
+            files = people.changed()
             if view.changed:
-                self._commit(self.core_path, data)
+                files.append((self.core_path, data))
+            self._commit_many(files)
+
+    def _commit_many(self, files: list[tuple[Path, dict[str, dict[str, Any]]]]) -> None:
+        """Replace every file in `files` atomically as a set (caller holds the core lock).
+
+        One file: the usual temp file and rename. Several: a redo journal. Each new file is
+        written and fsynced beside its target as `.NAME.staged`; then commit.json, naming
+        them, is written atomically (the commit point); then each is renamed over its
+        target, the directories are fsynced and the journal removed. A crash before the
+        journal leaves the old files (the staged ones are discarded at the next start); a
+        crash after it is rolled forward by the next transaction or read.
+        """
+        if not files:
+            return
+        if len(files) == 1:
+            path, data = files[0]
+            if path == self.core_path:
+                self._commit(path, data)
+            else:
+                AtomicJSONStorage(path, self.disk).write(data)
+            return
+        folders: set[Path] = set()
+        staged = [path.with_name(f".{path.name}.staged") for path, _ in files]
+        try:
+            for stage, (path, data) in zip(staged, files, strict=True):
+                payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+                self._write_synced(stage, payload)
+                folders.add(path.parent)
+            for folder in folders:
+                fsync_dir(folder)
+            names = [str(path.relative_to(self.db_dir)) for path, _ in files]
+            AtomicJSONStorage(self.journal_path, self.disk).write(
+                {}, json.dumps({"files": names}).encode()
+            )
+        except BaseException:
+            if not self.journal_path.exists():  # not committed: nothing of it may show
+                for stage in staged:
+                    with suppress(OSError):
+                        stage.unlink()
+            raise
+        self._recover_locked()
+
+    def _write_synced(self, path: Path, payload: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.disk.before_write(path, len(payload))
+            with open(path, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            with suppress(OSError):
+                path.unlink()
+            reason = exc.strerror or str(exc)
+            if is_transient(exc):
+                raise DiskFullError(path, f"cannot write database: {reason}") from None
+            raise StoreError(f"{path}: cannot write database: {reason}") from None
+
+    def _recover_locked(self) -> None:
+        """Apply the journal of a multi-file commit, if there is one (core lock held)."""
+        try:
+            raw = self.journal_path.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            names = json.loads(raw)["files"]
+            targets = [self.db_dir / str(n) for n in names]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptFileError(self.journal_path, f"commit journal is corrupt: {exc}") from None
+        folders = {self.db_dir}
+        for target in targets:
+            stage = target.with_name(f".{target.name}.staged")
+            if stage.exists():
+                os.replace(stage, target)
+            folders.add(target.parent)
+            self._cache.pop(target, None)
+        for folder in folders:
+            fsync_dir(folder)
+        self.journal_path.unlink()
+        fsync_dir(self.db_dir)
+
+    def _migrate_locked(self, data: dict[str, dict[str, Any]]) -> None:
+        """Move the people table of an old core.json into shards (core lock held; `data`
+        is the transaction's copy of core.json, changed in place and committed).
+
+        Shards first, each synced; then core.json without people (with the bouncing index)
+        replaces the old one atomically. A crash before that rename leaves the old
+        core.json, and the next start does the whole move again.
+        """
+        people = _Table(data.pop("people"), "email", self.core_path)
+        shards: dict[str, dict[str, Any]] = {}
+        bouncing: dict[str, Any] = {}
+        for doc in people.docs():
+            table = shards.setdefault(shard_name(doc["email"]), {})
+            table[str(len(table) + 1)] = doc
+            if doc.get("bouncing"):
+                reason = doc.get("bounce_reason", "")
+                bouncing[str(len(bouncing) + 1)] = {"email": doc["email"], "reason": reason}
+        self.people_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.people_dir.glob("*.json"):  # a crashed earlier attempt's shards
+            old.unlink()
+        for name, table in shards.items():
+            payload = json.dumps({"people": table}, ensure_ascii=False, separators=(",", ":"))
+            self._write_synced(self.people_dir / name, payload.encode())
+        fsync_dir(self.people_dir)
+        data["bouncing"] = bouncing
+        self._commit(self.core_path, data)
+        log.info("moved %d people from core.json into %s", len(people), self.people_dir)
 
     def week(self, period: str) -> WeekView:
         """A read-only snapshot of one period; CorruptFileError (naming the file) when that
