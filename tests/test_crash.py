@@ -182,6 +182,9 @@ class MTA(threading.Thread):
             self.done.set()
 
 
+# 25 restarts of `serve` (a new interpreter each) on a loaded 2-core machine can take minutes;
+# every wait inside is bounded, so this is only a hang guard.
+@pytest.mark.timeout(360)
 def test_sigkill_while_replies_stream_in_loses_and_doubles_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
