@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import schedule as schedule_lib
 
 from mailflow import status
-from mailflow.clock import Clock
+from mailflow.clock import Clock, JumpWatch
 from mailflow.compose import Templates
 from mailflow.config import Config
 from mailflow.errors import ListenerError, StartupError
@@ -196,11 +196,19 @@ def serve(
         raise
     lc = app.config.listener
     log.info("listening on %s:%d for *@%s", lc.host, lc.port, app.svc.domain)
+    since = clock()
+
+    def refusals() -> None:  # for `status`: what the listener refused since we started
+        counts = listener.refusals
+        if counts != app.spool.refusals().get("counts", {}):
+            app.spool.record_refusals(counts, since)
+
     try:
-        _schedule(app, clock, stop, worker, ready)
+        _schedule(app, clock, stop, worker, ready, refusals)
     finally:
         log.info("stopping")
         listener.stop()
+        refusals()
         worker.stop()
         log.info("stopped")
 
@@ -211,12 +219,14 @@ def _schedule(
     stop: threading.Event,
     worker: _IngestThread | _IngestWorker,
     ready: Callable[[], None] | None,
+    after_tick: Callable[[], None] = lambda: None,
 ) -> None:
     """The scheduler loop: a tick every `tick_seconds` (and one at once, to catch up)."""
     scheduler = schedule_lib.Scheduler()
 
     def scheduled_tick() -> None:
         try:
+            after_tick()
             for problem in app.templates.refresh():
                 log.error("template not used (last good version stays): %s", problem)
             app.jobs.run_and_deliver(clock())
@@ -232,7 +242,18 @@ def _schedule(
     scheduled_tick()
     if ready is not None:
         ready()
+    watch = JumpWatch()
+    watch.jumped()
     while not stop.is_set():
+        jump = watch.jumped()
+        if jump is not None:
+            # `schedule` compares naive local time: after a step back (or the zone leaving
+            # DST) its next run would lie that far ahead. Re-armed from now, and a tick at
+            # once (ticks are idempotent), so a clock step delays nothing.
+            log.warning("wall clock jumped by %s; scheduler re-armed", jump)
+            scheduler.clear()
+            scheduler.every(tick_seconds).seconds.do(scheduled_tick)
+            scheduled_tick()
         scheduler.run_pending()
         if not worker.alive():
             log.error("ingest process stopped (exit %s); starting a new one", worker.exitcode())

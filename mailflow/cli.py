@@ -771,6 +771,10 @@ def status(app: App, as_json: bool, now_text: str | None) -> None:
         f"{held['bytes'] / 1048576:.1f} MB (quotas: {lc.quarantine_max_per_sender} per sender, "
         f"{lc.quarantine_max_mb} MB in all; over them the listener answers 452)"
     )
+    refused = data["refused"]
+    if refused.get("counts"):
+        counts = ", ".join(f"{reason} {n}" for reason, n in refused["counts"].items())
+        click.echo(f"refused by the listener since {refused['since']}: {counts}")
     click.echo(f"outgoing queued: {data['outgoing_queued']}  failed: {data['outgoing_failed']}")
     for item in data["failed"]:
         click.echo(f"  failed {item['key']} to {item['to']}: {item['error']}")

@@ -11,6 +11,7 @@ Layout (a maildir-like scheme: the rename is the commit point):
   `recover()` deletes only under the exclusive lock, so a recovery in another process
   while `serve` is writing never deletes a write in flight.
 - `spool/new/<id>`: committed, waiting for the processor.
+- `spool/refusals.json`: what the running listener refused, by reason (see `record_refusals`).
 - `quarantine/<id>` + `quarantine/<id>.reason.txt`: set aside with the reason (next to
   `spool/`, at data_dir level, so that status and operators find it in one place).
 
@@ -31,10 +32,11 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from mailflow.disk import REAL, Disk, room_for
 from mailflow.errors import SpoolError
@@ -46,6 +48,7 @@ MAGIC = b"MFSPOOL1 "
 REASON_SUFFIX = ".reason.txt"
 UNREADABLE = "unreadable spool file"
 WRITERS_LOCK = ".writers.lock"
+REFUSALS = "refusals.json"  # the running listener's refusals, by reason (for status)
 # An envelope line is small (at most a few dozen recipients); anything longer than this
 # without a newline is a damaged file, and we refuse to read it into memory as a header.
 _MAX_HEADER_BYTES = 256 * 1024
@@ -170,6 +173,28 @@ class Spool:
     def held(self) -> Held:
         """Mail waiting in new/ or quarantined, by envelope sender (for the quotas)."""
         return self._held.held()
+
+    def record_refusals(self, counts: Mapping[str, int], since: datetime) -> None:
+        """What the running listener refused since `since` (when `serve` started), by reason
+        ("disk", "sender_quota", "total_quota", "per_client", "idle", "endless_line"), for
+        `status`. Replaced atomically; best effort: when it cannot be written (a full disk)
+        the last one stays and the listener goes on."""
+        doc = {"since": since.isoformat(), "counts": dict(sorted(counts.items()))}
+        tmp = self.root / (REFUSALS + ".tmp")
+        try:
+            tmp.write_text(json.dumps(doc), encoding="utf-8")
+            os.replace(tmp, self.root / REFUSALS)
+        except OSError as exc:
+            log.warning("cannot record the listener's refusals: %s", exc)
+
+    def refusals(self) -> dict[str, Any]:
+        """The last `record_refusals` ({"since", "counts"}), or {} (none, or unreadable)."""
+        try:
+            doc = json.loads((self.root / REFUSALS).read_text(encoding="utf-8"))
+            counts = {str(k): int(v) for k, v in doc["counts"].items()}
+            return {"since": str(doc["since"]), "counts": counts}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return {}
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -86,6 +86,7 @@ def status(
         "quarantine": [{"id": i, "reason": r} for i, r in quarantined[-QUARANTINE_SHOWN:]],
         "spooled": spool.count_pending(),
         "held": {"messages": held.messages, "bytes": held.bytes},
+        "refused": spool.refusals(),  # by the running listener, by reason ({}: none recorded)
         "outgoing_queued": len(outbox.pending()),
         "outgoing_failed": len(failed),
         "failed": [{"key": o.key, "to": o.to, "error": o.error} for o in failed],

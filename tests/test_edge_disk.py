@@ -209,3 +209,29 @@ def test_status_counts_held_mail(tmp_path: Path) -> None:
         )
         status = json.loads(result.stdout)
         assert status["held"] == {"messages": 1, "bytes": pytest.approx(400, abs=400)}
+
+
+def test_a_command_met_by_a_lock_held_too_long_waits_and_runs_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a lock held for over a minute (a long `partnerships import`, a stuck CLI)
+    turned a member's `pause 2 weeks` into permanent quarantine. Now it waits in the spool."""
+    from filelock import FileLock
+
+    from mailflow import store as store_mod
+
+    monkeypatch.setattr(store_mod, "LOCK_TIMEOUT_SECONDS", 0.2)
+    with RecordingSMTPServer() as relay:
+        service = build(load(fanout_data(tmp_path, relay, 2)))
+        service.tick(FANOUT_AT)
+        spooled_reply(service, "pause 2 weeks", "<locked-1@example.com>")
+        # As another process holding the core file's lock past the timeout.
+        other = FileLock(str(service.store.core_path) + ".lock", thread_local=False)
+        with other:
+            out = service.ingest(FANOUT_AT + timedelta(hours=1))
+        assert any("wait in the spool" in e for e in out.errors), out.errors
+        assert service.spool.quarantined() == [] and service.spool.count_pending() == 1
+        assert service.store.core().partnership(1).status == "active"  # type: ignore[union-attr]
+        service.ingest(FANOUT_AT + timedelta(hours=1, minutes=1))
+        assert service.store.core().partnership(1).status == "paused"  # type: ignore[union-attr]
+        assert service.spool.count_pending() == 0 and service.spool.quarantined() == []

@@ -11,9 +11,11 @@ appears as a stranger by binding to 127.0.0.2 (or by trusting nobody).
 from __future__ import annotations
 
 import contextlib
+import json
 import resource
 import smtplib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from clitools import VENV_BIN
+from conftest import free_port, now_args
 from disktools import FaultyDisk
 from test_e2e_week import Serve, wait_port
 from test_inbox import DOMAIN, GOOD, MESSAGE, T0, RawClient
@@ -445,5 +448,20 @@ def test_serve_applies_the_disk_floor_from_the_config(tmp_path: Path) -> None:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
             smtp.ehlo()
             assert smtp.mail("member@example.com")[0] == 452
+            assert smtp.mail("member@example.com")[0] == 452
     finally:
         serve.stop()
+    # Counted in status: serve records its listener's refusals (at each tick and as it stops).
+    status = json.loads(_mailflow(config, "status", "--json").stdout)
+    assert status["refused"]["counts"] == {"disk": 2}
+    assert "refused by the listener since" in _mailflow(config, "status").stdout
+
+
+def _mailflow(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VENV_BIN / "mailflow"), *now_args(), "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )

@@ -97,7 +97,17 @@ def _json(value: Any) -> Any:
 
 def test_status_reads_the_same(upgraded: Upgraded) -> None:
     expected = json.loads((FIXTURE / "expected_status.json").read_text())
-    assert _json(upgraded.app.status(END)) == expected
+    status = _json(upgraded.app.status(END))
+    # Added since the fixture was made (issue 12): the mail held against the quarantine
+    # quotas, computed from the old data as it lies (its two quarantined messages).
+    held = status.pop("held")
+    assert status.pop("refused") == {}  # no listener has run on it since
+    assert status == expected
+    quarantined = [f for f in (upgraded.data / "quarantine").iterdir() if "." not in f.name]
+    assert held == {
+        "messages": len(quarantined),
+        "bytes": sum(f.stat().st_size for f in quarantined),
+    }
 
 
 def test_tick_at_the_same_instant_sends_nothing_twice(upgraded: Upgraded) -> None:
