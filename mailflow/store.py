@@ -532,6 +532,91 @@ class Problem:
         return f"{self.path}: {self.message}"
 
 
+def _split_people(
+    raw: dict[str, Any], core_path: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """An old core.json's people table as shard tables by file name, and the bouncing index."""
+    people = _Table(raw, "email", core_path)  # checks every document has an address
+    shards: dict[str, dict[str, Any]] = {}
+    bouncing: dict[str, Any] = {}
+    for doc in people.docs():
+        table = shards.setdefault(shard_name(doc["email"]), {})
+        table[str(len(table) + 1)] = doc
+        if doc.get("bouncing"):
+            reason = doc.get("bounce_reason", "")
+            bouncing[str(len(bouncing) + 1)] = {"email": doc["email"], "reason": reason}
+    return shards, bouncing
+
+
+class _Journal:
+    """The redo journal of a change that spans files (db/commit.json).
+
+    `commit`: each new file is written and fsynced beside its target as `.NAME.staged`;
+    then commit.json, naming them, is written atomically (the commit point); `recover` then
+    renames each over its target, fsyncs the directories and removes the journal. A crash
+    before the journal leaves the old files (staged ones are discarded at the next start);
+    a crash after it is rolled forward by the next transaction or read.
+    """
+
+    def __init__(self, db_dir: Path, disk: Disk) -> None:
+        self.db_dir = db_dir
+        self.path = db_dir / "commit.json"
+        self.disk = disk
+
+    def commit(self, files: list[tuple[Path, dict[str, dict[str, Any]]]]) -> None:
+        staged = [path.with_name(f".{path.name}.staged") for path, _ in files]
+        try:
+            for stage, (_, data) in zip(staged, files, strict=True):
+                payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+                self.write_synced(stage, payload)
+            for folder in {path.parent for path, _ in files}:
+                fsync_dir(folder)
+            names = [str(path.relative_to(self.db_dir)) for path, _ in files]
+            AtomicJSONStorage(self.path, self.disk).write({}, json.dumps({"files": names}).encode())
+        except BaseException:
+            if not self.path.exists():  # not committed: nothing of it may show
+                for stage in staged:
+                    with suppress(OSError):
+                        stage.unlink()
+            raise
+
+    def recover(self) -> list[Path]:
+        """Finish the commit the journal names, if any; the files it replaced."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        try:
+            targets = [self.db_dir / str(n) for n in json.loads(raw)["files"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptFileError(self.path, f"commit journal is corrupt: {exc}") from None
+        for target in targets:
+            stage = target.with_name(f".{target.name}.staged")
+            if stage.exists():
+                os.replace(stage, target)
+        for folder in {self.db_dir, *(t.parent for t in targets)}:
+            fsync_dir(folder)
+        self.path.unlink()
+        fsync_dir(self.db_dir)
+        return targets
+
+    def write_synced(self, path: Path, payload: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.disk.before_write(path, len(payload))
+            with open(path, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            with suppress(OSError):
+                path.unlink()
+            reason = exc.strerror or str(exc)
+            if is_transient(exc):
+                raise DiskFullError(path, f"cannot write database: {reason}") from None
+            raise StoreError(f"{path}: cannot write database: {reason}") from None
+
+
 @dataclass
 class _Cached:
     stamp: tuple[int, int, int]
@@ -560,6 +645,7 @@ class Store:
         self._fragments: tuple[Path, _Fragments] | None = None
         # Parsed shards by file version: serve asks about the same people again and again.
         self._shards: dict[Path, _Cached] = {}
+        self._journal = _Journal(self.db_dir, disk)
         self._core_objects: tuple[dict[str, dict[str, Any]], dict[int, Partnership]] | None = None
 
     def init(self) -> None:
@@ -687,7 +773,7 @@ class Store:
 
     @property
     def journal_path(self) -> Path:
-        return self.db_dir / "commit.json"
+        return self._journal.path
 
     def shard_path(self, email: str) -> Path:
         """The shard file that holds (or would hold) this person."""
@@ -773,83 +859,20 @@ class Store:
             self._commit_many(files)
 
     def _commit_many(self, files: list[tuple[Path, dict[str, dict[str, Any]]]]) -> None:
-        """Replace every file in `files` atomically as a set (caller holds the core lock).
-
-        One file: the usual temp file and rename. Several: a redo journal. Each new file is
-        written and fsynced beside its target as `.NAME.staged`; then commit.json, naming
-        them, is written atomically (the commit point); then each is renamed over its
-        target, the directories are fsynced and the journal removed. A crash before the
-        journal leaves the old files (the staged ones are discarded at the next start); a
-        crash after it is rolled forward by the next transaction or read.
-        """
-        if not files:
-            return
-        if len(files) == 1:
-            path, data = files[0]
-            if path == self.core_path:
-                self._commit(path, data)
-            else:
-                AtomicJSONStorage(path, self.disk).write(data)
-            return
-        folders: set[Path] = set()
-        staged = [path.with_name(f".{path.name}.staged") for path, _ in files]
-        try:
-            for stage, (path, data) in zip(staged, files, strict=True):
-                payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-                self._write_synced(stage, payload)
-                folders.add(path.parent)
-            for folder in folders:
-                fsync_dir(folder)
-            names = [str(path.relative_to(self.db_dir)) for path, _ in files]
-            AtomicJSONStorage(self.journal_path, self.disk).write(
-                {}, json.dumps({"files": names}).encode()
-            )
-        except BaseException:
-            if not self.journal_path.exists():  # not committed: nothing of it may show
-                for stage in staged:
-                    with suppress(OSError):
-                        stage.unlink()
-            raise
-        self._recover_locked()
-
-    def _write_synced(self, path: Path, payload: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.disk.before_write(path, len(payload))
-            with open(path, "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            with suppress(OSError):
-                path.unlink()
-            reason = exc.strerror or str(exc)
-            if is_transient(exc):
-                raise DiskFullError(path, f"cannot write database: {reason}") from None
-            raise StoreError(f"{path}: cannot write database: {reason}") from None
+        """Replace every file in `files` as a set (caller holds the core lock): one file by
+        the usual temp file and rename, several through the journal (`_Journal.commit`)."""
+        if len(files) == 1 and files[0][0] == self.core_path:
+            self._commit(*files[0])
+        elif len(files) == 1:
+            AtomicJSONStorage(files[0][0], self.disk).write(files[0][1])
+        elif files:
+            self._journal.commit(files)
+            self._recover_locked()
 
     def _recover_locked(self) -> None:
         """Apply the journal of a multi-file commit, if there is one (core lock held)."""
-        try:
-            raw = self.journal_path.read_bytes()
-        except FileNotFoundError:
-            return
-        try:
-            names = json.loads(raw)["files"]
-            targets = [self.db_dir / str(n) for n in names]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptFileError(self.journal_path, f"commit journal is corrupt: {exc}") from None
-        folders = {self.db_dir}
-        for target in targets:
-            stage = target.with_name(f".{target.name}.staged")
-            if stage.exists():
-                os.replace(stage, target)
-            folders.add(target.parent)
+        for target in self._journal.recover():
             self._cache.pop(target, None)
-        for folder in folders:
-            fsync_dir(folder)
-        self.journal_path.unlink()
-        fsync_dir(self.db_dir)
 
     def _migrate_locked(self, data: dict[str, dict[str, Any]]) -> None:
         """Move the people table of an old core.json into shards (core lock held; `data`
@@ -859,25 +882,17 @@ class Store:
         replaces the old one atomically. A crash before that rename leaves the old
         core.json, and the next start does the whole move again.
         """
-        people = _Table(data.pop("people"), "email", self.core_path)
-        shards: dict[str, dict[str, Any]] = {}
-        bouncing: dict[str, Any] = {}
-        for doc in people.docs():
-            table = shards.setdefault(shard_name(doc["email"]), {})
-            table[str(len(table) + 1)] = doc
-            if doc.get("bouncing"):
-                reason = doc.get("bounce_reason", "")
-                bouncing[str(len(bouncing) + 1)] = {"email": doc["email"], "reason": reason}
+        shards, bouncing = _split_people(data.pop("people"), self.core_path)
         self.people_dir.mkdir(parents=True, exist_ok=True)
         for old in self.people_dir.glob("*.json"):  # a crashed earlier attempt's shards
             old.unlink()
         for name, table in shards.items():
             payload = json.dumps({"people": table}, ensure_ascii=False, separators=(",", ":"))
-            self._write_synced(self.people_dir / name, payload.encode())
+            self._journal.write_synced(self.people_dir / name, payload.encode())
         fsync_dir(self.people_dir)
         data["bouncing"] = bouncing
         self._commit(self.core_path, data)
-        log.info("moved %d people from core.json into %s", len(people), self.people_dir)
+        log.info("moved the people of core.json into %s", self.people_dir)
 
     def week(self, period: str) -> WeekView:
         """A read-only snapshot of one period; CorruptFileError (naming the file) when that

@@ -268,7 +268,7 @@ def test_mailflow_config_environment_variable_is_honoured(tmp_path: Path) -> Non
         env=env,
     )
     assert result.code == 0, result
-    assert (conf_dir / "state" / "db" / "core.json").exists()
+    assert list((conf_dir / "state" / "db" / "people").glob("*.json"))  # the person landed there
     assert not (elsewhere / "data").exists()
     # A bad file named by the variable is refused like one given with --config.
     write(conf_dir, '[listener]\nport = "eighty"\n')
@@ -325,7 +325,7 @@ def test_relative_data_dir_through_the_cli(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.code == 0, result
-    assert (sub / "state" / "db" / "core.json").exists()
+    assert list((sub / "state" / "db" / "people").glob("*.json"))
 
 
 @pytest.mark.parametrize(
