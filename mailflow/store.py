@@ -678,13 +678,17 @@ class Store:
                     lock.release()
         # Finish (or discard) a multi-file commit a killed writer left, and move the people
         # of an old data directory into their shards: both under the core lock.
-        with self._transaction(self.core_path) as data:  # (applies a journal first)
-            for folder in (self.db_dir, self.people_dir):
-                for staged in folder.glob(".*.staged"):  # staged, never committed
-                    with suppress(OSError):
-                        staged.unlink()
-            if "people" in data:
-                self._migrate_locked(data)
+        # The lock only when there is something to do: a read-only command must not wait
+        # for serve's writes.
+        staged = [f for d in (self.db_dir, self.people_dir) for f in d.glob(".*.staged")]
+        if staged or self.journal_path.exists() or "people" in self._load(self.core_path):
+            with self._transaction(self.core_path) as data:  # (applies a journal first)
+                for folder in (self.db_dir, self.people_dir):
+                    for stale in folder.glob(".*.staged"):  # staged, never committed
+                        with suppress(OSError):
+                            stale.unlink()
+                if "people" in data:
+                    self._migrate_locked(data)
 
     # -- plumbing ---------------------------------------------------------------------------
 
