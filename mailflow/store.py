@@ -664,8 +664,11 @@ class Store:
                 m = _TEMP_NAME.match(tmp.name)
                 if m is None:
                     continue
-                # Shards are written under the core lock (one transaction spans both).
-                target = self.core_path if folder == self.people_dir else folder / m.group("target")
+                # Shards and the journal are written under the core lock (one transaction
+                # spans them and core.json): a writer's temp file is busy while that is held.
+                target = folder / m.group("target")
+                if folder == self.people_dir or target == self.journal_path:
+                    target = self.core_path
                 lock = FileLock(str(target) + ".lock", timeout=0)
                 try:
                     lock.acquire()
