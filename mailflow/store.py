@@ -664,8 +664,7 @@ class Store:
                 m = _TEMP_NAME.match(tmp.name)
                 if m is None:
                     continue
-                # Shards and the journal are written under the core lock (one transaction
-                # spans them and core.json): a writer's temp file is busy while that is held.
+                # Shards and the journal are written under the core lock.
                 target = folder / m.group("target")
                 if folder == self.people_dir or target == self.journal_path:
                     target = self.core_path
@@ -679,10 +678,8 @@ class Store:
                         tmp.unlink()
                 finally:
                     lock.release()
-        # Finish (or discard) a multi-file commit a killed writer left, and move the people
-        # of an old data directory into their shards: both under the core lock.
-        # The lock only when there is something to do: a read-only command must not wait
-        # for serve's writes.
+        # Finish (or discard) a killed writer's multi-file commit; move an old core.json's people.
+        # Locked only when needed: a read-only command must not wait for serve's writes.
         staged = [f for d in (self.db_dir, self.people_dir) for f in d.glob(".*.staged")]
         if staged or self.journal_path.exists() or "people" in self._load(self.core_path):
             with self._transaction(self.core_path) as data:  # (applies a journal first)
