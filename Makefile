@@ -16,8 +16,9 @@ setup: $(BIN)/mailflow
 serve: setup
 	$(BIN)/mailflow serve
 
-# Both cores: pytest-xdist runs the suite in 2 worker processes.
-PYTEST := $(BIN)/pytest -n 2
+# Both cores: pytest-xdist runs the suite in 2 worker processes. Tests marked
+# xdist_group("heavy") (the browser tests, the SIGKILL test) share one worker, in turn.
+PYTEST := $(BIN)/pytest -n 2 --dist loadgroup
 
 test: setup
 	$(BIN)/ruff check .

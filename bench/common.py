@@ -10,9 +10,11 @@ the raw limit: it answers 250 to everything and counts nothing.
 
 from __future__ import annotations
 
+import http.client
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -87,7 +89,10 @@ def write_config(
     listen_port: int | None = None,
     relay_port: int | None = None,
     ingest_process: bool = False,
+    site_port: int | None = None,
 ) -> Path:
+    """The bench's config; `site_port`: with the admin site on that port (anyone may sign in
+    with `mailflow web link`), else without it."""
     lines = [
         "[service]",
         f'domain = "{DOMAIN}"',
@@ -105,7 +110,13 @@ def write_config(
         "[schedule]",
         # No scheduled tick while a bench runs (serve still runs one at start).
         "tick_seconds = 3600",
+        # A bench sends at whatever hour it runs: quiet hours would hold the mail it times.
+        'quiet_hours = ""',
         "digest_delay_minutes = 30",
+        # These benches measure the mail path, without the site unless asked (bench/web.py
+        # measures the site; history.py --site what it adds to serve's memory).
+        "[web]",
+        *([f"port = {site_port}"] if site_port else ["enabled = false"]),
     ]
     path = root / "mailflow.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -114,6 +125,64 @@ def write_config(
 
 def bench_env() -> dict[str, str]:
     return {**os.environ, "MAILFLOW_SECRET": SECRET}
+
+
+# -- the admin site ---------------------------------------------------------------------------
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection to the admin site, with the session cookie."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, body: str | None = None) -> tuple[int, str]:
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+            resp = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if method != "GET":
+                raise
+            # The server closed the idle keep-alive connection (uvicorn: after 5 s): a GET
+            # is asked again on a new one.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            self.conn.request(method, path, body=body, headers=headers)
+            resp = self.conn.getresponse()
+        data = resp.read().decode("utf-8", "replace")
+        for cookie in resp.headers.get_all("set-cookie") or []:
+            name, _, rest = cookie.partition("=")
+            self.cookies[name] = rest.split(";", 1)[0].strip('"')
+        if resp.status not in (200, 303):
+            raise RuntimeError(f"{method} {path}: {resp.status}")
+        return resp.status, data
+
+    def get(self, path: str) -> str:
+        return self.request("GET", path)[1]
+
+    def sign_in(self, link: str) -> None:
+        path = link.split(str(self.port), 1)[1]
+        page = self.get(path)
+        match = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+        assert match, page[:500]
+        status, _ = self.request("POST", path, f"csrf={match.group(1)}")
+        assert status == 303 and "mailflow_session" in self.cookies
+
+
+def site_client(config: Path, port: int, now: datetime, email: str) -> Client:
+    """Signed in to the site of `config` with a `mailflow web link` link."""
+    link = subprocess.run(
+        [MAILFLOW, "--now", now.isoformat(), "--config", str(config), "web", "link", email],
+        env=bench_env(), capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.strip()  # fmt: skip
+    client = Client(port)
+    client.sign_in(link)
+    return client
 
 
 # -- data -----------------------------------------------------------------------------------

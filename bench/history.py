@@ -1,6 +1,6 @@
 """History: the ingest rate with a year of records against an empty store, and serve's RSS.
 
-Usage: ``.venv/bin/python bench/history.py [--n 3000] [--partnerships 10000] [--weeks 52]``
+Usage: ``.venv/bin/python bench/history.py [--n 3000] [--partnerships 10000] [--weeks 52] [--site]``
 
 Both runs use `bench/ingest.py`'s path (`serve` as a subprocess, replies from concurrent SMTP
 clients, timed until every reply is a stored record) with the same partnerships. "Empty" has
@@ -8,6 +8,8 @@ only the current week's scheduler records (so serve's start-up tick has nothing 
 "year" has in addition `--weeks` past weeks, each with a week record, a report and the
 check-in and digest outgoing records for every partnership (written directly through Store).
 Peak RSS is serve's VmHWM (/proc/PID/status) at the end of the run with the year of history.
+`--site` runs both with the admin site on, an admin viewing the dashboard before the replies
+and the dashboard and the partnerships list after them: what the site adds to serve's peak.
 
 Output: a line ``serve peak RSS at N partnerships: X MB``, then
 ``history: ours X/s, raw Y/s, ratio Z`` (ours: with the year; raw: the empty store).
@@ -55,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--partnerships", type=int, default=10_000)
     ap.add_argument("--weeks", type=int, default=52, help="weeks of history (default 52)")
+    ap.add_argument("--site", action="store_true", help="with the admin site on and in use")
     args = ap.parse_args(argv)
     rss: list[float] = []
     roots = [c.workdir(f"mailflow-bench-history-{k}-") for k in "ey"]
     try:
         c.progress("empty store")
-        empty, _ = measure_ours(roots[0], args.n, args.clients, args.partnerships)
+        empty, _ = measure_ours(roots[0], args.n, args.clients, args.partnerships, site=args.site)
         shutil.rmtree(roots[0], ignore_errors=True)
         c.progress(f"store with {args.weeks} weeks of history")
         started = time.monotonic()
@@ -71,12 +74,14 @@ def main(argv: list[str] | None = None) -> int:
             args.partnerships,
             history_weeks=args.weeks,
             on_done=lambda pid: rss.append(peak_rss_mb(pid)),
+            site=args.site,
         )
         c.progress(f"  (with set-up: {time.monotonic() - started:.0f} s)")
     finally:
         for root in roots:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"serve peak RSS at {args.partnerships:,} partnerships: {rss[0]:.0f} MB")
+    site = " with the admin site" if args.site else ""
+    print(f"serve peak RSS at {args.partnerships:,} partnerships{site}: {rss[0]:.0f} MB")
     print(c.result_line("history", year, empty))
     return 0
 

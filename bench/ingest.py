@@ -33,10 +33,17 @@ def measure_ours(
     history_weeks: int = 0,
     on_done: Callable[[int], object] | None = None,
     ingest_process: bool = False,
+    site: bool = False,
 ) -> tuple[float, Path]:
-    """Replies per second through `serve`, and the data dir (for a look afterwards)."""
+    """Replies per second through `serve`, and the data dir (for a look afterwards).
+
+    `site`: with the admin site on, and an admin looking at the dashboard before the replies
+    and again once they are stored (the numbers recomputed over the new records)."""
     port = c.free_port()
-    config = c.write_config(root, listen_port=port, ingest_process=ingest_process)
+    site_port = c.free_port() if site else None
+    config = c.write_config(
+        root, listen_port=port, ingest_process=ingest_process, site_port=site_port
+    )
     data = root / "data"
     now = c.now_in_period()
     c.progress(f"populating {partnerships} partnerships ({history_weeks} weeks of history)")
@@ -48,12 +55,21 @@ def measure_ours(
     with c.serve(config, root / "serve.log") as proc:
         c.wait_port(port, timeout=120)
         c.wait_idle(proc.pid)  # serve's start-up tick (nothing is due) must not count
+        client = None
+        if site_port is not None:
+            c.wait_port(site_port, timeout=120)
+            client = c.site_client(config, site_port, now, "admin@bench.example.com")
+            client.get("/")
+            c.progress("admin site: dashboard shown")
         c.progress(f"serve listening on {port}; sending with {clients} clients")
         cpu0 = c.cpu_seconds(proc.pid)
         started, sent = c.send_concurrently(port, messages, clients)
         c.progress(f"  all {n} accepted after {sent - started:.2f} s")
         done = c.wait_stored(data, pop.period, n, timeout=max(120.0, n / 20), proc=proc)
         cpu = c.cpu_seconds(proc.pid) - cpu0
+        if client is not None:
+            client.get("/")  # the data changed: the dashboard waits for fresh numbers
+            client.get("/partnerships")
         if on_done is not None:
             on_done(proc.pid)  # e.g. read serve's peak RSS while it still runs
         c.progress(f"  serve used {cpu:.2f} s CPU ({cpu / (done - started):.0%} of one core)")

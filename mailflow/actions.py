@@ -3,13 +3,23 @@
 `apply(decision, pair, desk)` dispatches on the decision's variant: a member's reply with
 commands (pause, resume, goal done, stop), a partner's consent, a partner's note for the
 member, a question back when we cannot tell which partnership a mail is for, and the "not
-counted" receipt for a member whose own reply was set aside. Mail that came to the plain
-address in a member's name is answered at her stored address: its commands are held and she
-is asked to confirm them (`on_unconfirmed`; her answer is `on_confirm`), its report is shown
-to her in a receipt (`on_plain_report`). Each handler computes from the
-partnership *as stored now* (`intake` reads it, and writes the result back, in one core
-transaction, so two replies never lose each other's change) and returns an `Outcome`: the
-changed partnership, the letters to send, and lines for the run's report. A plain report is
+counted" receipt for a member (or partner) whose own reply was set aside; and, when an admin
+releases a member's reply from the quarantine, the digest of its period and her word that it
+counts (`on_release`). `unrouted(decision, desk)` does the same for a decision about no
+partnership: mail to our From address is forwarded to the admin. `consent_given` is what a
+partner's yes or no means, whether it came by mail or from an admin who heard it another way
+(`admin.record_consent`).
+
+Mail that came in a member's name without proof that it is hers (to the plain address, or
+from another address and released by an admin) is answered at her stored address: its
+commands are held and she is asked to confirm them (`on_unconfirmed`; her answer is
+`on_confirm`), a report that came to the plain address is shown to her in a receipt
+(`on_plain_report`).
+
+Each handler computes from the partnership *as stored now* (`intake` reads it, and writes
+the result back, in one core transaction, so two replies never lose each other's change) and
+returns an `Outcome`: the changed partnership, the letters to send, and lines for the run's
+report. A plain report is
 not an action: it is only stored.
 """
 
@@ -37,10 +47,19 @@ from mailflow.commands import (
     settle,
 )
 from mailflow.letters import Letter, Pair, ServiceInfo, Told
-from mailflow.models import CANCELLED, CONFIRMED, CONSENT_PENDING, ENDED, Partnership
-from mailflow.schedule import current_period, first_checkin, utc_week
+from mailflow.models import CANCELLED, CONFIRMED, CONSENT_PENDING, ENDED, Partnership, Report, Week
+from mailflow.schedule import Period, current_period, first_checkin, utc_week
 from mailflow.tokens import AGREE, CHECKIN, CONFIRM, hash16
-from mailflow.triage import Ambiguous, Confirm, Consent, Decision, Note, Quarantine, Reply
+from mailflow.triage import (
+    Ambiguous,
+    Confirm,
+    Consent,
+    Decision,
+    Forward,
+    Note,
+    Quarantine,
+    Reply,
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,15 @@ def subject(d: Decision) -> int | None:
         case Quarantine(tell_member=True):
             return d.partnership_id
     return None
+
+
+def unrouted(d: Decision, desk: Desk) -> tuple[Letter, ...]:
+    """The letters of a decision about no partnership (`subject(d)` is None): a forward of
+    mail to our From address to the admin; nothing else is ever answered."""
+    if isinstance(d, Forward):
+        letter = letters.forward(d.written, desk.svc)
+        return (letter,) if letter else ()
+    return ()
 
 
 def apply(d: Decision, pair: Pair | None, desk: Desk) -> Outcome:
@@ -151,8 +179,12 @@ def _run(
 
 
 def on_unconfirmed(d: Reply, pair: Pair, desk: Desk) -> Outcome:
-    """Her commands came to the plain address: held, and she is asked at her stored address
-    to confirm them (never at a Reply-To the mail carried). Nothing changes until she does."""
+    """Commands in her name without proof: held, and she is asked at her stored address to
+    confirm them (never at a Reply-To the mail carried). Nothing changes until she does.
+
+    They came to the plain address from her address (`d.unbound`), or, through a token, from
+    another address in a mail an admin released from the quarantine: the only way a
+    token-bound mail is unproven (`triage.route` quarantines it otherwise)."""
     p, svc, at = pair.p, desk.svc, desk.at
     today = at.astimezone(ZoneInfo(pair.member.timezone)).date()
     held, asked = hold(p, d.to_confirm, desk.next_n, desk.mid, today, at)
@@ -175,6 +207,7 @@ def on_unconfirmed(d: Reply, pair: Pair, desk: Desk) -> Outcome:
         d.report is not None,
         d.period,
         CONFIRM_DAYS,
+        "" if d.unbound else d.sender or "an unknown address",
     )
     letter = letters.confirm(replace(pair, p=held), asking, svc, at)
     line = f"partnership {p.id}: asked {pair.member.email} to confirm: " + "; ".join(asked.lines)
@@ -259,26 +292,61 @@ def on_consent(d: Consent, pair: Pair, desk: Desk) -> Outcome:
             'or "no" to decline.'
         )
         return Outcome(letters=(to_partner(reply, question=question),))
-    accepted = d.answer == ACCEPT
-    member, partner = pair.member, pair.partner
+    key = f"receipt:{hash16(desk.mid)}"
+    outcome = consent_given(pair, d.answer == ACCEPT, d.note, svc, at, Given(key, reply))
+    return replace(outcome, lines=(f"partnership {p.id}: partner {d.answer}",))
+
+
+@dataclass(frozen=True)
+class Given:
+    """How a consent answer reached us: its receipt's key and the partner's reply address;
+    `by_admin` when an admin recorded it (the partner told the admin, not us)."""
+
+    key: str
+    reply: str
+    by_admin: bool = False
+
+
+def consent_given(
+    pair: Pair, accepted: bool, note: str, svc: ServiceInfo, at: datetime, given: Given
+) -> Outcome:
+    """The partner said yes or no: the partnership records it, both people hear what it
+    means, and the admin hears a no that came by mail (an admin who recorded it knows)."""
+    p, member, partner = pair.p, pair.member, pair.partner
     first = first_checkin(p, ZoneInfo(member.timezone), svc.settings, at)
     first_text = letters.local_time(first, member.timezone)
     out: list[Letter] = []
     if accepted:
         done = f"You accepted. The first check-in for {member.name} goes out {first_text}."
         told = f"{partner.name} accepted. Your first check-in comes {first_text}."
+    elif given.by_admin:
+        done = "You declined."
+        told = f"{partner.name} declined; the program admin will be in touch."
     else:
         done = "You declined. We have told the program admin."
         told = f"{partner.name} declined; the program admin will be in touch."
-        notice = letters.consent_notice(p, member, partner, "declined", d.note, svc, at)
+        notice = letters.consent_notice(p, member, partner, "declined", note, svc, at)
         out.extend([notice] if notice else [])
-    # The member hears it too: her check-ins wait for exactly this answer.
+    if given.by_admin:
+        done = f"The program admin recorded your answer. {done}"
+    # The member hears it too: her check-ins wait for exactly this answer. (Not an answer
+    # to anything she wrote: it waits for her daytime.)
     plain = svc.keys.plain_address
-    to_member = Told(f"consent_told:{p.id}", plain, plain, done=(told,))
+    member_key = f"consent_told:{p.id}" + (f":{given.key}" if given.by_admin else "")
+    to_member = Told(member_key, plain, plain, done=(told,), to_writer=False)
     out.append(letters.receipt(pair, to_member, svc, at))
-    out.append(to_partner(reply, done=(done,)))
-    changed = pships.set_consent(p, accepted, at, d.note)
-    return Outcome(changed, tuple(out), (f"partnership {p.id}: partner {d.answer}",))
+    to_partner = Told(
+        given.key,
+        given.reply,
+        given.reply,
+        done=(done,),
+        to_partner=True,
+        to_writer=not given.by_admin,
+    )
+    out.append(letters.receipt(pair, to_partner, svc, at))
+    changed = pships.set_consent(p, accepted, at, note)
+    answer = "accepted" if accepted else "declined"
+    return Outcome(changed, tuple(out), (f"partnership {p.id}: partner {answer}",))
 
 
 def on_note(d: Note, pair: Pair, desk: Desk) -> Outcome:
@@ -305,8 +373,16 @@ def on_not_counted(d: Quarantine, pair: Pair, desk: Desk) -> Outcome:
     """
     p, svc = pair.p, desk.svc
     ended = p.status == ENDED
-    cur = current_period(p, ZoneInfo(pair.member.timezone), svc.settings, desk.at)
+    key = f"receipt:{hash16(desk.entry_id)}"
     keys = svc.keys
+    if d.to_partner:
+        # The partner answered a digest (or an introduction) of a partnership that has ended.
+        problem = (
+            f"Your message was not passed on to {pair.member.name}: this partnership has ended."
+        )
+        told = Told(key, keys.plain_address, None, problems=(problem,), to_partner=True)
+        return Outcome(letters=(letters.receipt(pair, told, svc, desk.at),))
+    cur = current_period(p, ZoneInfo(pair.member.timezone), svc.settings, desk.at)
     reply = keys.address(CHECKIN, p.id, cur.label) if cur and not ended else keys.plain_address
     why = (
         "this partnership has ended"
@@ -314,9 +390,47 @@ def on_not_counted(d: Quarantine, pair: Pair, desk: Desk) -> Outcome:
         else "it answered a check-in from more than 8 weeks ago; please answer the latest one"
     )
     told = Told(
-        f"receipt:{hash16(desk.entry_id)}",
-        reply,
-        None if ended else reply,
-        problems=(f"Your reply was not counted: {why}.",),
+        key, reply, None if ended else reply, problems=(f"Your reply was not counted: {why}.",)
     )
     return Outcome(letters=(letters.receipt(pair, told, svc, desk.at),))
+
+
+def on_release(
+    d: Reply,
+    pair: Pair,
+    period: Period,
+    week: Week | None,
+    reports: Sequence[Report],
+    reason: str,
+    desk: Desk,
+) -> Outcome:
+    """An admin released a member's reply from the quarantine: an explicit decision that it
+    counts, for the period it was written for (`d.period`, with `reports` and `week` as
+    stored now that it is among them).
+
+    The partner gets that period's digest now, even when the period has passed: the one
+    exception to "nothing for a past period is sent late" (the digest says it was released).
+    The member hears that her reply counts after all, and which commands in it were not run
+    when the release vouched for another sender. `reason` is why it had been set aside.
+    """
+    if d.report is None:
+        return NOTHING
+    out: list[Letter] = []
+    if reports:
+        out.append(letters.digest(pair, period, week, reports, desk.svc, desk.at, released=True))
+    out.append(
+        letters.released(
+            pair,
+            d.period,
+            d.report.received_at,
+            reason,
+            d.sender,
+            d.not_run,
+            desk.mid,
+            desk.svc,
+            desk.at,
+        )
+    )
+    setback = " (setback)" if d.report.setback else ""
+    line = f"partnership {pair.p.id}: released report for {d.period}{setback} counts"
+    return Outcome(letters=tuple(out), lines=(line,))

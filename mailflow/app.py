@@ -15,9 +15,12 @@ a caller can build once and keep the `App`, whose parts are:
 | `jobs` | the week's jobs (`run_and_deliver`, `introduce`) |
 
 `App.tick(now)` runs everything due at `now` once; `App.listener(clock)` makes the SMTP
-listener on this app's spool; `serve(app, clock, stop)` runs listener, ingest and scheduler
-until `stop` is set. Every part reads the clock only through the `now` it is handed; the
-edges (the CLI, `serve`, the tests) hold the clock.
+listener on this app's spool; `App.start_site(clock)` starts the admin site over these same
+parts; `serve(app, clock, stop)` runs listener, ingest, sender and scheduler (and the site,
+unless `[web] enabled = false`) until `stop` is set. The sender is woken by ingest whenever it
+queued mail, so a receipt, a forwarded note or a consent confirmation leaves seconds after the
+reply that caused it, not at the next tick. Every part reads the clock only through the `now`
+it is handed; the edges (the CLI, `serve`, the tests) hold the clock.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import schedule as schedule_lib
 from mailflow import status
 from mailflow.clock import Clock, JumpWatch
 from mailflow.compose import Templates
-from mailflow.config import Config
+from mailflow.config import Config, templates_override
 from mailflow.errors import ListenerError, StartupError
 from mailflow.intake import Intake
 from mailflow.jobs import Jobs
@@ -52,8 +55,9 @@ from mailflow.store import Store
 from mailflow.tokens import Rcpt
 from mailflow.triage import Trust
 
-if TYPE_CHECKING:  # the listener (aiosmtpd) is imported only by what listens
+if TYPE_CHECKING:  # the listener (aiosmtpd) and the site (uvicorn) only by what runs them
     from mailflow.inbox import Listener
+    from mailflow.web import WebServer
 
 log = logging.getLogger("mailflow")
 
@@ -98,16 +102,14 @@ class App:
         self.data_dir = config.service.data_dir
         self.store = Store(self.data_dir)
         self.store.init()
-        self.templates = templates or Templates(config.templates.dir)
+        self.templates = templates or Templates(templates_override(config))
         self.svc = ServiceInfo.from_config(config, load_secret(config))
         relay = config.relay
         password = config.secret(relay.password_env) if relay.host else None
         bounces = self.svc.keys.bounce_address
         self.outbox = Outbox(self.store, relay, password, bounces, self.data_dir)
         self.spool = Spool(self.data_dir / "spool")
-        self.mailroom = Mailroom(
-            self.store, self.outbox, self.templates, config.service.sender, self.svc.domain
-        )
+        self.mailroom = Mailroom(self.store, self.outbox, self.templates, self.svc)
         trust = Trust(config.listener.trusted_authserv_id)
         self.intake = Intake(self.store, self.spool, self.mailroom, self.svc, self.data_dir, trust)
         self.jobs = Jobs(self.store, self.mailroom, self.svc)
@@ -147,6 +149,14 @@ class App:
         notify = on_spooled or _ignore
         return Listener(replace(options, **overrides), self.spool, self.rcpt_policy, notify, clock)
 
+    def start_site(self, clock: Clock) -> WebServer:
+        """Start the admin site on `[web] host/port` over this app's parts (it shares their
+        store, spool, outbox and templates); StartupError, saying why, when it cannot listen.
+        """
+        from mailflow.web import start_site
+
+        return start_site(self, clock)
+
 
 def build(config: Config, *, templates: Templates | None = None) -> App:
     """The parts of mailflow for `config` (see the module docstring); `templates` lets a
@@ -168,12 +178,16 @@ def serve(
     ready: Callable[[], None] | None = None,
     *,
     ingest_process: bool | None = None,
+    site: bool | None = None,
 ) -> None:
-    """Listener + ingest process (or thread) + scheduler loop until `stop` is set.
+    """Listener + ingest process (or thread) + scheduler loop (+ admin site) until `stop`.
 
     Refuses to start (StartupError) with a broken template, a listener that cannot listen,
     or an ingest process without a clock that can cross to it. `ingest_process` None: the
-    config's `listener.ingest_process`. `ready` is called once everything runs.
+    config's `listener.ingest_process`; `site` None: the config's `web.enabled`. The site
+    starts after the mail service's own start checks and its first tick; it is for people,
+    and mail must not wait for it: if its port is taken, serve logs why and goes on without
+    it (`mailflow web` alone fails instead). `ready` is called once everything runs.
     """
     problems = app.templates.check()
     if problems:
@@ -186,11 +200,14 @@ def serve(
         ingest_process = app.config.listener.ingest_process
     worker = _IngestWorker(app.config, clock) if ingest_process else _IngestThread(app, clock)
     worker.start()
+    sender = _Sender(app, clock, worker.queued)
+    sender.start()
     try:
         listener = app.listener(clock, lambda _id: worker.wake.set())
         listener.start()
     except BaseException as exc:
         worker.stop()
+        sender.stop()
         if isinstance(exc, ListenerError | OSError):
             raise StartupError(f"cannot start: {exc}") from None
         raise
@@ -203,13 +220,27 @@ def serve(
         if counts != app.spool.refusals().get("counts", {}):
             app.spool.record_refusals(counts, since)
 
+    sites: list[WebServer] = []
+
+    def started() -> None:
+        if app.config.web.enabled if site is None else site:
+            try:
+                sites.append(app.start_site(clock))
+            except StartupError as exc:
+                log.error("admin site not started (mail goes on): %s", exc)
+        if ready is not None:
+            ready()
+
     try:
-        _schedule(app, clock, stop, worker, ready, refusals)
+        _schedule(app, clock, stop, worker, started, refusals)
     finally:
         log.info("stopping")
+        for running in sites:
+            running.stop()  # first: a page in flight may still queue mail
         listener.stop()
         refusals()
         worker.stop()
+        sender.stop()
         log.info("stopped")
 
 
@@ -261,8 +292,11 @@ def _schedule(
         stop.wait(timeout=min(1.0, tick_seconds))
 
 
-def _ingest_loop(app: App, clock: Clock, wake: Any, stop: Any, parent: int | None) -> None:
-    """Wait for spooled mail and ingest it in batches until `stop` (or the parent is gone)."""
+def _ingest_loop(
+    app: App, clock: Clock, wake: Any, stop: Any, parent: int | None, queued: Any
+) -> None:
+    """Wait for spooled mail and ingest it in batches until `stop` (or the parent is gone);
+    set `queued` whenever a batch queued mail, to wake the sender."""
     while not stop.is_set():
         if wake.wait(timeout=1.0):
             # Group commit: let the messages arriving meanwhile join this batch, so the
@@ -272,9 +306,41 @@ def _ingest_loop(app: App, clock: Clock, wake: Any, stop: Any, parent: int | Non
         if stop.is_set() or (parent is not None and os.getppid() != parent):
             break  # a SIGKILLed `serve` must not leave an orphan ingesting behind it
         try:
-            app.ingest(clock())
+            if app.ingest(clock()).queued:
+                queued.set()
         except Exception:  # noqa: BLE001 - keep serving; the spool keeps the mail
             log.exception("ingest failed; will retry")
+
+
+class _Sender:
+    """Delivers what ingest queued as soon as it is queued (the scheduler's tick delivers
+    the rest). One flush at a time across processes: the outbox's lock."""
+
+    def __init__(self, app: App, clock: Clock, queued: Any) -> None:
+        self.app, self.clock, self.queued = app, clock, queued
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="mailflow-sender", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop_event.is_set():
+            if not self.queued.wait(timeout=1.0):
+                continue
+            self.queued.clear()
+            try:
+                result = self.app.outbox.flush(self.clock())
+            except Exception:  # noqa: BLE001 - the tick delivers it then
+                log.exception("send failed; the next tick retries")
+                continue
+            if result.busy:  # another process is delivering: try again shortly
+                self.queued.set()
+                self.stop_event.wait(1.0)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=5)
 
 
 class _IngestThread:
@@ -283,13 +349,14 @@ class _IngestThread:
     def __init__(self, app: App, clock: Clock) -> None:
         self.app, self.clock = app, clock
         self.wake = threading.Event()
+        self.queued = threading.Event()  # set when a batch queued mail (wakes the sender)
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.thread = threading.Thread(
             target=_ingest_loop,
-            args=(self.app, self.clock, self.wake, self.stop_event, None),
+            args=(self.app, self.clock, self.wake, self.stop_event, None, self.queued),
             name="mailflow-ingest",
             daemon=True,
         )
@@ -308,7 +375,9 @@ class _IngestThread:
             self.thread.join(timeout=5)
 
 
-def _ingest_process(config: Config, clock: Clock, wake: Any, stop: Any, parent: int) -> None:
+def _ingest_process(
+    config: Config, clock: Clock, wake: Any, stop: Any, parent: int, queued: Any
+) -> None:
     """Entry point of the ingest process (spawned: a fresh interpreter, no inherited locks)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -319,7 +388,7 @@ def _ingest_process(config: Config, clock: Clock, wake: Any, stop: Any, parent: 
     )
     app = build(config)
     wake.set()  # whatever is in the spool already
-    _ingest_loop(app, clock, wake, stop, parent)
+    _ingest_loop(app, clock, wake, stop, parent, queued)
 
 
 class _IngestWorker:
@@ -341,13 +410,14 @@ class _IngestWorker:
         self.config = config
         self.clock = clock
         self.wake = self.context.Event()
+        self.queued = self.context.Event()  # set by the process when it queued mail
         self.stop_event = self.context.Event()
         self.process: Any = None
 
     def start(self) -> None:
         self.process = self.context.Process(
             target=_ingest_process,
-            args=(self.config, self.clock, self.wake, self.stop_event, os.getpid()),
+            args=(self.config, self.clock, self.wake, self.stop_event, os.getpid(), self.queued),
             name="mailflow-ingest",
             daemon=True,
         )

@@ -23,19 +23,22 @@ import click
 from mailflow import admin
 from mailflow import partnerships as pships
 from mailflow.clock import Clock, shifted_clock, system_clock
-from mailflow.config import Config, load
+from mailflow.config import Config, load, templates_override
 from mailflow.errors import MailflowError, StartupError, UsageProblem, one_line
 from mailflow.models import Partnership, Person
 from mailflow.people import (
     CSV_COLUMNS,
     DomainError,
     check_new_people,
+    decode_csv,
+    import_rows,
     make_person,
     normalize_email,
     normalize_skill,
     offer_directory,
+    offer_hint,
+    offer_near_miss,
     read_csv,
-    split_offers,
 )
 from mailflow.store import Store
 
@@ -174,6 +177,9 @@ def people_add(
         problems = check_new_people([person], core.directory)
         if problems:
             fail(problems[0].split(": ", 1)[1])
+        near_miss = offer_near_miss(person.offers, core.offered())
+        if near_miss:
+            fail(near_miss)
         core.put_person(person)
     click.echo(f"added {person.email}")
 
@@ -220,8 +226,28 @@ def people_update(
         )
         if updated == current:
             fail("nothing to change (see 'mailflow people update --help')")
+        added = [skill for skill in updated.offers if skill not in current.offers]
+        near_miss = offer_near_miss(added, core.offered(besides=current))
+        if near_miss:
+            fail(near_miss)
         core.put_person(updated)
     click.echo(f"updated {addr}")
+
+
+@people.command("remove")
+@click.argument("email")
+@click.option(
+    "--end-partnerships",
+    is_flag=True,
+    help="End the person's running partnerships with the removal (else they refuse it).",
+)
+@pass_app
+def people_remove(app: App, email: str, end_partnerships: bool) -> None:
+    """Take a person out of the directory (their reports stay on record)."""
+    ended = admin.remove_person(app.store, email, app.now(), end_partnerships)
+    for pid in ended:
+        click.echo(f"ended partnership {pid}")
+    click.echo(f"removed {normalize_email(email)}")
 
 
 @people.command("list")
@@ -238,7 +264,8 @@ def people_list(app: App, as_json: bool, skill: str | None) -> None:
             emit_json([{**_person_json(p), "partnerships": n} for p, n in found])
             return
         if not found:
-            click.echo(f"nobody offers {normalize_skill(skill)!r}")
+            hint = offer_hint(normalize_skill(skill), everyone)
+            click.echo(f"nobody offers {normalize_skill(skill)!r}{hint}")
             return
         _table(
             ["EMAIL", "NAME", "DEPARTMENT", "PARTNERSHIPS"],
@@ -266,24 +293,31 @@ def people_list(app: App, as_json: bool, skill: str | None) -> None:
 
 @people.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--update",
+    is_flag=True,
+    help="Change people already known to the file's values (else they are refused).",
+)
 @pass_app
-def people_import(app: App, file: Path) -> None:
+def people_import(app: App, file: Path, update: bool) -> None:
     """Import people from a CSV (email,name,department,manager,timezone,offers).
 
     All or nothing: every bad row is reported with its line number and none is imported.
-    Several offers in one cell are separated by ';'.
+    Several offers in one cell are separated by ';'. Files saved by Excel (UTF-8 with a
+    byte order mark, Windows-1252, ';' between columns) are read as such, with a note.
+    With --update, known people take the file's values; unchanged rows are skipped.
     """
     try:
-        text = file.read_bytes().decode("utf-8-sig")
+        data = file.read_bytes()
     except OSError as exc:
         fail(f"{file}: cannot read: {exc.strerror}")
-    except UnicodeDecodeError:
-        fail(f"{file}: not UTF-8 text")
-    rows, problems = read_csv(text)
-    new: list[Person] = []
-    lines: list[int] = []
-    bad_rows: dict[str, int] = {}
-    default_tz = app.config.service.timezone
+    try:
+        text, delimiter, notes = decode_csv(data)
+    except MailflowError as exc:
+        fail(f"{file}: {exc}")
+    for note in notes:
+        click.echo(f"note: {file}: {note}", err=True)
+    rows, problems = read_csv(text, delimiter)
     items = (
         click.progressbar(
             rows, label="checking rows", file=sys.stderr, hidden=not sys.stderr.isatty()
@@ -291,43 +325,27 @@ def people_import(app: App, file: Path) -> None:
         if len(rows) >= PROGRESS_BAR_ROWS
         else _null_bar(rows)
     )
-    with items as bar:
-        for row in bar:
-            f = row.fields
-            try:
-                new.append(
-                    make_person(
-                        f.get("email", ""),
-                        f.get("name", ""),
-                        f.get("department", ""),
-                        f.get("manager") or None,
-                        f.get("timezone") or None,
-                        split_offers(f.get("offers", "")),
-                        default_tz,
-                    )
-                )
-                lines.append(row.line)
-            except DomainError as exc:
-                problems.append(f"{row.line}: {exc}")
-                bad_rows[f.get("email", "").strip().lower()] = row.line
     with app.store.core_tx() as core:
-        for problem in check_new_people(new, core.directory):
-            index, message = problem.split(": ", 1)
-            person = new[int(index)]
-            if person.manager in bad_rows and message.endswith("does not exist"):
-                # The manager is in the file, on a row that is wrong: say that instead.
-                message = f"manager {person.manager} is on bad line {bad_rows[person.manager]}"
-            problems.append(f"{lines[int(index)]}: {message}")
+        with items as bar:
+            changes, row_problems = import_rows(
+                bar, core.directory, core.offered(), app.config.service.timezone, update
+            )
+        problems = sorted(problems + row_problems, key=lambda s: int(s.split(":", 1)[0]))
         if problems:
-            problems.sort(key=lambda s: int(s.split(":", 1)[0]))
             for problem in problems:
                 click.echo(f"error: {file}:{problem}", err=True)
             fail(f"{file}: {len(problems)} problem(s); nothing imported")
-        if not new:
+        if not changes:
             fail(f"{file}: no rows to import (expected columns: {','.join(CSV_COLUMNS)})")
-        for person in new:
-            core.put_person(person)
-    click.echo(f"imported {len(new)} people")
+        counts = {kind: 0 for kind in ("added", "updated", "unchanged")}
+        for change in changes:
+            counts[change.kind] += 1
+            if change.kind != "unchanged":
+                core.put_person(change.person)
+    if update:
+        click.echo(", ".join(f"{kind} {n}" for kind, n in counts.items()))
+    else:
+        click.echo(f"imported {counts['added']} people")
 
 
 class _null_bar:  # noqa: N801 - stands in for click.progressbar
@@ -381,6 +399,11 @@ def partnership_json(p: Partnership) -> dict[str, Any]:
     is_flag=True,
     help="Record the partner's consent now (else check-ins wait for her yes by email).",
 )
+@click.option(
+    "--allow-past",
+    is_flag=True,
+    help="Accept goals due before today and a --start before today (e.g. migrating history).",
+)
 @pass_app
 def partnerships_add(
     app: App,
@@ -395,11 +418,16 @@ def partnerships_add(
     start: str | None,
     allow_same_line: bool,
     accepted: bool,
+    allow_past: bool,
 ) -> None:
     """Create a partnership, introduce both people by email; prints its id as the last line."""
     member = normalize_email(member, "member")
     partner = normalize_email(partner, "partner")
     with app.store.core_tx() as core:
+        skills = core.offered() | {p.skill for p in core.partnerships()}
+        near_miss = offer_near_miss([normalize_skill(skill)], skills)
+        if near_miss:
+            fail("skill: " + near_miss.split(": ", 1)[1])
         p = pships.new_partnership(
             pid=core.next_partnership_id(),
             member=member,
@@ -416,6 +444,7 @@ def partnerships_add(
             start=start,
             allow_same_line=allow_same_line,
             accepted=accepted,
+            allow_past=allow_past,
         )
         core.put_partnership(p)
     if p.allow_same_line:
@@ -461,9 +490,13 @@ def partnerships_import(app: App, file: Path) -> None:
         for p in core.partnerships():
             mine.setdefault(p.member, []).append(p)
         pid = core.next_partnership_id()
+        skills = core.offered() | {p.skill for p in core.partnerships()}
         with items as bar:
             for group in bar:
                 try:
+                    near_miss = offer_near_miss([normalize_skill(group.fields["skill"])], skills)
+                    if near_miss:
+                        raise DomainError("skill: " + near_miss.split(": ", 1)[1])
                     p = pships.import_partnership(
                         group,
                         pid=pid,
@@ -475,6 +508,7 @@ def partnerships_import(app: App, file: Path) -> None:
                     problems.append(f"{group.lines[0]}: {exc}")
                     continue
                 created.append(p)
+                skills.add(p.skill)
                 pid += 1
         if problems:
             problems.sort(key=lambda s: int(s.split(":", 1)[0]))
@@ -509,11 +543,12 @@ def partnerships_list(app: App, as_json: bool) -> None:
         emit_json([partnership_json(p) for p in items])
         return
     _table(
-        ["ID", "STATUS", "MEMBER", "PARTNER", "SKILL", "GOALS", "LAST DUE"],
+        ["ID", "STATUS", "CONSENT", "MEMBER", "PARTNER", "SKILL", "GOALS", "LAST DUE"],
         [
             [
                 str(p.id),
                 p.status + (f" until {p.paused_until}" if p.paused_until else ""),
+                p.consent,
                 p.member,
                 p.partner,
                 p.skill,
@@ -536,14 +571,13 @@ def partnerships_show(app: App, pid: str, as_json: bool) -> None:
     if as_json:
         emit_json({**partnership_json(p), "reports": reports})
         return
-    tz = ZoneInfo(app.store.core().person(p.member).timezone)  # type: ignore[union-attr]
-    today = app.now().astimezone(tz).date()
+    member = app.store.core().person(p.member)
+    zone = member.timezone if member else app.config.service.timezone
+    today = app.now().astimezone(ZoneInfo(zone)).date()
     click.echo(f"partnership {p.id}: {p.member} learns {p.skill!r} from {p.partner}")
     status = p.status + (f" until {p.paused_until}" if p.paused_until else "")
-    click.echo(
-        f"status: {status}; start {p.start}; check-in "
-        f"{p.checkin_day or 'default day'} {p.checkin_time or 'default time'}"
-    )
+    click.echo(f"status: {status}; consent {p.consent}; start {p.start}")
+    click.echo(f"check-in: {_checkin_moment(app, p, zone)}")
     if p.allow_same_line:
         click.echo("override: same department or reporting line allowed (--allow-same-line)")
     click.echo("goals:")
@@ -562,6 +596,51 @@ def partnerships_show(app: App, pid: str, as_json: bool) -> None:
         flag = " SETBACK" if r["setback"] else ""
         first = r["text"].splitlines()[0] if r["text"] else ""
         click.echo(f"  {r['period']}  {r['received_at']}{flag}  {first[:60]}")
+
+
+def _checkin_moment(app: App, p: Partnership, zone: str) -> str:
+    """The effective check-in moment ("Monday 09:00 Europe/Rome (the member's time)"),
+    saying which of day and time come from the configuration."""
+    sc = app.config.schedule
+    day = (p.checkin_day or sc.checkin_day).title()
+    at = p.checkin_time or sc.checkin_time
+    defaults = [n for n, own in (("day", p.checkin_day), ("time", p.checkin_time)) if not own]
+    note = f"; {' and '.join(defaults)} from the configuration" if defaults else ""
+    return f"{day} {at} {zone} (the member's time{note})"
+
+
+@partnerships.command("resend-intro")
+@click.argument("pid", metavar="ID")
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["partner", "member", "both"]),
+    default="partner",
+    show_default=True,
+    help="Who gets the introduction again.",
+)
+@pass_app
+def partnerships_resend_intro(app: App, pid: str, to: str) -> None:
+    """Send a partnership's introduction again (it bounced, or was lost)."""
+    for line in admin.resend_intro(_build(app).mailroom, _pid(pid), app.now(), to).lines:
+        click.echo(line)
+
+
+@partnerships.command("consent")
+@click.argument("pid", metavar="ID")
+@click.option("--accepted", "answer", flag_value="accepted", help="The partner said yes.")
+@click.option("--declined", "answer", flag_value="declined", help="The partner said no.")
+@click.option("--note", default="", help="What the partner said (kept with a decline).")
+@pass_app
+def partnerships_consent(app: App, pid: str, answer: str | None, note: str) -> None:
+    """Record the partner's answer that reached you another way; both people are told."""
+    if answer is None:
+        raise click.UsageError("say which: --accepted or --declined")
+    text = pships.check_text("note", note, required=False, limit=pships.LONG_TEXT)
+    mailroom = _build(app).mailroom
+    report = admin.record_consent(mailroom, _pid(pid), answer == "accepted", app.now(), text)
+    for line in report.lines:
+        click.echo(line)
 
 
 @partnerships.command("pause")
@@ -605,7 +684,7 @@ def templates() -> None:
 def _templates(app: App) -> Any:
     from mailflow.compose import Templates
 
-    return Templates(app.config.templates.dir)
+    return Templates(templates_override(app.config))
 
 
 @templates.command("check")
@@ -644,26 +723,135 @@ def reply() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")
 def reply_parse(file: Path, as_json: bool) -> None:
-    """Parse one raw message (RFC 5322 file) the way the listener does."""
+    """Parse one raw message (RFC 5322 file) the way the listener does.
+
+    A spooled, quarantined or archived file (data_dir/spool/new/, quarantine/, mail/in/) is
+    read as the raw message it holds, after its MFSPOOL1 envelope line.
+    """
     from mailflow.parse import parse_message
+    from mailflow.spool import raw_message
 
     try:
-        raw = file.read_bytes()
+        raw = raw_message(file.read_bytes())
     except OSError as exc:
         fail(f"{file}: cannot read: {exc.strerror}")
     parsed = parse_message(raw)
     if as_json:
         click.echo(json.dumps(parsed.to_json_dict(), ensure_ascii=False))
         return
-    click.echo(f"kind: {parsed.kind} ({parsed.detail})")
+    _print_parsed(parsed)
+
+
+def _print_parsed(parsed: Any, indent: str = "") -> None:
+    """The parser's answer as `reply parse` prints it without --json."""
+    click.echo(f"{indent}kind: {parsed.kind} ({parsed.detail})")
     if parsed.kind == "reply":
-        click.echo(f"setback: {'yes' if parsed.setback else 'no'}")
+        click.echo(f"{indent}setback: {'yes' if parsed.setback else 'no'}")
     for key, value in parsed.sections.items():
         if value:
-            click.echo(f"{key}: {value}")
-    click.echo("text:")
+            click.echo(f"{indent}{key}: {value}")
+    click.echo(f"{indent}text:")
     for line in parsed.text.splitlines() or [""]:
-        click.echo(f"  {line}")
+        click.echo(f"{indent}  {line}")
+
+
+# -- quarantine -------------------------------------------------------------------------------
+
+
+@cli.group()
+def quarantine() -> None:
+    """Mail set aside for a person to decide: list, show, release, drop."""
+
+
+def _admin_name(app: App) -> str:
+    """Who decides, for the record: the login name, from the command line."""
+    user = app.environ.get("USER") or app.environ.get("LOGNAME") or "an admin"
+    return f"{user} (command line)"
+
+
+@quarantine.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def quarantine_list(app: App, as_json: bool) -> None:
+    """Every quarantined message, oldest first: id, received, sender, partnership, reason."""
+    from mailflow import quarantine as desk
+
+    parts = _build(app)
+    found = desk.items(parts.spool, parts.svc.keys)
+    if as_json:
+        emit_json([item.to_json() for item in found])
+        return
+    if not found:
+        click.echo("the quarantine is empty")
+        return
+    _table(
+        ["ID", "RECEIVED", "SENDER", "PARTNERSHIP", "REASON"],
+        [
+            [
+                item.id,
+                item.received_at.isoformat(timespec="minutes") if item.received_at else "?",
+                item.sender or "-",
+                _partnership_cell(item.partnership_id, item.period),
+                item.reason,
+            ]
+            for item in found
+        ],
+    )
+
+
+def _partnership_cell(pid: int | None, period: str | None) -> str:
+    return "-" if pid is None else f"{pid} {period or ''}".rstrip()
+
+
+@quarantine.command("show")
+@click.argument("qid", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def quarantine_show(app: App, qid: str, as_json: bool) -> None:
+    """One quarantined message: why it is here and what the parser reads in it."""
+    from mailflow import quarantine as desk
+
+    parts = _build(app)
+    shown = desk.show(parts.spool, parts.svc.keys, qid)
+    if as_json:
+        emit_json(shown.to_json())
+        return
+    item = shown.item
+    click.echo(f"id: {item.id}")
+    click.echo(f"received: {item.received_at.isoformat() if item.received_at else '?'}")
+    click.echo(f"reason: {item.reason}")
+    if item.partnership_id is not None:
+        click.echo(f"partnership: {item.partnership_id} {item.period or ''}".rstrip())
+    for name, value in shown.headers:
+        click.echo(f"{name.lower()}: {value}")
+    click.echo("parsed:")
+    _print_parsed(shown.parsed, "  ")
+
+
+@quarantine.command("release")
+@click.argument("qid", metavar="ID")
+@pass_app
+def quarantine_release(app: App, qid: str) -> None:
+    """Count it after all: a report counts for its period and the partner gets the digest now."""
+    from mailflow import quarantine as desk
+
+    done = desk.release(_build(app).intake, qid, app.now(), _admin_name(app))
+    click.echo(f"released {qid}")
+    if done.not_run:
+        click.echo(f"not run (sent from {done.item.sender}): " + "; ".join(done.not_run))
+    for line in done.lines:
+        click.echo(line)
+
+
+@quarantine.command("drop")
+@click.argument("qid", metavar="ID")
+@pass_app
+def quarantine_drop(app: App, qid: str) -> None:
+    """Delete a quarantined message for good."""
+    from mailflow import quarantine as desk
+
+    item = desk.drop(_build(app).spool, qid, app.now(), _admin_name(app))
+    click.echo(f"dropped {item.id} (from {item.sender or 'nobody'}: {item.reason})")
 
 
 # -- the week -------------------------------------------------------------------------------
@@ -735,9 +923,66 @@ def serve(app: App) -> None:
     stop = threading.Event()
     install_signal_handlers(stop)
     try:
+        # The admin site starts inside, once the mail service passed its own start checks.
         serve_app(parts, app.running_clock(), stop)
     except OSError as exc:  # the data directory or a port: before anything ran
         raise StartupError(f"cannot start: {exc}") from None
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def web(ctx: click.Context) -> None:
+    """The admin site alone, until SIGINT/SIGTERM (`serve` also serves it)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+    import threading
+
+    from mailflow.app import install_signal_handlers
+    from mailflow.web import site_url
+
+    app = ctx.find_object(App)
+    assert app is not None
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    # Safe next to `serve`: every change goes through the same store, spool and outbox locks.
+    # A port that is taken is a StartupError: one `error:` line, exit 1.
+    site = _build(app).start_site(app.running_clock())
+    click.echo(f"admin site on {site_url(app.config)} (sign in: mailflow web link EMAIL)")
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        site.stop()
+
+
+@web.command("link")
+@click.argument("email")
+@pass_app
+def web_link(app: App, email: str) -> None:
+    """Print a one-time sign-in link for EMAIL (15 minutes), as Jupyter prints its token URL.
+
+    EMAIL must be in [web] admins; with no admins configured (the embedded default), whoever
+    can run this command on the server may sign in.
+    """
+    from mailflow.web import site_url
+    from mailflow.webadmin import WebAdmin
+    from mailflow.webauth import Auth, derive_key
+
+    address = normalize_email(email)
+    admins = app.config.web.admins
+    if admins and address not in admins:
+        fail(f"{address} is not in web.admins ({', '.join(admins)})")
+    desk = WebAdmin(_build(app))
+    now = app.now()
+    token = Auth(desk.state_dir, derive_key(desk.secret)).issue_link(address, now)
+    desk.record(now, address, "sign-in link printed", "", "by `mailflow web link` on the server")
+    click.echo(f"{site_url(app.config)}/signin/{token}")
 
 
 @cli.command()
@@ -764,7 +1009,12 @@ def status(app: App, as_json: bool, now_text: str | None) -> None:
         f"consent pending: {len(data['consent_pending'])}  declined: "
         f"{len(data['consent_declined'])}  no answer in time: {len(data['consent_overdue'])}"
     )
-    click.echo(f"quarantined: {data['quarantined']}  spooled: {data['spooled']}")
+    senders = data["quarantined_senders"]
+    click.echo(
+        f"quarantined: {data['quarantined']}"
+        + (f" (from {', '.join(senders)})" if senders else "")
+        + f"  spooled: {data['spooled']}"
+    )
     held, lc = data["held"], app.config.listener
     click.echo(
         f"held (waiting or quarantined): {held['messages']} message(s), "
@@ -779,7 +1029,8 @@ def status(app: App, as_json: bool, now_text: str | None) -> None:
     for item in data["failed"]:
         click.echo(f"  failed {item['key']} to {item['to']}: {item['error']}")
     for item in data["quarantine"]:
-        click.echo(f"  quarantined {item['id']}: {item['reason']}")
+        sender = item["sender"] or "nobody"
+        click.echo(f"  quarantined {item['id']} from {sender}: {item['reason']}")
 
 
 @cli.command()

@@ -19,15 +19,21 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 
+from mailflow import hints
 from mailflow.errors import ConfigError
 
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+WEEKDAYS = hints.WEEKDAYS
+
+
+DEFAULT_FROM_NAME = "mailflow"
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     domain: str = "mailflow.localhost"
-    from_address: str = ""  # empty: "mailflow@" + domain
+    # "ADDRESS" or "NAME <ADDRESS>", as every mail program writes it; empty: "mailflow@" + domain
+    from_address: str = ""
+    from_name: str = ""  # the display name, when from_address carries none ("": "mailflow")
     data_dir: Path = Path("data")
     timezone: str = "UTC"
     admin_address: str = ""
@@ -38,7 +44,13 @@ class ServiceConfig:
 
     @property
     def sender(self) -> str:
-        return self.from_address or f"mailflow@{self.domain}"
+        """The From address alone (no display name): what mail is sent from."""
+        return split_address(self.from_address)[1] or f"mailflow@{self.domain}"
+
+    @property
+    def sender_name(self) -> str:
+        """The display name of our From: from_address's own, else from_name, else mailflow."""
+        return split_address(self.from_address)[0] or self.from_name or DEFAULT_FROM_NAME
 
 
 @dataclass(frozen=True)
@@ -102,11 +114,29 @@ class ScheduleConfig:
     digest_delay_minutes: int = 30
     tick_seconds: int = 30
     consent_days: int = 7  # the admin is told when a partner has not answered by then
+    # "HH:MM-HH:MM" in each recipient's own zone: mail other than her check-in and reminder
+    # (or an answer to what she just wrote) waits until it ends. "": no quiet hours.
+    quiet_hours: str = "21:00-07:00"
 
 
 @dataclass(frozen=True)
 class TemplatesConfig:
     dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The admin site: `serve` also serves it unless `enabled` is false; `mailflow web` alone."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8025
+    # Who may sign in (a one-time link is mailed to these addresses only). Empty: nobody by
+    # mail; `mailflow web link EMAIL` (shell access to the data) still lets anyone in.
+    admins: tuple[str, ...] = ()
+    # The address people type to reach the site (scheme://host[:port]), for the links we
+    # mail ("" means http://host:port). An https:// URL also marks the session cookie Secure.
+    public_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +146,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     templates: TemplatesConfig = field(default_factory=TemplatesConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     # The values of the environment variables this config names (secret_env, password_env,
     # auth_password_env), read once at load: nothing else reads the environment. Not from the
     # file, never printed, not compared.
@@ -125,6 +156,26 @@ class Config:
         """The value the environment gave `env_name` at load, or None when unset or empty."""
         return self.secrets.get(env_name) or None
 
+    def templates_dir(self) -> Path:
+        """Where admins' template files live: `[templates] dir`, else data_dir/templates/.
+
+        Files there override the shipped ones file by file; the web admin saves into it.
+        """
+        return self.templates.dir or self.service.data_dir / "templates"
+
+
+def templates_override(config: Config) -> Path:
+    """The override directory to hand `compose.Templates`, created when it is the default.
+
+    A configured `[templates] dir` must exist (a typo must not silently fall back to the
+    shipped set); the default data_dir/templates/ is made here, so that a template saved later
+    by the web admin is picked up by `serve`'s refresh without a restart.
+    """
+    path = config.templates_dir()
+    if config.templates.dir is None:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
 
 _SECTIONS: dict[str, type] = {
     "service": ServiceConfig,
@@ -132,6 +183,7 @@ _SECTIONS: dict[str, type] = {
     "relay": RelayConfig,
     "schedule": ScheduleConfig,
     "templates": TemplatesConfig,
+    "web": WebConfig,
 }
 
 # Optional paths: "" or absent means none.
@@ -141,21 +193,55 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
 def parse_hhmm(value: str) -> time:
-    """'09:30' -> time(9, 30); ValueError otherwise."""
+    """'09:30' -> time(9, 30); ValueError otherwise (with a "did you mean" for '9:30')."""
     m = _HHMM.match(value)
     if not m:
-        raise ValueError(f'expected HH:MM, got "{value}"')
+        guess = hints.clock_time(value)
+        raise ValueError(f'expected HH:MM, got "{value}"{hints.did_you_mean(guess)}')
     return time(int(m.group(1)), int(m.group(2)))
 
 
+def parse_quiet_hours(value: str) -> tuple[time, time] | None:
+    """'21:00-07:00' -> (start, end), a window that may run past midnight; '' -> None (no
+    quiet hours); ValueError otherwise."""
+    text = value.strip()
+    if not text:
+        return None
+    start, sep, end = text.partition("-")
+    if not sep:
+        raise ValueError(f'expected "HH:MM-HH:MM" (e.g. "21:00-07:00") or "", got "{value}"')
+    window = parse_hhmm(start.strip()), parse_hhmm(end.strip())
+    if window[0] == window[1]:
+        raise ValueError(f'start and end are the same ("{value}"): use "" for no quiet hours')
+    return window
+
+
+_NAMED = re.compile(r"^\s*(?P<name>.*?)\s*<(?P<addr>[^<>]*)>\s*$", re.DOTALL)
+
+
+def split_address(value: str) -> tuple[str, str]:
+    """'Hot Team <ht@x.example>' -> ('Hot Team', 'ht@x.example'); a bare address -> ('', it).
+
+    A quoted name ('"Team, Hot" <ht@x>') loses its quotes. Nothing is validated here.
+    """
+    m = _NAMED.match(value)
+    if not m:
+        return "", value.strip()
+    name = m.group("name").strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = re.sub(r"\\(.)", r"\1", name[1:-1]).strip()
+    return name, m.group("addr").strip()
+
+
 def check_timezone(value: str) -> str:
-    """Return the IANA zone name if it exists; ValueError otherwise."""
+    """Return the IANA zone name if it exists; ValueError otherwise (with a "did you mean")."""
     try:
         if not value or value != value.strip() or ".." in value or value.startswith("/"):
             raise ZoneInfoNotFoundError(value)
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ValueError(f'unknown time zone "{value}"') from None
+        guess = hints.timezone(value)
+        raise ValueError(f'unknown time zone "{value}"{hints.did_you_mean(guess)}') from None
     return value
 
 
@@ -173,6 +259,10 @@ def _describe(value: Any) -> str:
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Check one raw TOML value against the type of its default."""
+    if isinstance(default, tuple):  # a list of strings (web.admins)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {_describe(value)}")
+        return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
@@ -223,6 +313,39 @@ def _address(value: str) -> str | None:
     return None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _from_address(value: str) -> str | None:
+    """A bare address or "NAME <ADDRESS>": the address must be valid, the name one line."""
+    if not value:
+        return None
+    name, address = split_address(value)
+    if _CONTROL.search(name):
+        return "the display name must not contain control characters (such as CR/LF)"
+    if not address:
+        return f'no address in "{value}" (expected "NAME <ADDRESS>" or an address)'
+    return _address(address)
+
+
+def _from_name(cfg: Config) -> str | None:
+    name = cfg.service.from_name
+    if _CONTROL.search(name) or any(c in name for c in "<>"):
+        return "must be one line of text without < or >"
+    carried = split_address(cfg.service.from_address)[0]
+    if name and carried:
+        return f'from_address already carries the display name "{carried}": set one of the two'
+    return None
+
+
+def _quiet_hours(value: str) -> str | None:
+    try:
+        parse_quiet_hours(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _zone(value: str) -> str | None:
     try:
         check_timezone(value)
@@ -251,7 +374,9 @@ def _at_least(minimum: int) -> Callable[[int], str | None]:
 
 
 def _weekday(value: str) -> str | None:
-    return None if value.lower() in WEEKDAYS else f'expected a weekday name, got "{value}"'
+    if value.lower() in WEEKDAYS:
+        return None
+    return f'expected a weekday name, got "{value}"{hints.did_you_mean(hints.weekday(value))}'
 
 
 def _hhmm(value: str) -> str | None:
@@ -299,6 +424,27 @@ def _authserv_id(value: str) -> str | None:
     return None
 
 
+def _host(value: str) -> str | None:
+    if not value.strip() or any(c.isspace() for c in value):
+        return f'expected a host name or address, got "{value}"'
+    return None
+
+
+def _addresses(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        why = _address(value) if value else 'not a valid address ""'
+        if why:
+            return why
+    return None
+
+
+def _site_url(value: str) -> str | None:
+    # No path: the site's own links are absolute from "/", so it must own the host.
+    if not value or re.fullmatch(r"https?://[^\s/?#@]+", value):
+        return None
+    return f'expected http(s)://host[:port], got "{value}"'
+
+
 def _deadline_after_remind(cfg: Config) -> str | None:
     sc = cfg.schedule
     if sc.deadline_after_hours <= sc.remind_after_hours:
@@ -308,7 +454,8 @@ def _deadline_after_remind(cfg: Config) -> str | None:
 
 _RULES: tuple[tuple[str, Check], ...] = (
     _value("service.domain", _domain),
-    _value("service.from_address", _address),
+    _value("service.from_address", _from_address),
+    ("service.from_name", _from_name),
     _value("service.admin_address", _address),
     _value("service.timezone", _zone),
     _value("service.secret_env", _env_name),
@@ -359,12 +506,17 @@ _RULES: tuple[tuple[str, Check], ...] = (
     _value("schedule.deadline_after_hours", _at_least(1)),
     _value("schedule.tick_seconds", _at_least(1)),
     _value("schedule.consent_days", _at_least(1)),
+    _value("schedule.quiet_hours", _quiet_hours),
     ("schedule.deadline_after_hours", _deadline_after_remind),
     _when(
         "schedule.deadline_after_hours",
         lambda c: c.schedule.deadline_after_hours > 24 * 7 - 1,
         "must fall within the week (at most 167)",
     ),
+    _value("web.host", _host),
+    _value("web.port", _port),
+    _value("web.admins", _addresses),
+    _value("web.public_url", _site_url),
 )
 
 
@@ -408,6 +560,12 @@ def from_mapping(
         cfg = _resolve_paths(cfg, base_dir)
     if cfg.schedule.checkin_day != cfg.schedule.checkin_day.lower():
         cfg = _replace(cfg, "schedule", checkin_day=cfg.schedule.checkin_day.lower())
+    if cfg.web.admins:
+        # Addresses compare lower-cased whole, as people's addresses do (people.py).
+        admins = tuple(dict.fromkeys(a.strip().lower() for a in cfg.web.admins))
+        cfg = _replace(cfg, "web", admins=admins)
+    if cfg.web.public_url.endswith("/"):
+        cfg = _replace(cfg, "web", public_url=cfg.web.public_url.rstrip("/"))
     _validate(cfg)
     if environ:
         names = (cfg.service.secret_env, cfg.relay.password_env, cfg.listener.auth_password_env)

@@ -88,7 +88,9 @@ class _Week:
         self.at = datetime(
             self.monday.year, self.monday.month, self.monday.day, 9, 0, tzinfo=berlin
         )
-        self.now = self.at - timedelta(days=3)
+        # Created on the Friday before at 15:00 in Berlin (09:00 for Grace in New York): the
+        # introductions arrive in both people's daytime, outside their quiet hours.
+        self.now = self.at - timedelta(days=3) + timedelta(hours=6)
         self.outbox = self.app.data_dir / "outbox"
         self.listener = self.app.listener(
             lambda: self.now, max_message_bytes=1 << 20, timeout_seconds=10, max_connections=10
@@ -174,7 +176,7 @@ def _play(week: _Week) -> None:
     week.tick(week.now)
     week.tick(at)
     _show(echo, "check-in to the member", week.sent("checkin*.eml"))
-    week.now = at + timedelta(hours=25, minutes=30)
+    week.now = at + timedelta(hours=30)  # Tuesday 15:00 in Berlin, 09:00 in New York
     echo(
         f"\n=== [{week.now:%a %d %b %H:%M %Z}] the member replies (smtplib to the "
         "Reply-To, through the listener) ==="

@@ -11,6 +11,10 @@ order the durability promise needs:
 A crash anywhere re-runs the batch harmlessly: side effects and records are keyed by the
 message, and a message leaves the spool only after its record is on disk.
 
+An admin's release of a quarantined message (`quarantine.release`) takes the same path for
+one message, told it is a release: `decide_one(..., release=True)`, then `settle` (steps 1
+and 2) and `archive` (step 3), under the same locks as an ingest.
+
 Only mail that cannot be understood is quarantined. A failure that is not the message's
 (`Wait`): the disk full, a database lock held by another process for longer than we wait, a
 database file that cannot be read; leaves the message in the spool, untouched, and the next
@@ -21,10 +25,12 @@ is, in the same core transaction, so the retry starts from the same state.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -34,20 +40,21 @@ from filelock import FileLock
 
 from mailflow import actions, letters, status, triage
 from mailflow.errors import CorruptFileError, is_transient
-from mailflow.letters import Pair, ServiceInfo
+from mailflow.letters import Bounced, Pair, ServiceInfo
 from mailflow.mailroom import Mailroom, Prepared, TickReport
-from mailflow.models import Partnership, Report, Roster
+from mailflow.models import Outgoing, Partnership, Report, Roster
 from mailflow.parse import parse_message
 from mailflow.schedule import current_period, report_period
 from mailflow.spool import Spool, SpoolEntry
 from mailflow.store import Store, WeekView, fsync_dir
-from mailflow.triage import Decision, Quarantine, Record, Reply
+from mailflow.triage import Decision, Forward, Quarantine, Record, Reply
 
 log = logging.getLogger("mailflow")
 
 INGEST_BATCH = 500
 CONFIRMATIONS = "confirmations"  # core meta: the last confirmation number given
 LOCK_TIMEOUT_SECONDS = 120
+BOUNCE_LOOKBACK_PERIODS = 4  # period files searched for the mail a bounce returns
 
 
 @dataclass(frozen=True)
@@ -97,8 +104,7 @@ class Intake:
     def ingest(self, now: datetime, limit: int = INGEST_BATCH) -> TickReport:
         """Everything in the spool now, in batches of `limit`; what happened, line by line."""
         report = TickReport()
-        lock = FileLock(str(self.spool.root / ".ingest.lock"), timeout=LOCK_TIMEOUT_SECONDS)
-        with self._lock, lock:
+        with self.exclusive():
             for _ in range(10_000):  # bounded: each round removes what it read from the spool
                 entries = self.spool.pending(limit)
                 if not entries:
@@ -117,13 +123,44 @@ class Intake:
                     break  # what waits is tried again by the next ingest, not in a loop here
         return report
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """One intake at a time, across threads and processes (`serve`, `tick`, an admin)."""
+        lock = FileLock(str(self.spool.root / ".ingest.lock"), timeout=LOCK_TIMEOUT_SECONDS)
+        with self._lock, lock:
+            yield
+
+    def roster(self) -> Roster:
+        """People and partnerships as stored now (one snapshot for a batch)."""
+        return Roster(self.store.people_map(), self.store.partnerships_map())
+
+    def decide_one(self, entry: SpoolEntry, roster: Roster, *, release: bool = False) -> Decision:
+        """What one message is; `release`: an admin releases it from the quarantine (the
+        sender is vouched for, not proven; a report counts for its token's period)."""
+        return self._decide(entry, roster, {}, release)
+
+    def settle(
+        self, entry: SpoolEntry, d: Decision, roster: Roster, now: datetime, out: TickReport
+    ) -> Fate:
+        """Steps 1 and 2 for one message decided elsewhere (a release): its side effects at
+        `now`, then its records. A message already stored comes back as a `Duplicate`; one
+        whose side effects met a passing failure (the disk, a lock) as a `Wait`."""
+        prepared, fates = self._act([(entry, d)], roster, {}, out, at=now)
+        self.mailroom.commit(prepared, out)
+        self._record(fates)
+        return fates[0][1]
+
+    def archive(self, entry: SpoolEntry, fate: Fate, now: datetime, out: TickReport) -> None:
+        """Step 3 for one message: archived under its period (from wherever it lies now)."""
+        self._dispose([(entry, fate)], now, out)
+
     def _batch(self, entries: list[SpoolEntry], now: datetime, out: TickReport) -> int:
         """One batch, in the promised order; how many of its messages wait in the spool."""
         # The maps are built once per core file version, not per batch: serve's batches are
         # often small. One snapshot per period for the batch: a view indexes its tables on
         # first use, so a snapshot per message made every message cost a pass over the
         # period's records.
-        roster = Roster(self.store.people_map(), self.store.partnerships_map())
+        roster = self.roster()
         views: dict[str, WeekView] = {}
         decided: list[tuple[SpoolEntry, Decision | Wait]] = []
         for entry in entries:
@@ -139,24 +176,44 @@ class Intake:
         self._dispose(fates, now, out)
         return sum(1 for _, fate in fates if isinstance(fate, Wait))
 
-    def _failed(self, entry: SpoolEntry, exc: Exception, what: str) -> Quarantine | Wait:
-        """Quarantine for a message we cannot understand; `Wait` when it is not to blame."""
+    def _failed(
+        self, entry: SpoolEntry, exc: Exception, what: str, d: Decision | None = None
+    ) -> Quarantine | Wait:
+        """Quarantine for a message we cannot understand (with what `d`, its decision, knew
+        of its partnership); `Wait` when it is not to blame."""
         reason = f"{type(exc).__name__}: {exc}"
         if passing(exc):
             log.warning("%s of %s waits in the spool: %s", what, entry.id, exc)
             return Wait(str(exc))
         log.exception("%s failed for %s", what, entry.id)
-        return Quarantine(f"processing error: {reason}")
+        sender = (triage.sender_of(d) if d is not None else "") or entry.mail_from.lower()
+        if d is None:
+            return Quarantine(f"processing error: {reason}", sender=sender)
+        return Quarantine(f"processing error: {reason}", triage.pid_of(d), d.period, sender=sender)
 
-    def _decide(self, entry: SpoolEntry, roster: Roster, views: dict[str, WeekView]) -> Decision:
+    def _decide(
+        self,
+        entry: SpoolEntry,
+        roster: Roster,
+        views: dict[str, WeekView],
+        release: bool = False,
+    ) -> Decision:
         parsed = parse_message(entry.raw)
         envelope = triage.Envelope(
             entry.id, entry.mail_from, entry.rcpt_tos, entry.received_at, entry.raw
         )
-        target = triage.route(parsed, envelope, self.svc.keys, roster, trust=self.trust)
+        target = triage.route(
+            parsed, envelope, self.svc.keys, roster, trust=self.trust, vouch=release
+        )
+        if isinstance(target, triage.Mailbox):
+            return triage.decide_mailbox(parsed, target, self.svc.admin)
         if not isinstance(target, triage.Target):
-            return target
-        return triage.decide(parsed, target, self._facts(target, roster, views))
+            return _signed(target, parsed.from_address or entry.mail_from)
+        facts = self._facts(target, roster, views)
+        if release:
+            facts = replace(facts, released=True)
+        decision = triage.decide(parsed, target, facts)
+        return _signed(decision, parsed.from_address or entry.mail_from)
 
     def _facts(
         self, target: triage.Target, roster: Roster, views: dict[str, WeekView]
@@ -191,9 +248,11 @@ class Intake:
         roster: Roster,
         views: dict[str, WeekView],
         out: TickReport,
+        at: datetime | None = None,
     ) -> tuple[list[Prepared], list[tuple[SpoolEntry, Fate]]]:
         """Side effects first, each idempotent (keyed by the message): a crash before the
-        records re-runs them harmlessly and stores the record once."""
+        records re-runs them harmlessly and stores the record once. They happen at `at`
+        (default: when each message arrived)."""
         prepared: list[Prepared] = []
         fates: list[tuple[SpoolEntry, Fate]] = []
         seen: set[str] = set()
@@ -205,7 +264,7 @@ class Intake:
             if isinstance(d, Quarantine):
                 fates.append((entry, d))
                 try:
-                    prepared.extend(self._apply(d, roster, entry, "", out))
+                    prepared.extend(self._apply(d, roster, entry, "", out, at))
                 except Exception:  # noqa: BLE001 - the message is kept; the notice is a courtesy
                     log.exception("not-counted notice failed for %s", entry.id)
                 continue
@@ -217,9 +276,9 @@ class Intake:
                     fates.append((entry, Duplicate(d)))
                     continue
                 seen.add(mid)
-                prepared.extend(self._apply(d, roster, entry, mid, out))
+                prepared.extend(self._apply(d, roster, entry, mid, out, at))
             except Exception as exc:  # noqa: BLE001 - keep the message; a human looks at it
-                fate = self._failed(entry, exc, "side effects")
+                fate = self._failed(entry, exc, "side effects", d)
                 # The next message would only wait as long again (a lock) or fail the same
                 # way (the disk): it waits without trying.
                 stalled = fate if isinstance(fate, Wait) else None
@@ -227,21 +286,28 @@ class Intake:
         return prepared, fates
 
     def _apply(
-        self, d: Decision, roster: Roster, entry: SpoolEntry, mid: str, out: TickReport
+        self,
+        d: Decision,
+        roster: Roster,
+        entry: SpoolEntry,
+        mid: str,
+        out: TickReport,
+        at: datetime | None = None,
     ) -> list[Prepared]:
         """What the message asks, on its partnership as stored now (read and written back in
         one core transaction, so no change is lost), then its letters prepared."""
+        at = at or entry.received_at
         pid = actions.subject(d)
         if pid is None:
-            return []
-        at = entry.received_at
+            desk = actions.Desk(self.svc, at, mid, entry.id)
+            return [self.mailroom.prepare(letter, at) for letter in actions.unrouted(d, desk)]
         with self.store.core_tx() as tx:
             current = tx.partnership(pid)
             # Confirmation numbers are counted in the core file, read and written in this
             # transaction: two requests never share one (each mail confirms its own).
             next_n = int(tx.meta(CONFIRMATIONS) or 0) + 1
             desk = actions.Desk(self.svc, at, mid, entry.id, next_n)
-            outcome = actions.apply(d, self._pair(current, roster, at), desk)
+            outcome = actions.apply(d, self.pair_of(current, roster, at), desk)
             # Its letters on disk before its change: a full disk here changes nothing, and
             # the message waits in the spool to be handled whole.
             prepared = [self.mailroom.prepare(letter, at) for letter in outcome.letters]
@@ -253,7 +319,8 @@ class Intake:
             out.add(line)
         return prepared
 
-    def _pair(self, p: Partnership | None, roster: Roster, at: datetime) -> Pair | None:
+    def pair_of(self, p: Partnership | None, roster: Roster, at: datetime) -> Pair | None:
+        """`p` with its people and its strip at `at`; None when it or one of them is gone."""
         if p is None or not roster.has_both(p):
             return None
         member, partner = roster.people[p.member], roster.people[p.partner]
@@ -282,7 +349,7 @@ class Intake:
     ) -> None:
         """Archive or quarantine each message (after its record is on disk), then bounces."""
         archived: set[Path] = set()
-        bounced: list[tuple[str, str]] = []
+        bounced: list[tuple[str, str, tuple[str, ...]]] = []
         waiting = [entry.id for entry, d in fates if isinstance(d, Wait)]
         if waiting:
             reasons = sorted({d.reason for _, d in fates if isinstance(d, Wait)})
@@ -294,7 +361,13 @@ class Intake:
             if isinstance(d, Wait):
                 continue
             if isinstance(d, Quarantine):
-                self.spool.quarantine(entry.id, d.reason)
+                self.spool.quarantine(
+                    entry.id,
+                    d.reason,
+                    sender=d.sender,
+                    partnership_id=d.partnership_id,
+                    period=d.period,
+                )
                 out.add(f"quarantined {entry.id}: {d.reason}")
                 continue
             decision = d.decision if isinstance(d, Duplicate) else d
@@ -302,10 +375,10 @@ class Intake:
             dest = self.data_dir / path
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(entry.path, dest)
-            archived.add(dest.parent)
+            archived |= {dest.parent, entry.path.parent}  # new/, or quarantine/ on a release
             out.add(_line(entry, d))
             if isinstance(d, Record):
-                bounced.extend((addr, d.reason) for addr in d.bounced)
+                bounced.extend((addr, d.reason, d.returned) for addr in d.bounced)
         for folder in archived | {self.spool.root / "new"}:
             if folder.exists():
                 fsync_dir(folder)
@@ -331,20 +404,49 @@ class Intake:
                     out.add(f"{addr} no longer bouncing (mail arrived from it)")
 
     def _mark_bouncing(
-        self, bounced: list[tuple[str, str]], now: datetime, out: TickReport
+        self, bounced: list[tuple[str, str, tuple[str, ...]]], now: datetime, out: TickReport
     ) -> None:
-        """Flag each failed address once; the admin hears of each newly bouncing one."""
-        newly: list[tuple[str, str]] = []
+        """Flag each failed address once; the admin hears of each newly bouncing one, with
+        the mail that bounced and the command that helps."""
+        newly: list[tuple[str, str, tuple[str, ...]]] = []
         with self.store.core_tx() as core:
-            for addr, reason in bounced:
+            for addr, reason, returned in bounced:
                 person = core.person(addr)
                 if person is not None and not person.bouncing:
                     core.put_person(replace(person, bouncing=True, bounce_reason=reason[:200]))
-                    newly.append((addr, reason))
-        for addr, _ in newly:
-            out.add(f"{addr} marked bouncing")
-        notices = [letters.bounce_notice(addr, reason, self.svc, now) for addr, reason in newly]
+                    newly.append((addr, reason, returned))
+        notices = []
+        for addr, reason, returned in newly:
+            what = self._what_bounced(addr, returned)
+            named = f" ({what.template}, partnership {what.partnership_id})" if what else ""
+            out.add(f"{addr} marked bouncing{named}")
+            notices.append(letters.bounce_notice(addr, reason, self.svc, now, what))
         self.mailroom.post(notices, now, out)
+
+    def _what_bounced(self, address: str, returned: tuple[str, ...]) -> Bounced | None:
+        """Which of our mails bounced: the one whose Message-ID the bounce returns, else the
+        latest one we sent to `address` (a bounce that quotes no headers); None if neither
+        is in the recent period files."""
+        found: Outgoing | None = None
+        latest: Outgoing | None = None
+        for label in reversed(self.store.periods()[-BOUNCE_LOOKBACK_PERIODS:]):
+            for o in self.store.week(label).outgoings():
+                if o.message_id.lower() in returned:
+                    found = o
+                elif o.to == address and (latest is None or o.created_at > latest.created_at):
+                    latest = o
+        mail = found or latest
+        if mail is None:
+            return None
+        p = self.store.core().partnership(mail.partnership_id or 0)
+        return Bounced(mail.kind, mail.partnership_id, p.skill if p else "", mail.key)
+
+
+def _signed(d: Decision, sender: str) -> Decision:
+    """A quarantine knows who sent it (status names the senders); other decisions already do."""
+    if isinstance(d, Quarantine) and not d.sender:
+        return replace(d, sender=sender.lower())
+    return d
 
 
 def _line(entry: SpoolEntry, fate: Fate) -> str:
@@ -354,4 +456,6 @@ def _line(entry: SpoolEntry, fate: Fate) -> str:
         case Reply(report=Report() as r):
             setback = " (setback)" if r.setback else ""
             return f"report for partnership {r.partnership_id} {r.period}{setback} from {r.sender}"
+        case Forward(written=w):
+            return f"forwarded {entry.id} from {w.sender or 'nobody'} to the admin"
     return f"recorded {fate.reason} ({entry.id})"

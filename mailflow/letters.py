@@ -12,21 +12,28 @@ The digest is the heart of it: the partner sees the goals with their deadlines, 
 of the period (done / setback / next) and, on a setback, the agreed back-in-the-saddle text
 with the why. Check-ins, reminders and the no-report digest share the same goal list so both
 people always look at the same facts.
+
+A report is shown as the member wrote it (`report_parts`): the text under no label first, then
+the labelled sections she filled, each reflowed into paragraphs (`reflow`); a Setback section
+that says "none" becomes the report's "no setback" mark, so no digest ever shows "Setback:
+none", least of all under a setback banner.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from mailflow.config import Config
+from mailflow.config import DEFAULT_FROM_NAME, Config
 from mailflow.errors import TemplateError
 from mailflow.models import (
     CONSENT_ACCEPTED,
+    ENDED,
     Partnership,
     Pending,
     PeriodSummary,
@@ -34,7 +41,9 @@ from mailflow.models import (
     Report,
     Week,
 )
+from mailflow.parse import free_text, label_of_line, says_no_setback
 from mailflow.schedule import (
+    ON_TIME,
     Period,
     Settings,
     current_period,
@@ -69,6 +78,8 @@ TEMPLATE_NAMES: tuple[str, ...] = (
     "partner_note",
     "summary",
     "consent_notice",
+    "released",
+    "forward",
     "confirm",
     "report_receipt",
 )
@@ -123,7 +134,11 @@ class Letter:
     """One mail to send: what it says (`template` + `ctx`) and who gets it, as data.
 
     `key` is the job key (one mail per key, ever); `period` the period file that records it;
-    `message_id` None means `<TEMPLATE.hash16(key)@DOMAIN>`.
+    `message_id` None means `<TEMPLATE.hash16(key)@DOMAIN>`; `from_name` "" means the
+    service's display name. `tz` is the reader's zone ("" for the service's): unless
+    `anytime`, a letter that would arrive in the reader's quiet hours waits for their end
+    (`anytime`: her check-in and reminder at the time she chose, and an answer to the person
+    who just wrote).
     """
 
     template: str
@@ -133,9 +148,12 @@ class Letter:
     ctx: Mapping[str, Any]
     reply_to: str | None = None
     message_id: str | None = None
-    from_name: str = "mailflow"
+    from_name: str = ""
     partnership_id: int | None = None
     mark: Mark | DigestMark | None = None
+    tz: str = ""
+    anytime: bool = False
+    replaces: tuple[str, ...] = ()  # keys of earlier letters it makes moot while they wait
 
 
 @dataclass(frozen=True)
@@ -150,13 +168,15 @@ class ServiceInfo:
     deadline_hours: int = 96
     checkin_time: str = "09:00"  # the configured default, as written in the config
     default_tz: str = "UTC"
+    from_name: str = DEFAULT_FROM_NAME  # the display name of our From
 
     @classmethod
     def from_config(cls, config: Config, secret: bytes) -> ServiceInfo:
         """The service as `config` describes it, signing tokens with `secret`."""
         return cls(
-            keys=Keys(secret, config.service.domain),
+            keys=Keys(secret, config.service.domain, config.service.sender.lower()),
             from_address=config.service.sender,
+            from_name=config.service.sender_name,
             settings=Settings.from_config(config.schedule),
             admin=config.service.admin_address,
             consent_days=config.schedule.consent_days,
@@ -172,7 +192,7 @@ class ServiceInfo:
 
     def context(self) -> dict[str, str]:
         """The `service` entry of every template context."""
-        return {"name": "mailflow", "domain": self.domain, "from_address": self.from_address}
+        return {"name": self.from_name, "domain": self.domain, "from_address": self.from_address}
 
     def tz_of(self, person: Person | None) -> ZoneInfo:
         """A person's zone; the service's zone for nobody (a deleted or unknown person)."""
@@ -221,7 +241,11 @@ def goal_items(p: Partnership, today: date) -> list[dict[str, Any]]:
 
 
 def report_items(reports: Sequence[Report], tz: str) -> list[dict[str, Any]]:
-    """Reports oldest first, each received-at in the reader's zone `tz`."""
+    """Reports oldest first, each received-at in the reader's zone `tz`.
+
+    `parts` is what a template shows (see `report_parts`); `free_text` the text under no
+    label; the other keys are the stored fields, as templates have always had them.
+    """
     return [
         {
             "received_at": local_time(r.received_at, tz),
@@ -230,9 +254,100 @@ def report_items(reports: Sequence[Report], tz: str) -> list[dict[str, Any]]:
             "setback_text": r.setback_text,
             "next": r.next,
             "setback": r.setback,
+            "free_text": free_text(r.text) if _labelled(r) else r.text.strip(),
+            "parts": report_parts(r),
         }
         for r in sorted(reports, key=lambda r: r.received_at)
     ]
+
+
+def _labelled(r: Report) -> bool:
+    return bool(r.done or r.setback_text or r.next)
+
+
+def report_parts(r: Report) -> list[dict[str, Any]]:
+    """A report as the partner reads it: nothing she wrote is lost, nothing is made up.
+
+    Each part is {label, text, paragraphs}: first what she wrote under no label (label ""),
+    then Done, Setback and Next where she filled them. A Setback section that only says
+    "none" is left out: the report's `setback` flag (false then) says it, so "Setback: none"
+    can never stand in a digest, under a setback banner or anywhere else. Texts are reflowed
+    (`reflow`): `text` has one line per paragraph, `paragraphs` lists them.
+    """
+    if not _labelled(r):
+        return [_part("", r.text)]
+    parts = []
+    free = free_text(r.text)
+    if free:
+        parts.append(_part("", free))
+    if r.done:
+        parts.append(_part("Done", r.done))
+    if r.setback_text and not (not r.setback and says_no_setback(r.setback_text)):
+        parts.append(_part("Setback", r.setback_text))
+    if r.next:
+        parts.append(_part("Next", r.next))
+    return parts
+
+
+def _part(label: str, text: str) -> dict[str, Any]:
+    paragraphs = reflow(text)
+    return {"label": label, "text": "\n\n".join(paragraphs), "paragraphs": paragraphs}
+
+
+MIN_WRAP_WIDTH = 60  # a text whose lines all stay shorter was not wrapped by a program
+MAX_WRAP_WIDTH = 80  # mail clients wrap at 72 to 78 columns; a longer line is not a wrap's
+_LIST_LINE = re.compile(r"^\s*(?:[-*•·+–]\s|\d{1,3}[.)]\s|>)")
+
+
+def reflow(text: str) -> list[str]:
+    """The paragraphs of a member's text, with the line breaks her mail client added undone.
+
+    The stored text has already lost format=flowed's soft breaks (the parser joins them, RFC
+    3676), so a flowed mail arrives as one line per paragraph, and those are left as they
+    are. A client that wraps without format=flowed (mutt with its editor, many webmails)
+    breaks lines at a fixed width of at most 80 columns: when at least two lines reach
+    near the longest such line, that is the width, and a line is taken to continue on the
+    next when the next line's first word would not have fitted on it (greedy wrapping would
+    have put it there otherwise). Blank lines stay paragraph breaks; list items, section
+    labels and lines after a colon keep their own line (as "\n" inside the paragraph).
+    """
+    lines = [line.rstrip() for line in text.strip("\n").split("\n")]
+    width = _wrap_width(lines)
+    paragraphs: list[str] = []
+    current: list[str] = []
+    last = ""  # the last physical line, for the width test
+    for line in lines:
+        if not line.strip():
+            if current:
+                paragraphs.append("\n".join(current))
+                current = []
+            continue
+        if current and width and _continues(last, line, width):
+            current[-1] += " " + line.strip()
+        else:
+            current.append(line)
+        last = line
+    if current:
+        paragraphs.append("\n".join(current))
+    return paragraphs
+
+
+def _wrap_width(lines: list[str]) -> int:
+    """The width a program wrapped `lines` at, or 0 when they do not look wrapped."""
+    lengths = [len(line) for line in lines if len(line) <= MAX_WRAP_WIDTH]
+    width = max(lengths, default=0)
+    if width < MIN_WRAP_WIDTH or sum(1 for n in lengths if n >= width - 12) < 2:
+        return 0
+    return width
+
+
+def _continues(previous: str, line: str, width: int) -> bool:
+    """Whether `line` is the rest of `previous`, which a wrap at `width` cut."""
+    if len(previous) > width or previous.rstrip().endswith(":"):
+        return False
+    if _LIST_LINE.match(line) or label_of_line(line) is not None:
+        return False
+    return len(previous) + 1 + len(line.split()[0]) > width
 
 
 def base(
@@ -351,6 +466,7 @@ class _Weekly:
         ctx: dict[str, Any],
         mark: Mark | DigestMark,
         key_suffix: str = "",
+        anytime: bool = False,
     ) -> Letter:
         """The job key is `JOB:PID:PERIOD` + `key_suffix`; the Message-ID `<ID_KIND.TOKEN@…>`."""
         p = self.pair.p
@@ -364,7 +480,16 @@ class _Weekly:
             message_id=token_message_id(id_kind, self.token, self.svc.domain),
             partnership_id=p.id,
             mark=mark,
+            tz=self.reader.timezone,
+            anytime=anytime,
         )
+
+
+def on_time(period: Period, sent_at: datetime) -> bool:
+    """Whether a check-in sent at `sent_at` went out at the moment she chose (within
+    `ON_TIME`), rather than caught up later: only then are it and its reminder sent in her
+    quiet hours."""
+    return sent_at - period.checkin_at <= ON_TIME
 
 
 def checkin(pair: Pair, period: Period, svc: ServiceInfo, now: datetime) -> Letter:
@@ -372,7 +497,8 @@ def checkin(pair: Pair, period: Period, svc: ServiceInfo, now: datetime) -> Lett
     week = _Weekly(pair, period, svc, to_partner=False)
     ctx = week.context(now)
     ctx["checkin_at"] = local_time(period.checkin_at, pair.member.timezone)
-    return week.letter("checkin", "checkin", "checkin", ctx, Mark("checkin_at"))
+    anytime = on_time(period, now)
+    return week.letter("checkin", "checkin", "checkin", ctx, Mark("checkin_at"), anytime=anytime)
 
 
 def checkin_ack(
@@ -386,7 +512,8 @@ def checkin_ack(
     ctx = week.context(now)
     ctx["checkin_at"] = local_time(period.checkin_at, pair.member.timezone)
     ctx["reports"] = report_items(reports, pair.member.timezone)
-    return week.letter("checkin_ack", "checkin", "checkin", ctx, Mark("checkin_at"))
+    mark, anytime = Mark("checkin_at"), on_time(period, now)
+    return week.letter("checkin_ack", "checkin", "checkin", ctx, mark, anytime=anytime)
 
 
 def reminder(
@@ -397,7 +524,9 @@ def reminder(
     ctx = mail.context(now)
     ctx["checkin_at"] = local_time(_sent_at(week, now), pair.member.timezone)
     mark = Mark("reminder_at", only_without_reports=True)
-    return mail.letter("reminder", "reminder", "reminder", ctx, mark)
+    # At her chosen time of day when the check-in was (it counts from the check-in).
+    anytime = on_time(period, _sent_at(week, now))
+    return mail.letter("reminder", "reminder", "reminder", ctx, mark, anytime=anytime)
 
 
 def no_report(
@@ -422,10 +551,13 @@ def digest(
     reports: Sequence[Report],
     svc: ServiceInfo,
     now: datetime,
+    released: bool = False,
 ) -> Letter:
     """The partner's digest: every report of the period; a setback if any report is one.
 
     A later report makes a new digest (keyed by the number of reports), marked `updated`.
+    `released`: sent because an admin released a report from the quarantine (its period
+    may be long past; the digest says so).
     """
     mail = _Weekly(pair, period, svc, to_partner=True)
     count = len(reports)
@@ -435,9 +567,13 @@ def digest(
         reports=items,
         setback=any(item["setback"] for item in items),
         updated=bool(week and week.digested_reports),
+        released=released,
     )
     mark = DigestMark(count)
-    return mail.letter("digest", "digest", f"digest{count}", ctx, mark, key_suffix=f":{count}")
+    letter = mail.letter("digest", "digest", f"digest{count}", ctx, mark, key_suffix=f":{count}")
+    # An earlier digest of the week still held for the partner's quiet hours is moot.
+    earlier = tuple(f"digest:{pair.p.id}:{period.label}:{n}" for n in range(1, count))
+    return replace(letter, replaces=earlier)
 
 
 def _sent_at(week: Week | None, now: datetime) -> datetime:
@@ -447,10 +583,12 @@ def _sent_at(week: Week | None, now: datetime) -> datetime:
 # -- a partnership's life ---------------------------------------------------------------------
 
 
-def intro(pair: Pair, role: str, svc: ServiceInfo, now: datetime) -> Letter:
+def intro(pair: Pair, role: str, svc: ServiceInfo, now: datetime, resend: str = "") -> Letter:
     """Introduction of a new partnership to the member or the partner (`role`).
 
     The partner is asked to answer yes or no (her reply address is the consent token).
+    `resend` marks an admin's resend (`partnerships resend-intro`): a key of its own, since
+    the first introduction's key is spent (one mail per key, ever).
     """
     p, member = pair.p, pair.member
     period = utc_week(now)
@@ -468,30 +606,43 @@ def intro(pair: Pair, role: str, svc: ServiceInfo, now: datetime) -> Letter:
     )
     return Letter(
         "intro",
-        f"intro:{p.id}:{role}",
+        f"intro:{p.id}:{role}" + (f":resent:{resend}" if resend else ""),
         Recipient.of(who),
         period,
         ctx,
         reply_to=reply,
         partnership_id=p.id,
+        tz=who.timezone,
     )
 
 
+ASKED = ("reported", "setback", "missed")  # strip states of a week that was asked and is over
+
+
 def summary(pair: Pair, role: str, reason: str, svc: ServiceInfo, now: datetime) -> Letter:
-    """The closing summary for the member or the partner: the numbers and the strip."""
+    """The closing summary for the member or the partner: the numbers and the strip.
+
+    A week counts as asked once it is over: reported, or missed. A last week still open
+    (its check-in out, no report, its deadline not yet come) is not counted against her.
+    """
     p = pair.p
     who = pair.member if role == "member" else pair.partner
     cur = current_period(p, ZoneInfo(pair.member.timezone), svc.settings, now)
     states = [week["state"] for week in pair.history]
     ctx = base(pair, cur.label if cur else utc_week(now), svc.keys.plain_address, who, now, svc)
+    asked = sum(1 for state in states if state in ASKED)
+    reported = sum(1 for state in states if state in ("reported", "setback"))
+    rate = round(100 * reported / asked) if asked else None
     ctx.update(
         role=role,
         reason=reason,
-        weeks_asked=sum(1 for state in states if state != "paused"),
-        weeks_reported=sum(1 for state in states if state in ("reported", "setback")),
+        weeks_asked=asked,
+        weeks_reported=reported,
         setbacks=sum(1 for state in states if state == "setback"),
         goals_achieved=sum(1 for g in p.goals if g.done_on),
         goals_total=len(p.goals),
+        report_rate=rate,
+        report_rate_level=rate_level(rate),
     )
     return Letter(
         "summary",
@@ -500,7 +651,20 @@ def summary(pair: Pair, role: str, reason: str, svc: ServiceInfo, now: datetime)
         utc_week(now),
         ctx,
         partnership_id=p.id,
+        tz=who.timezone,
     )
+
+
+RATE_LEVELS = ((80, "high"), (50, "medium"), (0, "low"))
+"""Weeks reported out of weeks asked, in percent: the lowest rate of each level."""
+
+
+def rate_level(rate: int | None) -> str:
+    """ "high" (80 % and more), "medium" (50 % and more), "low", or "none" (nothing asked):
+    what the summary's weeks-reported tile is coloured by."""
+    if rate is None:
+        return "none"
+    return next(level for floor, level in RATE_LEVELS if rate >= floor)
 
 
 def consent_notice(
@@ -513,16 +677,20 @@ def consent_notice(
     at: datetime,
 ) -> Letter | None:
     """The admin hears that a partner declined (`state` "declined", her words in `text`) or
-    did not answer in time ("no_answer"); None when no admin address is configured."""
+    did not answer in time ("no_answer"); None when no admin address is configured.
+
+    `days` is how many whole days have passed since the invitation went out.
+    """
     if not svc.admin:
         return None
+    invited = p.introduced_at or p.created_at
     ctx = {
         "service": svc.context(),
         "partnership": {"id": p.id, "skill": p.skill},
         "member": {"name": member.name, "email": member.email},
         "partner": {"name": partner.name, "email": partner.email},
         "state": state,
-        "days": svc.consent_days,
+        "days": max(0, (at - invited).days),
         "text": text,
     }
     return Letter(
@@ -535,12 +703,69 @@ def consent_notice(
     )
 
 
-def bounce_notice(address: str, reason: str, svc: ServiceInfo, at: datetime) -> Letter | None:
-    """The admin hears that mail to `address` bounces (once per address and week)."""
+# What each of our mails is called in a notice to the admin, by template name.
+MAIL_NAMES = {
+    "intro": "introduction",
+    "checkin": "check-in",
+    "checkin_ack": "check-in",
+    "reminder": "reminder",
+    "digest": "digest",
+    "no_report": "no-report digest",
+    "summary": "closing summary",
+    "receipt": "receipt",
+    "pause_notice": "pause notice",
+    "partner_note": "forwarded partner note",
+    "consent_notice": "consent notice",
+    "bounce_notice": "bounce notice",
+    "forward": "forwarded mail",
+}
+
+
+@dataclass(frozen=True)
+class Bounced:
+    """Which of our mails bounced: its template, partnership and job key (from the record of
+    the mail the bounce returned, found by its Message-ID)."""
+
+    template: str
+    partnership_id: int | None = None
+    skill: str = ""
+    key: str = ""
+
+    @property
+    def role(self) -> str:
+        """ "member" or "partner" for an introduction (its key ends so), else ""."""
+        parts = self.key.split(":")
+        return parts[2] if self.template == "intro" and len(parts) > 2 else ""
+
+
+def bounce_command(address: str, bounced: Bounced | None) -> str:
+    """The command that helps the admin once the mailbox works again: a lost introduction is
+    sent again; for other mail, the address is marked working (the next week's mail goes out
+    as usual)."""
+    if bounced is not None and bounced.template == "intro" and bounced.partnership_id:
+        return f"mailflow partnerships resend-intro {bounced.partnership_id}"
+    return f"mailflow people update {address} --clear-bouncing"
+
+
+def bounce_notice(
+    address: str, reason: str, svc: ServiceInfo, at: datetime, bounced: Bounced | None = None
+) -> Letter | None:
+    """The admin hears that mail to `address` bounces (once per address and week): which
+    mail it was (`bounced`, None when the bounce did not say) and the command that helps."""
     if not svc.admin:
         return None
     period = utc_week(at)
-    ctx = {"service": svc.context(), "address": address, "reason": reason, "period": period}
+    pid = bounced.partnership_id if bounced else None
+    ctx = {
+        "service": svc.context(),
+        "address": address,
+        "reason": reason,
+        "period": period,
+        "mail": MAIL_NAMES.get(bounced.template, "mail") if bounced else "",
+        "partnership": {"id": pid, "skill": bounced.skill} if bounced and pid else None,
+        "role": bounced.role if bounced else "",
+        "command": bounce_command(address, bounced),
+    }
     return Letter(
         "bounce_notice", f"bounce_notice:{address}:{period}", Recipient(svc.admin), period, ctx
     )
@@ -555,6 +780,8 @@ class Told:
 
     `reply` is the address the text names, `reply_to` the header (None: no Reply-To);
     `period` the period the text is about (None: the week the receipt is sent).
+    `to_writer`: it answers what its reader just wrote, so it goes at once, quiet hours or
+    not (False: news for someone else, e.g. the member hearing her partner accepted).
     """
 
     key: str
@@ -566,6 +793,7 @@ class Told:
     report_stored: bool = False
     to_partner: bool = False
     period: str | None = None
+    to_writer: bool = True
 
 
 def receipt(pair: Pair, told: Told, svc: ServiceInfo, at: datetime) -> Letter:
@@ -589,6 +817,8 @@ def receipt(pair: Pair, told: Told, svc: ServiceInfo, at: datetime) -> Letter:
         ctx,
         reply_to=told.reply_to,
         partnership_id=pair.p.id,
+        tz=reader.timezone,
+        anytime=told.to_writer,
     )
 
 
@@ -610,11 +840,12 @@ def pause_notice(
         ctx,
         reply_to=reply,
         partnership_id=pair.p.id,
+        tz=pair.partner.timezone,
     )
 
 
 def partner_note(pair: Pair, note: str, mid: str, svc: ServiceInfo, at: datetime) -> Letter:
-    """The partner's answer to a digest, forwarded to the member from "NAME via mailflow"."""
+    """The partner's answer to a digest, forwarded to the member from "NAME via <us>"."""
     p, member = pair.p, pair.member
     cur = current_period(p, ZoneInfo(member.timezone), svc.settings, at)
     keys = svc.keys
@@ -630,7 +861,89 @@ def partner_note(pair: Pair, note: str, mid: str, svc: ServiceInfo, at: datetime
         ctx,
         reply_to=reply,
         partnership_id=p.id,
-        from_name=f"{pair.partner.name} via mailflow",
+        from_name=f"{pair.partner.name} via {svc.from_name}",
+        tz=member.timezone,
+    )
+
+
+@dataclass(frozen=True)
+class Written:
+    """A message a person wrote to our From address, as the admin is shown it."""
+
+    sender: str  # the sender's address ("" when the message named none)
+    subject: str
+    text: str  # what the message says (its text part, or its HTML as text)
+    message_id: str
+    received_at: datetime
+    to: str  # the address it was written to (our From address)
+    reply_to: str | None = None  # the sender's address when it is one we can answer
+    kept_at: str = ""  # where the raw message is archived, relative to data_dir
+
+
+def forward(written: Written, svc: ServiceInfo) -> Letter | None:
+    """Mail a person wrote to our From address, forwarded to the admin (None without one).
+
+    Its Reply-To is the writer's address, so the admin's answer goes straight to them; we
+    never answer such mail ourselves.
+    """
+    if not svc.admin:
+        return None
+    ctx = {
+        "service": svc.context(),
+        "sender": written.sender,
+        "subject": written.subject,
+        "text": written.text,
+        "to_address": written.to,
+        "received_at": local_time(written.received_at, svc.default_tz),
+        "kept_at": written.kept_at,
+    }
+    return Letter(
+        "forward",
+        f"forward:{hash16(written.message_id)}",
+        Recipient(svc.admin),
+        utc_week(written.received_at),
+        ctx,
+        reply_to=written.reply_to,
+    )
+
+
+def released(
+    pair: Pair,
+    period: str,
+    reply_at: datetime,
+    reason: str,
+    sender: str,
+    not_run: Sequence[str],
+    mid: str,
+    svc: ServiceInfo,
+    at: datetime,
+) -> Letter:
+    """The member hears that an admin released her reply (received `reply_at`, set aside for
+    `reason`) from the quarantine: it counts for `period` after all, and her partner gets it
+    now. `sender` is the address it came from; when that is not hers, the commands in it
+    were not run (`not_run`), and she is told so, so she can send them herself.
+    """
+    p, member = pair.p, pair.member
+    cur = current_period(p, ZoneInfo(member.timezone), svc.settings, at)
+    keys = svc.keys
+    running = cur is not None and p.status != ENDED
+    reply = keys.address(CHECKIN, p.id, cur.label) if running and cur else keys.plain_address
+    ctx = base(pair, period, reply, member, at, svc)
+    ctx.update(
+        received_at=local_time(reply_at, member.timezone),
+        reason=reason,
+        sender=sender,
+        own_address=sender == member.email,
+        not_run=list(not_run),
+    )
+    return Letter(
+        "released",
+        f"released:{hash16(mid)}",
+        Recipient.of(member),
+        utc_week(at),
+        ctx,
+        reply_to=reply,
+        partnership_id=p.id,
     )
 
 
@@ -664,7 +977,9 @@ def _plain_context(
 @dataclass(frozen=True)
 class Asking:
     """What a confirmation mail asks: request `asked`, its commands in words (`steps`), the
-    lines not understood, and whether a report in the same mail was stored (for `period`)."""
+    lines not understood, and whether a report in the same mail was stored (for `period`).
+    `released_from`: the mail came through the quarantine, released by an admin, from this
+    address ("": it came to the plain address from hers)."""
 
     asked: Pending
     steps: tuple[str, ...]
@@ -672,10 +987,13 @@ class Asking:
     report_stored: bool = False
     period: str = ""
     lapse_days: int = 7
+    released_from: str = ""  # an admin released it from the quarantine: who sent it
 
 
 def confirm(pair: Pair, asking: Asking, svc: ServiceInfo, at: datetime) -> Letter:
-    """Commands that came to the plain address from her address, for her to confirm.
+    """Commands that came in her name without proof, for her to confirm: to the plain
+    address from her address, or from another address in a mail an admin released from the
+    quarantine (`released` in the context: then `sender` is that address).
 
     It goes to her stored address; its reply address carries the request's own number
     (a CONFIRM token), so her answer confirms exactly what this mail showed her.
@@ -683,9 +1001,11 @@ def confirm(pair: Pair, asking: Asking, svc: ServiceInfo, at: datetime) -> Lette
     asked, member = asking.asked, pair.member
     reply = svc.keys.address(CONFIRM, asked.n, utc_week(asked.asked_at))
     period = asking.period or utc_week(asked.asked_at)
-    ctx = _plain_context(pair, period, reply, member.email, svc, asked.asked_at)
+    sender = asking.released_from or member.email
+    ctx = _plain_context(pair, period, reply, sender, svc, asked.asked_at)
     lapses = asked.asked_at + timedelta(days=asking.lapse_days)
     ctx.update(
+        released=bool(asking.released_from),
         steps=list(asking.steps),
         lines=list(asked.lines),
         problems=list(asking.problems),

@@ -8,6 +8,16 @@ outbox deliver. So a crash before the commit leaves at most unreferenced files (
 under the same key by the next run), and a crash after it leaves queued mail that is sent once.
 Every promise about outgoing mail (one message per key, ever; rendered with a template that
 passed the check) holds here, whoever wrote the letter: the week's jobs, a reply, an admin.
+
+Quiet hours live here too. A letter that would reach its reader inside her quiet hours
+(`[schedule] quiet_hours`, her own zone) is queued with its first attempt at their end: the
+`next_attempt_at` the outbox already honours for retries, and a Date header of that moment.
+Every writer of mail (jobs, intake, the admin's commands, the web) gets the rule by going
+through here, the job is done (marked) when the mail is queued so no scheduler re-decides
+it, and the hold survives a restart because it is in the record. Exempt (`Letter.anytime`):
+her check-in and reminder at the time she chose, and an answer to the person who just wrote.
+A held digest that a newer digest of the same week replaces is dropped (`superseded`), so a
+partner wakes up to one digest, not two.
 """
 
 from __future__ import annotations
@@ -18,13 +28,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 from mailflow.compose import Templates
-from mailflow.letters import DigestMark, Letter, Mark
-from mailflow.mime import message_bytes
-from mailflow.models import Outgoing, Week
+from mailflow.letters import DigestMark, Letter, Mark, ServiceInfo
+from mailflow.mime import Rendered, message_bytes
+from mailflow.models import QUEUED, SUPERSEDED, Outgoing, Week
 from mailflow.outbox import FlushResult, Outbox
-from mailflow.schedule import utc_week
+from mailflow.schedule import quiet_until, utc_week
 from mailflow.store import Problem, Store, WeekView
 from mailflow.tokens import letter_message_id
 
@@ -45,6 +56,7 @@ class TickReport:
     """What a tick, an ingest or a delivery did, line by line (the CLI prints `lines`)."""
 
     entries: list[Line] = field(default_factory=list)
+    queued: int = 0  # messages queued by this run (`serve` wakes its sender when > 0)
 
     def add(self, text: str) -> None:
         """One thing done (also logged)."""
@@ -77,6 +89,7 @@ class TickReport:
     def extend(self, other: TickReport) -> None:
         """Another run's lines, after these."""
         self.entries.extend(other.entries)
+        self.queued += other.queued
 
     @property
     def lines(self) -> list[str]:
@@ -100,33 +113,54 @@ class Prepared:
 
     outgoing: Outgoing
     mark: Mark | DigestMark | None = None
+    replaces: tuple[str, ...] = ()  # keys of earlier letters this one makes moot if still held
 
 
 class Mailroom:
     """Render, write, record and deliver letters; shared by every use case that writes mail."""
 
     def __init__(
-        self, store: Store, outbox: Outbox, templates: Templates, sender: str, domain: str
+        self, store: Store, outbox: Outbox, templates: Templates, svc: ServiceInfo
     ) -> None:
         self.store = store
         self.outbox = outbox
         self.templates = templates
-        self.sender = sender  # the From address
-        self.domain = domain  # of our Message-IDs
+        self.svc = svc
+        self.sender = svc.from_address  # the From address (its display name: svc.from_name)
+        self.domain = svc.domain  # of our Message-IDs
+
+    def hold(self, letter: Letter, now: datetime) -> datetime | None:
+        """When a letter may go out at the earliest: the end of its reader's quiet hours if
+        `now` falls in them (None: at once)."""
+        if letter.anytime:
+            return None
+        zone = ZoneInfo(letter.tz or self.svc.default_tz)
+        return quiet_until(now, zone, self.svc.settings.quiet)
 
     def prepare(self, letter: Letter, now: datetime) -> Prepared:
         """Render and write one letter (not yet synced or recorded); TemplateError if its
         template does not render."""
-        rendered = self.templates.render(letter.template, letter.ctx)
+        return self.prepare_rendered(
+            letter, self.templates.render(letter.template, letter.ctx), now
+        )
+
+    def prepare_rendered(self, letter: Letter, rendered: Rendered, now: datetime) -> Prepared:
+        """Write one letter whose text is already rendered (not yet synced or recorded).
+
+        For mail that is not one of the program's templates (the admin site's sign-in link, a
+        test of a template as typed): `letter.template` then only names its kind, and the
+        rest (wire bytes, outbox file, the record under its key) is what every letter gets.
+        """
         mid = letter.message_id or letter_message_id(letter.template, letter.key, self.domain)
+        held = self.hold(letter, now)
         data = message_bytes(
             rendered,
             from_address=self.sender,
-            from_name=letter.from_name,
+            from_name=letter.from_name or self.svc.from_name,
             to_address=letter.to.address,
             to_name=letter.to.name,
             message_id=mid,
-            date=now,
+            date=held or now,  # the moment it is sent: a held mail is not dated 01:00
             reply_to=letter.reply_to,
         )
         path = self.outbox.write_bytes(letter.key, letter.period, data, sync=False)
@@ -139,8 +173,9 @@ class Mailroom:
             created_at=now,
             partnership_id=letter.partnership_id,
             period=letter.period,
+            next_attempt_at=held,
         )
-        return Prepared(outgoing, letter.mark)
+        return Prepared(outgoing, letter.mark, letter.replaces)
 
     def commit(self, items: list[Prepared], out: TickReport) -> int:
         """Record prepared messages with their jobs: one sync, one write per period file.
@@ -165,12 +200,23 @@ class Mailroom:
                         continue
                     week.put_outgoing(o)
                     queued += 1
-                    out.add(f"queued {o.kind} to {o.to} ({o.key})")
+                    when = (
+                        f", held until {o.next_attempt_at.isoformat()}" if o.next_attempt_at else ""
+                    )
+                    out.add(f"queued {o.kind} to {o.to} ({o.key}{when})")
+                    _supersede(week, item.replaces, o.created_at, out)
+        out.queued += queued
         return queued
 
     def post(self, letters: Iterable[Letter | None], now: datetime, out: TickReport) -> int:
         """Prepare and commit letters (None entries are skipped: "nothing to send")."""
         return self.commit([self.prepare(letter, now) for letter in letters if letter], out)
+
+    def post_rendered(
+        self, items: Iterable[tuple[Letter, Rendered]], now: datetime, out: TickReport
+    ) -> int:
+        """Write and commit letters already rendered (see `prepare_rendered`)."""
+        return self.commit([self.prepare_rendered(lt, r, now) for lt, r in items], out)
 
     def flush(self, now: datetime) -> TickReport:
         """Deliver what is queued and due at `now`."""
@@ -179,10 +225,30 @@ class Mailroom:
         return out
 
 
+def _supersede(week: WeekView, keys: tuple[str, ...], now: datetime, out: TickReport) -> None:
+    """Drop the earlier letters `keys` that are still held (queued, never tried, not yet due):
+    the new one says all they said."""
+    for key in keys:
+        old = week.outgoing(key)
+        if (
+            old is not None
+            and old.status == QUEUED
+            and old.attempts == 0
+            and old.next_attempt_at is not None
+            and old.next_attempt_at > now
+        ):
+            week.put_outgoing(replace(old, status=SUPERSEDED, next_attempt_at=None))
+            out.add(f"dropped held {old.kind} to {old.to} ({old.key}): a newer one replaces it")
+
+
 def apply_mark(week: WeekView, mark: Mark | DigestMark, o: Outgoing) -> bool:
     """Record in the period file the job a message does; False when it is done already (or,
-    for a reminder or no-report digest, moot because a report arrived)."""
-    pid, at = o.partnership_id, o.created_at
+    for a reminder or no-report digest, moot because a report arrived).
+
+    The job's time is when the mail goes out: a check-in held for quiet hours counts its
+    reminder and deadline from the end of the hold, not from when it was queued.
+    """
+    pid, at = o.partnership_id, o.next_attempt_at or o.created_at
     assert pid is not None and o.period is not None  # marks are only on a partnership's jobs
     current = week.week(pid) or Week(pid, o.period)
     if isinstance(mark, DigestMark):

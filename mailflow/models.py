@@ -339,6 +339,7 @@ class Report:
 QUEUED = "queued"
 SENT = "sent"
 FAILED = "failed"
+SUPERSEDED = "superseded"  # held for quiet hours, then replaced by a newer mail: never sent
 
 
 @dataclass(frozen=True)

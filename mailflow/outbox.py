@@ -553,14 +553,17 @@ class Outbox:
         return chosen
 
     def _outgoings(
-        self, periods: Sequence[str] | None, errors: list[str] | None = None
+        self,
+        periods: Sequence[str] | None,
+        errors: list[str] | None = None,
+        status: str | None = None,
     ) -> Iterable[tuple[str, Outgoing]]:
-        """(period, record) of the chosen periods. A period file that cannot be read is
-        skipped (and named in `errors`, and in the store's problems): its mail waits, the
-        other periods' mail goes."""
+        """(period, record) of the chosen periods (only those in `status`, when given). A
+        period file that cannot be read is skipped (and named in `errors`, and in the store's
+        problems): its mail waits, the other periods' mail goes."""
         for p in self._periods(periods):
             try:
-                items = self.store.week(p).outgoings()
+                items = self.store.week(p).outgoings(status)
             except CorruptFileError as exc:
                 if errors is not None:
                     errors.append(f"{exc}; its mail waits until the file is repaired")
@@ -568,25 +571,28 @@ class Outbox:
             for o in items:
                 yield p, o
 
-    def _with_status(self, status: str, periods: Sequence[str] | None) -> list[Outgoing]:
-        out = [o for _, o in self._outgoings(periods) if o.status == status]
+    def pending(self, periods: Sequence[str] | None = None) -> list[Outgoing]:
+        """Queued messages in the recent periods, oldest first."""
+        out = [o for _, o in self._outgoings(periods, status=QUEUED)]
         return sorted(out, key=lambda o: (o.created_at, o.key))
 
-    def pending(self, periods: Sequence[str] | None = None) -> list[Outgoing]:
-        """Queued messages in the recent periods (for `status`)."""
-        return self._with_status(QUEUED, periods)
+    def count(self, status: str, periods: Sequence[str] | None = None) -> int:
+        """How many messages of the recent periods are in `status` (no object per message)."""
+        tallies = (self.store.outgoing_tally(p) for p in self._periods(periods))
+        return sum(t.counts.get(status, 0) for t in tallies)
 
     def failed(self, periods: Sequence[str] | None = None) -> list[Outgoing]:
         """Messages the relay refused permanently, with its reason in `error`."""
-        return self._with_status(FAILED, periods)
+        out = [o for p in self._periods(periods) for o in self.store.outgoing_tally(p).failed]
+        return sorted(out, key=lambda o: (o.created_at, o.key))
 
     def _due(
         self, now: datetime, periods: Sequence[str] | None, errors: list[str] | None = None
     ) -> list[tuple[str, Outgoing]]:
         due = [
             (p, o)
-            for p, o in self._outgoings(periods, errors)
-            if o.status == QUEUED and (o.next_attempt_at is None or o.next_attempt_at <= now)
+            for p, o in self._outgoings(periods, errors, QUEUED)
+            if o.next_attempt_at is None or o.next_attempt_at <= now
         ]
         # Oldest first, so a long backlog drains in the order it was queued.
         due.sort(key=lambda po: (po[1].created_at, po[1].key))

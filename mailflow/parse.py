@@ -61,7 +61,9 @@ __all__ = [
     "fold_typography",
     "free_text",
     "html_to_text",
+    "label_of_line",
     "parse_message",
+    "says_no_setback",
 ]
 
 # Raw messages beyond this are truncated before MIME parsing; the listener rejects far larger
@@ -144,6 +146,7 @@ class ParsedMessage:
     from_address: str | None = None
     subject: str = ""
     bounced_recipients: tuple[str, ...] = field(default_factory=tuple)
+    body: str = ""  # the whole text as decoded, before quotes and signature were cut
 
     def to_json_dict(self) -> dict[str, object]:
         return {
@@ -1520,6 +1523,11 @@ def _section_label(line: str) -> tuple[str | None, str]:
     return key, line[m.start(2) : m.end(2)].strip().strip("*_").strip()
 
 
+def label_of_line(line: str) -> str | None:
+    """The section key ("done", "setback", "next") a line's label opens, else None."""
+    return _section_label(line[:MAX_LINE_CHARS])[0]
+
+
 def free_text(text: str) -> str:
     """The part of a reply's text under no label: what comes before the first section label.
 
@@ -1640,6 +1648,15 @@ def _clause_admits(clause: str) -> bool:
             continue
         return True
     return False
+
+
+def says_no_setback(value: str) -> bool:
+    """Whether a Setback section's text says "none" (in any of its forms) and nothing after
+    it admits one: a reader may show it as "no setback"."""
+    try:
+        return _is_no_value(value[:MAX_BODY_CHARS])
+    except Exception:  # noqa: BLE001 - a reader's question must not break the mail
+        return False
 
 
 def _is_no_value(value: str) -> bool:
@@ -1785,6 +1802,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
             from_address=from_addr,
             subject=subject,
             bounced_recipients=bounced,
+            body=body,
         )
     except Exception as exc:  # last line of defence: the listener must always get an answer
         try:

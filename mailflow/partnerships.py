@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
+from mailflow import hints
 from mailflow.config import WEEKDAYS, parse_hhmm
 from mailflow.models import (
     ACTIVE,
@@ -72,11 +73,14 @@ def new_partnership(
     start: str | None = None,
     allow_same_line: bool = False,
     accepted: bool = False,
+    allow_past: bool = False,
 ) -> Partnership:
     """Build a new partnership, or raise DomainError with the first rule it breaks.
 
     Check-ins start only once the partner has accepted (by replying to the introduction),
-    unless an admin records the consent up front with `accepted`.
+    unless an admin records the consent up front with `accepted`. A goal due before the
+    member's today, or a start before it, is a typo far more often than history: refused
+    unless `allow_past` (today is `now`'s date in her zone).
     """
     for who, addr in (("member", member), ("partner", partner)):
         if addr not in people:
@@ -98,22 +102,15 @@ def new_partnership(
                 f"skill: {member} already has partnership {p.id} for {skill!r} "
                 f"({p.status}); end it first"
             )
-    day = None
-    if checkin_day is not None:
-        day = checkin_day.strip().lower()
-        if day not in WEEKDAYS:
-            raise DomainError(f'checkin-day: expected a weekday name, got "{checkin_day}"')
-    if checkin_time is not None:
-        try:
-            parse_hhmm(checkin_time.strip())
-        except ValueError as exc:
-            raise DomainError(f"checkin-time: {exc}") from None
-        checkin_time = checkin_time.strip()
-    local_today = now.astimezone(ZoneInfo(people[member].timezone)).date()
+    day, checkin_time = _checkin_choice(checkin_day, checkin_time)
+    zone = people[member].timezone
+    local_today = now.astimezone(ZoneInfo(zone)).date()
     start_date = parse_date(start, "start") if start else local_today
     latest = max(g.due for g in parsed)
     if latest < start_date:
         raise DomainError(f"goal: every due date is before the start ({start_date})")
+    if not allow_past:
+        _refuse_past(parsed, start_date, local_today, zone)
     return Partnership(
         id=pid,
         member=member,
@@ -130,6 +127,33 @@ def new_partnership(
         consent=CONSENT_ACCEPTED if accepted else CONSENT_PENDING,
         consent_at=now if accepted else None,
     )
+
+
+def _checkin_choice(day: str | None, at: str | None) -> tuple[str | None, str | None]:
+    """A partnership's own check-in day and time (None: the configured default), checked,
+    with a "did you mean" for `Mon` or `9:00`."""
+    if day is not None:
+        given, day = day, day.strip().lower()
+        if day not in WEEKDAYS:
+            guess = hints.did_you_mean(hints.weekday(given))
+            raise DomainError(f'checkin-day: expected a weekday name, got "{given}"{guess}')
+    if at is not None:
+        at = at.strip()
+        try:
+            parse_hhmm(at)
+        except ValueError as exc:
+            raise DomainError(f"checkin-time: {exc}") from None
+    return day, at
+
+
+def _refuse_past(goals: Sequence[Goal], start: date, today: date, zone: str) -> None:
+    """DomainError for the first goal due, or a start, before the member's `today`."""
+    past = f"is in the past (today is {today} in {zone}, the member's zone); pass --allow-past"
+    for g in goals:
+        if g.due < today:
+            raise DomainError(f"goal: {g.due} {past} to record it anyway")
+    if start < today:
+        raise DomainError(f"start: {start} {past} to start then anyway")
 
 
 def pause(p: Partnership, until: date | None, today: date) -> Partnership:

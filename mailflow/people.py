@@ -1,11 +1,14 @@
-"""People: address and field rules, CSV rows, reporting lines and the offers directory.
+"""People: address and field rules, CSV files and rows, reporting lines and the offers directory.
 
 Pure functions over plain data: callers pass the people that exist, these functions say
-what is wrong (as `DomainError`) or compute an answer. Nothing here reads files or clocks.
+what is wrong (as `DomainError`) or compute an answer. Nothing here reads files or clocks:
+`decode_csv` gets a file's bytes, `import_rows` the rows and the directory as it is, and
+says what an import would change (added / updated / unchanged) and every problem.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -15,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from email_validator import EmailNotValidError, validate_email
 
+from mailflow import hints
 from mailflow.config import check_timezone
 from mailflow.errors import DomainError
 from mailflow.mime import has_encoded_word
@@ -210,9 +214,9 @@ class CsvRow:
     fields: dict[str, str]
 
 
-def read_csv(text: str) -> tuple[list[CsvRow], list[str]]:
+def read_csv(text: str, delimiter: str = ",") -> tuple[list[CsvRow], list[str]]:
     """Rows of a people CSV (header required) and any structural problems as 'LINE: msg'."""
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     if not header:
         return [], ["1: empty file (expected a header: " + ",".join(CSV_COLUMNS) + ")"]
@@ -254,3 +258,231 @@ def offer_directory(
             load[p.partner] = load.get(p.partner, 0) + 1
     found = [(person, load.get(person.email, 0)) for person in people if skill in person.offers]
     return sorted(found, key=lambda item: (item[1], item[0].email))
+
+
+# -- CSV files as spreadsheets save them --------------------------------------------------------
+
+EXCEL_UTF8 = 'save it from Excel as "CSV UTF-8 (Comma delimited)" and import that file'
+
+
+def decode_csv(data: bytes) -> tuple[str, str, list[str]]:
+    """A CSV file's text, its delimiter and notes on what was guessed.
+
+    UTF-8 (with or without Excel's byte order mark) is read as it is. UTF-16 with a byte
+    order mark (Excel's "Unicode Text", tab-separated) is read too. Other bytes are read as
+    Windows-1252, what Excel's "CSV (Comma delimited)" writes on Windows, with a note to
+    check the names; bytes that are not Windows-1252 either are refused (DomainError) with
+    what they look like and what to do. The delimiter is the one of `,` `;` and tab that
+    splits the header into the most known columns: Excel writes `;` where the decimal mark
+    is a comma.
+    """
+    notes: list[str] = []
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        text = data.decode("utf-16", "replace")
+        notes.append('read as UTF-16 (what Excel saves as "Unicode Text")')
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            try:
+                text = data.decode("cp1252")
+            except UnicodeDecodeError:
+                raise DomainError(
+                    f"not UTF-8 text, nor Windows-1252 (it looks like {_looks_like(data)}); "
+                    + EXCEL_UTF8
+                ) from None
+            notes.append(
+                "not UTF-8: read as Windows-1252 (cp1252), as Excel saves "
+                '"CSV (Comma delimited)"; check the names, or ' + EXCEL_UTF8
+            )
+    delimiter = _delimiter(text.lstrip("\ufeff").split("\n", 1)[0])
+    if delimiter != ",":
+        name = "tab" if delimiter == "\t" else f'"{delimiter}"'
+        notes.append(f"columns are separated by {name}, not commas: read that way")
+    return text.lstrip("\ufeff"), delimiter, notes
+
+
+def _looks_like(data: bytes) -> str:
+    try:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data[:65536]).best()
+    except Exception:  # noqa: BLE001 - only for the message
+        best = None
+    return best.encoding if best is not None else "binary data"
+
+
+def _delimiter(header: str) -> str:
+    def known(sep: str) -> int:
+        return sum(1 for c in header.split(sep) if c.strip().strip('"').lower() in CSV_COLUMNS)
+
+    best = max((",", ";", "\t"), key=lambda sep: (known(sep), sep == ","))
+    return best if known(best) else ","
+
+
+# -- importing rows ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an import does to one person: "added", "updated" or "unchanged"."""
+
+    kind: str
+    person: Person
+    line: int
+
+
+def import_rows(
+    rows: Iterable[CsvRow],
+    existing: Mapping[str, Person],
+    offered: set[str],
+    default_tz: str,
+    update: bool,
+) -> tuple[list[Change], list[str]]:
+    """What importing `rows` into `existing` changes, and every problem as "LINE: message".
+
+    A new address is added (its empty cells take the defaults: `default_tz`, no manager, no
+    offers). A known one is refused unless `update`: then the columns the file has replace
+    its values (an empty manager removes the manager, an empty time zone keeps the zone),
+    the columns it lacks keep theirs, and a row that changes nothing is "unchanged".
+    Managers may be anyone known or in the file; a loop is refused. Any problem means the
+    caller imports nothing. `existing` is only looked up (never iterated: it may be the
+    store's directory, read shard by shard); `offered` is every skill it offers.
+    """
+    problems: list[str] = []
+    found: list[tuple[int, Person, Person | None]] = []
+    bad_rows: dict[str, int] = {}
+    offered = set(offered)
+    for row in rows:
+        f = row.fields
+        try:
+            addr = normalize_email(f.get("email", ""))
+            current = existing.get(addr)
+            if current is not None and not update:
+                raise DomainError(f"{addr} already exists (pass --update to change known people)")
+            person = _row_person(f, addr, current, default_tz)
+            near_miss = offer_near_miss(person.offers, offered)
+            if near_miss:
+                raise DomainError(near_miss)
+            offered.update(person.offers)
+        except DomainError as exc:
+            problems.append(f"{row.line}: {exc}")
+            bad_rows[f.get("email", "").strip().lower()] = row.line
+            continue
+        found.append((row.line, person, current))
+    problems.extend(_directory_problems(found, existing, bad_rows))
+    problems.sort(key=lambda text: int(text.split(":", 1)[0]))
+    changes = [
+        Change(
+            "added" if current is None else "unchanged" if person == current else "updated",
+            person,
+            line,
+        )
+        for line, person, current in found
+    ]
+    return changes, problems
+
+
+def _row_person(f: Mapping[str, str], addr: str, current: Person | None, tz: str) -> Person:
+    """The person a row describes: new, or `current` with the row's columns applied."""
+    if current is None:
+        return make_person(
+            addr,
+            f.get("name", ""),
+            f.get("department", ""),
+            f.get("manager") or None,
+            f.get("timezone") or None,
+            split_offers(f.get("offers", "")),
+            tz,
+        )
+    updated = make_person(
+        addr,
+        f.get("name", current.name),
+        f.get("department", current.department),
+        (f["manager"] or None) if "manager" in f else current.manager,
+        (f.get("timezone") or "").strip() or current.timezone,
+        split_offers(f["offers"]) if "offers" in f else current.offers,
+        current.timezone,
+    )
+    return replace(updated, bouncing=current.bouncing, bounce_reason=current.bounce_reason)
+
+
+def _directory_problems(
+    found: list[tuple[int, Person, Person | None]],
+    existing: Mapping[str, Person],
+    bad_rows: Mapping[str, int],
+) -> list[str]:
+    """Rows twice in the file, managers nobody knows, manager loops: as "LINE: message"."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for line, person, _ in found:
+        if person.email in seen:
+            problems.append(f"{line}: {person.email} appears twice in the file")
+        seen.add(person.email)
+    everyone = ChainMap({person.email: person for _, person, _ in found}, existing)
+    for line, person, _ in found:
+        if person.manager and person.manager not in everyone:
+            if person.manager in bad_rows:
+                # The manager is in the file, on a row that is wrong: say that instead.
+                problems.append(
+                    f"{line}: manager {person.manager} is on bad line {bad_rows[person.manager]}"
+                )
+            else:
+                problems.append(f"{line}: manager {person.manager} does not exist")
+        elif person.manager and _in_cycle(person.email, everyone):
+            problems.append(f"{line}: manager chain of {person.email} loops back to itself")
+    return problems
+
+
+def offer_near_miss(offers: Iterable[str], offered: set[str]) -> str | None:
+    """The error for the first of `offers` that nobody offers yet while a spelling of it
+    that differs only in case, spacing or punctuation is offered (`public-speaking` next to
+    `public speaking`): two spellings would split the directory. None when there is none."""
+    for skill in offers:
+        guess = None if skill in offered else hints.skill(skill, offered)
+        if guess:
+            return f'offers: nobody offers "{skill}" yet{hints.did_you_mean(guess)}'
+    return None
+
+
+def offer_hint(skill: str, people: Iterable[Person]) -> str:
+    """` (did you mean "X"?)` when nobody offers `skill` but someone offers a spelling of it
+    that differs only in case, spacing or punctuation; "" otherwise."""
+    offered = {s for person in people for s in person.offers}
+    if skill in offered:
+        return ""
+    return hints.did_you_mean(hints.skill(skill, offered))
+
+
+def removal_problems(
+    email: str,
+    people: Mapping[str, Person],
+    partnerships: Iterable[Partnership],
+    end: bool,
+    reports: Iterable[str],
+) -> list[str]:
+    """Why `email` cannot be removed from the directory now (empty: it can).
+
+    Not while they are in a partnership that runs (unless `end`: then those are ended
+    first), and not while they are someone's manager (reporting lines decide who may
+    partner whom: set the new manager first).
+    """
+    problems: list[str] = []
+    if email not in people:
+        return [f"no such person {email}"]
+    running = sorted(
+        p.id for p in partnerships if p.status != ENDED and email in (p.member, p.partner)
+    )
+    if running and not end:
+        ids = ", ".join(str(pid) for pid in running)
+        problems.append(
+            f"{email} is in running partnership(s) {ids}: end them first, or pass "
+            "--end-partnerships to end them with the removal"
+        )
+    names = sorted(reports)  # who names `email` as their manager
+    if names:
+        problems.append(
+            f"{email} is the manager of {', '.join(reports)}: give them their new manager "
+            "first (people update EMAIL --manager NEW, or people import --update)"
+        )
+    return problems

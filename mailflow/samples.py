@@ -23,7 +23,7 @@ from mailflow import letters
 from mailflow.commands import describe, extract_commands
 from mailflow.config import ScheduleConfig
 from mailflow.errors import TemplateError
-from mailflow.letters import Letter, Pair, ServiceInfo, Told
+from mailflow.letters import Bounced, Letter, Pair, ServiceInfo, Told, Written
 from mailflow.models import (
     CONSENT_ACCEPTED,
     CONSENT_PENDING,
@@ -115,6 +115,16 @@ BAD = Report(
     setback_text="Missed my Wednesday slot, the release slipped and I stayed late <again>.",
     next="Two short runs before Friday, one with Bruno.",
 )  # fmt: skip
+# A mail client that wraps at 72 columns without format=flowed, and only a "Next week:" label.
+WRAPPED = Report(
+    7, "2026-W48", _at(11, 26, 22, 30), "<wrapped@example.com>", ZOE.email,
+    "Rough week, I fell behind: the release slipped twice and I stayed late\n"
+    "three evenings, so the Wednesday practice slot went too. I did read the\n"
+    "chapter on openings.\n\n"
+    "Next week: two short runs before Friday, one of them with Bruno.",
+    setback=True,
+    next="two short runs before Friday, one of them with Bruno.",
+)  # fmt: skip
 FREE_TEXT = Report(
     7, "2026-W48", _at(11, 28, 10, 15), "<free@example.com>", ZOE.email,
     "Quick update: I booked the team meeting slot for 16 December.", setback=False,
@@ -133,11 +143,15 @@ WEEKS = {
 _SAMPLE_VARIANTS: dict[str, tuple[str, ...]] = {
     "intro": ("member", "member accepted", "partner", "partner accepted"),
     "checkin_ack": ("report", "setback", "updated"),
+    "digest": ("report", "released"),
     "receipt": ("done", "problems", "question", "partner"),
     "pause_notice": ("paused", "paused open", "resumed", "stopped"),
     "partner_note": ("note",),
     "summary": ("member", "partner"),
     "consent_notice": ("declined", "declined silently", "no answer"),
+    "released": ("another address", "own address"),
+    "bounce_notice": ("introduction", "check-in", "unknown"),
+    "forward": ("person", "unknown sender"),
     "confirm": ("commands", "with report", "not understood"),
     "report_receipt": ("report", "not asked"),
 }
@@ -177,11 +191,14 @@ def _digest(variant: str, setback: bool, updated: bool) -> Letter:
     reports = [BAD] if setback else [GOOD]
     if updated:
         reports = [GOOD, BAD] if setback else [GOOD, FREE_TEXT]
+    if variant == "released":  # free text, one label, hard-wrapped by her mail client
+        reports, setback = [WRAPPED], True
     now = _at(11, 23, 10)  # the goals as they stood on Monday of week 48
     week = replace(WEEK_48, digested_reports=1 if updated else 0)
     summary = PeriodSummary(checkin_sent=True, reports=len(reports), setback=setback)
     pair = _pair(RUNNING, now, {"2026-W48": summary})
-    return letters.digest(pair, _period(now), week, reports, SVC, now)
+    released = variant == "released"
+    return letters.digest(pair, _period(now), week, reports, SVC, now, released=released)
 
 
 def _no_report(variant: str, setback: bool, updated: bool) -> Letter:
@@ -205,7 +222,27 @@ def _bounce_notice(variant: str, setback: bool, updated: bool) -> Letter | None:
         "550 5.1.1 <bruno.keller@example.com>: Recipient address rejected: "
         "User unknown in virtual mailbox table"
     )
-    return letters.bounce_notice(BRUNO.email, reason, SVC, _at(11, 24, 8))
+    bounced = {
+        "introduction": Bounced("intro", 7, NEW.skill, "intro:7:partner"),
+        "check-in": Bounced("checkin", 7, NEW.skill, "checkin:7:2026-W48"),
+        "unknown": None,
+    }[variant]
+    return letters.bounce_notice(BRUNO.email, reason, SVC, _at(11, 24, 8), bounced)
+
+
+def _forward(variant: str, setback: bool, updated: bool) -> Letter | None:
+    known = variant == "person"
+    written = Written(
+        sender="ines.moreau@example.com" if known else "",
+        subject="Can I join the Hot Team <too>?" if known else "",
+        text="Hello,\n\nI heard about the partnerships from Zoë. How do I sign up?\n\nInès",
+        message_id="<sample.forward@example.com>",
+        received_at=_at(11, 24, 23, 40),
+        to=SVC.from_address,
+        reply_to="ines.moreau@example.com" if known else None,
+        kept_at="mail/in/2026-W48/1764024000.0001.eml",
+    )
+    return letters.forward(written, SVC)
 
 
 def _intro(variant: str, setback: bool, updated: bool) -> Letter:
@@ -272,17 +309,29 @@ def _summary(variant: str, setback: bool, updated: bool) -> Letter:
 
 def _consent_notice(variant: str, setback: bool, updated: bool) -> Letter | None:
     now = _at(11, 5, 10)
-    if variant == "no answer":
-        return letters.consent_notice(NEW, ZOE, BRUNO, "no_answer", "", SVC, now)
+    if variant == "no answer":  # consent_days (7) after the invitation
+        return letters.consent_notice(NEW, ZOE, BRUNO, "no_answer", "", SVC, _at(11, 9, 10))
     text = (
         "Sorry, I can't take this on right now: I'm away most of December <travel>."
         if variant == "declined"
         else ""
     )
-    # `days` of a decline is the configured consent_days; a program that asks for an answer
-    # within 2 days shows how the notice reads.
-    svc = replace(SVC, consent_days=2)
-    return letters.consent_notice(NEW, ZOE, BRUNO, "declined", text, svc, now)
+    # `days` is the days since the invitation went out (NEW was created on 2 November).
+    return letters.consent_notice(NEW, ZOE, BRUNO, "declined", text, SVC, now)
+
+
+def _released(variant: str, setback: bool, updated: bool) -> Letter:
+    now = _at(11, 27, 11)
+    sender = ZOE.email if variant == "own address" else "zoe.adler.home@example.net"
+    if variant == "own address":
+        reason = "stale token: it is for 2026-W38, more than 8 weeks before 2026-W48"
+        not_run: tuple[str, ...] = ()
+    else:
+        reason = f"sender mismatch: from {sender}, expected the member {ZOE.email}"
+        not_run = ("pause 2 weeks", "goal 4 done")
+    pair = _pair(RUNNING, now)
+    at = _at(11, 26, 22, 30)
+    return letters.released(pair, "2026-W48", at, reason, sender, not_run, "<r@x>", SVC, now)
 
 
 def _confirm(variant: str, setback: bool, updated: bool) -> Letter:
@@ -328,6 +377,8 @@ _BUILDERS: dict[str, Callable[[str, bool, bool], Letter | None]] = {
     "partner_note": _partner_note,
     "summary": _summary,
     "consent_notice": _consent_notice,
+    "released": _released,
+    "forward": _forward,
     "confirm": _confirm,
     "report_receipt": _report_receipt,
 }
@@ -376,6 +427,7 @@ def variants(name: str) -> list[tuple[str, dict[str, Any]]]:
             ("setback", sample_context(name, setback=True)),
             ("updated", sample_context(name, updated=True)),
             ("updated setback", sample_context(name, setback=True, updated=True)),
+            ("released", sample_context(name, variant="released")),
         ]
     labels = _SAMPLE_VARIANTS.get(name)
     if labels:

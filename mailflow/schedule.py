@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from mailflow.config import WEEKDAYS, ScheduleConfig, parse_hhmm
+from mailflow.config import WEEKDAYS, ScheduleConfig, parse_hhmm, parse_quiet_hours
 from mailflow.models import CONSENT_ACCEPTED, ENDED, Partnership, Week
 from mailflow.partnerships import is_paused
 
@@ -24,6 +24,13 @@ CHECKIN = "checkin"
 REMINDER = "reminder"
 NO_REPORT = "no_report"
 DIGEST = "digest"
+
+# A check-in that goes out within this long after its moment is "at the time she chose" (a
+# tick or a short restart later); a later one was caught up (after downtime, or a consent
+# given later) and, like other mail, waits for the end of her quiet hours.
+ON_TIME = timedelta(hours=1)
+
+QuietHours = tuple[time, time]  # (start, end) in the recipient's wall time; may span midnight
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class Settings:
     remind_after: timedelta
     deadline_after: timedelta
     digest_delay: timedelta
+    quiet: QuietHours | None = None
 
     @classmethod
     def from_config(cls, sc: ScheduleConfig) -> Settings:
@@ -42,7 +50,29 @@ class Settings:
             remind_after=timedelta(hours=sc.remind_after_hours),
             deadline_after=timedelta(hours=sc.deadline_after_hours),
             digest_delay=timedelta(minutes=sc.digest_delay_minutes),
+            quiet=parse_quiet_hours(sc.quiet_hours),
         )
+
+
+def quiet_until(now: datetime, tz: ZoneInfo, quiet: QuietHours | None) -> datetime | None:
+    """When the quiet hours that `now` falls in end, in zone `tz`; None outside them.
+
+    The window is wall time, so it follows the zone's DST changes; an end that does not exist
+    on a spring-forward night resolves as zoneinfo resolves it (shifted by the gap).
+    """
+    if quiet is None:
+        return None
+    start, end = quiet
+    local = now.astimezone(tz)
+    wall = local.time()
+    if start < end:
+        inside, day = start <= wall < end, local.date()
+    else:  # past midnight: 21:00-07:00
+        inside = wall >= start or wall < end
+        day = local.date() + timedelta(days=1) if wall >= start else local.date()
+    if not inside:
+        return None
+    return datetime.combine(day, end, tzinfo=tz)
 
 
 @dataclass(frozen=True)
@@ -113,6 +143,12 @@ def _period_of(p: Partnership, tz: ZoneInfo, s: Settings, d: date) -> Period:
     return Period(f"{year}-W{week:02d}", start, checkin_moment(p, tz, s, ny, nw))
 
 
+def period_named(p: Partnership, tz: ZoneInfo, s: Settings, label: str) -> Period:
+    """The period with label `label` ("2026-W48"), past or future."""
+    year, week = parse_period(label)
+    return _period_of(p, tz, s, date.fromisocalendar(year, week, 1))
+
+
 def current_period(p: Partnership, tz: ZoneInfo, s: Settings, now: datetime) -> Period | None:
     """The period `now` falls in, or None before the partnership's first check-in."""
     local = now.astimezone(tz)
@@ -130,10 +166,17 @@ def previous_period(p: Partnership, tz: ZoneInfo, s: Settings, period: Period) -
 
 
 def wants_checkin(p: Partnership, tz: ZoneInfo, period: Period, now: datetime) -> bool:
-    """Accepted, active, not paused, and the period starts by the last goal's due date."""
+    """Accepted, active, not paused, and the period starts by the last goal's due date.
+
+    A period whose check-in moment came before the partnership was created is not asked:
+    created on Monday evening, the first check-in is next Monday's, not one within seconds.
+    (One whose moment passed while the service was down is still caught up.)
+    """
     if p.status == ENDED or p.consent != CONSENT_ACCEPTED:
         return False
     if is_paused(p, now.astimezone(tz).date()):
+        return False
+    if period.checkin_at < p.created_at:
         return False
     checkin_day = period.checkin_at.astimezone(tz).date()
     return p.start <= checkin_day <= max(g.due for g in p.goals)
@@ -219,12 +262,16 @@ def report_period(
 
 
 def first_checkin(p: Partnership, tz: ZoneInfo, s: Settings, now: datetime) -> datetime:
-    """When the first check-in goes out (once accepted): a moment already passed this week
-    is caught up at the next tick, so it is `now`."""
+    """When the first check-in goes out (once accepted): the first check-in moment on or
+    after the start and after the partnership was created. A moment already passed (the
+    partner accepted after it) is caught up at the next tick, so it is `now`, or the end of
+    the member's quiet hours when `now` falls in them."""
     period = _period_of(p, tz, s, max(p.start, now.astimezone(tz).date()))
-    if period.checkin_at.astimezone(tz).date() < p.start:
+    while period.checkin_at.astimezone(tz).date() < p.start or period.checkin_at < p.created_at:
         period = _period_of(p, tz, s, period.checkin_at.astimezone(tz).date() + timedelta(7))
-    return max(period.checkin_at, now)
+    if period.checkin_at >= now - ON_TIME:
+        return max(period.checkin_at, now)
+    return quiet_until(now, tz, s.quiet) or now
 
 
 def days_left(due: date, today: date) -> int:

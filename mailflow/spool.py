@@ -13,14 +13,20 @@ Layout (a maildir-like scheme: the rename is the commit point):
 - `spool/new/<id>`: committed, waiting for the processor.
 - `spool/refusals.json`: what the running listener refused, by reason (see `record_refusals`).
 - `quarantine/<id>` + `quarantine/<id>.reason.txt`: set aside with the reason (next to
-  `spool/`, at data_dir level, so that status and operators find it in one place).
+  `spool/`, at data_dir level, so that status and operators find it in one place). The
+  sidecar is `key: value` lines: `reason`, `envelope`, and when known `sender` (the From
+  address), `partnership` and `period`; an admin's decision adds `released: ...` or
+  `dropped: ...` before the message leaves the folder, so the sidecar stays behind as the
+  record of what became of it.
 
 One file per message: a first line `MFSPOOL1 {json envelope}\\n`, then the raw bytes exactly
 as they will be parsed. JSON with `ensure_ascii` never contains a newline, so the first
 newline always ends the envelope.
 
 This module reads no clock (the received time is passed in) and knows nothing about SMTP.
-Ids sort by received time, so `pending()` is oldest first.
+Ids sort by received time, so `pending()` is oldest first. Archived copies under mail/in/
+keep the same format (the file is moved there as it is); `raw_message` gives back the raw
+bytes of any of these files.
 """
 
 from __future__ import annotations
@@ -53,6 +59,17 @@ REFUSALS = "refusals.json"  # the running listener's refusals, by reason (for st
 # without a newline is a damaged file, and we refuse to read it into memory as a header.
 _MAX_HEADER_BYTES = 256 * 1024
 _ENVELOPE_PEEK = 4096  # enough for the envelope line of any message we accept
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """What `quarantine/<id>.reason.txt` says about a quarantined message."""
+
+    reason: str
+    sender: str = ""  # the From address (older sidecars: the envelope sender)
+    partnership_id: int | None = None
+    period: str | None = None
+    outcome: str = ""  # "released: ..." or "dropped: ..." once an admin decided; else ""
 
 
 @dataclass(frozen=True)
@@ -327,15 +344,25 @@ class Spool:
             return
         fsync_dir(self.new_dir)
 
-    def quarantine(self, entry_id: str, reason: str) -> Path:
+    def quarantine(
+        self,
+        entry_id: str,
+        reason: str,
+        *,
+        sender: str = "",
+        partnership_id: int | None = None,
+        period: str | None = None,
+    ) -> Path:
         """Move a pending message aside with a `<id>.reason.txt` sidecar; return its new path.
 
-        The sidecar is written (and fsynced) first: a crash in between leaves the message in
+        `sender` (its From address) and, when the reason is about one, `partnership_id` and
+        `period` go into the sidecar too (`status` and an admin's list show them). The
+        sidecar is written (and fsynced) first: a crash in between leaves the message in
         new/ to be processed again, never a quarantined message without its reason.
         """
         _check_id(entry_id)
         src = self.new_dir / entry_id
-        reason_line = " ".join(reason.split()) or "(no reason given)"
+        reason_line = _one_line(reason) or "(no reason given)"
         try:
             with src.open("rb") as f:
                 head = f.read(_MAX_HEADER_BYTES)
@@ -344,15 +371,14 @@ class Spool:
             raise
         except OSError as exc:
             envelope = f"(could not read: {exc})"
-        sidecar = self.quarantine_dir / (entry_id + REASON_SUFFIX)
         text = f"reason: {reason_line}\nenvelope: {envelope}\n"
-        tmp = self.quarantine_dir / f".{entry_id}.reason.tmp"
-        self.disk.before_write(tmp, len(text))
-        with tmp.open("w", encoding="utf-8", errors="backslashreplace") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, sidecar)
+        if sender:
+            text += f"sender: {_one_line(sender)}\n"
+        if partnership_id is not None:
+            text += f"partnership: {partnership_id}\n"
+        if period:
+            text += f"period: {_one_line(period)}\n"
+        sidecar = self._write_sidecar(entry_id, text)
         dest = self.quarantine_dir / entry_id
         try:
             os.replace(src, dest)
@@ -366,6 +392,18 @@ class Spool:
         log.info("spool: quarantined %s: %s", entry_id, reason_line)
         return dest
 
+    def _write_sidecar(self, entry_id: str, text: str) -> Path:
+        """Write `<id>.reason.txt` atomically (temp file, fsync, rename)."""
+        sidecar = self.quarantine_dir / (entry_id + REASON_SUFFIX)
+        tmp = self.quarantine_dir / f".{entry_id}.reason.tmp"
+        self.disk.before_write(tmp, len(text))
+        with tmp.open("w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, sidecar)
+        return sidecar
+
     def quarantined(self) -> list[tuple[str, str]]:
         """(id, reason) of every quarantined message, oldest first."""
         out: list[tuple[str, str]] = []
@@ -376,16 +414,111 @@ class Spool:
         return out
 
     def _reason(self, entry_id: str) -> str:
+        return self.sidecar(entry_id).reason
+
+    def _sidecar_text(self, entry_id: str) -> str | None:
         try:
-            text = (self.quarantine_dir / (entry_id + REASON_SUFFIX)).read_text(
+            return (self.quarantine_dir / (entry_id + REASON_SUFFIX)).read_text(
                 encoding="utf-8", errors="replace"
             )
         except OSError:
-            return "(no reason recorded)"
-        for line in text.splitlines():
-            if line.startswith("reason: "):
-                return line[len("reason: ") :]
-        return "(no reason recorded)"
+            return None
+
+    def sidecar(self, entry_id: str) -> Sidecar:
+        """The sidecar of a quarantined (or formerly quarantined) message; a missing or
+        unreadable one reads as "(no reason recorded)"."""
+        _check_id(entry_id)
+        fields: dict[str, str] = {}
+        for line in (self._sidecar_text(entry_id) or "").splitlines():
+            key, sep, value = line.partition(": ")
+            if sep and key not in fields:
+                fields[key] = value
+        pid = fields.get("partnership", "")
+        sender = fields.get("sender", "")
+        if not sender:
+            try:
+                envelope = json.loads(fields.get("envelope", ""))
+                sender = str(envelope.get("mail_from", "")) if isinstance(envelope, dict) else ""
+            except ValueError:
+                sender = ""
+        outcome = next((f"{k}: {fields[k]}" for k in ("released", "dropped") if k in fields), "")
+        return Sidecar(
+            reason=fields.get("reason") or "(no reason recorded)",
+            sender=sender.lower(),
+            partnership_id=int(pid) if pid.isdigit() else None,
+            period=fields.get("period") or None,
+            outcome=outcome,
+        )
+
+    def has_sidecar(self, entry_id: str) -> bool:
+        """Whether `entry_id` was ever quarantined here (its sidecar outlives the message)."""
+        _check_id(entry_id)
+        return (self.quarantine_dir / (entry_id + REASON_SUFFIX)).is_file()
+
+    def is_quarantined(self, entry_id: str) -> bool:
+        """Whether the message `entry_id` is in the quarantine now."""
+        _check_id(entry_id)
+        return (self.quarantine_dir / entry_id).is_file()
+
+    def quarantined_entry(self, entry_id: str) -> SpoolEntry:
+        """A quarantined message as a `SpoolEntry` (its path in quarantine/).
+
+        FileNotFoundError when it is not there; SpoolError when the file has no readable
+        envelope (an "unreadable spool file" can only be dropped).
+        """
+        _check_id(entry_id)
+        path = self.quarantine_dir / entry_id
+        return _decode(entry_id, path, path.read_bytes())
+
+    def read_quarantined(self, entry_id: str, limit: int = -1) -> bytes:
+        """A quarantined file as it is (envelope line, then the raw message), or its first
+        `limit` bytes."""
+        _check_id(entry_id)
+        with (self.quarantine_dir / entry_id).open("rb") as f:
+            return f.read(limit)
+
+    def close_quarantined(self, entry_id: str, outcome: str) -> None:
+        """Record an admin's decision in the sidecar (`released: ...`, `dropped: ...`).
+
+        Written before the message leaves quarantine/, so the sidecar is never left without
+        the decision that emptied its folder.
+        """
+        _check_id(entry_id)
+        text = self._sidecar_text(entry_id) or "reason: (no reason recorded)\n"
+        self._write_sidecar(entry_id, text.rstrip("\n") + "\n" + _one_line(outcome) + "\n")
+        fsync_dir(self.quarantine_dir)
+
+    def drop_quarantined(self, entry_id: str) -> None:
+        """Delete a quarantined message for good (its sidecar stays as the record)."""
+        _check_id(entry_id)
+        try:
+            (self.quarantine_dir / entry_id).unlink()
+        except FileNotFoundError:
+            return
+        fsync_dir(self.quarantine_dir)
+
+
+def raw_message(data: bytes) -> bytes:
+    """The raw message of a spool, quarantine or archive file (after its `MFSPOOL1` line);
+    any other bytes are taken to be a raw message already."""
+    try:
+        _, raw = _split(data)
+    except SpoolError:
+        return data
+    return raw
+
+
+def envelope_of(data: bytes) -> dict[str, object]:
+    """The envelope of a spool-format file ({} when `data` has none)."""
+    try:
+        header, _ = _split(data)
+    except SpoolError:
+        return {}
+    return header
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _utc(dt: datetime) -> datetime:

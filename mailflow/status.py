@@ -1,8 +1,10 @@
 """The read side: what `status` shows, and the week-by-week strip of one partnership.
 
-Nothing here writes. `status` reads the core file, the current period file of each running
-partnership, the spool and the outbox; `strip` reads the per-period summaries (cached by the
-store per file version) that the strip of one partnership needs.
+Nothing here writes. Both read the per-period summaries and outgoing tallies the store keeps
+per file version (never an object per record): `status` those of the current period of each
+running partnership and of the outbox's latest periods, with the core file, the spool and
+the quarantine (whose sidecars name each message's sender); `strip` those of the weeks one
+partnership's strip shows.
 """
 
 from __future__ import annotations
@@ -12,13 +14,23 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from mailflow import letters
-from mailflow.models import CONSENT_ACCEPTED, CONSENT_PENDING, ENDED, PAUSED, Partnership, Person
+from mailflow.models import (
+    CONSENT_ACCEPTED,
+    CONSENT_PENDING,
+    ENDED,
+    PAUSED,
+    QUEUED,
+    Partnership,
+    PeriodSummary,
+    Person,
+)
 from mailflow.outbox import Outbox
 from mailflow.schedule import Settings, current_period
 from mailflow.spool import Spool
-from mailflow.store import Store, WeekView
+from mailflow.store import Store
 
 QUARANTINE_SHOWN = 20  # status lists the most recent quarantined messages only
+NOTHING_YET = PeriodSummary()  # a partnership the period file has no record of
 
 
 def strip(
@@ -51,15 +63,18 @@ def status(
 ) -> dict[str, Any]:
     """This period of every running partnership, with the totals, consent, bounces, the
     quarantine and the outgoing queue: the dict `status --json` prints."""
-    core = store.core()
-    people = core.directory  # only the shards of running partnerships' members are read
+    # The store's objects of this version of core.json (a site asks again and again), and
+    # per-period summaries instead of the period files' records: no object per record.
+    # People are looked up in their shards: only running partnerships' members are read.
+    roster = store.roster()
+    people = roster.people
     totals = dict.fromkeys(
         ("partnerships", "sent", "replied", "setbacks", "missing", "waiting", "paused"), 0
     )
     consent: dict[str, list[int]] = {"pending": [], "declined": [], "overdue": []}
-    views: dict[str, WeekView] = {}
+    summaries: dict[str, dict[int, PeriodSummary]] = {}  # one file version per status
     rows = []
-    for p in core.partnerships():
+    for p in roster.partnerships.values():
         if p.status == ENDED or p.member not in people:
             continue
         totals["partnerships"] += 1
@@ -69,10 +84,9 @@ def status(
                 consent["overdue"].append(p.id)
         if p.status == PAUSED:
             totals["paused"] += 1
-        rows.append(
-            _row(store, views, p, ZoneInfo(people[p.member].timezone), settings, now, totals)
-        )
-    quarantined = spool.quarantined()
+        tz = ZoneInfo(people[p.member].timezone)
+        rows.append(_row(store, summaries, p, tz, settings, now, totals))
+    quarantined = [(qid, spool.sidecar(qid)) for qid, _ in spool.quarantined()]
     held = spool.held()  # what the listener's quotas count (waiting or quarantined)
     failed = outbox.failed()
     return {
@@ -81,13 +95,22 @@ def status(
         "consent_pending": consent["pending"],
         "consent_declined": consent["declined"],
         "consent_overdue": consent["overdue"],
-        "bouncing": sorted(core.bouncing()),
+        "bouncing": sorted(store.core().bouncing()),  # the index: no shard read
         "quarantined": len(quarantined),
-        "quarantine": [{"id": i, "reason": r} for i, r in quarantined[-QUARANTINE_SHOWN:]],
+        "quarantined_senders": sorted({car.sender or "(nobody)" for _, car in quarantined}),
+        "quarantine": [
+            {
+                "id": qid,
+                "reason": car.reason,
+                "sender": car.sender,
+                "partnership": car.partnership_id,
+            }
+            for qid, car in quarantined[-QUARANTINE_SHOWN:]
+        ],
         "spooled": spool.count_pending(),
         "held": {"messages": held.messages, "bytes": held.bytes},
         "refused": spool.refusals(),  # by the running listener, by reason ({}: none recorded)
-        "outgoing_queued": len(outbox.pending()),
+        "outgoing_queued": outbox.count(QUEUED),
         "outgoing_failed": len(failed),
         "failed": [{"key": o.key, "to": o.to, "error": o.error} for o in failed],
         "partnerships_detail": rows,
@@ -96,7 +119,7 @@ def status(
 
 def _row(
     store: Store,
-    views: dict[str, WeekView],
+    summaries: dict[str, dict[int, PeriodSummary]],
     p: Partnership,
     tz: ZoneInfo,
     settings: Settings,
@@ -116,18 +139,18 @@ def _row(
     if cur is None:
         row["state"] = "not started"
         return row
-    view = views.get(cur.label) or views.setdefault(cur.label, store.week(cur.label))
-    week = view.week(p.id)
-    reports = view.reports(p.id)
-    sent = bool(week and week.checkin_at)
-    setback = any(r.setback for r in reports)
-    row.update(checkin_sent=sent, reports=len(reports), setback=setback)
+    summary = summaries.get(cur.label)
+    if summary is None:
+        summary = summaries[cur.label] = store.period_summary(cur.label)
+    week = summary.get(p.id, NOTHING_YET)
+    sent, reports, setback = week.checkin_sent, week.reports, week.setback
+    row.update(checkin_sent=sent, reports=reports, setback=setback)
     totals["sent"] += sent
     if reports:
         totals["replied"] += 1
         totals["setbacks"] += setback
         row["state"] = "setback" if setback else "reported"
-    elif week and week.no_report_at:
+    elif week.no_report_sent:
         totals["missing"] += 1
         row["state"] = "missing"
     elif sent:

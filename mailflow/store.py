@@ -1,11 +1,13 @@
 """Storage: the only module that touches TinyDB; it takes and returns domain objects.
 
 Layout under data_dir/db/ (every file is in TinyDB's JSON format, `{table: {doc_id: doc}}`):
-- core.json: the program: partnerships, meta, and the index of bouncing addresses. Its size
-  grows with the program, not with the directory.
+- core.json: the program: partnerships, meta, the index of bouncing addresses and that of the
+  skills on offer (skill -> how many offer it). Its size grows with the program, not with
+  the directory.
 - people/XX.json: the directory, in 256 shards by a hash of the address (XX = crc32 % 256 in
-  hex). A question about one person reads one shard, the eligibility walk up a reporting
-  line reads one shard per manager, and a change to one person rewrites one shard: an admin
+  hex), with each manager's count of reports in her own shard (`managed`). A question about
+  one person reads one shard, the eligibility walk up a reporting line reads one shard per
+  manager, and a change to one person rewrites one shard (and her manager's): an admin
   action costs the same in a directory of 100 people as in one of 100,000.
 - commit.json: present only while a transaction that changes several files (an import, a
   bounce flag with its index entry) is being applied; see `Store._commit_many`.
@@ -55,7 +57,18 @@ from mailflow.errors import (
     StoreLockedError,
     is_transient,
 )
-from mailflow.models import Inbound, Outgoing, Partnership, PeriodSummary, Person, Report, Week
+from mailflow.models import (
+    FAILED,
+    QUEUED,
+    Inbound,
+    Outgoing,
+    Partnership,
+    PeriodSummary,
+    Person,
+    Report,
+    Roster,
+    Week,
+)
 
 log = logging.getLogger("mailflow.store")
 _T = TypeVar("_T")
@@ -243,6 +256,8 @@ _KINDS = {
     "partnerships": "partnership",
     "meta": "meta",
     "bouncing": "bouncing address",
+    "offered": "offered skill",
+    "managed": "manager",
     "weeks": "week",
     "reports": "report",
     "inbound": "inbound",
@@ -254,6 +269,8 @@ _KEYS = {
     "partnerships": "id",
     "meta": "name",
     "bouncing": "email",
+    "offered": "skill",
+    "managed": "email",
     "weeks": "key",
     "reports": "message_id",
     "inbound": "message_id",
@@ -303,6 +320,11 @@ class _View:
         self, table: str, docs: Iterable[dict[str, Any]], make: Callable[[dict[str, Any]], _T]
     ) -> list[_T]:
         return [self._obj(table, d, make) for d in docs]
+
+    def _docs(self, name: str) -> Iterable[dict[str, Any]]:
+        """A table's documents, without building its key index just to read them all."""
+        table = self._tables.get(name)
+        return table.raw.values() if table is not None else self._data.get(name, {}).values()
 
     def _put(self, name: str, doc: dict[str, Any]) -> None:
         if not self._writable:
@@ -365,9 +387,29 @@ class Directory(Mapping[str, Person]):
         self._view(shard_name(person.email))._put("people", person.to_doc())
         self._people[person.email] = person
 
-    def remove(self, email: str) -> None:
-        self._view(shard_name(email))._delete("people", email)
+    def remove(self, email: str) -> bool:
+        """Delete a person; False when there was none."""
+        view = self._view(shard_name(email))
+        there = view._table("people").get(email) is not None
+        view._delete("people", email)
         self._people[email] = None
+        return there
+
+    def reports_to(self, manager: str) -> int:
+        """How many people name `manager` as theirs (the count kept in her shard)."""
+        doc = self._view(shard_name(manager))._table("managed").get(manager)
+        return int(doc.get("count", 0)) if doc is not None else 0
+
+    def count_report(self, manager: str | None, delta: int) -> None:
+        """Someone starts (+1) or stops (-1) naming `manager` as theirs."""
+        if not manager:
+            return
+        n = self.reports_to(manager) + delta
+        view = self._view(shard_name(manager))
+        if n > 0:
+            view._put("managed", {"email": manager, "count": n})
+        else:
+            view._delete("managed", manager)
 
     def changed(self) -> list[tuple[Path, dict[str, dict[str, Any]]]]:
         """(path, data) of each shard this transaction changed."""
@@ -389,8 +431,16 @@ class CoreView(_View):
         return self.directory.get(email)
 
     def put_person(self, person: Person) -> None:
-        """Store a person; the bouncing index in core.json follows in the same commit."""
+        """Store a person; the indexes (bouncing and offered skills in core.json, the count
+        of reports in the manager's shard) follow in the same commit."""
+        old = self.directory.get(person.email)
         self.directory.put(person)
+        before = set(old.offers) if old is not None else set()
+        self._count_offers(before - set(person.offers), -1)
+        self._count_offers(set(person.offers) - before, +1)
+        if old is None or old.manager != person.manager:
+            self.directory.count_report(old.manager if old else None, -1)
+            self.directory.count_report(person.manager, +1)
         index = self._table("bouncing")
         entry = index.get(person.email)
         if person.bouncing:
@@ -399,9 +449,36 @@ class CoreView(_View):
         elif entry is not None:
             self._delete("bouncing", person.email)
 
-    def remove_person(self, email: str) -> None:
-        self.directory.remove(email)
+    def remove_person(self, email: str) -> bool:
+        """Delete a person and their index entries; False when there was none. Their
+        records stay (by address)."""
+        old = self.directory.get(email)
+        if old is None or not self.directory.remove(email):
+            return False
+        self._count_offers(old.offers, -1)
+        self.directory.count_report(old.manager, -1)
         self._delete("bouncing", email)
+        return True
+
+    def _count_offers(self, skills: Iterable[str], delta: int) -> None:
+        table = self._table("offered")
+        for skill in skills:
+            doc = table.get(skill)
+            n = (int(doc.get("count", 0)) if doc is not None else 0) + delta
+            if n > 0:
+                self._put("offered", {"skill": skill, "count": n})
+            else:
+                self._delete("offered", skill)
+
+    def offered(self, besides: Person | None = None) -> set[str]:
+        """Every skill someone offers, from the index (no shard is read); `besides`: not
+        counting what that person offers."""
+        mine = set(besides.offers) if besides is not None else set()
+        return {
+            d["skill"]
+            for d in self._table("offered").docs()
+            if int(d.get("count", 0)) > (1 if d["skill"] in mine else 0)
+        }
 
     def bouncing(self) -> dict[str, str]:
         """Bouncing address -> reason, from the index (no shard is read)."""
@@ -503,8 +580,14 @@ class WeekView(_View):
         doc = self._table("outgoing").get(key)
         return None if doc is None else self._obj("outgoing", doc, Outgoing.from_doc)
 
-    def outgoings(self) -> list[Outgoing]:
-        return self._objs("outgoing", self._table("outgoing").docs(), Outgoing.from_doc)
+    def outgoings(self, status: str | None = None) -> list[Outgoing]:
+        """The period's outgoing mail (only that in `status`, when given)."""
+        if status is None:
+            return self._objs("outgoing", self._table("outgoing").docs(), Outgoing.from_doc)
+        # Filtered on the stored documents: a period of 30,000 sent messages builds no object
+        # for the few still queued or failed that a delivery or `status` asks about.
+        docs = (d for d in self._docs("outgoing") if _status(d) == status)
+        return self._objs("outgoing", docs, Outgoing.from_doc)
 
     def put_outgoing(self, item: Outgoing) -> None:
         self._put("outgoing", item.to_doc())
@@ -534,18 +617,37 @@ class Problem:
 
 def _split_people(
     raw: dict[str, Any], core_path: Path
-) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """An old core.json's people table as shard tables by file name, and the bouncing index."""
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """An old core.json's people table as shard files by name (people, and the count of
+    reports of each manager in her shard), and core.json's indexes (bouncing, offered)."""
     people = _Table(raw, "email", core_path)  # checks every document has an address
-    shards: dict[str, dict[str, Any]] = {}
+    shards: dict[str, dict[str, dict[str, Any]]] = {}
     bouncing: dict[str, Any] = {}
+    offered: dict[str, int] = {}
+    reports: dict[str, int] = {}
     for doc in people.docs():
-        table = shards.setdefault(shard_name(doc["email"]), {})
+        table = shards.setdefault(shard_name(doc["email"]), {"people": {}})["people"]
         table[str(len(table) + 1)] = doc
         if doc.get("bouncing"):
             reason = doc.get("bounce_reason", "")
             bouncing[str(len(bouncing) + 1)] = {"email": doc["email"], "reason": reason}
-    return shards, bouncing
+        offers = doc.get("offers")
+        for skill in set(offers) if isinstance(offers, list) else ():
+            if isinstance(skill, str):
+                offered[skill] = offered.get(skill, 0) + 1
+        if isinstance(doc.get("manager"), str) and doc["manager"]:
+            reports[doc["manager"]] = reports.get(doc["manager"], 0) + 1
+    for manager, n in reports.items():
+        managed = shards.setdefault(shard_name(manager), {"people": {}}).setdefault("managed", {})
+        managed[str(len(managed) + 1)] = {"email": manager, "count": n}
+    index = {
+        "bouncing": bouncing,
+        "offered": {
+            str(i): {"skill": skill, "count": n}
+            for i, (skill, n) in enumerate(sorted(offered.items()), 1)
+        },
+    }
+    return shards, index
 
 
 class _Journal:
@@ -600,6 +702,16 @@ class _Journal:
         fsync_dir(self.db_dir)
         return targets
 
+    def write_shards(self, folder: Path, shards: dict[str, dict[str, dict[str, Any]]]) -> None:
+        """Replace every shard file in `folder` by `shards` (the migration), each synced."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.json"):  # a crashed earlier attempt's shards
+            old.unlink()
+        for name, tables in shards.items():
+            payload = json.dumps(tables, ensure_ascii=False, separators=(",", ":"))
+            self.write_synced(folder / name, payload.encode())
+        fsync_dir(folder)
+
     def write_synced(self, path: Path, payload: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -615,6 +727,61 @@ class _Journal:
             if is_transient(exc):
                 raise DiskFullError(path, f"cannot write database: {reason}") from None
             raise StoreError(f"{path}: cannot write database: {reason}") from None
+
+
+def _status(doc: dict[str, Any]) -> str:
+    return str(doc.get("status", QUEUED))  # as Outgoing.from_doc reads it
+
+
+@dataclass(frozen=True)
+class OutgoingTally:
+    """How a period's outgoing mail stands: how many in each status, and the failed ones."""
+
+    counts: Mapping[str, int]
+    failed: tuple[Outgoing, ...]
+
+
+@dataclass(frozen=True)
+class _Digest:
+    """What is kept of one version of a period file once it has been read for its numbers."""
+
+    stamp: tuple[int, int, int]
+    summary: dict[int, PeriodSummary]
+    tally: OutgoingTally
+    problem: Problem | None = None  # the file could not be read: reported at each use
+
+
+def _summary(view: WeekView, data: dict[str, dict[str, Any]]) -> dict[int, PeriodSummary]:
+    summary: dict[int, PeriodSummary] = {}
+    for d in data.get("weeks", {}).values():
+        pid = view._obj("weeks", d, lambda d: int(d["partnership_id"]))
+        summary[pid] = PeriodSummary(
+            checkin_sent=d.get("checkin_at") is not None,
+            no_report_sent=d.get("no_report_at") is not None,
+        )
+    for d in data.get("reports", {}).values():
+        pid, setback = view._obj(
+            "reports", d, lambda d: (int(d["partnership_id"]), bool(d["setback"]))
+        )
+        prev = summary.get(pid, PeriodSummary())
+        summary[pid] = PeriodSummary(
+            prev.checkin_sent,
+            prev.no_report_sent,
+            prev.reports + 1,
+            prev.setback or setback,
+        )
+    return summary
+
+
+def _tally(view: WeekView, data: dict[str, dict[str, Any]]) -> OutgoingTally:
+    counts: dict[str, int] = {}
+    failed = []
+    for d in data.get("outgoing", {}).values():
+        status = _status(d)
+        counts[status] = counts.get(status, 0) + 1
+        if status == FAILED:
+            failed.append(view._obj("outgoing", d, Outgoing.from_doc))
+    return OutgoingTally(counts, tuple(failed))
 
 
 @dataclass
@@ -637,9 +804,7 @@ class Store:
         self._problems: dict[tuple[Path, str], Problem] = {}
         self._problems_lock = threading.Lock()
         self._cache: dict[Path, _Cached] = {}
-        self._summaries: dict[
-            Path, tuple[tuple[int, int, int], dict[int, PeriodSummary], Problem | None]
-        ] = {}
+        self._digests: dict[Path, _Digest] = {}
         self._guards: dict[Path, threading.RLock] = {}
         self._guards_lock = threading.Lock()
         self._fragments: tuple[Path, _Fragments] | None = None
@@ -838,9 +1003,13 @@ class Store:
                 hit = self._core_objects = (data, {p.id: p for p in view.partnerships()})
             return Directory(self, False), hit[1]
 
+    def roster(self) -> Roster:
+        """People (a Directory) and partnerships (id order, objects shared per version)."""
+        people, partnerships = self._core_maps()
+        return Roster(people, dict(partnerships))
+
     def people_map(self) -> Mapping[str, Person]:
-        """email -> Person for lookups, read shard by shard (parsed shards are cached per
-        file version, so serve parses each once until it changes)."""
+        """email -> Person, read shard by shard (parsed shards cached per file version)."""
         return self._core_maps()[0]
 
     def partnerships_map(self) -> dict[int, Partnership]:
@@ -882,19 +1051,13 @@ class Store:
         """Move the people table of an old core.json into shards (core lock held; `data`
         is the transaction's copy of core.json, changed in place and committed).
 
-        Shards first, each synced; then core.json without people (with the bouncing index)
+        Shards first, each synced; then core.json without people (with its indexes)
         replaces the old one atomically. A crash before that rename leaves the old
         core.json, and the next start does the whole move again.
         """
-        shards, bouncing = _split_people(data.pop("people"), self.core_path)
-        self.people_dir.mkdir(parents=True, exist_ok=True)
-        for old in self.people_dir.glob("*.json"):  # a crashed earlier attempt's shards
-            old.unlink()
-        for name, table in shards.items():
-            payload = json.dumps({"people": table}, ensure_ascii=False, separators=(",", ":"))
-            self._journal.write_synced(self.people_dir / name, payload.encode())
-        fsync_dir(self.people_dir)
-        data["bouncing"] = bouncing
+        shards, index = _split_people(data.pop("people"), self.core_path)
+        self._journal.write_shards(self.people_dir, shards)
+        data.update(index)
         self._commit(self.core_path, data)
         log.info("moved the people of core.json into %s", self.people_dir)
 
@@ -915,7 +1078,8 @@ class Store:
                 self._commit(path, data)
 
     def period_summary(self, period: str) -> dict[int, PeriodSummary]:
-        """Per partnership: what happened in one period, for history strips and summaries.
+        """Per partnership: what happened in one period, for history strips, summaries and
+        `status`.
 
         Cached per file version without keeping the file itself, so reading a year of
         history costs one parse per old week per process and little memory. A file that
@@ -923,51 +1087,45 @@ class Store:
         `Problem` for `take_problems`: one broken old week must not stop every check-in
         whose history strip passes over it.
         """
+        return self._digest(period).summary
+
+    def outgoing_tally(self, period: str) -> OutgoingTally:
+        """How one period's outgoing mail stands: counts by status and the failed messages.
+
+        Cached per file version with the summary (one parse gives both): `status` counts the
+        queued and failed mail of the latest periods, whose 30,000 records each are nearly all
+        sent, without an object per record and, in a long-running process, without parsing a
+        file again that has not changed.
+        """
+        return self._digest(period).tally
+
+    def _digest(self, period: str) -> _Digest:
         path = self.week_path(period)
         with self._guard(path):
             try:
                 st = path.stat()
             except FileNotFoundError:
-                return {}
+                return _Digest((0, 0, 0), {}, OutgoingTally({}, ()))
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-            hit = self._summaries.get(path)
-            if hit is not None and hit[0] == stamp:
-                if hit[2] is not None:
-                    self._note(hit[2])  # still broken: still reported, not parsed again
-                return hit[1]
-            problem = None
+            hit = self._digests.get(path)
+            if hit is not None and hit.stamp == stamp:
+                if hit.problem is not None:
+                    self._note(hit.problem)  # still broken: still reported, not parsed again
+                return hit
             try:
-                summary = self._summarise(path, stamp)
+                digest = self._read_digest(path, stamp)
             except CorruptFileError as exc:
                 problem = Problem(path, str(exc).removeprefix(f"{path}: "), error=True)
                 self._note(problem)
-                summary = {}
-            self._summaries[path] = (stamp, summary, problem)
-            return summary
+                digest = _Digest(stamp, {}, OutgoingTally({}, ()), problem)
+            self._digests[path] = digest
+            return digest
 
-    def _summarise(self, path: Path, stamp: tuple[int, int, int]) -> dict[int, PeriodSummary]:
+    def _read_digest(self, path: Path, stamp: tuple[int, int, int]) -> _Digest:
         cached = self._cache.get(path)
         data = cached.data if cached and cached.stamp == stamp else self._load(path, False)
-        summary: dict[int, PeriodSummary] = {}
         view = WeekView(path.stem, data, writable=False, path=path)
-        for d in data.get("weeks", {}).values():
-            pid = view._obj("weeks", d, lambda d: int(d["partnership_id"]))
-            summary[pid] = PeriodSummary(
-                checkin_sent=d.get("checkin_at") is not None,
-                no_report_sent=d.get("no_report_at") is not None,
-            )
-        for d in data.get("reports", {}).values():
-            pid, setback = view._obj(
-                "reports", d, lambda d: (int(d["partnership_id"]), bool(d["setback"]))
-            )
-            prev = summary.get(pid, PeriodSummary())
-            summary[pid] = PeriodSummary(
-                prev.checkin_sent,
-                prev.no_report_sent,
-                prev.reports + 1,
-                prev.setback or setback,
-            )
-        return summary
+        return _Digest(stamp, _summary(view, data), _tally(view, data))
 
     # -- problems ---------------------------------------------------------------------------
 

@@ -97,13 +97,14 @@ class Rcpt(Enum):
     TOKEN = "token"  # a reply address we signed
     PLAIN = "plain"  # checkin@DOMAIN
     BOUNCES = "bounces"  # bounces@DOMAIN
+    FROM = "from"  # our own From address (any domain): a person writing to us
     FOREIGN = "foreign"  # another domain: we never relay
     BAD_TOKEN = "bad_token"  # our domain, but no address we made
 
     @property
     def accepted(self) -> bool:
         """Whether the listener takes mail for it."""
-        return self in (Rcpt.TOKEN, Rcpt.PLAIN, Rcpt.BOUNCES)
+        return self in (Rcpt.TOKEN, Rcpt.PLAIN, Rcpt.BOUNCES, Rcpt.FROM)
 
 
 def classify_rcpt(address: str, domain: str, secret: bytes) -> tuple[Rcpt, Token | None]:
@@ -151,10 +152,15 @@ def letter_message_id(template: str, key: str, domain: str) -> str:
 
 @dataclass(frozen=True)
 class Keys:
-    """The service's signing key and domain: what makes and reads our addresses."""
+    """The service's signing key and domain: what makes and reads our addresses.
+
+    `mailbox` is our From address (lower case; "" when unknown): people answer mail that has
+    no Reply-To, or write to it from their address book, so it is one of ours too.
+    """
 
     secret: bytes = field(repr=False)
     domain: str
+    mailbox: str = ""
 
     def token(self, kind: str, partnership_id: int, period: str) -> str:
         """The token of a reply of `kind` (CHECKIN, DIGEST, AGREE) to a partnership's period
@@ -176,8 +182,16 @@ class Keys:
         return f"{BOUNCE_LOCAL}@{self.domain}"
 
     def rcpt(self, address: str) -> tuple[Rcpt, Token | None]:
-        """`classify_rcpt` with this key and domain."""
-        return classify_rcpt(address, self.domain, self.secret)
+        """`classify_rcpt` with this key and domain; our From address is `Rcpt.FROM` unless
+        it is one of the addresses above (then it is that one, and `is_mailbox` says so)."""
+        kind, token = classify_rcpt(address, self.domain, self.secret)
+        if not kind.accepted and self.is_mailbox(address):
+            return Rcpt.FROM, None
+        return kind, token
+
+    def is_mailbox(self, address: str) -> bool:
+        """Whether `address` (any case, optional <>) is our From address."""
+        return bool(self.mailbox) and address.strip().strip("<>").lower() == self.mailbox
 
     def parse(self, token: str) -> Token | None:
         """`parse_token` with this key: the token's meaning, or None when not ours."""

@@ -6,11 +6,17 @@ Two steps, as Mailman's LMTP runner splits the recipient before the queue does i
    its recipients and the roster alone: a bounce or other mail to our return path is
    recorded, mail to a check-in token (or naming one of our Message-IDs in In-Reply-To /
    References) or to the plain address from a member is routed to its partnership as a
-   `Target`; a forged sender, an ended partnership or a stranger is quarantined.
+   `Target`; mail to our own From address that is about no partnership is a `Mailbox`; a
+   forged sender, an ended partnership or a stranger is quarantined.
 2. `decide(parsed, target, facts)` says what a routed message is, given the `Facts` the
    use case reads for that one partnership (its current period, where a report counts, the
    member's date): a member's `Reply` (a report and/or commands), a partner's `Consent` or
    `Note`, other inbound mail to `Record`, or `Quarantine` with the reason for a human.
+   `decide_mailbox(parsed, mailbox, admin)` says what mail to the From address is: a person
+   writing to us is a `Forward` to the admin (quarantined when there is none), an auto-reply
+   is recorded; nothing there is ever answered automatically. (When the program address of
+   self-service is the same mailbox, its commands are a `Target` of step 1 and only the rest
+   comes here.)
 
 A From header proves nothing (design.md section 3). `proven(parsed, target, trust)` is the one
 rule for when what a message *asks* (commands, consent) may be done in a person's name: the
@@ -21,6 +27,13 @@ that are not proven (she wrote to the plain address) are not run: `decide` hands
 as `Reply.to_confirm`, and she is asked to confirm them from her own mailbox (`Confirm`, the
 answer to that mail). What a message *says* (a report) still counts; a report that came
 unbound gets a receipt at her stored address, so a forgery is seen.
+
+An admin's release of a quarantined message goes the same two steps, told so: `route(...,
+vouch=True)` lets a sender who is not the token's person (or a reply to an ended partnership)
+through as a `Target`, and `Facts` with `released=True` counts a report for the period its
+token names, however old. The release is no proof either: `proven` is the same rule, so the
+commands of a message from another address are held for the member's confirmation exactly
+like those of a mail to the plain address, and a yes or no from another address is refused.
 
 Decisions are frozen variants; `actions` does what they ask and `intake` stores them. The
 stored records (`Report`, `Inbound`) carry the path the raw message will be archived under,
@@ -36,12 +49,16 @@ from datetime import date, datetime
 from email.utils import getaddresses
 
 from mailflow.commands import Command, extract_commands, parse_consent
+from mailflow.errors import DomainError
+from mailflow.letters import Written
 from mailflow.models import CONSENT_ACCEPTED, ENDED, Inbound, Partnership, Report, Roster
 from mailflow.parse import ParsedMessage, detect_setback, find_sections
+from mailflow.people import normalize_email
 from mailflow.schedule import utc_week, weeks_between
 from mailflow.tokens import AGREE, CHECKIN, CONFIRM, DIGEST, Keys, Rcpt, Token, token_from_ids
 
 MAX_TOKEN_AGE_WEEKS = 8  # older tokens are replays, not late replies
+FORWARD_CHARS = 20_000  # a forward shows at most this much of the message (all is archived)
 
 
 @dataclass(frozen=True)
@@ -83,12 +100,25 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Mailbox:
+    """Mail to our From address that is about no partnership: a person writing to us."""
+
+    sender: str
+    message_id: str
+    envelope: Envelope
+    to: str  # the recipient that is our From address, as the sender wrote it
+
+
+@dataclass(frozen=True)
 class Facts:
     """What `decide` needs from the store about the routed partnership, read once."""
 
     current: str | None  # the current period's label (None before the first check-in)
     report_period: str  # where a member's report counts (schedule.report_period)
     local_today: date  # the member's date when the message arrived
+    # An admin released it from the quarantine: no staleness check, and a reply to a
+    # check-in counts for the period it was written for (its token's), however old.
+    released: bool = False
 
 
 # -- the decisions ----------------------------------------------------------------------------
@@ -100,12 +130,16 @@ class Quarantine:
 
     `tell_member`: her own reply, refused after the sender was checked (a stale check-in, an
     ended partnership): she is told it was not counted, so a report never just vanishes.
+    `to_partner`: it was the partner's (an answer to a digest or an introduction of an ended
+    partnership), so the partner is the one told.
     """
 
     reason: str
     partnership_id: int | None = None
     period: str | None = None
     tell_member: bool = False
+    sender: str = ""  # its From address, for the admin (set by `intake`)
+    to_partner: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,10 +149,24 @@ class Record:
     reason: str
     inbound: Inbound
     bounced: tuple[str, ...] = ()  # a bounce: the addresses that failed
+    returned: tuple[str, ...] = ()  # a bounce: Message-IDs of ours it returned
 
     @property
     def period(self) -> str | None:
         return self.inbound.period
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Mail a person wrote to our From address: forwarded to the admin, never answered."""
+
+    written: Written
+    inbound: Inbound
+    reason: str = "forwarded to the admin"
+
+    @property
+    def period(self) -> None:
+        return None  # about no partnership: stored in the UTC week
 
 
 @dataclass(frozen=True)
@@ -141,6 +189,11 @@ class Reply:
     to_confirm: tuple[Command, ...] = ()
     unbound: bool = False
     proven: bool = True
+
+    @property
+    def not_run(self) -> tuple[str, ...]:
+        """Command lines not run now: held until she confirms them (`to_confirm`)."""
+        return tuple(c.line for c in self.to_confirm)
 
 
 @dataclass(frozen=True)
@@ -211,7 +264,7 @@ class Confirm:
         return f"confirmation {self.n}: {self.answer or 'unclear'}"
 
 
-Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous | Confirm
+Decision = Quarantine | Record | Reply | Consent | Note | Ambiguous | Forward | Confirm
 
 
 def records(d: Decision) -> tuple[Report | Inbound, ...]:
@@ -219,7 +272,7 @@ def records(d: Decision) -> tuple[Report | Inbound, ...]:
     match d:
         case Reply():
             return tuple(r for r in (d.report, d.inbound) if r is not None)
-        case Record() | Consent() | Note() | Ambiguous() | Confirm():
+        case Record() | Consent() | Note() | Ambiguous() | Forward() | Confirm():
             return (d.inbound,)
     return ()
 
@@ -239,6 +292,16 @@ def archive_path(period: str | None, entry_id: str, received_at: datetime) -> st
     """Where the raw message `entry_id` is kept, relative to data_dir: under its decision's
     period, else the UTC week it arrived in."""
     return f"mail/in/{period or utc_week(received_at)}/{entry_id}.eml"
+
+
+def pid_of(d: Decision) -> int | None:
+    """The partnership a decision is about, if any."""
+    match d:
+        case Quarantine():
+            return d.partnership_id
+        case Record():
+            return d.inbound.partnership_id
+    return d.pid
 
 
 def sender_of(d: Decision) -> str:
@@ -388,6 +451,14 @@ def message_id_of(parsed: ParsedMessage, raw: bytes) -> str:
     return f"<sha256.{hashlib.sha256(raw).hexdigest()[:40]}@mailflow.invalid>"
 
 
+def returned_ids(raw: bytes, domain: str) -> tuple[str, ...]:
+    """Our Message-IDs (`<...@DOMAIN>`) in a bounce: the headers of the mail it returns."""
+    pattern = rb"^(?:Message-ID|X-Original-Message-ID):[ \t]*(<[^<>\s]{1,300}@"
+    pattern += re.escape(domain.lower().encode("ascii", "replace")) + rb">)"
+    found = re.findall(pattern, raw[:262_144], re.I | re.M)
+    return tuple(dict.fromkeys(m.decode("ascii", "replace").lower() for m in found))
+
+
 _DIAGNOSTIC = re.compile(rb"^Diagnostic-Code:[ \t]*(?:smtp;)?[ \t]*([^\r\n]{1,300})", re.I | re.M)
 _STATUS = re.compile(rb"^Status:[ \t]*([245]\.\d{1,3}\.\d{1,3})", re.I | re.M)
 
@@ -451,26 +522,35 @@ def route(
     roster: Roster,
     *,
     trust: Trust = Trust(),  # noqa: B008 - frozen, shared on purpose
+    vouch: bool = False,
 ) -> Target | Decision:
     """The partnership a message is about (`Target`, with `proven` set), or what it is when
-    it is about none."""
-    found = _route(parsed, envelope, keys, roster)
+    it is about none.
+
+    `vouch`: an admin releases it from the quarantine, so a reply to a token from another
+    address than the token's person, or to an ended partnership, is routed anyway. The
+    From header is still no proof: such a `Target` is unproven (see `proven`), so what it
+    asks waits for the person's own confirmation.
+    """
+    found = _route(parsed, envelope, keys, roster, vouch)
     if isinstance(found, Target):
         return replace(found, proven=proven(parsed, found, trust))
     return found
 
 
 def _route(
-    parsed: ParsedMessage, envelope: Envelope, keys: Keys, roster: Roster
+    parsed: ParsedMessage, envelope: Envelope, keys: Keys, roster: Roster, vouch: bool
 ) -> Target | Decision:
     mid = message_id_of(parsed, envelope.raw)
     sender = (parsed.from_address or envelope.mail_from or "").lower()
     token: Token | None = None
     to_bounce = to_plain = False
+    mailbox = ""
     for rcpt in envelope.rcpt_tos:
         kind, found = keys.rcpt(rcpt)
         to_bounce = to_bounce or kind is Rcpt.BOUNCES
         to_plain = to_plain or kind is Rcpt.PLAIN
+        mailbox = mailbox or (rcpt if keys.is_mailbox(rcpt) else "")
         token = token or found
     if token is None and not to_bounce:
         ids = [i for i in (parsed.in_reply_to, *parsed.references) if i]
@@ -480,21 +560,27 @@ def _route(
     if parsed.kind == "bounce" or (to_bounce and not envelope.mail_from):
         bounced = tuple(a.lower() for a in parsed.bounced_recipients)
         why = bounce_reason(envelope.raw, parsed.detail) if bounced else parsed.detail
+        returned = returned_ids(envelope.raw, keys.domain) if bounced else ()
         inbound = _inbound(envelope, mid, sender, "bounce", parsed.detail, recipients=list(bounced))
-        return Record(f"bounce: {why}", inbound, bounced)
+        return Record(f"bounce: {why}", inbound, bounced, returned)
     if to_bounce and token is None:
         # Auto-replies and stray mail to our return path: keep a record, answer nothing.
         inbound = _inbound(envelope, mid, sender, parsed.kind, parsed.detail)
         return Record(f"to bounce address: {parsed.detail}", inbound)
     if token is not None:
-        return _by_token(token, sender, mid, envelope, roster)
+        return _by_token(token, sender, mid, envelope, roster, vouch)
     if to_plain:
-        return _by_member(parsed, sender, mid, envelope, roster)
+        found = _by_member(parsed, sender, mid, envelope, roster)
+        if mailbox and isinstance(found, Quarantine) and found.partnership_id is None:
+            return Mailbox(sender, mid, envelope, mailbox)  # the same mailbox: not a report
+        return found
+    if mailbox:
+        return Mailbox(sender, mid, envelope, mailbox)
     return Quarantine("no check-in token in the address or references")
 
 
 def _by_token(
-    token: Token, sender: str, mid: str, envelope: Envelope, roster: Roster
+    token: Token, sender: str, mid: str, envelope: Envelope, roster: Roster, vouch: bool
 ) -> Target | Decision:
     if token.kind == CONFIRM:
         p = _asking(token.partnership_id, roster)
@@ -505,6 +591,8 @@ def _by_token(
         if p is None:
             return Quarantine(f"unknown partnership {token.partnership_id}")
     expected = roster.people.get(p.member if token.kind in (CHECKIN, CONFIRM) else p.partner)
+    if vouch and expected is not None:
+        return Target(p, token, sender, mid, envelope, person=expected.email)
     if expected is None or sender != expected.email:
         who = "member" if token.kind == CHECKIN else "partner"
         return Quarantine(
@@ -514,7 +602,13 @@ def _by_token(
             period=token.period,
         )
     if p.status == ENDED:
-        return Quarantine(f"partnership {p.id} has ended", partnership_id=p.id, tell_member=True)
+        # Whoever wrote (the member, or the partner answering a digest) is the one told.
+        return Quarantine(
+            f"partnership {p.id} has ended",
+            partnership_id=p.id,
+            tell_member=True,
+            to_partner=token.kind != CHECKIN,
+        )
     return Target(p, token, sender, mid, envelope, person=expected.email)
 
 
@@ -555,6 +649,45 @@ def _by_member(
 # -- 2. decide ----------------------------------------------------------------------------------
 
 
+def decide_mailbox(parsed: ParsedMessage, mailbox: Mailbox, admin: str) -> Decision:
+    """Mail to our From address: forwarded to `admin` (quarantined without one); an
+    auto-reply or our own mail coming back is only recorded (forwarding it could loop)."""
+    env, sender = mailbox.envelope, mailbox.sender
+    if parsed.kind == "auto_reply" or sender == mailbox.to.strip().strip("<>").lower():
+        inbound = _inbound(env, mailbox.message_id, sender, parsed.kind, parsed.detail)
+        return Record(f"to our From address: {parsed.detail}", inbound)
+    if not admin:
+        return Quarantine(
+            f"mail to our From address {mailbox.to} from {sender or 'nobody'}: "
+            "no admin_address to forward it to"
+        )
+    text = parsed.body.strip() or parsed.text.strip()
+    if len(text) > FORWARD_CHARS:
+        text = text[:FORWARD_CHARS] + "\n[...]"
+    # One line of printable text: it becomes part of our own Subject header.
+    subject = "".join(c for c in " ".join(parsed.subject.split()) if c.isprintable())[:200]
+    written = Written(
+        sender=sender,
+        subject=subject,
+        text=text,
+        message_id=mailbox.message_id,
+        received_at=env.received_at,
+        to=mailbox.to.strip().strip("<>"),
+        reply_to=_answerable(sender),
+        kept_at=archive_path(None, env.id, env.received_at),
+    )
+    inbound = _inbound(env, mailbox.message_id, sender, "forwarded", f"to {admin}")
+    return Forward(written, inbound)
+
+
+def _answerable(address: str) -> str | None:
+    """`address` when it is one a reply can go to (the forward's Reply-To), else None."""
+    try:
+        return normalize_email(address) if address else None
+    except DomainError:
+        return None
+
+
 def decide(parsed: ParsedMessage, target: Target, facts: Facts) -> Decision:
     """What a routed message is: a member's reply, a partner's consent or note, an
     auto-reply to record, or a quarantine."""
@@ -564,10 +697,11 @@ def decide(parsed: ParsedMessage, target: Target, facts: Facts) -> Decision:
         inbound = _target_inbound(target, "auto_reply", parsed.detail, period)
         return Record(f"auto-reply: {parsed.detail}", inbound)
     if token is not None and token.kind in (AGREE, CONFIRM) and not target.proven:
-        # Only an admin's release routes another sender's answer here: it is not hers.
+        # Only an admin's release routes another sender's answer here: it is not theirs.
+        what = "the introduction" if token.kind == AGREE else "a confirmation"
         who = "partner" if token.kind == AGREE else "member"
         return Quarantine(
-            f"a yes or no counts only from the {who}'s own address",
+            f"a yes or no to {what} counts only from the {who}'s own address",
             partnership_id=p.id,
             period=token.period,
         )
@@ -583,7 +717,7 @@ def decide(parsed: ParsedMessage, target: Target, facts: Facts) -> Decision:
         return Confirm(p.id, n, period, answer, target.sender, inbound)
     if token is not None and token.kind == DIGEST:
         if not parsed.text.strip():
-            reason = "empty reply: no new text above the quoted digest"
+            reason = "empty reply: no new text outside the quoted digest"
             return Quarantine(reason, partnership_id=p.id, period=token.period)
         detail = "reply to a digest"
         inbound = _target_inbound(target, "partner_note", detail, token.period, text=parsed.text)
@@ -606,7 +740,8 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
     p, token, pid = target.partnership, target.token, target.partnership.id
     current = facts.current
     if (
-        token is not None
+        not facts.released
+        and token is not None
         and current is not None
         and weeks_between(token.period, current) > MAX_TOKEN_AGE_WEEKS
     ):
@@ -621,15 +756,15 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
         detail = f"before {p.start}"
         inbound = _target_inbound(target, "early_note", detail, None, text=parsed.text)
         return Record(f"before the start date {p.start}: not counted", inbound)
-    period = facts.report_period
+    period = token.period if facts.released and token is not None else facts.report_period
     extracted = extract_commands(parsed.text, facts.local_today)
     rest = extracted.text
     commands, to_confirm = extracted.commands, ()
     if not target.proven:
-        # Not proven hers (see `proven`): her commands wait for her yes from her own
-        # mailbox; anyone else's (a release of mail from another address) never run.
-        to_confirm = commands if target.sender == target.person else ()
-        commands = ()
+        # Not proven hers (see `proven`): what it asks waits for her yes to a confirmation
+        # mail at her stored address, whoever wrote it (her address, to the plain one; or
+        # another address, released from the quarantine by an admin). Nothing runs before.
+        to_confirm, commands = commands, ()
 
     def reply(reason: str, report: Report | None = None, inbound: Inbound | None = None) -> Reply:
         return Reply(
@@ -650,18 +785,24 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
         if extracted.problems:
             inbound = _target_inbound(target, "commands", "not understood", period)
             return reply("commands not understood", inbound=inbound)
-        reason = "empty reply: no new text above the quoted check-in"
+        reason = "empty reply: no new text outside the quoted check-in"
         return Quarantine(reason, partnership_id=pid, period=period)
     if not rest:
         return reply(
             "commands", inbound=_target_inbound(target, "commands", "commands only", period)
         )
+    return reply("reply", report=_report(parsed, rest, target, period))
+
+
+def _report(parsed: ParsedMessage, rest: str, target: Target, period: str) -> Report:
+    """The progress record of `rest`, her reply without its command lines."""
     same = rest == parsed.text.strip()
     sections = parsed.sections if same else find_sections(rest)
-    report = Report(
-        partnership_id=pid,
+    envelope = target.envelope
+    return Report(
+        partnership_id=target.partnership.id,
         period=period,
-        received_at=target.envelope.received_at,
+        received_at=envelope.received_at,
         message_id=target.message_id,
         sender=target.sender,
         text=rest,
@@ -669,6 +810,5 @@ def _member_reply(parsed: ParsedMessage, target: Target, facts: Facts) -> Decisi
         done=sections.get("done", ""),
         setback_text=sections.get("setback", ""),
         next=sections.get("next", ""),
-        raw_ref=archive_path(period, target.envelope.id, target.envelope.received_at),
+        raw_ref=archive_path(period, envelope.id, envelope.received_at),
     )
-    return reply("reply", report=report)

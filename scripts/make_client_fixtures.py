@@ -47,6 +47,7 @@ SELF = Path(__file__).resolve()
 MEMBER = "Priya Nandakumar <priya@fernhill.example>"
 SECRET = "client-fixtures-secret-0123456789abcdef"
 CHECKIN_NOW = "2026-11-30T09:00:00+01:00"
+FRIDAY_BEFORE = "2026-11-27T12:00:00+01:00"
 SIGNATURE = "Priya Nandakumar\nPlatform Team, Fernhill Labs\n+49 30 5550 1234\n"
 
 # What the member writes, per style. Each answer is (quoted question prefix, answer lines).
@@ -65,6 +66,18 @@ ANSWERS: dict[str, dict[str, object]] = {
             "Done: module 4 is done, and I volunteered for the Friday demo\n"
             "Setback: none\n"
             "Next: rehearse the demo twice\n"
+        ),
+    },
+    # Bottom-posted free text, hard-wrapped as she types it, one label, a setback in prose.
+    "mutt_setback_bottom": {
+        "style": "bottom",
+        "text": (
+            "Rough week, honestly. I missed both rehearsals: the quarterly close\n"
+            "took every evening, and on Thursday I was too tired to go.\n"
+            "\n"
+            "I did finish module 4 on Sunday, so the course is still on track.\n"
+            "\n"
+            "Next week: book a room and rehearse the opening twice before Friday\n"
         ),
     },
     "mutt_interleaved": {
@@ -137,6 +150,18 @@ EXPECTED: dict[str, dict[str, object]] = {
         "text_contains": ["module 4 is done", "rehearse the demo twice"],
         "text_excludes": [*QUOTED_CHECKIN, "wrote:", "Platform Team", "+49 30"],
         "sections_contain": {"done": "module 4 is done", "setback": "none", "next": "rehearse"},
+    },
+    "mutt_setback_bottom": {
+        "kind": "reply",
+        "setback": True,
+        "text_contains": [
+            "I missed both rehearsals",
+            "too tired to go",
+            "I did finish module 4 on Sunday",
+            "rehearse the opening twice before Friday",
+        ],
+        "text_excludes": [*QUOTED_CHECKIN, "wrote:", "Platform Team", "+49 30"],
+        "sections_contain": {"next": "rehearse the opening twice"},
     },
     "mutt_interleaved": {
         "kind": "reply",
@@ -293,11 +318,13 @@ def make_checkin(work: Path) -> Path:
         + ["--goal", "2026-12-18 Give a 10-minute talk at the team meeting, without notes."]
         + ["--why", "I want to present my own team's work at the quarterly review."]
         + ["--saddle", "One bad week is data, not a verdict.", "--start", "2026-11-23"]
-        + ["--accepted"],
+        + ["--accepted", "--allow-past"],
         ["tick", "--now", CHECKIN_NOW],
     ]
     for step in steps:
-        subprocess.run([str(mailflow), *step], env=env, check=True, capture_output=True)
+        # As of the Friday before the check-in: the partnership exists before its moment.
+        args = ["--now", FRIDAY_BEFORE, *step] if step[0] != "tick" else step
+        subprocess.run([str(mailflow), *args], env=env, check=True, capture_output=True)
     found = sorted((data / "outbox").glob("checkin_*.eml"))
     if not found:
         raise SystemExit("error: the tick made no check-in")

@@ -8,10 +8,11 @@ the lines to report. Nothing is written here: intake writes the record in its tr
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 from mailflow import actions
 from mailflow.actions import Desk, Outcome
-from mailflow.commands import ACCEPT, DECLINE, PAUSE_UNTIL, Command
+from mailflow.commands import ACCEPT, DECLINE, PAUSE_UNTIL, Command, extract_commands
 from mailflow.config import ScheduleConfig
 from mailflow.letters import Pair, ServiceInfo
 from mailflow.models import (
@@ -149,3 +150,46 @@ def test_a_member_hears_her_reply_was_not_counted() -> None:
     [receipt] = actions.apply(stale, PAIR, DESK).letters
     assert receipt.reply_to == KEYS.address(CHECKIN, 1, "2026-W49")
     assert "more than 8 weeks ago" in receipt.ctx["problems"][0]
+
+
+# -- an admin's release -----------------------------------------------------------------------
+
+
+def test_a_release_sends_the_digest_of_its_period_and_tells_the_member() -> None:
+    from mailflow.letters import DigestMark
+    from mailflow.models import Week
+    from mailflow.schedule import period_named
+
+    report = Report(1, "2026-W49", AT, "<reply@x>", "ada@home.example", "Missed it", True)
+    stop = extract_commands("stop", date(2026, 12, 1)).commands
+    d = Reply("reply", 1, "2026-W49", "ada@home.example", report, to_confirm=stop, proven=False)
+    later = datetime(2026, 12, 15, 9, tzinfo=UTC)  # 2026-W51: W49 has passed
+    period = period_named(P, ZoneInfo(ADA.timezone), SVC.settings, "2026-W49")
+    desk = Desk(SVC, later, "<reply@x>", "Q-ID")
+    out = actions.on_release(
+        d, PAIR, period, Week(1, "2026-W49"), [report], "sender mismatch", desk
+    )
+    digest, told = out.letters
+    assert digest.template == "digest" and digest.to.address == GRACE.email
+    assert digest.key == "digest:1:2026-W49:1" and digest.mark == DigestMark(1)
+    assert digest.ctx["released"] is True and digest.ctx["setback"] is True
+    assert told.template == "released" and told.to.address == ADA.email
+    assert told.ctx["not_run"] == ["stop"] and told.ctx["reason"] == "sender mismatch"
+    assert out.partnership is None  # a release changes no partnership by itself
+    assert out.lines == ("partnership 1: released report for 2026-W49 (setback) counts",)
+    assert actions.on_release(reply(report=False), PAIR, period, None, [], "x", desk) == Outcome()
+
+
+def test_a_released_mail_from_another_address_asks_her_to_confirm_its_commands() -> None:
+    """The commands of a release from another address are held like those of a mail to the
+    plain address: she is asked at her stored address, and the mail says who sent them."""
+    report = Report(1, "2026-W49", AT, "<reply@x>", "ada@home.example", "Missed it", True)
+    stop = extract_commands("stop", date(2026, 12, 1)).commands
+    d = Reply("reply", 1, "2026-W49", "ada@home.example", report, to_confirm=stop, proven=False)
+    later = datetime(2026, 12, 15, 9, tzinfo=UTC)
+    out = actions.apply(d, PAIR, Desk(SVC, later, "<reply@x>", "Q-ID", next_n=7))
+    [letter] = out.letters
+    assert letter.template == "confirm" and letter.to.address == ADA.email
+    assert letter.ctx["released"] is True and letter.ctx["sender"] == "ada@home.example"
+    assert out.partnership is not None and out.partnership.status == P.status  # held only
+    assert [x.n for x in out.partnership.pending] == [7] and out.numbered == 7

@@ -49,3 +49,23 @@ def test_history_bench_runs() -> None:
     assert re.match(r"^serve peak RSS at 10 partnerships: \d+ MB$", lines[-2]), lines
     m = LAST.match(lines[-1])
     assert m and m.group(1) == "history", lines
+
+
+@pytest.mark.timeout(120)
+def test_history_bench_runs_with_the_site() -> None:
+    lines = run_bench(
+        "history", "--n", "10", "--clients", "2", "--partnerships", "10", "--weeks", "1", "--site"
+    )
+    assert re.match(
+        r"^serve peak RSS at 10 partnerships with the admin site: \d+ MB$", lines[-2]
+    ), lines
+
+
+@pytest.mark.timeout(120)
+def test_web_bench_runs() -> None:
+    lines = run_bench("web", "--n", "30", "--weeks", "2", "--rounds", "5")
+    assert re.match(
+        r"^web: dashboard p95 [\d.]+ ms, list p95 [\d.]+ ms, static p95 [\d.]+ ms, "
+        r"ratio [\d.]+ \(dashboard\), [\d.]+ \(list\)$",
+        lines[-1],
+    ), lines

@@ -148,6 +148,7 @@ def test_list_json_and_table(mf: Mailflow) -> None:
     assert table[0].split() == [
         "ID",
         "STATUS",
+        "CONSENT",
         "MEMBER",
         "PARTNER",
         "SKILL",
@@ -155,7 +156,7 @@ def test_list_json_and_table(mf: Mailflow) -> None:
         "LAST",
         "DUE",
     ]
-    assert table[1].split()[:4] == ["1", "active", "ann@example.com", "bob@example.com"]
+    assert table[1].split()[:5] == ["1", "active", "pending", "ann@example.com", "bob@example.com"]
     assert table[1].split()[-2:] == ["1", "2099-06-30"]
 
 

@@ -411,10 +411,13 @@ def test_import_refuses_a_header_only_file(mf: Mailflow) -> None:
     assert "no rows to import" in err
 
 
-def test_import_refuses_non_utf8_and_missing_files(mf: Mailflow) -> None:
-    path = mf.tmp_path / "latin1.csv"
-    path.write_bytes((HEADER + "jose@example.com,Jos\xe9,Sales,,,\n").encode("latin-1"))
-    assert mf.bad("people", "import", str(path)) == f"error: {path}: not UTF-8 text\n"
+def test_import_refuses_undecodable_and_missing_files(mf: Mailflow) -> None:
+    path = mf.tmp_path / "shiftjis.csv"
+    # Not UTF-8, and bytes Windows-1252 does not define (0x81): refused, saying what to do.
+    path.write_bytes((HEADER + "jose@example.com,Jos\xe9,Sales,,,\n").encode("latin-1") + b"\x81")
+    err = mf.bad("people", "import", str(path))
+    assert err.startswith(f"error: {path}: not UTF-8 text, nor Windows-1252 (it looks like ")
+    assert 'save it from Excel as "CSV UTF-8 (Comma delimited)"' in err
     missing = mf.tmp_path / "nope.csv"
     err = mf.bad("people", "import", str(missing))
     assert err.startswith(f"error: {missing}: cannot read")

@@ -154,18 +154,34 @@ def test_digest_and_no_report_carry_history() -> None:
         assert history[-1]["period"] == "2026-W48"
 
 
-def test_bounce_notice_uses_minimal_context(shipped: Templates) -> None:
-    ctx = sample_context("bounce_notice")
-    assert set(ctx) == {"service", "address", "reason", "period"}
+def test_bounce_notice_names_the_mail_and_the_command(shipped: Templates) -> None:
+    ctx = sample_context("bounce_notice")  # the partner's introduction bounced
+    assert set(ctx) == {
+        "service", "address", "reason", "period", "mail", "partnership", "role", "command"
+    }  # fmt: skip
     rendered = shipped.render("bounce_notice", ctx)
-    assert rendered.subject == "Mail to bruno.keller@example.com is bouncing"
+    assert rendered.subject == "The introduction to bruno.keller@example.com bounced"
+    text = " ".join(rendered.text.split())
+    assert "The introduction to bruno.keller@example.com for partnership 7" in text
+    assert "mailflow partnerships resend-intro 7" in text
+    assert "mailflow partnerships consent 7 --accepted" in text
     assert "Recipient address rejected" in rendered.text
     assert "&lt;bruno.keller@example.com&gt;" in rendered.html
+    assert "resend-intro 7" in rendered.html
+    unknown = shipped.render("bounce_notice", sample_context("bounce_notice", variant="unknown"))
+    assert unknown.subject == "Mail to bruno.keller@example.com is bouncing"
+    assert "people update bruno.keller@example.com --clear-bouncing" in unknown.text
+    checkin = shipped.render("bounce_notice", sample_context("bounce_notice", variant="check-in"))
+    assert checkin.subject == "The check-in to bruno.keller@example.com bounced"
 
 
 def test_html_escapes_user_text_but_text_shows_it_raw(shipped: Templates) -> None:
     ctx = sample_context("digest")
-    ctx["reports"][0]["done"] = "<script>alert('x')</script> & more"
+    ctx["reports"][0]["parts"][0] = {
+        "label": "Done",
+        "text": "<script>alert('x')</script> & more",
+        "paragraphs": ["<script>alert('x')</script> & more"],
+    }
     ctx["member"]["name"] = "Zoë <b>Adler</b>"
     rendered = shipped.render("digest", ctx)
     assert "<script>" not in rendered.html
@@ -430,3 +446,27 @@ def test_build_message_optional_headers_absent_by_default() -> None:
 def test_build_message_refuses_header_injection(override: dict) -> None:
     with pytest.raises(ValueError):
         _message(**override)
+
+
+def test_digest_of_free_text_and_one_label_as_the_partner_reads_it(shipped: Templates) -> None:
+    """The sample of a released report: free text hard-wrapped at 72 columns by her client, then
+    only a "Next week:" label, and a setback admitted in the free text."""
+    ctx = sample_context("digest", variant="released")
+    rendered = shipped.render("digest", ctx)
+    text, html = rendered.text, rendered.html
+    # Every word she wrote, and no section she did not write.
+    flat = " ".join(text.split())
+    assert "Rough week, I fell behind: the release slipped twice" in flat
+    assert "I did read the chapter on openings." in flat
+    assert "Next:\n  two short runs before Friday" in text
+    assert "Setback: none" not in text and "Setback\n  none" not in text
+    assert "(nothing written)" not in text + html
+    assert "SETBACK" in text and "[setback]" in text
+    assert "released it today" in text and "released it today" in html
+    # In HTML her hard-wrapped lines are one paragraph again.
+    assert (
+        '<p style="margin:0 0 8px;white-space:pre-wrap;">Rough week, I fell behind: the release '
+        "slipped twice and I stayed late three evenings, so the Wednesday practice slot went "
+        "too. I did read the chapter on openings.</p>"
+    ) in html
+    assert ">Setback</strong>" in html  # the report's mark, in words as well as colour

@@ -22,12 +22,14 @@ NEW_NAMES = (
     "consent_notice",
 )
 COMMANDS = ("pause until YYYY-MM-DD", "pause N weeks", "resume", "goal N done", "stop")
-COLOURS = {
-    "reported": "#10b981",
-    "setback": "#f59e0b",
-    "missed": "#dc2626",
-    "paused": "#9ca3af",
+COLOURS = {  # cell backgrounds; the borders carry the stronger tone of each
+    "reported": "#d1fae5",
+    "setback": "#fef3c7",
+    "missed": "#fee2e2",
+    "paused": "#f3f4f6",
 }
+# Each cell's mark: the strip reads without colour (issue 10).
+MARKS = {"reported": "✓", "setback": "!", "missed": "✗", "paused": "–", "pending": "?"}
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,11 @@ def _render(shipped: Templates, name: str, variant: str | None = None, **changes
 def _cells(html: str) -> list[tuple[str, str, str]]:
     """(label, state, background colour) of every strip cell, in order."""
     return re.findall(r'<td title="([^"]+): (\w+)" style="[^"]*?background:(#[0-9a-f]{6})', html)
+
+
+def _marks(html: str) -> list[tuple[str, str]]:
+    """(state, the mark written in the cell) of every strip cell, in order."""
+    return re.findall(r'<td title="[^"]+: (\w+)" style="[^"]*">([^<]*)</td>', html)
 
 
 # ------------------------------------------------------------------------------------------
@@ -303,7 +310,7 @@ def test_summary_member_numbers_in_sentences(shipped: Templates) -> None:
     text = rendered.text
     assert rendered.subject == "Your public speaking partnership: the summary"
     assert "has come to\nan end: all goals achieved. Well done!" in text
-    assert "- You reported in 4 of 6 weeks with a check-in." in text
+    assert "- You reported in 4 of 5 weeks with a check-in (80%)." in text
     assert "- 1 week with a setback, honestly reported." in text
     assert "- You achieved 4 of 4 goals." in text
     assert "due 2026-12-18 (achieved)" in text
@@ -315,7 +322,7 @@ def test_summary_partner_numbers_in_sentences(shipped: Templates) -> None:
     assert rendered.subject == "Zoë Adler's public speaking partnership: the summary"
     assert text.startswith("Hi Bruno Keller,")
     assert "an end: the last due date has passed." in text
-    assert "- Zoë Adler reported in 5 of 6 weeks with a check-in." in text
+    assert "- Zoë Adler reported in 5 of 6 weeks with a check-in (83%)." in text
     assert "- 2 weeks with a setback, honestly reported." in text
     assert "- Zoë Adler achieved 1 of 4 goals." in text
     assert "due 2026-11-20 (not achieved)" in text
@@ -336,6 +343,10 @@ def test_summary_html_strip_cells_colours_and_labels(shipped: Templates) -> None
     assert [state for _, state, _ in cells] == states
     for _, state, colour in cells:
         assert colour == COLOURS.get(state, "#ffffff")
+    # without colour: a mark in every cell, and the legend names each mark
+    assert _marks(html) == [(state, MARKS[state]) for state in states]
+    for state in ("reported", "setback", "missed", "paused", "pending"):
+        assert re.search(rf">{re.escape(MARKS[state])}</span>&nbsp;{state}", html), state
     # pending: outlined (white with a dashed border), the others filled
     assert re.search(r'title="W51: pending" style="[^"]*border:2px dashed #6b7280', html)
     # labels under the cells and a legend
@@ -346,7 +357,7 @@ def test_summary_html_strip_cells_colours_and_labels(shipped: Templates) -> None
     # inline styles only: mail clients ignore classes
     assert "class=" not in html
     # the numbers at a glance
-    assert ">4/6</div>" in html and ">1</div>" in html and ">4/4</div>" in html
+    assert ">4/5</div>" in html and ">1</div>" in html and ">4/4</div>" in html
 
 
 def test_summary_long_history_wraps(shipped: Templates) -> None:
@@ -378,7 +389,7 @@ def test_consent_notice_declined_quotes_the_partner(shipped: Templates) -> None:
     rendered = shipped.render("consent_notice", ctx)
     text = rendered.text
     assert rendered.subject == "Bruno Keller declined to partner Zoë Adler (public speaking)"
-    assert "declined to be" in text and "(partnership 7), 2 days after the invitation." in text
+    assert "declined to be" in text and "(partnership 7), 3 days after the invitation." in text
     assert "Bruno Keller wrote:\n  Sorry, I can't take this on right now" in text
     assert "mailflow partners suggest --member zoe.adler@example.com \\" in text
     assert "&lt;travel&gt;" in rendered.html and "<travel>" not in rendered.html
@@ -457,7 +468,7 @@ def test_cli_preview_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     mailflow = Mailflow(tmp_path, capsys)
     result = mailflow.ok("templates", "preview", "summary")
     assert result.out.startswith("Subject: Your public speaking partnership: the summary\n")
-    assert "You reported in 4 of 6 weeks with a check-in." in result.out
+    assert "You reported in 4 of 5 weeks with a check-in (80%)." in result.out
     assert "W45 W46 W47 W48 W49 W50 W51" in result.out
     assert mailflow.ok("templates", "check").out.strip() == "templates ok"
 

@@ -15,6 +15,7 @@ FULL = """
 [service]
 domain = "mail.example.org"
 from_address = "hot@example.org"
+from_name = "Hot Team"
 data_dir = "/srv/mailflow"
 timezone = "Europe/Berlin"
 admin_address = "admin@example.org"
@@ -56,9 +57,17 @@ deadline_after_hours = 72
 digest_delay_minutes = 15
 tick_seconds = 10
 consent_days = 3
+quiet_hours = "22:30-06:00"
 
 [templates]
 dir = "/srv/templates"
+
+[web]
+enabled = false
+host = "0.0.0.0"
+port = 8443
+admins = ["Ops@Example.org", "hr@example.org"]
+public_url = "https://admin.example.org"
 """
 
 
@@ -96,6 +105,7 @@ def test_every_key_of_every_section_is_accepted(tmp_path: Path) -> None:
     assert cfg.service == config.ServiceConfig(
         domain="mail.example.org",
         from_address="hot@example.org",
+        from_name="Hot Team",
         data_dir=Path("/srv/mailflow"),
         timezone="Europe/Berlin",
         admin_address="admin@example.org",
@@ -123,8 +133,13 @@ def test_every_key_of_every_section_is_accepted(tmp_path: Path) -> None:
     assert cfg.relay == config.RelayConfig(
         "smtp.example.org", 465, False, True, "bot", "RELAY_PW", 9
     )
-    assert cfg.schedule == config.ScheduleConfig("tuesday", "07:45", 24, 72, 15, 10, 3)
+    assert cfg.schedule == config.ScheduleConfig(
+        "tuesday", "07:45", 24, 72, 15, 10, 3, "22:30-06:00"
+    )
     assert cfg.templates.dir == Path("/srv/templates")
+    assert cfg.web == config.WebConfig(
+        False, "0.0.0.0", 8443, ("ops@example.org", "hr@example.org"), "https://admin.example.org"
+    )
     # Every field of every section appears in FULL: a new key must be added here too.
     for section, cls in config._SECTIONS.items():
         for f in dataclasses.fields(cls):
@@ -326,6 +341,29 @@ def test_relative_data_dir_through_the_cli(tmp_path: Path) -> None:
     )
     assert result.code == 0, result
     assert list((sub / "state" / "db" / "people").glob("*.json"))
+
+
+def test_the_example_config_lists_every_key_with_its_default() -> None:
+    """config.example.toml is the reference an admin reads: every key of every section, each
+    with the built-in default (data_dir and templates.dir resolve against the file)."""
+    import tomllib
+
+    example = Path(__file__).resolve().parents[1] / "config.example.toml"
+    listed = tomllib.loads(example.read_text(encoding="utf-8"))
+    defaults = Config()
+    for section in dataclasses.fields(defaults):
+        values = getattr(defaults, section.name)
+        if not dataclasses.is_dataclass(values):
+            continue
+        keys = {f.name for f in dataclasses.fields(values)}
+        assert set(listed[section.name]) == keys, section.name
+    cfg = load(example)
+    assert dataclasses.replace(cfg.service, data_dir=Path("data")) == defaults.service
+    assert (cfg.listener, cfg.relay, cfg.schedule) == (
+        defaults.listener,
+        defaults.relay,
+        defaults.schedule,
+    )
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,9 @@ WEEKDAY = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "
 
 
 def write_config(tmp_path: Path, relay_port: int, listen_port: int, **schedule: object) -> Path:
-    sched = {"digest_delay_minutes": 0, "tick_seconds": 1, **schedule}
+    # These tests run at the wall clock's time of day, which may be anyone's night: quiet
+    # hours are off here (test_human_hours holds mail for them on a simulated clock).
+    sched = {"digest_delay_minutes": 0, "tick_seconds": 1, "quiet_hours": "", **schedule}
     lines = [
         "[service]",
         f'domain = "{DOMAIN}"',
@@ -43,6 +45,10 @@ def write_config(tmp_path: Path, relay_port: int, listen_port: int, **schedule: 
         'host = "127.0.0.1"',
         f"port = {relay_port}",
         "timeout_seconds = 5",
+        # The mail path under test; the admin site that serve also starts is tested on its
+        # own (tests/test_web_*.py), and parallel serves would all ask for its port.
+        "[web]",
+        "enabled = false",
         "[schedule]",
         *(f"{k} = {json.dumps(v)}" for k, v in sched.items()),
     ]
@@ -188,7 +194,8 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 def due_now_partnership(config: Path, relay: RecordingSMTPServer) -> int:
     """People, and Ada's partnership with a check-in at 00:00 UTC today: due when serve starts.
 
-    "Today" is the test's wall clock (shifted in CI's guard run), handed to every command."""
+    "Today" is the test's wall clock (shifted in CI's guard run), handed to every command. The
+    partnership was made a day before (a check-in moment before its creation is not asked)."""
     now = datetime.now(UTC)
     setup_people(config, now=now.isoformat())
     return add_partnership(
@@ -201,7 +208,7 @@ def due_now_partnership(config: Path, relay: RecordingSMTPServer) -> int:
         WEEKDAY[now.weekday()],
         "--checkin-time",
         "00:00",
-        now=now.isoformat(),
+        now=(now - timedelta(days=1)).isoformat(),
     )
 
 
@@ -288,6 +295,62 @@ def test_week_by_email_end_to_end(tmp_path: Path, relay: RecordingSMTPServer) ->
     log = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in log
     assert len(relay.messages) == 2  # nothing else was sent
+
+
+def test_quarantine_release_while_serve_runs(tmp_path: Path, relay: RecordingSMTPServer) -> None:
+    """The admin's commands are separate processes next to a running `serve`: a reply from
+    the member's private address is quarantined, listed and released; the partner gets the
+    digest once (the release's own send and serve's sender never both send it)."""
+    listen = free_port()
+    config = write_config(tmp_path, relay.port, listen)
+    pid = due_now_partnership(config, relay)
+    serve = Serve(config, tmp_path / "serve.log")
+    try:
+        wait_port(listen)
+        [checkin] = relay.wait_for(1, timeout=20)
+        answer = reply_to(
+            checkin,
+            "Ada at home <ada@home.example>",
+            "Rough week: I missed Thursday's practice.\n\nNext week: book the room\n\n"
+            "pause 2 weeks",
+        )
+        with smtplib.SMTP("127.0.0.1", listen, timeout=10) as smtp:
+            assert smtp.send_message(answer) == {}
+        deadline = time.monotonic() + 15
+        found: list[dict[str, object]] = []
+        while not found and time.monotonic() < deadline:
+            found = json.loads(ok(config, "quarantine", "list", "--json"))
+            time.sleep(0.2)
+        [item] = found
+        assert item["sender"] == "ada@home.example" and item["partnership"] == pid
+        assert str(item["reason"]).startswith("sender mismatch")
+        assert "ada@home.example" in ok(config, "status")
+
+        out = ok(config, "quarantine", "release", str(item["id"]))
+
+        assert "not run (sent from ada@home.example): pause 2 weeks" in out
+        messages = relay.wait_for(4, timeout=20)
+        time.sleep(2.5)  # serve ticks every second: give it two chances to send anything twice
+        messages = relay.messages
+        to_grace = [m for m in messages if m.rcpt_tos == ("grace@example.com",)]
+        # Ada: the note that it counts, and the request to confirm the held pause.
+        to_ada = sorted(
+            (m for m in messages[1:] if m.rcpt_tos == ("ada@example.com",)),
+            key=lambda m: str(m.message["Subject"]).startswith("Please confirm"),
+        )
+        assert len(to_grace) == 1 and len(to_ada) == 2 and len(messages) == 4
+        assert str(to_ada[1].message["Subject"]).startswith("Please confirm: pause 2 weeks")
+        assert "I missed Thursday's practice" in text_of(to_grace[0])
+        assert "Book the room again" in text_of(to_grace[0])  # the setback banner's text
+        assert "pause 2 weeks" in text_of(to_ada[0])  # she hears what was not run
+        shown = json.loads(ok(config, "partnerships", "show", str(pid), "--json"))
+        assert [r["setback"] for r in shown["reports"]] == [True]
+        assert shown["status"] == "active"
+        assert json.loads(ok(config, "quarantine", "list", "--json")) == []
+    finally:
+        took = serve.stop()
+    assert serve.proc.returncode == 0 and took < 5
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 
 # The time-travel tests set everything up as of the Friday before their first tick.

@@ -6,7 +6,8 @@ only from a reply to a token-bound address we sent to her (or with the trusted M
 verdict); from the plain address they are held, she is asked at her stored address (never a
 Reply-To the mail carried) with a reply address bound to the request, and they run only when
 she answers yes from her own mailbox. A report to the plain address still counts, and she
-always gets a receipt at her real address.
+always gets a receipt at her real address. An admin's `quarantine release` of a forgery is no
+proof either: its report counts, its commands wait for her yes the same way.
 
 The world is test_e2e_loop's: the real listener, a recording relay, real TinyDB files, the CLI;
 the service's MTA is named by `[listener] trusted_authserv_id` ("mx.example.org").
@@ -14,6 +15,7 @@ the service's MTA is named by `[listener] trusted_authserv_id` ("mx.example.org"
 
 from __future__ import annotations
 
+import json
 import smtplib
 from datetime import timedelta
 from email.message import EmailMessage
@@ -245,6 +247,76 @@ def test_no_address_takes_a_command_from_someone_else(
     assert state(world, pid) == before
     assert world.show(pid)["consent"] == "accepted"
     assert not any(ATTACKER in m.rcpt_tos for m in world.relay.messages)
+
+
+def _release_forgery(world: World, pid: int, body: str) -> tuple[str, list[RecordedMessage]]:
+    """Mallory writes `body` to Ada's own check-in address (set aside: sender mismatch), and
+    an admin releases it; the CLI's output and what went out because of the release."""
+    msg = forged(body, to=_addresses(world, pid)["check-in reply"])
+    del msg["From"]
+    msg["From"] = f"Mallory <{ATTACKER}>"
+    assert after_mail(world, msg) == []  # a stranger's mail: nobody is answered
+    [item] = json.loads(world.cli("quarantine", "list", "--json"))
+    assert item["reason"].startswith(f"sender mismatch: from {ATTACKER}")
+    before = len(world.relay.messages)
+    out = world.cli("quarantine", "release", item["id"])
+    assert out.startswith(f"released {item['id']}\n")
+    return out, world.relay.messages[before:]
+
+
+@pytest.mark.parametrize("command", list(CHANGES))
+def test_a_released_forgery_counts_its_report_and_its_command_waits_for_her_yes(
+    world: World, command: str
+) -> None:
+    """Issue 10's release meets issue 12's rule: the admin vouches that the report counts,
+    never that Mallory may act in Ada's name. Ada is asked at her stored address, the mail
+    names who sent it, only her own mailbox can answer, and her yes runs the command."""
+    pid = running(world)
+    stage, done = CHANGES[command]
+    if stage == "pause":
+        world.cli("partnerships", "pause", str(pid), "--until", "2027-01-31")
+    before = state(world, pid)
+    out, sent = _release_forgery(world, pid, f"Done: booked the big room\n\n{command}")
+    assert f"not run (sent from {ATTACKER}): {command}" in out
+    assert f"partnership {pid}: asked ada@example.com to confirm: {command}" in out
+    assert state(world, pid) == before  # the release ran nothing
+    [report] = world.show(pid)["reports"]
+    assert "booked the big room" in report["text"] and command not in report["text"]
+    assert not any(ATTACKER in m.rcpt_tos for m in world.relay.messages)
+    [ask] = [m for m in sent if "please confirm" in str(m.message["Subject"]).lower()]
+    [told] = [m for m in sent if "counts after all" in str(m.message["Subject"])]
+    assert ask.rcpt_tos == told.rcpt_tos == ("ada@example.com",)
+    asked = " ".join(text_of(ask).split())
+    assert f"The program admin released a mail from {ATTACKER}" in asked
+    assert SHOWN[command] in asked.lower()
+    assert str(ask.message["Reply-To"]).startswith("checkin+v")  # bound to this request
+    said = " ".join(text_of(told).split())
+    assert f"It came from {ATTACKER}, not from ada@example.com" in said
+    assert f"- {command}" in text_of(told) and "They wait for your answer" in said
+    # Mallory answering the confirmation (say, a copy she was forwarded) does nothing.
+    assert after_mail(world, reply(ask, f"Mallory <{ATTACKER}>", "yes")) == []
+    assert state(world, pid) == before
+    # Ada's yes from her own mailbox runs exactly what the mail showed her.
+    world.send(reply(ask, "ada@example.com", "yes"))
+    lines = world.tick(world.now + timedelta(minutes=1))
+    assert done(state(world, pid)), (state(world, pid), lines)
+
+
+def test_a_released_forgery_of_commands_alone_is_cancelled_by_her_no(world: World) -> None:
+    """Commands alone count for nothing, yet the release goes through (it is the admin's
+    call) and they wait for Ada like any others; her no cancels them."""
+    pid = running(world)
+    out, sent = _release_forgery(world, pid, "stop")
+    assert f"not run (sent from {ATTACKER}): stop" in out
+    assert world.show(pid)["reports"] == []
+    assert not [m for m in sent if "grace@example.com" in m.rcpt_tos]  # no report, no digest
+    [ask] = sent
+    assert ask.rcpt_tos == ("ada@example.com",) and "stop" in str(ask.message["Subject"])
+    world.send(reply(ask, "ada@example.com", "no"))
+    world.tick(world.now + timedelta(minutes=1))
+    assert "cancelled" in text_of(world.last_to("ada@example.com")).lower()
+    assert world.show(pid)["status"] == "active"
+    assert json.loads(world.cli("quarantine", "list", "--json")) == []
 
 
 def test_consent_counts_only_from_the_partner_through_her_introduction(world: World) -> None:

@@ -221,7 +221,7 @@ def hostile_addresses(rng: random.Random) -> dict[str, list[str]]:
                 "abuse",
                 "root",
                 "admin",
-                "mailflow",
+                "mailflows",  # not "mailflow": that is our From address, taken (issue 13)
                 "checkins",
                 "checkin+",
                 "checkin-" + valid,

@@ -23,7 +23,7 @@ from conftest import free_port
 from smtp_recorder import make_self_signed_cert
 
 from mailflow.inbox import Listener, ListenerError, ListenerOptions, normalise_line_endings
-from mailflow.spool import MAGIC, UNREADABLE, Spool
+from mailflow.spool import MAGIC, UNREADABLE, Spool, envelope_of, raw_message
 from mailflow.tokens import Rcpt
 
 DOMAIN = "mailflow.test"
@@ -623,3 +623,27 @@ def test_quarantine_writes_reason_sidecar(tmp_path: Path) -> None:
     assert spool.pending() == []
     with pytest.raises(FileNotFoundError):
         spool.quarantine(entry_id, "again")
+
+
+def test_the_sidecar_says_who_what_and_outlives_an_admins_decision(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    entry_id = put(spool)
+    spool.quarantine(entry_id, "sender mismatch", sender="Eve@X.example", partnership_id=3,
+                     period="2026-W49")  # fmt: skip
+    car = spool.sidecar(entry_id)
+    assert (car.reason, car.sender, car.partnership_id, car.period, car.outcome) == (
+        "sender mismatch", "eve@x.example", 3, "2026-W49", ""
+    )  # fmt: skip
+    entry = spool.quarantined_entry(entry_id)
+    assert entry.raw == MESSAGE and entry.path == spool.quarantine_dir / entry_id
+    data = spool.read_quarantined(entry_id)
+    assert raw_message(data) == MESSAGE and envelope_of(data)["rcpt_tos"] == [GOOD]
+    assert raw_message(MESSAGE) == MESSAGE  # a plain message is its own raw message
+    spool.close_quarantined(entry_id, "dropped: 2026-12-01T10:00:00+00:00 by admin")
+    spool.drop_quarantined(entry_id)
+    assert spool.quarantined() == [] and not spool.is_quarantined(entry_id)
+    assert spool.has_sidecar(entry_id)
+    assert spool.sidecar(entry_id).outcome == "dropped: 2026-12-01T10:00:00+00:00 by admin"
+    assert spool.sidecar(entry_id).reason == "sender mismatch"  # the record stays whole
+    with pytest.raises(ValueError):
+        spool.sidecar("../core.json")

@@ -20,30 +20,21 @@ PACKAGE = Path(mailflow.__file__).resolve().parent
 
 # Lowest first. A module may import from its own layer and the ones before it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "clock", "tokens", "mime", "htmltext", "classify"),  # no domain knowledge
+    ("errors", "clock", "tokens", "mime", "htmltext", "classify", "hints"),  # no domain knowledge
     ("config", "models"),  # settings and the domain's data
     ("people", "partnerships", "schedule", "commands", "suggest", "export", "parse"),  # rules
     ("letters", "triage"),  # what mail says; what inbound mail means
     ("actions", "samples"),  # what a message asks; sample mail
-    ("disk", "store", "spool", "outbox", "inbox", "compose"),  # disk, network, template files
-    ("mailroom", "intake", "jobs", "status", "admin"),  # use cases
+    ("disk", "store", "spool", "outbox", "inbox", "compose", "audit", "webauth"),  # disk, network
+    ("mailroom", "intake", "jobs", "status", "admin", "quarantine"),  # use cases
+    ("webadmin", "webadmin_numbers", "webadmin_templates", "webadmin_quarantine", "web"),  # site
     ("app",),  # wiring
     ("cli", "demo", "__main__"),  # edges
 )
 PURE = set(LAYERS[0] + LAYERS[1] + LAYERS[2] + LAYERS[3] + LAYERS[4]) - {"clock", "config"}
-IO = {
-    "disk",
-    "store",
-    "spool",
-    "inbox",
-    "outbox",
-    "mailroom",
-    "app",
-    "intake",
-    "jobs",
-    "status",
-    "admin",
-}
+IO = {"disk", "store", "spool", "inbox", "outbox", "mailroom", "app", "intake", "jobs", "status"}
+IO |= {"admin", "quarantine", "audit", "webauth", "webadmin", "webadmin_numbers"}
+IO |= {"webadmin_templates", "webadmin_quarantine", "web"}
 CLOCK_OR_ENV = {
     ("datetime", "now"), ("datetime", "utcnow"), ("datetime", "today"), ("date", "today"),
     ("time", "time"), ("time", "time_ns"), ("os", "environ"), ("os", "getenv"),

@@ -3,7 +3,10 @@
 The last test holds every builder to the template context keys that mail has always had:
 `fixtures/upgrade/context_keys.json` records the keys of every context the code before the
 structure step (1909e74) rendered while it made the upgrade fixture. Admins' templates are
-written against those keys, so a builder may not add, drop or rename one.
+written against those keys, so a builder may not drop or rename one; a key (or a template)
+is added only by listing it in `ADDED` below, with the issue that added it, and a new
+template only by recording its keys in `fixtures/new_context_keys.json`, so each addition is
+a decision, never an accident.
 """
 
 from __future__ import annotations
@@ -152,7 +155,8 @@ def test_notices_and_notes() -> None:
     assert pause.ctx["until"] == "2026-12-24" and pause.to.address == GRACE.email
     consent = letters.consent_notice(P, ADA, GRACE, "declined", "busy", SVC, NOW)
     assert consent is not None and consent.to == Recipient("admin@x.example")
-    assert consent.ctx["days"] == SVC.consent_days and consent.key == "consent_notice:1:declined"
+    # The days since the invitation (P was created on 20 November), not consent_days.
+    assert consent.ctx["days"] == 9 and consent.key == "consent_notice:1:declined"
     bounce = letters.bounce_notice("grace@example.com", "550 unknown", SVC, NOW)
     assert bounce is not None and bounce.key == "bounce_notice:grace@example.com:2026-W49"
     quiet = ServiceInfo(KEYS, "m@x", SVC.settings)  # no admin address: nobody to tell
@@ -180,9 +184,11 @@ def test_history_strip_states() -> None:
 # -- every builder emits exactly the keys mail has always had ------------------------------------
 
 FIXTURES = Path(__file__).parent / "fixtures"
-# What the old code rendered (the upgrade fixture), and the templates added since (issue 12:
-# confirm, report_receipt), recorded when they were added: admins' copies of a template are
-# written against these keys.
+# What the old code rendered (the upgrade fixture), and the templates added since, recorded
+# from their samples when they were added (`new_context_keys.json`; issue 10: released;
+# issue 12: confirm, report_receipt, recorded again at the merge with issues 10 and 13, whose
+# report parts and released requests they show; issue 13: forward): admins' copies of a
+# template are written against these keys.
 RECORDED = {
     **json.loads((FIXTURES / "upgrade" / "context_keys.json").read_text()),
     **json.loads((FIXTURES / "new_context_keys.json").read_text()),
@@ -204,12 +210,174 @@ def _paths(value: Any, prefix: str = "") -> set[str]:
     return set()
 
 
+_REPORT_PARTS = {
+    "reports[].free_text",
+    "reports[].parts",
+    "reports[].parts[].label",
+    "reports[].parts[].text",
+    "reports[].parts[].paragraphs",
+}
+# Keys added to a template since it was recorded. Admins' templates keep working: no recorded
+# key is dropped or renamed, and every addition is listed here on purpose. Issue 10: the
+# digest as a partner reads it, the summary's rate. Issue 13: the bounced mail and the
+# command that helps in the bounce notice.
+ADDED: dict[str, set[str]] = {
+    "digest": {"released", *_REPORT_PARTS},
+    "checkin_ack": _REPORT_PARTS,
+    "summary": {"report_rate", "report_rate_level"},
+    "bounce_notice": {"mail", "partnership", "partnership.id", "partnership.skill", "role",
+                      "command"},
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("name", letters.TEMPLATE_NAMES)
-def test_builders_emit_exactly_the_recorded_context_keys(name: str) -> None:
+def test_builders_keep_every_recorded_context_key(name: str) -> None:
     built = [ctx for _, ctx in samples.variants(name)]
-    top_built = {tuple(sorted(ctx)) for ctx in built}
+    added = ADDED.get(name, set())
+    top_built = {tuple(sorted(set(ctx) - added)) for ctx in built}
     top_recorded = {tuple(sorted(shape)) for shape in RECORDED[name]}
     assert top_built == top_recorded
     paths_built = set().union(*(_paths(ctx) for ctx in built))
     paths_recorded = set().union(*(_paths(shape) for shape in RECORDED[name]))
-    assert paths_built == paths_recorded  # nested keys too: goals[].days_left, member.email
+    assert paths_built == paths_recorded | added  # nested keys too: goals[].days_left
+
+
+def test_every_template_is_recorded_once() -> None:
+    """A new template is recorded in new_context_keys.json, an old one is never re-recorded
+    there (its additions go to ADDED instead)."""
+    old = json.loads((FIXTURES / "upgrade" / "context_keys.json").read_text())
+    new = json.loads((FIXTURES / "new_context_keys.json").read_text())
+    assert not set(old) & set(new)
+    assert set(old) | set(new) == set(letters.TEMPLATE_NAMES)
+
+
+# -- a report as the partner reads it (issue 10) --------------------------------------------------
+
+
+def _report(text: str, setback: bool, **sections: str) -> Report:
+    return Report(1, "2026-W49", NOW, "<r@x>", ADA.email, text, setback, **sections)
+
+
+def _shown(parts: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(part["label"], part["text"]) for part in parts]
+
+
+def test_free_text_and_only_some_labels_keep_every_word() -> None:
+    report = _report("Rough week, I fell behind.\nNext week: catch up", True, next="catch up")
+    parts = letters.report_parts(report)
+    assert _shown(parts) == [("", "Rough week, I fell behind."), ("Next", "catch up")]
+    [item] = letters.report_items([report], "Europe/Berlin")
+    assert item["free_text"] == "Rough week, I fell behind."
+    assert item["parts"] == parts and item["text"] == report.text  # the old keys stay
+
+
+def test_a_setback_report_never_shows_setback_none() -> None:
+    # Free text admits the setback, no Setback section: no "none" is made up for it.
+    admits = _report("Done: a bit\nI missed Thursday", True, done="a bit\nI missed Thursday")
+    assert [label for label, _ in _shown(letters.report_parts(admits))] == ["Done"]
+    # A report without a setback that says "none" shows no section for it either: its
+    # `setback` flag (false) is the "no setback" mark.
+    calm = _report("Done: x\nSetback: none\nNext: y", False, done="x", setback_text="none",
+                   next="y")  # fmt: skip
+    assert _shown(letters.report_parts(calm)) == [("Done", "x"), ("Next", "y")]
+    # "none" with a later line that admits one is real content.
+    real = _report("Setback: none.\n\nActually I missed Thursday", True,
+                   setback_text="none.\n\nActually I missed Thursday")  # fmt: skip
+    assert _shown(letters.report_parts(real)) == [
+        ("Setback", "none.\n\nActually I missed Thursday")
+    ]
+    # Whatever the mix, a digest with a setback shows no part "Setback: none".
+    digest = letters.digest(PAIR, PERIOD, SENT, [admits, calm, real], SVC, NOW)
+    assert digest.ctx["setback"] is True
+    for item in digest.ctx["reports"]:
+        for part in item["parts"]:
+            assert not (part["label"] == "Setback" and part["text"].lower() == "none")
+
+
+def test_unlabelled_report_is_one_part() -> None:
+    report = _report("Quick update: booked the room.", False)
+    assert _shown(letters.report_parts(report)) == [("", "Quick update: booked the room.")]
+
+
+WRAPPED = (
+    "I finished module 4 and recorded a practice run of the talk, then\n"
+    "watched it back with the sound off to see what my hands were doing.\n"
+    "\n"
+    "Three things to fix:\n"
+    "- fewer filler words, especially at the start of each new section\n"
+    "- look at the room\n"
+    "1. slow down\n"
+    "Short line.\n"
+    "Another short line."
+)
+
+
+def test_reflow_joins_what_a_client_wrapped_and_keeps_what_she_broke() -> None:
+    assert letters.reflow(WRAPPED) == [
+        "I finished module 4 and recorded a practice run of the talk, then watched it back "
+        "with the sound off to see what my hands were doing.",
+        "Three things to fix:\n- fewer filler words, especially at the start of each new "
+        "section\n- look at the room\n1. slow down\nShort line.\nAnother short line.",
+    ]
+
+
+def test_reflow_leaves_short_lines_and_flowed_paragraphs_alone() -> None:
+    # Nothing near a wrapping width: her line breaks are hers.
+    assert letters.reflow("Done: a\nNext: b\nc") == ["Done: a\nNext: b\nc"]
+    # format=flowed arrives unflowed (one line per paragraph): nothing to join.
+    long = "word " * 30
+    assert letters.reflow(f"{long}\n{long}\n\nend") == [f"{long.rstrip()}\n{long.rstrip()}", "end"]
+    assert letters.reflow("") == []
+
+
+def test_summary_rate_level() -> None:
+    assert [letters.rate_level(r) for r in (None, 0, 49, 50, 79, 80, 100)] == [
+        "none", "low", "low", "medium", "medium", "high", "high",
+    ]  # fmt: skip
+    strip = tuple(
+        {"period": f"2026-W{n}", "label": f"W{n}", "state": s}
+        for n, s in ((49, "reported"), (50, "missed"), (51, "setback"), (52, "missed"))
+    )
+    letter = letters.summary(Pair(P, ADA, GRACE, strip), "member", "done", SVC, NOW)
+    assert (letter.ctx["report_rate"], letter.ctx["report_rate_level"]) == (50, "medium")
+    empty = letters.summary(Pair(P, ADA, GRACE, ()), "member", "done", SVC, NOW)
+    assert (empty.ctx["report_rate"], empty.ctx["report_rate_level"]) == (None, "none")
+
+
+def test_released_tells_the_member_which_commands_did_not_run() -> None:
+    at = datetime(2026, 12, 15, 9, tzinfo=UTC)
+    letter = letters.released(
+        PAIR, "2026-W49", REPORT.received_at, "sender mismatch: ...", "ada@home.example",
+        ("pause 2 weeks",), "<r@x>", SVC, at,
+    )  # fmt: skip
+    assert letter.template == "released" and letter.to.address == ADA.email
+    assert letter.key == f"released:{hash16('<r@x>')}"
+    assert letter.ctx["period"] == "2026-W49" and letter.period == "2026-W51"
+    assert letter.ctx["own_address"] is False and letter.ctx["not_run"] == ["pause 2 weeks"]
+    assert letter.reply_to == KEYS.address(CHECKIN, 1, "2026-W51")  # the current check-in's
+
+
+def test_a_flowed_reply_reaches_the_digest_as_its_paragraphs() -> None:
+    """format=flowed (RFC 3676): the parser joins the soft breaks (a trailing space) before the
+    text is stored, so the digest shows her paragraphs and keeps her hard breaks."""
+    from mailflow.parse import parse_message
+
+    raw = (
+        b"From: ada@example.com\r\nTo: x@hot.example.com\r\nSubject: Re: check-in\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8; format=flowed\r\n\r\n"
+        b"I rehearsed twice this week and recorded the second run, which went \r\n"
+        b"much better than the first one.\r\n"
+        b"Next week: book the room\r\n"
+        b"and ask Grace to watch.\r\n"
+    )
+    parsed = parse_message(raw)
+    report = _report(parsed.text, bool(parsed.setback), **{
+        "done": parsed.sections["done"], "next": parsed.sections["next"]})  # fmt: skip
+    [free, nxt] = letters.report_parts(report)
+    assert free["paragraphs"] == [
+        "I rehearsed twice this week and recorded the second run, which went much better "
+        "than the first one."
+    ]
+    assert nxt["label"] == "Next" and nxt["paragraphs"] == [
+        "book the room\nand ask Grace to watch."
+    ]

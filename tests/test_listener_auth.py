@@ -10,7 +10,7 @@ from __future__ import annotations
 import smtplib
 import ssl
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -128,7 +128,7 @@ def test_serve_accepts_a_reply_only_after_starttls_and_auth(
         WEEKDAY[today.weekday()],
         "--checkin-time",
         "00:00",
-        now=today.isoformat(),
+        now=(today - timedelta(days=1)).isoformat(),  # made the day before its check-in
     )
     to = address_for(pid, period_now(config, pid, today))
     raw = reply("Ada <ada@example.com>", to, "Done: spoke at standup", "<tls-1@example.com>")

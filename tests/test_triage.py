@@ -230,7 +230,7 @@ def test_commands_are_taken_out_of_the_report() -> None:
 def test_an_empty_reply_is_quarantined() -> None:
     got = decided("")
     assert got == Quarantine(
-        "empty reply: no new text above the quoted check-in", partnership_id=1, period="2026-W49"
+        "empty reply: no new text outside the quoted check-in", partnership_id=1, period="2026-W49"
     )
 
 
@@ -271,5 +271,68 @@ def test_a_partners_answers() -> None:
     raw = mail(GRACE, "")
     empty = decide(parse_message(raw), target_for(raw, Token(DIGEST, 1, "2026-W49")), FACTS)
     assert empty == Quarantine(
-        "empty reply: no new text above the quoted digest", partnership_id=1, period="2026-W49"
+        "empty reply: no new text outside the quoted digest", partnership_id=1, period="2026-W49"
     )
+
+
+# -- an admin's release (route with vouch=True, decide with Facts.released) --------------------
+
+RELEASED = Facts("2026-W49", "2026-W49", date(2026, 12, 1), released=True)
+
+
+def test_a_release_routes_a_stranger_but_does_not_take_him_for_the_member() -> None:
+    raw = mail("Ada at home <ada@home.example>", "Done: two joins")
+    env = envelope(raw, checkin_address(), mail_from="ada@home.example")
+    target = route(parse_message(raw), env, KEYS, ROSTER, vouch=True)
+    assert isinstance(target, Target)
+    assert target.partnership == P1 and target.proven is False
+    assert target.sender == "ada@home.example"  # the record says who really sent it
+    mine = route(parse_message(mail(ADA, "x")), envelope(raw, checkin_address()), KEYS, ROSTER,
+                 vouch=True)  # fmt: skip
+    assert isinstance(mine, Target) and mine.proven is True
+    # Without a partnership there is still nothing to count for.
+    assert route(parse_message(raw), envelope(raw, checkin_address(77)), KEYS, ROSTER,
+                 vouch=True) == Quarantine("unknown partnership 77")  # fmt: skip
+
+
+def test_a_release_vouches_for_the_text_never_for_the_commands() -> None:
+    raw = mail("ada@home.example", "Rough week, I fell behind.\n\npause 2 weeks\ngoal 1 done")
+    target = Target(P1, TOKEN, "ada@home.example", "<m1@example.com>", envelope(raw),
+                    person=ADA, proven=False)  # fmt: skip
+    got = decide(parse_message(raw), target, RELEASED)
+    assert isinstance(got, Reply) and got.report is not None
+    assert got.report.text == "Rough week, I fell behind." and got.report.setback is True
+    assert got.report.sender == "ada@home.example"
+    # Nothing runs: her commands wait for her yes to a confirmation mail, as any command
+    # that came in her name without proof (the same rule as mail to the plain address).
+    assert got.commands == () and got.problems == () and got.proven is False
+    assert got.not_run == ("pause 2 weeks", "goal 1 done")
+    assert [c.line for c in got.to_confirm] == ["pause 2 weeks", "goal 1 done"]
+    assert got.unbound is False  # it came through her check-in's token
+    # Commands alone are released too: nothing counts, and they wait for her yes.
+    only = mail("ada@home.example", "stop")
+    target = Target(P1, TOKEN, "ada@home.example", "<m1@example.com>", envelope(only),
+                    person=ADA, proven=False)  # fmt: skip
+    held = decide(parse_message(only), target, RELEASED)
+    assert isinstance(held, Reply) and held.report is None and held.inbound is not None
+    assert held.commands == () and [c.line for c in held.to_confirm] == ["stop"]
+
+
+def test_a_release_counts_for_the_tokens_week_however_old() -> None:
+    old = Token(CHECKIN, 1, "2026-W30")
+    got = decided("Done: x\ngoal 1 done", token=old, facts=RELEASED)
+    assert isinstance(got, Reply) and got.report is not None
+    assert got.period == got.report.period == "2026-W30"
+    assert got.report.raw_ref == "mail/in/2026-W30/E1.eml"
+    assert [c.line for c in got.commands] == ["goal 1 done"]  # her own address: they run
+    # Not released, the same reply to a recent week counts where the facts say.
+    recent = decided("Done: x", token=Token(CHECKIN, 1, "2026-W48"))
+    assert isinstance(recent, Reply) and recent.period == "2026-W49"
+
+
+def test_a_released_yes_from_another_address_is_no_consent() -> None:
+    raw = mail("grace@home.example", "Yes!")
+    target = Target(P1, Token(AGREE, 1, "2026-W48"), "grace@home.example", "<m1@x>",
+                    envelope(raw), person=GRACE, proven=False)  # fmt: skip
+    got = decide(parse_message(raw), target, RELEASED)
+    assert isinstance(got, Quarantine) and "only from the partner's own address" in got.reason
