@@ -482,7 +482,7 @@ def removal_problems(
     names = sorted(reports)  # who names `email` as their manager
     if names:
         problems.append(
-            f"{email} is the manager of {', '.join(reports)}: give them their new manager "
+            f"{email} is the manager of {', '.join(names)}: give them their new manager "
             "first (people update EMAIL --manager NEW, or people import --update)"
         )
     return problems

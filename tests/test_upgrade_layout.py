@@ -146,3 +146,83 @@ def test_staged_files_without_a_journal_are_discarded(tmp_path: Path) -> None:
     Store(tmp_path / "data").init()
     assert not staged.exists()
     assert Store(tmp_path / "data").core().person("a@example.com") is not None
+
+
+def _indexes(data_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """The offered-skills index of core.json and the managers' counts of the shards."""
+    core = json.loads((data_dir / "db" / "core.json").read_text())
+    offered = {d["skill"]: d["count"] for d in core.get("offered", {}).values()}
+    managed: dict[str, int] = {}
+    for shard in (data_dir / "db" / "people").glob("*.json"):
+        for d in json.loads(shard.read_text()).get("managed", {}).values():
+            assert shard.name == shard_name(d["email"])  # in the manager's own shard
+            managed[d["email"]] = d["count"]
+    return offered, managed
+
+
+def _recounted(mf: Mailflow) -> tuple[dict[str, int], dict[str, int]]:
+    """The same counts from everyone, as `people list` shows them."""
+    offered: dict[str, int] = {}
+    managed: dict[str, int] = {}
+    for p in json.loads(mf.ok("people", "list", "--json").out):
+        for skill in p["offers"]:
+            offered[skill] = offered.get(skill, 0) + 1
+        if p["manager"]:
+            managed[p["manager"]] = managed.get(p["manager"], 0) + 1
+    return offered, managed
+
+
+def test_the_indexes_of_offers_and_managers_follow_every_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mf = Mailflow(tmp_path, capsys, now=NOW)
+    people = old_layout(mf.data_dir, n=12)
+    core = json.loads(mf.core_path.read_text())
+    core["people"]["4"]["offers"] = ["public speaking", "sql"]  # p3
+    mf.core_path.write_text(json.dumps(core))
+    del people
+
+    # The migration builds both indexes.
+    assert _indexes(mf.data_dir) == ({}, {})  # (not yet moved)
+    mf.ok("people", "list")
+    assert _indexes(mf.data_dir) == _recounted(mf)
+    assert _indexes(mf.data_dir)[0] == {"public speaking": 1, "sql": 1}
+    assert _indexes(mf.data_dir)[1]["p0@example.com"] == 3
+
+    # did-you-mean reads the index: a new spelling next to a known one is refused.
+    err = mf.bad("people", "add", "n1@example.com", "--name", "N", "--department", "D",
+                 "--offers", "Public-Speaking")  # fmt: skip
+    assert 'did you mean "public speaking"' in err
+    mf.ok("people", "add", "n1@example.com", "--name", "N", "--department", "D",
+          "--manager", "p3@example.com", "--offers", "public speaking")  # fmt: skip
+    mf.ok("people", "update", "p2@example.com", "--offers", "writing")
+    # Her own skill is not a spelling "someone else" offers: she may respell it.
+    mf.ok("people", "update", "p2@example.com", "--offers", "Writing Well")
+    mf.ok("people", "update", "p4@example.com", "--manager", "p3@example.com")
+    assert _indexes(mf.data_dir) == _recounted(mf)
+    assert _indexes(mf.data_dir)[0] == {"public speaking": 2, "sql": 1, "writing well": 1}
+
+    # Removal: a manager is refused (her reports named), a leaf goes with her index entries.
+    err = mf.bad("people", "remove", "p3@example.com")
+    assert "manager of n1@example.com, p10@example.com, p11@example.com, p4@example.com" in err
+    mf.ok("people", "remove", "n1@example.com")
+    for who in ("p4", "p10", "p11"):
+        mf.ok("people", "update", f"{who}@example.com", "--manager", "p1@example.com")
+    mf.ok("people", "update", "p3@example.com", "--no-offers")
+    offered, managed = _indexes(mf.data_dir)
+    assert (offered, managed) == _recounted(mf)
+    assert offered == {"writing well": 1} and "p3@example.com" not in managed
+    mf.ok("people", "remove", "p3@example.com")
+    assert _indexes(mf.data_dir) == _recounted(mf)
+
+    # An import with --update keeps them too.
+    csv = tmp_path / "more.csv"
+    csv.write_text(
+        "email,name,department,manager,offers\n"
+        "p5@example.com,P 5,D2,p0@example.com,sql\n"
+        "z1@example.com,Z,D9,p5@example.com,writing well;sql\n"
+    )
+    mf.ok("people", "import", str(csv), "--update")
+    offered, managed = _indexes(mf.data_dir)
+    assert (offered, managed) == _recounted(mf)
+    assert offered == {"writing well": 2, "sql": 2}
