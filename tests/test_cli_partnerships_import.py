@@ -159,3 +159,20 @@ def test_a_thousand_partnerships_through_the_console_script(tmp_path: Path) -> N
     core = json.loads((tmp_path / "data" / "db" / "core.json").read_text())
     assert len(core["partnerships"]) == 1000
     assert all(len(p["goals"]) == 2 for p in core["partnerships"].values())
+
+
+def test_a_skill_spelled_like_one_on_offer_is_refused_with_did_you_mean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mf = world(tmp_path, capsys, 9)  # nothing is mailed: no relay needed
+    mf.ok("people", "update", "bob@example.com", "--offers", "public speaking")
+    csv = write(
+        tmp_path,
+        "ann@example.com,bob@example.com,Public-Speaking!,2027-03-01,Talk,Why,Back up,,,,",
+        "ic@example.com,bob@example.com,public speaking,2027-03-01,Talk,Why,Back up,,,,",
+    )
+    err = mf.bad("partnerships", "import", str(csv), lines=None)
+    assert 'pairs.csv:2: skill: nobody offers "public-speaking!" yet' in err
+    assert 'did you mean "public speaking"' in err
+    assert ":3:" not in err  # the right spelling passes
+    assert json.loads(mf.ok("partnerships", "list", "--json").out) == []
