@@ -7,7 +7,7 @@ export (40 departments, a manager tree ten wide and five deep, four time zones, 
 five offering a skill), then `--partnerships` partnerships with `partnerships add` (the same
 number at every size: the directory grows, the program does not). Then each admin action runs
 `--runs` times as a cold `mailflow` process (a new interpreter, as an admin's shell starts it),
-and the median wall time, the peak RSS (the child's `ru_maxrss`) and the bytes it read
+and the median wall time, the peak RSS (the child's VmHWM) and the bytes it read
 (`rchar` of /proc/self/io at exit: files, pipes, everything) are printed.
 
 The last lines compare each size with the smallest: ``ACTION: 50,000 people / 100 people
@@ -35,11 +35,14 @@ ZONES = ("Europe/Berlin", "America/New_York", "Asia/Kolkata", "UTC")
 SKILLS = ("public speaking", "sql", "negotiation", "writing")
 NOW = "2026-11-23T12:00:00+00:00"  # a fixed instant: the bench never reads the wall clock
 # The child runs the real CLI, then reports what it read and its peak RSS on its last line.
+# Peak RSS is VmHWM of the child's own memory: ru_maxrss survives exec, so it reported the
+# size of this bench process (which holds the CSV) rather than the command's.
 RUNNER = (
-    "import atexit, resource, sys\n"
+    "import atexit, sys\n"
     "def _report():\n"
     "    io = dict(l.split(': ') for l in open('/proc/self/io').read().splitlines())\n"
-    "    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "    st = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())\n"
+    "    rss = int(st['VmHWM'].split()[0])\n"
     "    sys.stderr.write(f\"\\nBENCH rchar={io['rchar']} rss_kb={rss}\\n\")\n"
     "atexit.register(_report)\n"
     "from mailflow.cli import main\n"

@@ -211,8 +211,15 @@ def remove_person(store: Store, email: str, now: datetime, end_partnerships: boo
     addr = normalize_email(email)
     ended: list[int] = []
     with store.core_tx() as core:
-        people = {p.email: p for p in core.people()}
-        problems = removal_problems(addr, people, core.partnerships(), end_partnerships)
+        people = core.directory
+        # The count of her reports is kept in her shard: the directory is read whole only
+        # to name them when there are some (and the removal is refused).
+        reports = (
+            [p.email for p in people.values() if p.manager == addr]
+            if addr in people and people.reports_to(addr)
+            else []
+        )
+        problems = removal_problems(addr, people, core.partnerships(), end_partnerships, reports)
         if problems:
             raise DomainError("; ".join(problems))
         for p in core.partnerships():

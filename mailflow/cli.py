@@ -29,6 +29,7 @@ from mailflow.errors import MailflowError, StartupError, UsageProblem, one_line
 from mailflow.models import Partnership, Person
 from mailflow.people import (
     CSV_COLUMNS,
+    DomainError,
     check_new_people,
     decode_csv,
     delivery_warning,
@@ -175,20 +176,15 @@ def people_add(
         email, name, department, manager, timezone, offers, app.config.service.timezone
     )
     with app.store.core_tx() as core:
-        existing = {p.email: p for p in core.people()}
-        problems = check_new_people([person], existing)
+        problems = check_new_people([person], core.directory)
         if problems:
             fail(problems[0].split(": ", 1)[1])
-        near_miss = offer_near_miss(person.offers, _offered(existing.values()))
+        near_miss = offer_near_miss(person.offers, core.offered())
         if near_miss:
             fail(near_miss)
         core.put_person(person)
     click.echo(f"added {person.email}")
     _warn_undeliverable(app, [person])
-
-
-def _offered(people: Any) -> set[str]:
-    return {skill for person in people for skill in person.offers}
 
 
 @people.command("update")
@@ -217,7 +213,7 @@ def people_update(
 
     addr = normalize_email(email)
     with app.store.core_tx() as core:
-        existing = {p.email: p for p in core.people()}
+        existing = core.directory
         current = existing.get(addr)
         if current is None:
             fail(f"no such person {addr}")
@@ -233,9 +229,8 @@ def people_update(
         )
         if updated == current:
             fail("nothing to change (see 'mailflow people update --help')")
-        others = (p for p in existing.values() if p.email != addr)
         added = [skill for skill in updated.offers if skill not in current.offers]
-        near_miss = offer_near_miss(added, _offered(others))
+        near_miss = offer_near_miss(added, core.offered(besides=current))
         if near_miss:
             fail(near_miss)
         core.put_person(updated)
@@ -334,9 +329,10 @@ def people_import(app: App, file: Path, update: bool) -> None:
         else _null_bar(rows)
     )
     with app.store.core_tx() as core:
-        existing = {p.email: p for p in core.people()}
         with items as bar:
-            changes, row_problems = import_rows(bar, existing, app.config.service.timezone, update)
+            changes, row_problems = import_rows(
+                bar, core.directory, core.offered(), app.config.service.timezone, update
+            )
         problems = sorted(problems + row_problems, key=lambda s: int(s.split(":", 1)[0]))
         if problems:
             for problem in problems:
@@ -440,8 +436,7 @@ def partnerships_add(
     member = normalize_email(member, "member")
     partner = normalize_email(partner, "partner")
     with app.store.core_tx() as core:
-        people_by_email = {p.email: p for p in core.people()}
-        skills = _offered(people_by_email.values()) | {p.skill for p in core.partnerships()}
+        skills = core.offered() | {p.skill for p in core.partnerships()}
         near_miss = offer_near_miss([normalize_skill(skill)], skills)
         if near_miss:
             fail("skill: " + near_miss.split(": ", 1)[1])
@@ -453,7 +448,7 @@ def partnerships_add(
             goals=goals,
             why=why,
             saddle=saddle,
-            people=people_by_email,
+            people=core.directory,
             existing=core.partnerships(),
             now=app.now(),
             checkin_day=checkin_day,
@@ -491,6 +486,75 @@ def partnerships_approve(app: App, pid: str) -> None:
             click.echo(line)
     except Exception as exc:  # noqa: BLE001 - approved; `serve` sends the intro at its tick
         click.echo(f"warning: introductions not sent yet ({exc}); serve/tick will retry", err=True)
+
+
+@partnerships.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_app
+def partnerships_import(app: App, file: Path) -> None:
+    """Create partnerships from a CSV (member,partner,skill,goal_due,goal,why,saddle,start,
+    checkin_day,checkin_time,accepted): one goal per row; rows with the same member and skill
+    are one partnership.
+
+    All or nothing, with the checks of 'partnerships add': every bad row is reported with its
+    line number and none is created. Introductions go out with the next tick (serve), through
+    the outbox like any other mail.
+    """
+    try:
+        text = file.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        fail(f"{file}: cannot read: {exc.strerror}")
+    except UnicodeDecodeError:
+        fail(f"{file}: not UTF-8 text")
+    groups, problems = pships.read_import_csv(text)
+    now = app.now()
+    created: list[Partnership] = []
+    items = (
+        click.progressbar(
+            groups, label="checking partnerships", file=sys.stderr, hidden=not sys.stderr.isatty()
+        )
+        if sum(len(g.lines) for g in groups) >= PROGRESS_BAR_ROWS
+        else _null_bar(groups)
+    )
+    with app.store.core_tx() as core:
+        mine: dict[str, list[Partnership]] = {}
+        for p in core.partnerships():
+            mine.setdefault(p.member, []).append(p)
+        pid = core.next_partnership_id()
+        skills = core.offered() | {p.skill for p in core.partnerships()}
+        with items as bar:
+            for group in bar:
+                try:
+                    near_miss = offer_near_miss([normalize_skill(group.fields["skill"])], skills)
+                    if near_miss:
+                        raise DomainError("skill: " + near_miss.split(": ", 1)[1])
+                    p = pships.import_partnership(
+                        group,
+                        pid=pid,
+                        people=core.directory,
+                        existing=mine.get(group.fields["member"], []),
+                        now=now,
+                    )
+                except DomainError as exc:
+                    problems.append(f"{group.lines[0]}: {exc}")
+                    continue
+                created.append(p)
+                skills.add(p.skill)
+                pid += 1
+        if problems:
+            problems.sort(key=lambda s: int(s.split(":", 1)[0]))
+            for problem in problems:
+                click.echo(f"error: {file}:{problem}", err=True)
+            fail(f"{file}: {len(problems)} problem(s); nothing imported")
+        if not created:
+            fail(f"{file}: no rows to import (expected columns: {','.join(pships.IMPORT_COLUMNS)})")
+        for p in created:
+            core.put_partnership(p)
+    goals = sum(len(p.goals) for p in created)
+    click.echo(
+        f"imported {len(created)} partnerships ({goals} goals), ids {created[0].id}-"
+        f"{created[-1].id}; introductions go out with the next tick"
+    )
 
 
 def _pid(pid: str) -> int:

@@ -101,7 +101,7 @@ class _Week:
         with self.app.store.core_tx() as core:
             core.put_person(ADA)
             core.put_person(GRACE)
-            people = {p.email: p for p in core.people()}
+            people = core.directory
             p = new_partnership(
                 pid=1,
                 member=ADA.email,

@@ -419,7 +419,7 @@ class Intake:
     # -- bounces ------------------------------------------------------------------------------
 
     def _bouncing(self) -> set[str]:
-        return {p.email for p in self.store.people_map().values() if p.bouncing}
+        return set(self.store.core().bouncing())
 
     def _clear_bouncing(self, addresses: set[str], out: TickReport) -> None:
         """Mail that arrived from an address proves it works again."""

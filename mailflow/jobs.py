@@ -106,8 +106,7 @@ class Jobs:
             # tick of 10,000 partnerships holds its period views at the same time, and serve's
             # peak memory is that moment.
             core = self.store.core()
-            people = {p.email: p for p in core.people()}
-            roster = Roster(people, {p.id: p for p in core.partnerships()})
+            roster = Roster(core.directory, {p.id: p for p in core.partnerships()})
             updates: Updates = {}
             prepared: list[Prepared] = []
             plans: list[tuple[Partnership, Periods]] = []

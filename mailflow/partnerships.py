@@ -1,4 +1,5 @@
-"""Partnerships: creating one under the rules, and its life cycle (pause, resume, end).
+"""Partnerships: creating one under the rules, and its life cycle (pause, resume, end);
+reading a partnerships CSV (one goal per row, grouped by member and skill) for an import.
 
 Pure functions: they take the current people and partnerships and `now`, and return a new
 `Partnership` or raise `DomainError`. `store` persists the result.
@@ -6,8 +7,11 @@ Pure functions: they take the current people and partnerships and `now`, and ret
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -24,7 +28,13 @@ from mailflow.models import (
     Partnership,
     Person,
 )
-from mailflow.people import DomainError, check_text, eligibility_problems, normalize_skill
+from mailflow.people import (
+    DomainError,
+    check_text,
+    eligibility_problems,
+    normalize_email,
+    normalize_skill,
+)
 
 _GOAL = re.compile(r"^\s*(\d{4}-\d{2}-\d{2})\s+(\S.*)$", re.DOTALL)
 LONG_TEXT = 2000
@@ -200,3 +210,142 @@ def closing_reason(p: Partnership, local_today: date) -> str | None:
     if local_today > max(g.due for g in p.goals):
         return "the last due date has passed"
     return None
+
+
+# -- import from a CSV -------------------------------------------------------------------------
+
+IMPORT_COLUMNS = (
+    "member",
+    "partner",
+    "skill",
+    "goal_due",
+    "goal",
+    "why",
+    "saddle",
+    "start",
+    "checkin_day",
+    "checkin_time",
+    "accepted",
+)
+_REQUIRED = ("member", "partner", "skill", "goal_due", "goal", "why", "saddle")
+# Per partnership, not per goal: the later rows of a group may leave them empty, or repeat them.
+_SHARED = ("partner", "why", "saddle", "start", "checkin_day", "checkin_time", "accepted")
+_YES = {"yes", "y", "true", "1", "x"}
+_NO = {"", "no", "n", "false", "0"}
+
+
+@dataclass(frozen=True)
+class ImportGroup:
+    """The rows of one partnership in a partnerships CSV: same member and skill."""
+
+    lines: tuple[int, ...]
+    fields: dict[str, str]  # the shared fields (first non-empty value of each)
+    goals: tuple[str, ...]  # "YYYY-MM-DD TEXT", in file order
+
+
+def read_import_csv(text: str) -> tuple[list[ImportGroup], list[str]]:
+    """Rows of a partnerships CSV grouped by (member, skill), and problems as 'LINE: msg'.
+
+    A group's shared fields must agree: a later row may leave one empty, not change it.
+    """
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    expected = ",".join(IMPORT_COLUMNS)
+    if not header:
+        return [], [f"1: empty file (expected a header: {expected})"]
+    missing = [c for c in _REQUIRED if c not in header]
+    unknown = [c for c in header if c not in IMPORT_COLUMNS]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append("missing column(s) " + ", ".join(missing))
+        if unknown:
+            parts.append("unknown column(s) " + ", ".join(unknown))
+        return [], [f"1: {'; '.join(parts)} (expected: {expected})"]
+    reader.fieldnames = header
+    groups: dict[tuple[str, str], tuple[list[int], dict[str, str], list[str]]] = {}
+    problems: list[str] = []
+    try:
+        for record in reader:
+            line = reader.line_num
+            if None in record:
+                problems.append(f"{line}: too many fields")
+                continue
+            f = {k: (v or "").strip() for k, v in record.items()}
+            if not any(f.values()):
+                continue  # a blank line (spreadsheets leave them)
+            try:
+                member = normalize_email(f["member"], "member")
+                skill = normalize_skill(f["skill"])
+            except DomainError as exc:
+                problems.append(f"{line}: {exc}")
+                continue
+            goal = f"{f['goal_due']} {f['goal']}"
+            group = groups.get((member, skill))
+            if group is None:
+                shared = {k: f.get(k, "") for k in _SHARED}
+                groups[(member, skill)] = (
+                    [line],
+                    {"member": member, "skill": skill, **shared},
+                    [goal],
+                )
+                continue
+            lines, shared, goals = group
+            for k in _SHARED:
+                value = f.get(k, "")
+                if value and not shared[k]:
+                    shared[k] = value
+                elif value and value != shared[k]:
+                    problems.append(
+                        f"{line}: {k} differs from line {lines[0]} "
+                        f"(same member and skill: one partnership)"
+                    )
+            lines.append(line)
+            goals.append(goal)
+    except csv.Error as exc:
+        problems.append(f"{reader.line_num}: {exc}")
+    out = [ImportGroup(tuple(ls), sh, tuple(gs)) for ls, sh, gs in groups.values()]
+    return out, problems
+
+
+def parse_accepted(value: str) -> bool:
+    v = value.strip().lower()
+    if v in _YES:
+        return True
+    if v in _NO:
+        return False
+    raise DomainError(f'accepted: expected yes or no, got "{value}"')
+
+
+def import_partnership(
+    group: ImportGroup,
+    *,
+    pid: int,
+    people: Mapping[str, Person],
+    existing: Sequence[Partnership],
+    now: datetime,
+) -> Partnership:
+    """The partnership of one group, under the rules of `new_partnership`; DomainError names
+    the field. `existing`: the member's partnerships (the one-per-skill rule)."""
+    f = group.fields
+    for n, goal in enumerate(group.goals, start=1):
+        due, _, text = goal.partition(" ")
+        parse_date(due, "goal_due")
+        if not text.strip():
+            raise DomainError(f"goal: must not be empty (goal {n})")
+    return new_partnership(
+        pid=pid,
+        member=f["member"],
+        partner=normalize_email(f["partner"], "partner"),
+        skill=f["skill"],
+        goals=group.goals,
+        why=f["why"],
+        saddle=f["saddle"],
+        people=people,
+        existing=existing,
+        now=now,
+        checkin_day=f["checkin_day"] or None,
+        checkin_time=f["checkin_time"] or None,
+        start=f["start"] or None,
+        accepted=parse_accepted(f["accepted"]),
+    )

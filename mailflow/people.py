@@ -12,6 +12,7 @@ import codecs
 import csv
 import io
 import re
+from collections import ChainMap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -136,7 +137,8 @@ def check_new_people(new: Sequence[Person], existing: Mapping[str, Person]) -> l
             problems.append(f"{i}: {person.email} appears twice in the file")
         else:
             seen[person.email] = i
-    everyone = {**existing, **{p.email: p for p in new}}
+    # Lookups only: `existing` may be the store's directory, read shard by shard.
+    everyone = ChainMap({p.email: p for p in new}, existing)
     for i, person in enumerate(new):
         if person.manager and person.manager not in everyone:
             problems.append(f"{i}: manager {person.manager} does not exist")
@@ -172,7 +174,7 @@ def update_person(
     )
     if updated.manager and updated.manager not in existing:
         raise DomainError(f"manager: {updated.manager} does not exist")
-    if updated.manager and _in_cycle(updated.email, {**existing, updated.email: updated}):
+    if updated.manager and _in_cycle(updated.email, ChainMap({updated.email: updated}, existing)):
         raise DomainError(f"manager: {updated.manager} would make a loop in the manager chain")
     bouncing = current.bouncing and not clear_bouncing
     return replace(
@@ -346,7 +348,11 @@ class Change:
 
 
 def import_rows(
-    rows: Iterable[CsvRow], existing: Mapping[str, Person], default_tz: str, update: bool
+    rows: Iterable[CsvRow],
+    existing: Mapping[str, Person],
+    offered: set[str],
+    default_tz: str,
+    update: bool,
 ) -> tuple[list[Change], list[str]]:
     """What importing `rows` into `existing` changes, and every problem as "LINE: message".
 
@@ -355,12 +361,13 @@ def import_rows(
     its values (an empty manager removes the manager, an empty time zone keeps the zone),
     the columns it lacks keep theirs, and a row that changes nothing is "unchanged".
     Managers may be anyone known or in the file; a loop is refused. Any problem means the
-    caller imports nothing.
+    caller imports nothing. `existing` is only looked up (never iterated: it may be the
+    store's directory, read shard by shard); `offered` is every skill it offers.
     """
     problems: list[str] = []
     found: list[tuple[int, Person, Person | None]] = []
     bad_rows: dict[str, int] = {}
-    offered = {skill for person in existing.values() for skill in person.offers}
+    offered = set(offered)
     for row in rows:
         f = row.fields
         try:
@@ -427,7 +434,7 @@ def _directory_problems(
         if person.email in seen:
             problems.append(f"{line}: {person.email} appears twice in the file")
         seen.add(person.email)
-    everyone = {**existing, **{person.email: person for _, person, _ in found}}
+    everyone = ChainMap({person.email: person for _, person, _ in found}, existing)
     for line, person, _ in found:
         if person.manager and person.manager not in everyone:
             if person.manager in bad_rows:
@@ -463,7 +470,11 @@ def offer_hint(skill: str, people: Iterable[Person]) -> str:
 
 
 def removal_problems(
-    email: str, people: Mapping[str, Person], partnerships: Iterable[Partnership], end: bool
+    email: str,
+    people: Mapping[str, Person],
+    partnerships: Iterable[Partnership],
+    end: bool,
+    reports: Iterable[str],
 ) -> list[str]:
     """Why `email` cannot be removed from the directory now (empty: it can).
 
@@ -483,10 +494,10 @@ def removal_problems(
             f"{email} is in running partnership(s) {ids}: end them first, or pass "
             "--end-partnerships to end them with the removal"
         )
-    reports = sorted(p.email for p in people.values() if p.manager == email)
-    if reports:
+    names = sorted(reports)  # who names `email` as their manager
+    if names:
         problems.append(
-            f"{email} is the manager of {', '.join(reports)}: give them their new manager "
+            f"{email} is the manager of {', '.join(names)}: give them their new manager "
             "first (people update EMAIL --manager NEW, or people import --update)"
         )
     return problems

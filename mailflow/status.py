@@ -67,6 +67,7 @@ def status(
     quarantine and the outgoing queue: the dict `status --json` prints."""
     # The store's objects of this version of core.json (a site asks again and again), and
     # per-period summaries instead of the period files' records: no object per record.
+    # People are looked up in their shards: only running partnerships' members are read.
     roster = store.roster()
     people = roster.people
     totals = dict.fromkeys(
@@ -100,7 +101,7 @@ def status(
         "consent_overdue": consent["overdue"],
         "awaiting_approval": consent["approval"],
         "program_strangers": strangers(store, now),
-        "bouncing": sorted(p.email for p in people.values() if p.bouncing),
+        "bouncing": sorted(store.core().bouncing()),  # the index: no shard read
         "quarantined": len(quarantined),
         "quarantined_senders": sorted({car.sender or "(nobody)" for _, car in quarantined}),
         "quarantine": [

@@ -1,7 +1,16 @@
 """Storage: the only module that touches TinyDB; it takes and returns domain objects.
 
 Layout under data_dir/db/ (every file is in TinyDB's JSON format, `{table: {doc_id: doc}}`):
-- core.json: the small tables that change rarely: people, partnerships, meta.
+- core.json: the program: partnerships, meta, the index of bouncing addresses and that of the
+  skills on offer (skill -> how many offer it). Its size grows with the program, not with
+  the directory.
+- people/XX.json: the directory, in 256 shards by a hash of the address (XX = crc32 % 256 in
+  hex), with each manager's count of reports in her own shard (`managed`). A question about
+  one person reads one shard, the eligibility walk up a reporting line reads one shard per
+  manager, and a change to one person rewrites one shard (and her manager's): an admin
+  action costs the same in a directory of 100 people as in one of 100,000.
+- commit.json: present only while a transaction that changes several files (an import, a
+  bounce flag with its index entry) is being applied; see `Store._commit_many`.
 - weeks/YYYY-Www.json: one file per period label: the scheduler's per-partnership state
   (weeks), progress records (reports), other inbound mail (inbound) and outgoing mail
   (outgoing). A write rewrites only its own period's file, so its cost does not grow with
@@ -14,6 +23,10 @@ based, so it also excludes other processes such as a CLI command while `serve` r
 the file (re-parsed only when its inode/mtime/size changed since we last saw it), apply the
 changes in memory, then write a temp file, fsync, `os.replace`, fsync the directory. Readers
 need no lock: a rename is atomic, so they see the old file or the new one, never a mix.
+
+Up to issue 16 people lived in core.json; the first start of this version moves them to their
+shards (`Store._migrate_locked`): shards are written and synced first, and rewriting
+core.json without its people table is the single atomic step that commits the move.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import operator
 import os
 import re
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -69,6 +83,14 @@ CACHE_BYTES = 16 * 1024 * 1024
 # "2030-W02.bak.json" (an editor's or an operator's copy) would otherwise be read as weeks
 # of their own, stop delivery on a bad name, or send their queued mail a second time.
 _PERIOD_FILE = re.compile(r"^(\d{4}-W\d{2})\.json$")
+# The directory's shards: fixed forever (a different count would need a migration).
+PEOPLE_SHARDS = 256
+_SHARD_FILE = re.compile(r"^[0-9a-f]{2}\.json$")
+
+
+def shard_name(email: str) -> str:
+    """The shard file a person's record lives in: stable across processes and versions."""
+    return f"{zlib.crc32(email.encode('utf-8')) % PEOPLE_SHARDS:02x}.json"
 
 
 class AtomicJSONStorage(Storage):
@@ -234,6 +256,9 @@ _KINDS = {
     "people": "person",
     "partnerships": "partnership",
     "meta": "meta",
+    "bouncing": "bouncing address",
+    "offered": "offered skill",
+    "managed": "manager",
     "weeks": "week",
     "reports": "report",
     "inbound": "inbound",
@@ -244,6 +269,9 @@ _KEYS = {
     "people": "email",
     "partnerships": "id",
     "meta": "name",
+    "bouncing": "email",
+    "offered": "skill",
+    "managed": "email",
     "weeks": "key",
     "reports": "message_id",
     "inbound": "message_id",
@@ -306,25 +334,161 @@ class _View:
         self._table(name).put(doc)
         self.changed = True
 
-
-class CoreView(_View):
-    def people(self) -> list[Person]:
-        return self._objs("people", self._table("people").docs(), Person.from_doc)
-
-    def person(self, email: str) -> Person | None:
-        doc = self._table("people").get(email)
-        return None if doc is None else self._obj("people", doc, Person.from_doc)
-
-    def put_person(self, person: Person) -> None:
-        self._put("people", person.to_doc())
-
-    def remove_person(self, email: str) -> bool:
-        """Delete a person; False when there was none. Their records stay (by address)."""
+    def _delete(self, name: str, key: Any) -> None:
         if not self._writable:
             raise RuntimeError("write outside a transaction")
-        removed = self._table("people").delete(email)
-        self.changed = self.changed or removed
-        return removed
+        if self._table(name).delete(key):
+            self.changed = True
+
+
+class Directory(Mapping[str, Person]):
+    """email -> Person over the shard files, reading a shard only when asked about someone
+    in it (each once per Directory). Lookups (`[]`, `get`, `in`) cost one small file however
+    large the directory; iterating reads every shard. Read-only unless made by `core_tx`.
+    """
+
+    def __init__(self, store: Store, writable: bool) -> None:
+        self._store = store
+        self._writable = writable
+        self._views: dict[str, _View] = {}
+        self._people: dict[str, Person | None] = {}
+
+    def _view(self, name: str) -> _View:
+        view = self._views.get(name)
+        if view is None:
+            path = self._store.people_dir / name
+            data = self._store._load_shard(path)
+            if self._writable:
+                data = {table: dict(docs) for table, docs in data.items()}
+            view = self._views[name] = _View(data, self._writable, path)
+        return view
+
+    def __getitem__(self, email: str) -> Person:
+        try:
+            person = self._people[email]
+        except KeyError:
+            view = self._view(shard_name(email))
+            doc = view._table("people").get(email)
+            person = None if doc is None else view._obj("people", doc, Person.from_doc)
+            self._people[email] = person
+        if person is None:
+            raise KeyError(email)
+        return person
+
+    def __contains__(self, email: object) -> bool:
+        return isinstance(email, str) and self.get(email) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        for name in self._store.shard_names():
+            yield from list(self._view(name)._table("people").by_key)
+
+    def __len__(self) -> int:
+        return sum(len(self._view(n)._table("people")) for n in self._store.shard_names())
+
+    def put(self, person: Person) -> None:
+        self._view(shard_name(person.email))._put("people", person.to_doc())
+        self._people[person.email] = person
+
+    def remove(self, email: str) -> bool:
+        """Delete a person; False when there was none."""
+        view = self._view(shard_name(email))
+        there = view._table("people").get(email) is not None
+        view._delete("people", email)
+        self._people[email] = None
+        return there
+
+    def reports_to(self, manager: str) -> int:
+        """How many people name `manager` as theirs (the count kept in her shard)."""
+        doc = self._view(shard_name(manager))._table("managed").get(manager)
+        return int(doc.get("count", 0)) if doc is not None else 0
+
+    def count_report(self, manager: str | None, delta: int) -> None:
+        """Someone starts (+1) or stops (-1) naming `manager` as theirs."""
+        if not manager:
+            return
+        n = self.reports_to(manager) + delta
+        view = self._view(shard_name(manager))
+        if n > 0:
+            view._put("managed", {"email": manager, "count": n})
+        else:
+            view._delete("managed", manager)
+
+    def changed(self) -> list[tuple[Path, dict[str, dict[str, Any]]]]:
+        """(path, data) of each shard this transaction changed."""
+        return [(v.path, v._data) for v in self._views.values() if v.changed]
+
+
+class CoreView(_View):
+    def __init__(
+        self, data: dict[str, dict[str, Any]], writable: bool, path: Path, people: Directory
+    ) -> None:
+        super().__init__(data, writable, path)
+        self.directory = people
+
+    def people(self) -> list[Person]:
+        """Everyone (reads every shard): for lists and imports, not for one person."""
+        return list(self.directory.values())
+
+    def person(self, email: str) -> Person | None:
+        return self.directory.get(email)
+
+    def put_person(self, person: Person) -> None:
+        """Store a person; the indexes (bouncing and offered skills in core.json, the count
+        of reports in the manager's shard) follow in the same commit."""
+        old = self.directory.get(person.email)
+        self.directory.put(person)
+        before = set(old.offers) if old is not None else set()
+        self._count_offers(before - set(person.offers), -1)
+        self._count_offers(set(person.offers) - before, +1)
+        if old is None or old.manager != person.manager:
+            self.directory.count_report(old.manager if old else None, -1)
+            self.directory.count_report(person.manager, +1)
+        index = self._table("bouncing")
+        entry = index.get(person.email)
+        if person.bouncing:
+            if entry is None or entry.get("reason") != person.bounce_reason:
+                self._put("bouncing", {"email": person.email, "reason": person.bounce_reason})
+        elif entry is not None:
+            self._delete("bouncing", person.email)
+
+    def remove_person(self, email: str) -> bool:
+        """Delete a person and their index entries; False when there was none. Their
+        records stay (by address)."""
+        old = self.directory.get(email)
+        if old is None or not self.directory.remove(email):
+            return False
+        self._count_offers(old.offers, -1)
+        self.directory.count_report(old.manager, -1)
+        self._delete("bouncing", email)
+        return True
+
+    def _count_offers(self, skills: Iterable[str], delta: int) -> None:
+        table = self._table("offered")
+        for skill in skills:
+            doc = table.get(skill)
+            n = (int(doc.get("count", 0)) if doc is not None else 0) + delta
+            if n > 0:
+                self._put("offered", {"skill": skill, "count": n})
+            else:
+                self._delete("offered", skill)
+
+    def offered(self, besides: Person | None = None) -> set[str]:
+        """Every skill someone offers, from the index (no shard is read); `besides`: not
+        counting what that person offers."""
+        mine = set(besides.offers) if besides is not None else set()
+        return {
+            d["skill"]
+            for d in self._table("offered").docs()
+            if int(d.get("count", 0)) > (1 if d["skill"] in mine else 0)
+        }
+
+    def bouncing(self) -> dict[str, str]:
+        """Bouncing address -> reason, from the index (no shard is read)."""
+        return {
+            d["email"]: str(d.get("reason", ""))
+            for d in self._table("bouncing").docs()
+            if isinstance(d.get("email"), str)
+        }
 
     def partnerships(self) -> list[Partnership]:
         docs = self._table("partnerships").docs()
@@ -338,7 +502,7 @@ class CoreView(_View):
         self._put("partnerships", p.to_doc())
 
     def next_partnership_id(self) -> int:
-        return max((p.id for p in self.partnerships()), default=0) + 1
+        return max((int(k) for k in self._table("partnerships").by_key), default=0) + 1
 
     def requests(self) -> list[Request]:
         return sorted(
@@ -476,6 +640,120 @@ class Problem:
         return f"{self.path}: {self.message}"
 
 
+def _split_people(
+    raw: dict[str, Any], core_path: Path
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """An old core.json's people table as shard files by name (people, and the count of
+    reports of each manager in her shard), and core.json's indexes (bouncing, offered)."""
+    people = _Table(raw, "email", core_path)  # checks every document has an address
+    shards: dict[str, dict[str, dict[str, Any]]] = {}
+    bouncing: dict[str, Any] = {}
+    offered: dict[str, int] = {}
+    reports: dict[str, int] = {}
+    for doc in people.docs():
+        table = shards.setdefault(shard_name(doc["email"]), {"people": {}})["people"]
+        table[str(len(table) + 1)] = doc
+        if doc.get("bouncing"):
+            reason = doc.get("bounce_reason", "")
+            bouncing[str(len(bouncing) + 1)] = {"email": doc["email"], "reason": reason}
+        offers = doc.get("offers")
+        for skill in set(offers) if isinstance(offers, list) else ():
+            if isinstance(skill, str):
+                offered[skill] = offered.get(skill, 0) + 1
+        if isinstance(doc.get("manager"), str) and doc["manager"]:
+            reports[doc["manager"]] = reports.get(doc["manager"], 0) + 1
+    for manager, n in reports.items():
+        managed = shards.setdefault(shard_name(manager), {"people": {}}).setdefault("managed", {})
+        managed[str(len(managed) + 1)] = {"email": manager, "count": n}
+    index = {
+        "bouncing": bouncing,
+        "offered": {
+            str(i): {"skill": skill, "count": n}
+            for i, (skill, n) in enumerate(sorted(offered.items()), 1)
+        },
+    }
+    return shards, index
+
+
+class _Journal:
+    """The redo journal of a change that spans files (db/commit.json).
+
+    `commit`: each new file is written and fsynced beside its target as `.NAME.staged`;
+    then commit.json, naming them, is written atomically (the commit point); `recover` then
+    renames each over its target, fsyncs the directories and removes the journal. A crash
+    before the journal leaves the old files (staged ones are discarded at the next start);
+    a crash after it is rolled forward by the next transaction or read.
+    """
+
+    def __init__(self, db_dir: Path, disk: Disk) -> None:
+        self.db_dir = db_dir
+        self.path = db_dir / "commit.json"
+        self.disk = disk
+
+    def commit(self, files: list[tuple[Path, dict[str, dict[str, Any]]]]) -> None:
+        staged = [path.with_name(f".{path.name}.staged") for path, _ in files]
+        try:
+            for stage, (_, data) in zip(staged, files, strict=True):
+                payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+                self.write_synced(stage, payload)
+            for folder in {path.parent for path, _ in files}:
+                fsync_dir(folder)
+            names = [str(path.relative_to(self.db_dir)) for path, _ in files]
+            AtomicJSONStorage(self.path, self.disk).write({}, json.dumps({"files": names}).encode())
+        except BaseException:
+            if not self.path.exists():  # not committed: nothing of it may show
+                for stage in staged:
+                    with suppress(OSError):
+                        stage.unlink()
+            raise
+
+    def recover(self) -> list[Path]:
+        """Finish the commit the journal names, if any; the files it replaced."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        try:
+            targets = [self.db_dir / str(n) for n in json.loads(raw)["files"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptFileError(self.path, f"commit journal is corrupt: {exc}") from None
+        for target in targets:
+            stage = target.with_name(f".{target.name}.staged")
+            if stage.exists():
+                os.replace(stage, target)
+        for folder in {self.db_dir, *(t.parent for t in targets)}:
+            fsync_dir(folder)
+        self.path.unlink()
+        fsync_dir(self.db_dir)
+        return targets
+
+    def write_shards(self, folder: Path, shards: dict[str, dict[str, dict[str, Any]]]) -> None:
+        """Replace every shard file in `folder` by `shards` (the migration), each synced."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.json"):  # a crashed earlier attempt's shards
+            old.unlink()
+        for name, tables in shards.items():
+            payload = json.dumps(tables, ensure_ascii=False, separators=(",", ":"))
+            self.write_synced(folder / name, payload.encode())
+        fsync_dir(folder)
+
+    def write_synced(self, path: Path, payload: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.disk.before_write(path, len(payload))
+            with open(path, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            with suppress(OSError):
+                path.unlink()
+            reason = exc.strerror or str(exc)
+            if is_transient(exc):
+                raise DiskFullError(path, f"cannot write database: {reason}") from None
+            raise StoreError(f"{path}: cannot write database: {reason}") from None
+
+
 def _status(doc: dict[str, Any]) -> str:
     return str(doc.get("status", QUEUED))  # as Outgoing.from_doc reads it
 
@@ -496,6 +774,28 @@ class _Digest:
     summary: dict[int, PeriodSummary]
     tally: OutgoingTally
     problem: Problem | None = None  # the file could not be read: reported at each use
+
+
+def _summary(view: WeekView, data: dict[str, dict[str, Any]]) -> dict[int, PeriodSummary]:
+    summary: dict[int, PeriodSummary] = {}
+    for d in data.get("weeks", {}).values():
+        pid = view._obj("weeks", d, lambda d: int(d["partnership_id"]))
+        summary[pid] = PeriodSummary(
+            checkin_sent=d.get("checkin_at") is not None,
+            no_report_sent=d.get("no_report_at") is not None,
+        )
+    for d in data.get("reports", {}).values():
+        pid, setback = view._obj(
+            "reports", d, lambda d: (int(d["partnership_id"]), bool(d["setback"]))
+        )
+        prev = summary.get(pid, PeriodSummary())
+        summary[pid] = PeriodSummary(
+            prev.checkin_sent,
+            prev.no_report_sent,
+            prev.reports + 1,
+            prev.setback or setback,
+        )
+    return summary
 
 
 def _tally(view: WeekView, data: dict[str, dict[str, Any]]) -> OutgoingTally:
@@ -533,9 +833,10 @@ class Store:
         self._guards: dict[Path, threading.RLock] = {}
         self._guards_lock = threading.Lock()
         self._fragments: tuple[Path, _Fragments] | None = None
-        self._core_objects: (
-            tuple[dict[str, dict[str, Any]], dict[str, Person], dict[int, Partnership]] | None
-        ) = None
+        # Parsed shards by file version: serve asks about the same people again and again.
+        self._shards: dict[Path, _Cached] = {}
+        self._journal = _Journal(self.db_dir, disk)
+        self._core_objects: tuple[dict[str, dict[str, Any]], dict[int, Partnership]] | None = None
 
     def init(self) -> None:
         """Create the directories and clear temp files a killed writer left behind.
@@ -547,12 +848,17 @@ class Store:
         alive, or the next init() gets it).
         """
         (self.db_dir / "weeks").mkdir(parents=True, exist_ok=True)
-        for folder in (self.db_dir, self.db_dir / "weeks"):
+        self.people_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.db_dir, self.db_dir / "weeks", self.people_dir):
             for tmp in folder.glob(".*.tmp"):
                 m = _TEMP_NAME.match(tmp.name)
                 if m is None:
                     continue
-                lock = FileLock(str(folder / m.group("target")) + ".lock", timeout=0)
+                # Shards and the journal are written under the core lock.
+                target = folder / m.group("target")
+                if folder == self.people_dir or target == self.journal_path:
+                    target = self.core_path
+                lock = FileLock(str(target) + ".lock", timeout=0)
                 try:
                     lock.acquire()
                 except LockTimeout:
@@ -562,6 +868,17 @@ class Store:
                         tmp.unlink()
                 finally:
                     lock.release()
+        # Finish (or discard) a killed writer's multi-file commit; move an old core.json's people.
+        # Locked only when needed: a read-only command must not wait for serve's writes.
+        staged = [f for d in (self.db_dir, self.people_dir) for f in d.glob(".*.staged")]
+        if staged or self.journal_path.exists() or "people" in self._load(self.core_path):
+            with self._transaction(self.core_path) as data:  # (applies a journal first)
+                for folder in (self.db_dir, self.people_dir):
+                    for stale in folder.glob(".*.staged"):  # staged, never committed
+                        with suppress(OSError):
+                            stale.unlink()
+                if "people" in data:
+                    self._migrate_locked(data)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -614,6 +931,8 @@ class Store:
             except LockTimeout:
                 raise StoreLockedError(path, "database is locked by another process") from None
             try:
+                if path == self.core_path:
+                    self._recover_locked()
                 # Copy the tables (not the documents: puts replace documents, never edit
                 # them) so snapshots handed out earlier, and the cache if this transaction
                 # fails, never see half-applied changes.
@@ -642,33 +961,81 @@ class Store:
     def week_path(self, period: str) -> Path:
         return self.db_dir / "weeks" / f"{period}.json"
 
-    def core(self) -> CoreView:
-        """A read-only snapshot of people and partnerships."""
-        with self._guard(self.core_path):
-            return CoreView(self._load(self.core_path), writable=False, path=self.core_path)
+    @property
+    def people_dir(self) -> Path:
+        return self.db_dir / "people"
 
-    def _core_maps(self) -> tuple[dict[str, Person], dict[int, Partnership]]:
-        # Domain objects are frozen, so they can be shared across calls; they are rebuilt only
-        # when core.json changed (a new parsed dict), not on every small ingest batch.
+    @property
+    def journal_path(self) -> Path:
+        return self._journal.path
+
+    def shard_path(self, email: str) -> Path:
+        """The shard file that holds (or would hold) this person."""
+        return self.people_dir / shard_name(email)
+
+    def shard_names(self) -> list[str]:
+        if not self.people_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.people_dir.iterdir() if _SHARD_FILE.match(p.name))
+
+    def _load_shard(self, path: Path) -> dict[str, dict[str, Any]]:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return {}
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._shards.get(path)
+        if cached is not None and cached.stamp == stamp:
+            return cached.data
+        try:
+            data = AtomicJSONStorage(path, self.disk).read() or {}
+        except CorruptFileError as exc:
+            self._note(Problem(path, str(exc).removeprefix(f"{path}: "), error=True))
+            raise
+        self._shards[path] = _Cached(stamp, data)
+        return data
+
+    def _core_data(self) -> dict[str, dict[str, Any]]:
+        """core.json as it is now, after any unfinished commit or migration is settled."""
         with self._guard(self.core_path):
+            if self.journal_path.exists():
+                # A writer is applying a multi-file commit (or died doing it): wait for it
+                # (or finish its work) so that this read sees all of it or none of it.
+                with self._transaction(self.core_path):
+                    pass
             data = self._load(self.core_path)
+            if "people" in data:
+                with self._transaction(self.core_path) as fresh:
+                    if "people" in fresh:
+                        self._migrate_locked(fresh)
+                data = self._load(self.core_path)
+            return data
+
+    def core(self) -> CoreView:
+        """A read-only snapshot of the partnerships; people are read shard by shard when asked."""
+        return CoreView(
+            self._core_data(), writable=False, path=self.core_path, people=Directory(self, False)
+        )
+
+    def _core_maps(self) -> tuple[Directory, dict[int, Partnership]]:
+        # Partnership objects are frozen, so they can be shared across calls; they are rebuilt
+        # only when core.json changed (a new parsed dict), not on every small ingest batch.
+        data = self._core_data()
+        with self._guard(self.core_path):
             hit = self._core_objects
             if hit is None or hit[0] is not data:
-                view = CoreView(data, writable=False, path=self.core_path)
-                people = {p.email: p for p in view.people()}
-                pships = {p.id: p for p in view.partnerships()}
-                hit = self._core_objects = (data, people, pships)
-            return hit[1], hit[2]
+                view = CoreView(data, False, self.core_path, Directory(self, False))
+                hit = self._core_objects = (data, {p.id: p for p in view.partnerships()})
+            return Directory(self, False), hit[1]
 
     def roster(self) -> Roster:
-        """People and partnerships (in id order) of one version of core.json: new dicts,
-        shared objects (built once per version, as `people_map` and `partnerships_map`)."""
+        """People (a Directory) and partnerships (id order, objects shared per version)."""
         people, partnerships = self._core_maps()
-        return Roster(dict(people), dict(partnerships))
+        return Roster(people, dict(partnerships))
 
-    def people_map(self) -> dict[str, Person]:
-        """email -> Person, as core().people() would give; a new dict, shared objects."""
-        return dict(self._core_maps()[0])
+    def people_map(self) -> Mapping[str, Person]:
+        """email -> Person, read shard by shard (parsed shards cached per file version)."""
+        return self._core_maps()[0]
 
     def partnerships_map(self) -> dict[int, Partnership]:
         """id -> Partnership in id order, as core().partnerships() would give."""
@@ -676,12 +1043,48 @@ class Store:
 
     @contextmanager
     def core_tx(self) -> Iterator[CoreView]:
-        """Read-modify-write of people and partnerships, atomic and exclusive."""
+        """Read-modify-write of people and partnerships, atomic and exclusive: every file it
+        changed (core.json, shards) is replaced together or not at all."""
         with self._transaction(self.core_path) as data:
-            view = CoreView(data, writable=True, path=self.core_path)
+            if "people" in data:
+                self._migrate_locked(data)
+            people = Directory(self, writable=True)
+            view = CoreView(data, writable=True, path=self.core_path, people=people)
             yield view
+            files = people.changed()
             if view.changed:
-                self._commit(self.core_path, data)
+                files.append((self.core_path, data))
+            self._commit_many(files)
+
+    def _commit_many(self, files: list[tuple[Path, dict[str, dict[str, Any]]]]) -> None:
+        """Replace every file in `files` as a set (caller holds the core lock): one file by
+        the usual temp file and rename, several through the journal (`_Journal.commit`)."""
+        if len(files) == 1 and files[0][0] == self.core_path:
+            self._commit(*files[0])
+        elif len(files) == 1:
+            AtomicJSONStorage(files[0][0], self.disk).write(files[0][1])
+        elif files:
+            self._journal.commit(files)
+            self._recover_locked()
+
+    def _recover_locked(self) -> None:
+        """Apply the journal of a multi-file commit, if there is one (core lock held)."""
+        for target in self._journal.recover():
+            self._cache.pop(target, None)
+
+    def _migrate_locked(self, data: dict[str, dict[str, Any]]) -> None:
+        """Move the people table of an old core.json into shards (core lock held; `data`
+        is the transaction's copy of core.json, changed in place and committed).
+
+        Shards first, each synced; then core.json without people (with its indexes)
+        replaces the old one atomically. A crash before that rename leaves the old
+        core.json, and the next start does the whole move again.
+        """
+        shards, index = _split_people(data.pop("people"), self.core_path)
+        self._journal.write_shards(self.people_dir, shards)
+        data.update(index)
+        self._commit(self.core_path, data)
+        log.info("moved the people of core.json into %s", self.people_dir)
 
     def week(self, period: str) -> WeekView:
         """A read-only snapshot of one period; CorruptFileError (naming the file) when that
@@ -746,26 +1149,8 @@ class Store:
     def _read_digest(self, path: Path, stamp: tuple[int, int, int]) -> _Digest:
         cached = self._cache.get(path)
         data = cached.data if cached and cached.stamp == stamp else self._load(path, False)
-        summary: dict[int, PeriodSummary] = {}
         view = WeekView(path.stem, data, writable=False, path=path)
-        for d in data.get("weeks", {}).values():
-            pid = view._obj("weeks", d, lambda d: int(d["partnership_id"]))
-            summary[pid] = PeriodSummary(
-                checkin_sent=d.get("checkin_at") is not None,
-                no_report_sent=d.get("no_report_at") is not None,
-            )
-        for d in data.get("reports", {}).values():
-            pid, setback = view._obj(
-                "reports", d, lambda d: (int(d["partnership_id"]), bool(d["setback"]))
-            )
-            prev = summary.get(pid, PeriodSummary())
-            summary[pid] = PeriodSummary(
-                prev.checkin_sent,
-                prev.no_report_sent,
-                prev.reports + 1,
-                prev.setback or setback,
-            )
-        return _Digest(stamp, summary, _tally(view, data))
+        return _Digest(stamp, _summary(view, data), _tally(view, data))
 
     # -- problems ---------------------------------------------------------------------------
 

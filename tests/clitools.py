@@ -3,7 +3,7 @@
 `Mailflow(tmp_path, capsys)` writes a config whose data_dir is tmp_path/data and runs
 `mailflow.cli.main([...])` in-process; `bad(...)` runs a command that must be refused and
 checks the error contract: `error:` lines only, the expected exit code, no traceback, no
-internal error, and core.json byte-for-byte unchanged.
+internal error, and core.json and the people shards byte-for-byte unchanged.
 """
 
 from __future__ import annotations
@@ -77,7 +77,10 @@ class Mailflow:
         return result
 
     def core_bytes(self) -> bytes | None:
-        return self.core_path.read_bytes() if self.core_path.exists() else None
+        """core.json and the directory's shards, as one value to compare."""
+        shards = sorted((self.data_dir / "db" / "people").glob("*.json"))
+        files = [f for f in (self.core_path, *shards) if f.exists()]
+        return b"\0".join(f.name.encode() + b"=" + f.read_bytes() for f in files) or None
 
     def bad(self, *args: str, code: int = 1, lines: int | None = 1) -> str:
         """Run a command that must be refused; returns stderr (all `error:` lines)."""

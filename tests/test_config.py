@@ -290,7 +290,7 @@ def test_mailflow_config_environment_variable_is_honoured(tmp_path: Path) -> Non
         env=env,
     )
     assert result.code == 0, result
-    assert (conf_dir / "state" / "db" / "core.json").exists()
+    assert list((conf_dir / "state" / "db" / "people").glob("*.json"))  # the person landed there
     assert not (elsewhere / "data").exists()
     # A bad file named by the variable is refused like one given with --config.
     write(conf_dir, '[listener]\nport = "eighty"\n')
@@ -347,7 +347,7 @@ def test_relative_data_dir_through_the_cli(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.code == 0, result
-    assert (sub / "state" / "db" / "core.json").exists()
+    assert list((sub / "state" / "db" / "people").glob("*.json"))
 
 
 def test_the_example_config_lists_every_key_with_its_default() -> None:

@@ -25,7 +25,7 @@ from mailflow.app import build
 from mailflow.config import load
 from mailflow.errors import CorruptFileError
 from mailflow.models import CONSENT_ACCEPTED, Goal, Partnership, Person
-from mailflow.store import Store
+from mailflow.store import Store, shard_name
 
 # -- stray files ---------------------------------------------------------------------------------
 
@@ -212,6 +212,8 @@ def test_a_record_of_the_wrong_shape_is_an_error_naming_file_and_record(
         week.add_inbound(Inbound("<b1@example.com>", at, "bounce", ""))
     core_table = table in ("people", "partnerships")
     path = store.core_path if core_table else store.week_path("2026-W48")
+    if table == "people":  # the directory lives in shards apart from the program
+        path = store.shard_path("m0@example.com")
     put_raw(path, table, "1", {}, drop)
     view = store.core() if core_table else store.week("2026-W48")
     with pytest.raises(CorruptFileError) as caught:
@@ -238,10 +240,9 @@ def test_wrong_shapes_through_the_cli_are_one_error_line(
     put_raw(mf.core_path, "partnerships", "3", {"member": "ada@example.com", "goals": 7}, "")
     err = mf.bad("partnerships", "list")
     assert err.startswith(f"error: {mf.core_path}: partnership 3: wrong value (")
-    put_raw(mf.core_path, "people", "1", {"offers": None}, "name")
-    assert mf.bad("people", "list") == (
-        f'error: {mf.core_path}: person ada@example.com: missing "name"\n'
-    )
+    shard = mf.data_dir / "db" / "people" / shard_name("ada@example.com")
+    put_raw(shard, "people", "1", {"offers": None}, "name")
+    assert mf.bad("people", "list") == (f'error: {shard}: person ada@example.com: missing "name"\n')
 
 
 # -- typed errors for the service layer ------------------------------------------------------------
@@ -263,8 +264,9 @@ def test_store_errors_are_typed_and_say_whether_they_pass(
     store.disk.full = True  # type: ignore[attr-defined]
     with pytest.raises(DiskFullError) as full, store.core_tx() as core:
         core.put_person(Person("a@example.com", "A", "Eng"))
-    assert str(full.value).startswith(f"{store.core_path}: cannot write database: No space")
-    assert is_transient(full.value) and not store.core_path.exists()
+    shard = store.shard_path("a@example.com")
+    assert str(full.value).startswith(f"{shard}: cannot write database: No space")
+    assert is_transient(full.value) and not shard.exists()
     store.disk.full = False  # type: ignore[attr-defined]
     monkeypatch.setattr(store_mod, "LOCK_TIMEOUT_SECONDS", 0.1)
     other = FileLock(str(store.core_path) + ".lock", thread_local=False)  # as another process
