@@ -414,17 +414,7 @@ def _ask(d: Program, me: Person, req: Request, world: World, desk: Desk) -> Chan
     if not agreement.complete:
         return again(list(agreement.problems), ask)
     partner = req.candidates[n - 1]
-    # The same rule as the suggestions, asked about this one person only.
-    still = prog.candidates(
-        me.email,
-        req.skill,
-        world.people,
-        world.partnerships,
-        svc.max_per_partner,
-        limit=1,
-        offerers=(partner,),
-    )
-    if not still:
+    if not _still_eligible(me, partner, req.skill, world, svc.max_per_partner):
         name = world.people[partner].name if partner in world.people else partner
         return again(
             [
@@ -456,6 +446,15 @@ def _ask(d: Program, me: Person, req: Request, world: World, desk: Desk) -> Chan
     world = replace(world, partnerships=[*world.partnerships, p])
     change = _started(world, me, used, desk)
     return replace(change, partnerships=(p,), requests=(used,))
+
+
+def _still_eligible(me: Person, partner: str, skill: str, world: World, cap: int) -> bool:
+    """Whether `partner` may still partner her: the rule of the suggestions, asked about this
+    one person only (the directory and partnerships may have changed since the mail)."""
+    found = prog.candidates(
+        me.email, skill, world.people, world.partnerships, cap, limit=1, offerers=(partner,)
+    )
+    return bool(found)
 
 
 def _started(world: World, me: Person, req: Request, desk: Desk, again: bool = False) -> Change:

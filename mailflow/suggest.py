@@ -25,12 +25,14 @@ def suggest_partners(
     skill: str,
     people: Mapping[str, Person],
     partnerships: Sequence[Partnership],
+    offerers: Iterable[str] | None = None,
 ) -> list[Suggestion]:
     """Eligible people who offer `skill` for `member`, fewest active partnerships, then email.
 
-    `member` must already be a normalised address (the CLI runs `normalize_email`).
+    `member` must already be a normalised address (the CLI runs `normalize_email`);
+    `offerers` as for `eligible_partners`.
     """
-    return list(eligible_partners(member, skill, people, partnerships))
+    return list(eligible_partners(member, skill, people, partnerships, offerers))
 
 
 def eligible_partners(
