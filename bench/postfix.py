@@ -93,7 +93,7 @@ def peer_venv(root: Path) -> Path:
 
 
 def write_instance(
-    root: Path, port: int, python: Path, script: Path, records: Path, k: int
+    root: Path, prefix: list[str], port: int, python: Path, script: Path, records: Path, k: int
 ) -> Path:
     """A private Postfix instance under root/postfix; returns its config_directory."""
     base = root / f"postfix-{k}"
@@ -122,7 +122,8 @@ def write_instance(
                 f"alias_database = hash:{conf}/aliases",
                 "biff = no",
                 "smtputf8_enable = no",
-                "maillog_file = " + str(data / "maillog"),
+                f"maillog_file_prefixes = {base}",
+                f"maillog_file = {data / 'maillog'}",
                 f"local_destination_concurrency_limit = {k}",
                 # Nothing of this instance leaves the machine.
                 "default_transport = error:the bench delivers nothing outside",
@@ -144,6 +145,8 @@ def write_instance(
     (conf / "master.cf").write_text("\n".join(lines) + "\n")
     (conf / "aliases").write_text(f'checkin: "|{python} {script} {records}"\n')
     subprocess.run([POSTALIAS, "-c", str(conf), f"hash:{conf}/aliases"], check=True, timeout=60)
+    # Postfix's own state (master.lock, the TLS caches) belongs to its mail_owner.
+    subprocess.run([*prefix, "chown", "postfix", str(data)], check=True, timeout=60)
     records.touch()
     os.chown(records, user.pw_uid, user.pw_gid)
     return conf
@@ -171,7 +174,7 @@ def measure_postfix(
     script = root / "deliver.py"
     script.write_text(SCRIPT)
     records = root / f"records-{k}.jsonl"
-    conf = write_instance(root, port, python, script, records, k)
+    conf = write_instance(root, prefix, port, python, script, records, k)
     postfix = [*prefix, POSTFIX, "-c", str(conf)]
     subprocess.run([*postfix, "start"], check=True, timeout=120, capture_output=True)
     try:

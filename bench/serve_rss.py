@@ -47,8 +47,35 @@ IMPORTED = datetime(2026, 11, 23, 2, 0, tzinfo=UTC).isoformat()
 START = NOW.date().isoformat()
 
 
+def program_pairs(n: int, k: int) -> list[tuple[str, str, str]]:
+    """k (member, partner, skill): the last k people with one half the directory away.
+
+    (`admin.pairs` looks for partners close by in the numbering, which runs dry for thousands
+    of pairs: neighbours share a manager.) Each candidate is checked as `admin.pairs` does:
+    different departments, no common manager below the root."""
+    out: list[tuple[str, str, str]] = []
+    for member in range(n - 1, 0, -1):
+        if len(out) == k:
+            return out
+        partner = member - n // 2
+        if partner <= 0 or admin.department_of(member) == admin.department_of(partner):
+            continue
+        chain: set[int] = set()
+        j: int | None = member
+        while j is not None:
+            chain.add(j)
+            j = admin.manager_of(j)
+        j, crossed = partner, False
+        while j is not None:
+            crossed |= j in chain and j != 0
+            j = admin.manager_of(j)
+        if not crossed:
+            out.append((admin.email(member), admin.email(partner), admin.SKILLS[len(out) % 4]))
+    raise RuntimeError(f"only {len(out)} eligible pairs in a directory of {n}")
+
+
 def write_program(path: Path, people: int, partnerships: int) -> list[tuple[str, str, str]]:
-    triples = admin.pairs(people, partnerships)
+    triples = program_pairs(people, partnerships)
     rows = [",".join(("member", "partner", "skill", "goal_due", "goal", "why", "saddle",
                       "start", "checkin_day", "checkin_time", "accepted"))]  # fmt: skip
     for member, partner, skill in triples:
@@ -144,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 wait_sent(data, "checkin", n, proc, timeout=1800)
                 wait_sent(data, "intro", n, proc, timeout=600)
                 c.wait_idle(proc.pid)
-                phases.append((f"{n:,} introductions + {n:,} check-ins sent", *memory(proc.pid)))
+                phases.append((f"first tick: intros and {n:,} check-ins sent", *memory(proc.pid)))
                 from mailflow.schedule import current_period
                 from mailflow.store import Store
 
