@@ -12,8 +12,8 @@ serve` runs, its outbox delivering to a do-nothing aiosmtpd relay (`bench/common
 1. its first tick writes and sends every introduction and every check-in of the week;
 2. `--replies` members reply (2-4 KB, quoted history) through 8 SMTP clients, each stored
    as a progress record;
-3. a later tick (the schedule's tick every 20 s here, the digest 1 minute after the latest
-   reply) sends the partners' digests of those replies;
+3. a later tick (the schedule's tick every `--tick-seconds`, 20; the digest
+   `--digest-minutes`, 1, after the latest reply) sends the partners' digests of those replies;
 4. then `serve` idles for a while.
 
 After each phase the VmRSS and VmHWM of the `serve` process are read from /proc; the last
@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partnerships", type=int, default=5_000)
     ap.add_argument("--replies", type=int, default=2_000)
     ap.add_argument("--idle", type=float, default=30.0, help="seconds of idling at the end")
+    ap.add_argument("--tick-seconds", type=int, default=20, help="[schedule] tick_seconds")
+    ap.add_argument("--digest-minutes", type=int, default=1, help="digest_delay_minutes")
     ap.add_argument("--site", action="store_true", help="with the admin site on")
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
     args = ap.parse_args(argv)
@@ -142,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         site = c.free_port() if args.site else None
         config = c.write_config(root, listen_port=listen, relay_port=relay, site_port=site)
         text = config.read_text()
-        text = text.replace("tick_seconds = 3600", "tick_seconds = 20")
-        text = text.replace("digest_delay_minutes = 30", "digest_delay_minutes = 1")
+        text = text.replace("tick_seconds = 3600", f"tick_seconds = {args.tick_seconds}")
+        text = text.replace(
+            "digest_delay_minutes = 30", f"digest_delay_minutes = {args.digest_minutes}"
+        )
         config.write_text(text)
         data = root / "data"
         people_csv, program_csv = root / "people.csv", root / "program.csv"
@@ -195,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                     client.get("/")
                     client.get("/partnerships")
                     phases.append(("admin site: dashboard and list shown", *memory(proc.pid)))
-                c.progress("waiting for the digests (tick every 20 s, 1 minute after a reply)")
+                c.progress(
+                    "waiting for the digests (the next tick once the delay after a reply passed)"
+                )
                 wait_sent(data, "digest", k, proc, timeout=600)
                 c.wait_idle(proc.pid)
                 phases.append((f"{k:,} digests sent", *memory(proc.pid)))
