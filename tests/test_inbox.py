@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import email
 import email.policy
+import itertools
 import json
 import logging
+import re
 import shutil
 import smtplib
 import socket
@@ -426,6 +428,22 @@ def test_line_ending_policy_unit() -> None:
     for bad in (b"A: 1\nB: 2\r\n\r\n", b"A: 1\nB: 2", b"A: 1\r\n\n\r\nbody"):
         with pytest.raises(ValueError):
             normalise_line_endings(bad)
+
+
+def test_line_ending_fast_path_agrees_with_the_policy() -> None:
+    """The listener checks a clean message with three counts instead of a regex search; every
+    mix of CR, LF and text up to six bytes long (after a clean header) is kept as it is exactly
+    when it has no bare CR or LF."""
+    bare = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+    head = b"A: 1\r\n\r\n"
+    for length in range(7):
+        for combo in itertools.product((b"\r", b"\n", b"x"), repeat=length):
+            body = b"".join(combo)
+            out = normalise_line_endings(head + body)
+            if bare.search(body):
+                assert out == head + bare.sub(b"\r\n", body)
+            else:
+                assert out is not None and out == head + body
 
 
 # -- connections -----------------------------------------------------------------------------
