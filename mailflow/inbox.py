@@ -713,7 +713,11 @@ class Listener:
             # committed in new/ or cleaned by recover()), never cut mid-fsync by exit.
             self._executor.shutdown(wait=True)
             self._executor = None
-        log.info("listener stopped")
+        log.info(
+            "listener stopped (%d messages spooled with %d syncs of spool/new: group commit)",
+            self.spool.spooled,
+            self.spool.dir_syncs,
+        )
 
     @property
     def running(self) -> bool:

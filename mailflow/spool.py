@@ -181,6 +181,7 @@ class Spool:
         self._synced = 0
         self._syncing = False
         self.dir_syncs = 0  # fsyncs of new/ by put() so far (fewer than puts under load)
+        self.spooled = 0  # messages put() committed into new/ so far
         self._held = _HeldIndex((self.new_dir, self.quarantine_dir))
 
     # -- room and quotas --------------------------------------------------------------------
@@ -310,7 +311,7 @@ class Spool:
                 with self._commit:
                     os.replace(tmp, self.new_dir / entry_id)
                     self._renamed += 1
-                    ticket = self._renamed
+                    ticket = self.spooled = self._renamed
             except BaseException:
                 # A failed write must not leave a half file that recover() would have to find.
                 tmp.unlink(missing_ok=True)

@@ -282,6 +282,7 @@ def test_concurrent_sessions_share_a_directory_sync_and_each_250_follows_its_own
     assert len(acknowledged) == sessions
     assert all(synced for _, synced in acknowledged), acknowledged
     assert sorted(i for i, _ in acknowledged) == [p.name for p in stored_files(spool)]
+    assert spool.spooled == sessions
     assert 1 <= spool.dir_syncs <= 2  # not one per message: the waiting ones shared a sync
 
 
