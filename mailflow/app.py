@@ -62,6 +62,10 @@ if TYPE_CHECKING:  # the listener (aiosmtpd) and the site (uvicorn) only by what
 log = logging.getLogger("mailflow")
 
 INGEST_GATHER_SECONDS = 0.1  # serve: how long an ingest round waits for more mail to batch
+# serve with ingest in a thread: how long a thread may hold the GIL while another waits for
+# it (Python's default is 5 ms). The listener's thread wakes for every SMTP command and
+# finished spool write; behind the parser it waited up to that long each time.
+THREADED_SWITCH_SECONDS = 0.0005
 KEY_FILE = "secret.key"
 
 
@@ -199,6 +203,23 @@ def serve(
     if ingest_process is None:
         ingest_process = app.config.listener.ingest_process
     worker = _IngestWorker(app.config, clock) if ingest_process else _IngestThread(app, clock)
+    switch = sys.getswitchinterval()
+    if not ingest_process:
+        sys.setswitchinterval(THREADED_SWITCH_SECONDS)
+    try:
+        _serve(app, clock, stop, ready, worker, site)
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def _serve(
+    app: App,
+    clock: Clock,
+    stop: threading.Event,
+    ready: Callable[[], None] | None,
+    worker: _IngestThread | _IngestWorker,
+    site: bool | None,
+) -> None:
     worker.start()
     sender = _Sender(app, clock, worker.queued)
     sender.start()

@@ -173,8 +173,12 @@ class BareNewlineError(ValueError):
 
 def normalise_line_endings(raw: bytes) -> bytes:
     """Apply the line-ending policy of the module docstring; BareNewlineError if refused."""
-    if not _BARE.search(raw):
-        return raw  # the normal case: store exactly what was sent
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\n") == crlf and raw.count(b"\r") == crlf:
+        # The normal case, store exactly what was sent: every LF has its CR and every CR
+        # its LF. Three counts in C; the regex search below cost ~0.2 ms per 3 KB message
+        # on the listener's thread (its lookbehind is tried at every byte).
+        return raw
     end = raw.find(b"\r\n\r\n")
     header = raw if end < 0 else raw[: end + 2]
     if raw.startswith(b"\r\n"):
@@ -709,7 +713,11 @@ class Listener:
             # committed in new/ or cleaned by recover()), never cut mid-fsync by exit.
             self._executor.shutdown(wait=True)
             self._executor = None
-        log.info("listener stopped")
+        log.info(
+            "listener stopped (%d messages spooled with %d syncs of spool/new: group commit)",
+            self.spool.spooled,
+            self.spool.dir_syncs,
+        )
 
     @property
     def running(self) -> bool:

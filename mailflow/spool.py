@@ -174,6 +174,14 @@ class Spool:
         # order of arrival within this process, the random part keeps processes apart.
         self._seq = 0
         self._seq_lock = threading.Lock()
+        # Group commit of new/ (see `put`): renames counted, and how many of them a
+        # finished fsync of new/ covers; one writer at a time syncs, for all waiting.
+        self._commit = threading.Condition()
+        self._renamed = 0
+        self._synced = 0
+        self._syncing = False
+        self.dir_syncs = 0  # fsyncs of new/ by put() so far (fewer than puts under load)
+        self.spooled = 0  # messages put() committed into new/ so far
         self._held = _HeldIndex((self.new_dir, self.quarantine_dir))
 
     # -- room and quotas --------------------------------------------------------------------
@@ -272,7 +280,14 @@ class Spool:
         peer: str,
         received_at: datetime,
     ) -> str:
-        """Write one message durably and return its id. Blocking (two fsyncs)."""
+        """Write one message durably and return its id. Blocking.
+
+        The file is fsynced by its writer (concurrent writers' fsyncs share the file
+        system's journal commits), renamed into new/, and then new/ is fsynced: returns
+        only once a fsync of new/ that began after this rename has finished. That last
+        fsync is a group commit: while one writer syncs the directory, the renames of the
+        others queue up, and the next sync covers them all; each waits for its own.
+        """
         entry_id = self.new_id(received_at)
         header = {
             "id": entry_id,
@@ -293,14 +308,45 @@ class Spool:
                     f.write(raw)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, self.new_dir / entry_id)
+                with self._commit:
+                    os.replace(tmp, self.new_dir / entry_id)
+                    self._renamed += 1
+                    ticket = self.spooled = self._renamed
             except BaseException:
                 # A failed write must not leave a half file that recover() would have to find.
                 tmp.unlink(missing_ok=True)
                 raise
         # The rename is the commit; without this fsync a crash could forget it.
-        fsync_dir(self.new_dir)
+        self._await_synced(ticket)
         return entry_id
+
+    def _await_synced(self, ticket: int) -> None:
+        """Return once a fsync of new/ that began after rename number `ticket` finished.
+
+        Whoever finds no sync running starts one for every rename so far; the others wait
+        for it (or, if it covered less, start the next). A failed sync raises in the writer
+        that ran it; those waiting try again themselves, so each write learns its own fate.
+        """
+        with self._commit:
+            while self._synced < ticket:
+                if self._syncing:
+                    self._commit.wait()
+                    continue
+                self._syncing = True
+                covers = self._renamed
+                self._commit.release()
+                try:
+                    self._sync_new_dir()
+                finally:
+                    self._commit.acquire()
+                    self._syncing = False
+                    self._commit.notify_all()
+                self._synced = max(self._synced, covers)
+                self.dir_syncs += 1
+
+    def _sync_new_dir(self) -> None:
+        """fsync spool/new/ (a seam for tests that watch the group commit)."""
+        fsync_dir(self.new_dir)
 
     # -- reading ---------------------------------------------------------------------------
 

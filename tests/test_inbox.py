@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import itertools
 import json
 import logging
+import os
+import re
 import shutil
 import smtplib
 import socket
@@ -227,6 +230,62 @@ def test_250_waits_for_the_spool_write(h: Harness, tmp_path: Path) -> None:
         c.close()
 
 
+def test_concurrent_sessions_share_a_directory_sync_and_each_250_follows_its_own(
+    h: Harness, tmp_path: Path
+) -> None:
+    """Group commit: while one session's rename into new/ is being synced, the others'
+    renames queue up and the next fsync of new/ covers them all. No 250 goes out before a
+    sync that began after that message's rename has finished."""
+    sessions = 8
+    lock = threading.Lock()
+    durable: set[str] = set()  # ids in new/ when a finished directory sync began
+
+    class WatchedSpool(Spool):
+        def _sync_new_dir(self) -> None:
+            covered = {n for n in os.listdir(self.new_dir) if not n.startswith(".")}
+            if self.dir_syncs == 0:
+                # Hold the first sync until every session has renamed its file: their
+                # renames all queue behind it (bounded: at most 10 s).
+                for _ in range(1000):
+                    if len(os.listdir(self.new_dir)) >= sessions:
+                        break
+                    time.sleep(0.01)
+            super()._sync_new_dir()
+            with lock:
+                durable.update(covered)
+
+    spool = WatchedSpool(tmp_path / "data" / "spool")
+    h.start(spool=spool)
+    acknowledged: list[tuple[str, bool]] = []
+    errors: list[BaseException] = []
+
+    def session(i: int) -> None:
+        try:
+            with h.client() as c:
+                c.ehlo()
+                c.mail(f"member{i}@example.com")
+                c.rcpt(GOOD)
+                code, text = c.data(MESSAGE)
+                assert code == 250, (code, text)
+                entry_id = text.decode().rsplit(" ", 1)[1]
+                with lock:  # checked as the 250 arrives: its rename was synced already
+                    acknowledged.append((entry_id, entry_id in durable))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors
+    assert len(acknowledged) == sessions
+    assert all(synced for _, synced in acknowledged), acknowledged
+    assert sorted(i for i, _ in acknowledged) == [p.name for p in stored_files(spool)]
+    assert spool.spooled == sessions
+    assert 1 <= spool.dir_syncs <= 2  # not one per message: the waiting ones shared a sync
+
+
 def test_null_sender_and_several_messages_per_session(h: Harness) -> None:
     h.start()
     with h.client() as c:
@@ -426,6 +485,22 @@ def test_line_ending_policy_unit() -> None:
     for bad in (b"A: 1\nB: 2\r\n\r\n", b"A: 1\nB: 2", b"A: 1\r\n\n\r\nbody"):
         with pytest.raises(ValueError):
             normalise_line_endings(bad)
+
+
+def test_line_ending_fast_path_agrees_with_the_policy() -> None:
+    """The listener checks a clean message with three counts instead of a regex search; every
+    mix of CR, LF and text up to six bytes long (after a clean header) is kept as it is exactly
+    when it has no bare CR or LF."""
+    bare = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+    head = b"A: 1\r\n\r\n"
+    for length in range(7):
+        for combo in itertools.product((b"\r", b"\n", b"x"), repeat=length):
+            body = b"".join(combo)
+            out = normalise_line_endings(head + body)
+            if bare.search(body):
+                assert out == head + bare.sub(b"\r\n", body)
+            else:
+                assert out is not None and out == head + body
 
 
 # -- connections -----------------------------------------------------------------------------
