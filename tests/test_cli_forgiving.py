@@ -225,6 +225,22 @@ def test_past_goals_and_starts_are_refused_unless_allowed(pair: Mailflow) -> Non
     pair.ok(*partnership_args("--goal", f"{TODAY} Outline", skill="sql"))
 
 
+def test_allow_past_with_only_past_goals_starts_at_the_first_goal(pair: Mailflow) -> None:
+    """Migrating a finished partnership: no --start, every goal already due."""
+    first, last = TODAY - timedelta(days=60), TODAY - timedelta(days=10)
+    args = ["partnerships", "add", "--member", "ann@example.com", "--partner", "bob@example.com",
+            "--skill", "public speaking", "--goal", f"{last} Give the talk",
+            "--goal", f"{first} Outline", "--why", "w", "--saddle", "s"]  # fmt: skip
+    assert "pass --allow-past" in pair.bad(*args)
+    assert pair.ok(*args, "--allow-past").last_line == "1"
+    shown = json.loads(pair.ok("partnerships", "show", "1", "--json").out)
+    assert shown["start"] == str(first)
+    # An explicit --start after every goal is still refused, with or without --allow-past.
+    late = ["--start", str(TODAY - timedelta(days=5)), "--allow-past"]
+    err = pair.bad(*[a if a != "public speaking" else "sql" for a in args], *late)
+    assert "every due date is before the start" in err
+
+
 # -- list and show -------------------------------------------------------------------------------
 
 
