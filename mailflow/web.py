@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mailflow.addresses import canonical
 from mailflow.clock import Clock
 from mailflow.config import Config
-from mailflow.errors import MailflowError, StartupError
+from mailflow.errors import MailflowError, NotFoundError, StartupError
 from mailflow.webadmin import (
     PAGE_SIZE,
     PART_LABELS,
@@ -270,6 +270,15 @@ class SiteBase:
                 return self.to_signin(request)
             try:
                 return await handler(request, session)
+            except NotFoundError as exc:  # an id that names nothing: 404, not a bad request
+                return self.page(
+                    request,
+                    "refused.html",
+                    404,
+                    session=session,
+                    title="Not found",
+                    message=f"{str(exc)[:1].upper()}{str(exc)[1:]}.",
+                )
             except MailflowError as exc:
                 return self.page(
                     request,
