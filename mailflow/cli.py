@@ -43,6 +43,7 @@ from mailflow.people import (
     read_csv,
 )
 from mailflow.store import Store
+from mailflow.wording import count
 
 PROGRESS_BAR_ROWS = 500
 
@@ -337,7 +338,7 @@ def people_import(app: App, file: Path, update: bool) -> None:
         if problems:
             for problem in problems:
                 click.echo(f"error: {file}:{problem}", err=True)
-            fail(f"{file}: {len(problems)} problem(s); nothing imported")
+            fail(f"{file}: {count(len(problems), 'problem')}; nothing imported")
         if not changes:
             fail(f"{file}: no rows to import (expected columns: {','.join(CSV_COLUMNS)})")
         counts = {kind: 0 for kind in ("added", "updated", "unchanged")}
@@ -348,7 +349,7 @@ def people_import(app: App, file: Path, update: bool) -> None:
     if update:
         click.echo(", ".join(f"{kind} {n}" for kind, n in counts.items()))
     else:
-        click.echo(f"imported {counts['added']} people")
+        click.echo(f"imported {count(counts['added'], 'person')}")
     _warn_undeliverable(app, [c.person for c in changes if c.kind != "unchanged"])
 
 
@@ -545,15 +546,16 @@ def partnerships_import(app: App, file: Path) -> None:
             problems.sort(key=lambda s: int(s.split(":", 1)[0]))
             for problem in problems:
                 click.echo(f"error: {file}:{problem}", err=True)
-            fail(f"{file}: {len(problems)} problem(s); nothing imported")
+            fail(f"{file}: {count(len(problems), 'problem')}; nothing imported")
         if not created:
             fail(f"{file}: no rows to import (expected columns: {','.join(pships.IMPORT_COLUMNS)})")
         for p in created:
             core.put_partnership(p)
     goals = sum(len(p.goals) for p in created)
     click.echo(
-        f"imported {len(created)} partnerships ({goals} goals), ids {created[0].id}-"
-        f"{created[-1].id}; introductions go out with the next tick"
+        f"imported {count(len(created), 'partnership')} ({count(goals, 'goal')}), "
+        + (f"id {created[0].id}" if len(created) == 1 else f"ids {created[0].id}-{created[-1].id}")
+        + "; introductions go out with the next tick"
     )
 
 
@@ -617,7 +619,9 @@ def partnerships_show(app: App, pid: str, as_json: bool) -> None:
         state = (
             "done"
             if g.done_on
-            else (f"{left} days left" if left >= 0 else f"overdue by {-left} days")
+            else (
+                f"{count(left, 'day')} left" if left >= 0 else f"overdue by {count(-left, 'day')}"
+            )
         )
         click.echo(f"  {g.n}. {g.due}  {g.text}  ({state})")
     click.echo(f"why: {p.why}")
@@ -730,7 +734,7 @@ def templates_check(app: App) -> None:
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
-        fail(f"{len(problems)} template problem(s)")
+        fail(count(len(problems), "template problem"))
     click.echo("templates ok")
 
 
@@ -1055,7 +1059,7 @@ def status(app: App, as_json: bool, now_text: str | None) -> None:
     )
     held, lc = data["held"], app.config.listener
     click.echo(
-        f"held (waiting or quarantined): {held['messages']} message(s), "
+        f"held (waiting or quarantined): {count(held['messages'], 'message')}, "
         f"{held['bytes'] / 1048576:.1f} MB (quotas: {lc.quarantine_max_per_sender} per sender, "
         f"{lc.quarantine_max_mb} MB in all; over them the listener answers 452)"
     )

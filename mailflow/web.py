@@ -58,6 +58,7 @@ from mailflow.webadmin import (
     WeekPoint,
 )
 from mailflow.webauth import Auth, LinkRefused, RateLimit, Session, derive_key, new_anonymous_id
+from mailflow.wording import count
 
 log = logging.getLogger("mailflow.web")
 
@@ -360,7 +361,8 @@ class SignInPages(SiteBase):
                 429,
                 binding=binding,
                 title="Too many attempts",
-                message=f"Too many sign-in attempts. Try again in {int(wait // 60) + 1} minutes.",
+                message="Too many sign-in attempts. Try again in "
+                f"{count(int(wait // 60) + 1, 'minute')}.",
             )
             response.headers["Retry-After"] = str(int(wait) + 1)
             return response

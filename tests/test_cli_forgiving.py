@@ -51,7 +51,7 @@ def test_reimporting_an_updated_export_adds_updates_and_skips(mf: Mailflow) -> N
     assert mf.ok("people", "import", first).out == "imported 3 people\n"
     err = mf.bad("people", "import", first, lines=None)
     assert "error: " + first + ":3: ann@example.com already exists (pass --update" in err
-    assert err.splitlines()[-1] == f"error: {first}: 3 problem(s); nothing imported"
+    assert err.splitlines()[-1] == f"error: {first}: 3 problems; nothing imported"
 
     # Next month's export: Ann moved to Ops and offers SQL too, Dee joined, Boss and Cy as before.
     updated = EXPORT.replace(
@@ -85,7 +85,7 @@ def test_excel_utf8_with_bom_and_semicolons_imports_with_a_note(mf: Mailflow) ->
         "\ufeffemail;name;department;offers\nzoe@example.com;Zoë Ødegaard;Sales;public speaking\n"
     )
     result = mf.ok("people", "import", write(mf, "excel.csv", text.encode()))
-    assert result.out == "imported 1 people\n"
+    assert result.out == "imported 1 person\n"
     assert 'columns are separated by ";", not commas: read that way' in result.err
     assert people(mf)["zoe@example.com"]["name"] == "Zoë Ødegaard"
 
@@ -100,7 +100,7 @@ def test_rows_of_empty_cells_are_blank_lines(mf: Mailflow) -> None:
 def test_excel_windows_1252_imports_with_a_note_naming_the_encoding(mf: Mailflow) -> None:
     text = "email;name;department\nzoe@example.com;Zoë Ødegaard – Sales;Sales\n"
     result = mf.ok("people", "import", write(mf, "win.csv", text.encode("cp1252")))
-    assert result.out == "imported 1 people\n"
+    assert result.out == "imported 1 person\n"
     assert "not UTF-8: read as Windows-1252 (cp1252)" in result.err
     assert "CSV UTF-8 (Comma delimited)" in result.err
     assert people(mf)["zoe@example.com"]["name"] == "Zoë Ødegaard – Sales"
@@ -109,7 +109,7 @@ def test_excel_windows_1252_imports_with_a_note_naming_the_encoding(mf: Mailflow
 def test_excel_unicode_text_imports(mf: Mailflow) -> None:
     text = "email\tname\tdepartment\r\nzoe@example.com\tZoë\tSales\r\n"
     result = mf.ok("people", "import", write(mf, "u16.txt", text.encode("utf-16")))
-    assert result.out == "imported 1 people\n"
+    assert result.out == "imported 1 person\n"
     assert "UTF-16" in result.err and "separated by tab" in result.err
 
 
