@@ -740,11 +740,19 @@ def templates_check(app: App) -> None:
 
 @templates.command("preview")
 @click.argument("name")
-@click.option("--setback", is_flag=True, help="The setback variant (digest).")
+@click.option("--setback", is_flag=True, help="The setback variant (digest only).")
 @click.option("--variant", default=None, help="Another sample variant, e.g. 'partner'.")
 @pass_app
 def templates_preview(app: App, name: str, setback: bool, variant: str | None) -> None:
     """Print the rendered text version of template NAME."""
+    from mailflow.samples import SETBACK_TEMPLATES, sample_variants
+
+    if setback and name not in SETBACK_TEMPLATES:
+        own = "setback" in sample_variants(name)  # (an unknown name says so first)
+        raise click.UsageError(
+            f"--setback applies only to {', '.join(SETBACK_TEMPLATES)}, not {name}"
+            + (" (its setback sample: --variant setback)" if own else "")
+        )
     rendered = _templates(app).preview(name, setback=setback, variant=variant)
     click.echo(f"Subject: {rendered.subject}\n")
     click.echo(rendered.text.rstrip("\n"))
