@@ -270,3 +270,27 @@ def test_list_shows_consent_and_show_the_effective_checkin(pair: Mailflow) -> No
     )
     second = pair.ok("partnerships", "show", "2").out
     assert "check-in: Friday 07:30 UTC (the member's time)" in second
+
+
+# -- skills: lower case, matched in any case -----------------------------------------------------
+
+
+def test_skills_are_kept_in_lower_case_and_matched_in_any_case(pair: Mailflow) -> None:
+    pair.add_person("cy@example.com", "Legal", "--offers", "Data  SCIENCE")
+    assert people(pair)["cy@example.com"]["offers"] == ["data science"]
+    assert "cy@example.com" in pair.ok("people", "list", "--offers", "DATA science").out
+    suggested = pair.ok("partners", "suggest", "--member", "ann@example.com",
+                        "--skill", "Data Science").out  # fmt: skip
+    assert "cy@example.com" in suggested
+    assert pair.ok(*partnership_args(skill="Public SPEAKING")).last_line == "1"
+    csv = write(
+        pair,
+        "pairs.csv",
+        b"member,partner,skill,goal_due,goal,why,saddle\n"
+        + f"ann@example.com,cy@example.com,DATA SCIENCE,{TODAY},Model,w,s\n".encode(),
+    )
+    pair.ok("partnerships", "import", csv)
+    listed = json.loads(pair.ok("partnerships", "list", "--json").out)
+    assert [p["skill"] for p in listed] == ["public speaking", "data science"]
+    # One partnership per (member, skill) holds across spellings.
+    assert "already has partnership 1" in pair.bad(*partnership_args(skill="PUBLIC speaking"))
