@@ -311,16 +311,7 @@ def people_import(app: App, file: Path, update: bool) -> None:
     byte order mark, Windows-1252, ';' between columns) are read as such, with a note.
     With --update, known people take the file's values; unchanged rows are skipped.
     """
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        fail(f"{file}: cannot read: {exc.strerror}")
-    try:
-        text, delimiter, notes = decode_csv(data)
-    except MailflowError as exc:
-        fail(f"{file}: {exc}")
-    for note in notes:
-        click.echo(f"note: {file}: {note}", err=True)
+    text, delimiter = _read_csv_file(file, CSV_COLUMNS)
     rows, problems = read_csv(text, delimiter)
     items = (
         click.progressbar(
@@ -351,6 +342,23 @@ def people_import(app: App, file: Path, update: bool) -> None:
     else:
         click.echo(f"imported {count(counts['added'], 'person')}")
     _warn_undeliverable(app, [c.person for c in changes if c.kind != "unchanged"])
+
+
+def _read_csv_file(file: Path, columns: Sequence[str]) -> tuple[str, str]:
+    """A CSV file's text and delimiter as spreadsheets save it (UTF-8 with or without a byte
+    order mark, Windows-1252, UTF-16; `,` `;` or tab), with a `note:` for each guess; the
+    one reader of `people import` and `partnerships import`."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        fail(f"{file}: cannot read: {exc.strerror}")
+    try:
+        text, delimiter, notes = decode_csv(data, columns)
+    except MailflowError as exc:
+        fail(f"{file}: {exc}")
+    for note in notes:
+        click.echo(f"note: {file}: {note}", err=True)
+    return text, delimiter
 
 
 def _warn_undeliverable(app: App, people: Sequence[Person]) -> None:
@@ -501,13 +509,8 @@ def partnerships_import(app: App, file: Path) -> None:
     line number and none is created. Introductions go out with the next tick (serve), through
     the outbox like any other mail.
     """
-    try:
-        text = file.read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        fail(f"{file}: cannot read: {exc.strerror}")
-    except UnicodeDecodeError:
-        fail(f"{file}: not UTF-8 text")
-    groups, problems = pships.read_import_csv(text)
+    text, delimiter = _read_csv_file(file, pships.IMPORT_COLUMNS)
+    groups, problems = pships.read_import_csv(text, delimiter)
     now = app.now()
     created: list[Partnership] = []
     items = (

@@ -250,12 +250,12 @@ class ImportGroup:
     goals: tuple[str, ...]  # "YYYY-MM-DD TEXT", in file order
 
 
-def read_import_csv(text: str) -> tuple[list[ImportGroup], list[str]]:
+def read_import_csv(text: str, delimiter: str = ",") -> tuple[list[ImportGroup], list[str]]:
     """Rows of a partnerships CSV grouped by (member, skill), and problems as 'LINE: msg'.
 
     A group's shared fields must agree: a later row may leave one empty, not change it.
     """
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     expected = ",".join(IMPORT_COLUMNS)
     if not header:

@@ -120,6 +120,38 @@ def test_bytes_that_are_no_text_encoding_are_refused_with_what_to_do(mf: Mailflo
     assert 'save it from Excel as "CSV UTF-8 (Comma delimited)"' in err
 
 
+@pytest.mark.parametrize(
+    ("encoding", "sep", "note"),
+    [
+        ("utf-8-sig", ";", 'columns are separated by ";", not commas'),
+        ("cp1252", ",", "not UTF-8: read as Windows-1252 (cp1252)"),
+        ("utf-16", "\t", "read as UTF-16"),
+    ],
+)
+def test_partnerships_import_reads_excel_files_as_people_import_does(
+    pair: Mailflow, encoding: str, sep: str, note: str
+) -> None:
+    """One reader for both imports: the same files Excel saves, with the same notes."""
+    due = TODAY + timedelta(days=20)
+    rows = [
+        ["member", "partner", "skill", "goal_due", "goal", "why", "saddle"],
+        ["ann@example.com", "bob@example.com", "public speaking", str(due), "Café talk – 5 min",
+         "Zoë's team", "Allez"],
+    ]  # fmt: skip
+    text = "\r\n".join(sep.join(row) for row in rows) + "\r\n"
+    result = pair.ok("partnerships", "import", write(pair, "pairs.csv", text.encode(encoding)))
+    assert result.out.startswith("imported 1 partnership (1 goal), id 1;"), result
+    assert f"note: {pair.tmp_path / 'pairs.csv'}: {note}" in result.err
+    shown = json.loads(pair.ok("partnerships", "show", "1", "--json").out)
+    assert shown["goals"][0]["text"] == "Café talk – 5 min" and shown["why"] == "Zoë's team"
+
+
+def test_partnerships_import_refuses_bytes_that_are_no_text(pair: Mailflow) -> None:
+    path = write(pair, "odd.csv", b"member,partner,skill\n\x81\x8d\x8f\x90\x9d,A,B\n")
+    err = pair.bad("partnerships", "import", path)
+    assert err.startswith(f"error: {path}: not UTF-8 text, nor Windows-1252 (it looks like ")
+
+
 # -- did you mean --------------------------------------------------------------------------------
 
 
