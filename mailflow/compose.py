@@ -52,6 +52,7 @@ __all__ = ["PARTS", "SHIPPED_DIR", "TEMPLATE_NAMES", "Rendered", "TemplateError"
 PARTS: tuple[str, ...] = ("subject", "txt", "html")
 """The three files of one template: ``NAME.subject.j2``, ``NAME.txt.j2``, ``NAME.html.j2``."""
 
+
 def _shipped_dir() -> Path:
     """templates/ at the repository root (a checkout, `pip install -e`), else the copy an
     installed wheel carries as the data package `mailflow/mail_templates/`."""

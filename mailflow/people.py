@@ -280,9 +280,7 @@ def offer_directory(
 EXCEL_UTF8 = 'save it from Excel as "CSV UTF-8 (Comma delimited)" and import that file'
 
 
-def decode_csv(
-    data: bytes, columns: Sequence[str] = CSV_COLUMNS
-) -> tuple[str, str, list[str]]:
+def decode_csv(data: bytes, columns: Sequence[str] = CSV_COLUMNS) -> tuple[str, str, list[str]]:
     """A CSV file's text, its delimiter and notes on what was guessed (`columns`: the header's
     known names; both `people import` and `partnerships import` read their files here).
 
