@@ -52,7 +52,16 @@ __all__ = ["PARTS", "SHIPPED_DIR", "TEMPLATE_NAMES", "Rendered", "TemplateError"
 PARTS: tuple[str, ...] = ("subject", "txt", "html")
 """The three files of one template: ``NAME.subject.j2``, ``NAME.txt.j2``, ``NAME.html.j2``."""
 
-SHIPPED_DIR: Path = Path(__file__).resolve().parent.parent / "templates"
+
+def _shipped_dir() -> Path:
+    """templates/ at the repository root (a checkout, `pip install -e`), else the copy an
+    installed wheel carries as the data package `mailflow/mail_templates/`."""
+    here = Path(__file__).resolve().parent
+    installed = here / "mail_templates"
+    return installed if installed.is_dir() else here.parent / "templates"
+
+
+SHIPPED_DIR: Path = _shipped_dir()
 """The shipped templates: ``templates/`` next to the ``mailflow`` package directory.
 
 mailflow is installed in editable (development) mode from its repository, so the package

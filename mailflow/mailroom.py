@@ -40,6 +40,7 @@ from mailflow.outbox import FlushResult, Outbox
 from mailflow.schedule import quiet_until, utc_week
 from mailflow.store import Problem, Store, WeekView
 from mailflow.tokens import letter_message_id
+from mailflow.wording import count
 
 log = logging.getLogger("mailflow")
 
@@ -345,9 +346,11 @@ def flush_lines(result: FlushResult) -> list[str]:
     """What a delivery did, as report lines: sent, deferred, each failure."""
     lines = []
     if result.sent:
-        lines.append(f"sent {result.sent} message(s)")
+        lines.append(f"sent {count(result.sent, 'message')}")
     if result.deferred:
-        lines.append(f"deferred {result.deferred} message(s) (relay unavailable; will retry)")
+        lines.append(
+            f"deferred {count(result.deferred, 'message')} (relay unavailable; will retry)"
+        )
     for key, error in result.failures:
         lines.append(f"failed {key}: {error}")
     return lines
