@@ -285,6 +285,12 @@ _PLAIN_ADDR = re.compile(
 )
 
 
+def plain_address(addr_spec: str) -> bool:
+    """True for a plain ASCII dot-atom address (`local@domain`): no quoting, no display
+    name, nothing a parser could read two ways."""
+    return _PLAIN_ADDR.match(addr_spec) is not None
+
+
 _UTF8_LOCAL = re.compile(
     r"^(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+(?:\.(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+)*$"
 )
@@ -322,11 +328,13 @@ def _header_lines(
     reply_to: str | None = None,
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
+    check: bool = True,
 ) -> list[str]:
     """Our header lines, folded, in order: the one source for both message paths.
 
     Every value is checked (control characters refused) and written by the functions above, never
-    folded by the email package (see py: CVE-2024-6923).
+    folded by the email package (see py: CVE-2024-6923). `check=False` leaves the check of the
+    whole block to a caller that checks it with more lines after these (`message_bytes`).
     """
     if date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("Date: a timezone-aware datetime is required")
@@ -350,7 +358,8 @@ def _header_lines(
         "X-Auto-Response-Suppress: All",
         "MIME-Version: 1.0",
     ]
-    check_header_block("\r\n".join(lines) + "\r\n", [_name(line) for line in lines])
+    if check:
+        check_header_block("\r\n".join(lines) + "\r\n", [_name(line) for line in lines])
     return lines
 
 
@@ -455,6 +464,7 @@ def message_bytes(
         reply_to=reply_to,
         in_reply_to=in_reply_to,
         references=references,
+        check=False,  # the whole header section is checked below, Content-Type included
     )
     text = _PART_HEAD.format(subtype="plain") + "\r\n" + _qp_body(rendered.text)
     html = _PART_HEAD.format(subtype="html") + "MIME-Version: 1.0\r\n\r\n" + _qp_body(rendered.html)
