@@ -418,10 +418,30 @@ _PART_HEAD = (
 )
 
 
-def _qp_body(text: str) -> str:
+QP_MEMO_LINES = 4096  # a memo of encoded lines is emptied when it holds this many
+
+
+def _qp_body(text: str, memo: dict[bytes, str] | None = None) -> str:
     # Exactly what EmailMessage.set_content(cte="quoted-printable") stores (see
     # email.contentmanager._encode_text), with the generator's CRLF line ends.
     lines = text.encode("utf-8").splitlines()
+    if memo is not None and lines:
+        # Quoted-printable encodes each line on its own (the body's line breaks stay hard
+        # breaks), so a line is encoded once per memo: a fan-out's template lines that do
+        # not depend on the person (most of the HTML) are encoded for the first message only.
+        out = []
+        for line in lines:
+            encoded = memo.get(line)
+            if encoded is None:
+                if len(memo) >= QP_MEMO_LINES:
+                    memo.clear()
+                encoded = memo[line] = _qp_lines([line])
+            out.append(encoded)
+        return "".join(out)
+    return _qp_lines(lines)
+
+
+def _qp_lines(lines: list[bytes]) -> str:
     data = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), 78)
     parts = _NEWLINES.split(data)
     if not parts[-1]:
@@ -445,6 +465,7 @@ def message_bytes(
     reply_to: str | None = None,
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
+    qp_memo: dict[bytes, str] | None = None,
 ) -> bytes:
     """The wire bytes (CRLF) of :func:`build_message`'s message, the same checks and output.
 
@@ -452,6 +473,8 @@ def message_bytes(
     than rendering the templates: the bytes are written directly, from the same header lines
     (:func:`_header_lines`) and in the form the email package writes the body. The whole
     header section is checked once more as it goes out (exactly our headers, nothing else).
+    `qp_memo` (line -> its encoded form), kept by the caller across messages, makes the body
+    lines that repeat from message to message cost one look-up each.
     """
     lines = _header_lines(
         rendered,
@@ -466,8 +489,12 @@ def message_bytes(
         references=references,
         check=False,  # the whole header section is checked below, Content-Type included
     )
-    text = _PART_HEAD.format(subtype="plain") + "\r\n" + _qp_body(rendered.text)
-    html = _PART_HEAD.format(subtype="html") + "MIME-Version: 1.0\r\n\r\n" + _qp_body(rendered.html)
+    text = _PART_HEAD.format(subtype="plain") + "\r\n" + _qp_body(rendered.text, qp_memo)
+    html = (
+        _PART_HEAD.format(subtype="html")
+        + "MIME-Version: 1.0\r\n\r\n"
+        + _qp_body(rendered.html, qp_memo)
+    )
     boundary = _boundary(text + "\r\n" + html)
     head = "\r\n".join(lines) + (
         f'\r\nContent-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'

@@ -14,10 +14,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import jinja2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
 from smtp_recorder import RecordingSMTPServer
 
+from mailflow import mime
 from mailflow.compose import BudgetedEnvironment, Templates
 from mailflow.mime import build_message, message_bytes, plain_address
 from mailflow.outbox import _mail, _rcpt
@@ -112,6 +115,7 @@ def test_checkins_for_different_people_are_the_full_message() -> None:
     the email package's message, byte for byte, for people of several languages and zones,
     and rendering one person never leaks into the next."""
     templates = Templates()
+    memo: dict[bytes, str] = {}  # body lines encoded once, across the people (as a tick)
     seen = set()
     for i, (member, partner) in enumerate(_people()):
         ctx = sample_context("checkin")
@@ -131,10 +135,30 @@ def test_checkins_for_different_people_are_the_full_message() -> None:
                 "date": date,
                 "reply_to": f"checkin+c{i}-x@hot.example.com",
             }
-            fast = message_bytes(rendered, **kw)  # type: ignore[arg-type]
+            fast = message_bytes(rendered, qp_memo=memo, **kw)  # type: ignore[arg-type]
             msg = build_message(rendered, **kw)  # type: ignore[arg-type]
             boundary = fast.split(b'boundary="', 1)[1].split(b'"', 1)[0].decode()
             msg.set_boundary(boundary)
             assert fast == msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
             seen.add(fast)
     assert len(seen) == 2 * len(_people())
+    assert memo  # the shared lines were taken from it
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(st.text(max_size=300), min_size=1, max_size=4))
+def test_lines_encoded_once_are_the_whole_body_encoded(texts: list[str]) -> None:
+    """Quoted-printable line by line (from the memo) is the body encoded whole, for any
+    text: long lines, trailing spaces, '=', CR and other line breaks, non-ASCII."""
+    memo: dict[bytes, str] = {}
+    shell = Templates().preview("checkin").html
+    for text in [shell, *texts, *texts, shell + "".join(texts)]:
+        assert mime._qp_body(text, memo) == mime._qp_body(text)
+
+
+def test_a_full_memo_starts_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mime, "QP_MEMO_LINES", 3)
+    memo: dict[bytes, str] = {}
+    text = "".join(f"line {i} = {'x' * i}\n" for i in range(0, 200, 7))
+    assert mime._qp_body(text, memo) == mime._qp_body(text)
+    assert len(memo) <= 3
