@@ -534,8 +534,9 @@ class Outbox:
         """As write_message, for a message already in its wire form (CRLF line ends)."""
         path = self.message_path(key, period)
         self._ensure_dir(path.parent)
-        if not sync and _create_new(path, data, self.disk):
-            # A fan-out's usual case, the file is new: one create, no look first.
+        if not sync and not path.exists() and _create_new(path, data, self.disk):
+            # A fan-out's usual case, the file is new: created at once, without reading it
+            # first (a file that exists is compared first, so the same bytes write nothing).
             self._unsynced = True
             return path.relative_to(self.data_dir).as_posix()
         try:
