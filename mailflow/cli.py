@@ -1104,11 +1104,14 @@ def partners_suggest(app: App, member: str, skill: str, as_json: bool) -> None:
 
     member = normalize_email(member, "member")
     core = app.store.core()
-    people_by_email = {p.email: p for p in core.people()}
     cap = app.config.program.max_partnerships_per_partner
+    # The offerers come from the skill's index: the directory is looked up, not read whole.
+    offerers = core.directory.offerers(normalize_skill(skill))
     found = [
         s
-        for s in suggest_partners(member, skill, people_by_email, core.partnerships())
+        for s in suggest_partners(
+            member, skill, core.directory, core.partnerships(), offerers=offerers
+        )
         if s.active_partnerships < cap
     ]
     if as_json:

@@ -472,9 +472,10 @@ def _programs(
     with intake.store.core_tx() as tx:
         # The lock is held: the store's parsed maps are this transaction's data.
         people, pships = intake.store.people_map(), intake.store.partnerships_map()
+        offered = tx.offered()
         world = selfservice.World(
             people, list(pships.values()), tx.requests(), tx.next_partnership_id(),
-            tx.next_request_n(),
+            tx.next_request_n(), frozenset(offered), intake.store.offer_index(offered),
         )  # fmt: skip
         counted = tx.meta(status.STRANGERS_META) or {}
         for i in indexes:

@@ -274,12 +274,14 @@ def candidates(
     partnerships: Sequence[Partnership],
     cap: int,
     limit: int = SHOWN,
+    offerers: Iterable[str] | None = None,
 ) -> list[Suggestion]:
     """Up to `limit` people who may partner `member` for `skill` (the rule of `partners
-    suggest`), leaving out those who carry `cap` partnerships or more."""
+    suggest`), leaving out those who carry `cap` partnerships or more. `offerers`: as for
+    `suggest.eligible_partners` (who offers `skill`, from an index; None reads everyone)."""
     found = (
         s
-        for s in eligible_partners(member, skill, people, partnerships)
+        for s in eligible_partners(member, skill, people, partnerships, offerers)
         if s.active_partnerships < cap
     )
     return list(itertools.islice(found, limit))

@@ -22,6 +22,7 @@ letters carry the same keys (sent once).
 
 from __future__ import annotations
 
+from collections import ChainMap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -52,9 +53,23 @@ class World:
     requests: Sequence[Request]
     next_pid: int
     next_n: int
+    # The store's indexes (skills on offer; skill -> who offers it), so that a message never
+    # reads the whole directory. None: worked out from `people` (a small directory).
+    offered: frozenset[str] | None = None
+    offerers: Mapping[str, Sequence[str]] | None = None
 
     def request(self, n: int | None) -> Request | None:
         return next((r for r in self.requests if r.n == n), None)
+
+    def skills(self) -> set[str]:
+        """Every skill someone offers."""
+        if self.offered is not None:
+            return set(self.offered)
+        return prog.offered_skills(self.people.values())
+
+    def offering(self, skill: str) -> Sequence[str] | None:
+        """Who offers `skill` (None when there is no index: then `people` is read)."""
+        return None if self.offerers is None else self.offerers.get(skill, ())
 
 
 @dataclass(frozen=True)
@@ -77,14 +92,35 @@ def expired(world: World, now: datetime) -> list[int]:
 
 def applied(world: World, change: Change) -> World:
     """`world` with `change` made: what the next message of the same batch sees."""
-    people = {**world.people, **{p.email: p for p in change.people}}
+    changed = {p.email: p for p in change.people}
+    # An overlay, not a copy: the directory may hold 100,000 people read shard by shard.
+    people: Mapping[str, Person] = world.people
+    if changed:
+        if isinstance(people, ChainMap):
+            people = ChainMap({**people.maps[0], **changed}, *people.maps[1:])
+        else:
+            people = ChainMap(changed, people)
+    offered, offerers = world.offered, world.offerers
+    if changed and offerers is not None:
+        lists: dict[str, set[str]] = {}
+        for email, person in changed.items():
+            old = world.people.get(email)
+            before = set(old.offers) if old is not None else set()
+            for skill in before ^ set(person.offers):
+                who = lists.setdefault(skill, set(offerers.get(skill, ())))
+                (who.add if skill in person.offers else who.discard)(email)
+        offerers = ChainMap({k: sorted(v) for k, v in lists.items()}, offerers)
+        skills = set(offered or ())
+        skills -= {k for k, v in lists.items() if not v}
+        skills |= {k for k, v in lists.items() if v}
+        offered = frozenset(skills)
     made = {p.id: p for p in change.partnerships}
     pships = [made.pop(p.id, p) for p in world.partnerships] + list(made.values())
     asked = {r.n: r for r in change.requests}
     requests = [asked.pop(r.n, r) for r in world.requests] + list(asked.values())
     next_pid = max([world.next_pid - 1, *(p.id for p in change.partnerships)]) + 1
     next_n = max([world.next_n - 1, *(r.n for r in change.requests)]) + 1
-    return World(people, pships, requests, next_pid, next_n)
+    return World(people, pships, requests, next_pid, next_n, offered, offerers)
 
 
 def handle(d: Program, world: World, desk: Desk) -> Change:
@@ -127,7 +163,7 @@ def _commands(d: Program, me: Person, world: World, desk: Desk) -> Change:
     show_help = not parsed.commands
     status = None
     show_offers = False
-    offered = prog.offered_skills(world.people.values())
+    offered = world.skills()
     n = world.next_n
     for c in parsed.commands:
         if c.kind == prog.HELP:
@@ -246,7 +282,7 @@ def _find(
 ) -> tuple[Letter, Request | None]:
     """The suggestions mail for `partner for SKILL` (and its request when it names anyone)."""
     svc = desk.svc
-    offered = prog.offered_skills(world.people.values())
+    offered = world.skills()
     try:
         skill, hint = prog.match_skill(c.skill, offered)
     except DomainError as exc:
@@ -259,7 +295,14 @@ def _find(
         nobody = f"Finding a partner by email is switched off; please ask {admin}."
         answer = Answer(key, topic, skill=skill, nobody=nobody)
         return letters.program_answer(me, answer, svc, desk.at), None
-    found = prog.candidates(me.email, skill, world.people, world.partnerships, svc.max_per_partner)
+    found = prog.candidates(
+        me.email,
+        skill,
+        world.people,
+        world.partnerships,
+        svc.max_per_partner,
+        offerers=world.offering(skill),
+    )
     if not found:
         why = (
             f'Nobody offers "{skill}" yet{hint}.'
@@ -371,10 +414,7 @@ def _ask(d: Program, me: Person, req: Request, world: World, desk: Desk) -> Chan
     if not agreement.complete:
         return again(list(agreement.problems), ask)
     partner = req.candidates[n - 1]
-    still = prog.candidates(
-        me.email, req.skill, world.people, world.partnerships, svc.max_per_partner, limit=10**6
-    )
-    if partner not in {s.person.email for s in still}:
+    if not _still_eligible(me, partner, req.skill, world, svc.max_per_partner):
         name = world.people[partner].name if partner in world.people else partner
         return again(
             [
@@ -406,6 +446,15 @@ def _ask(d: Program, me: Person, req: Request, world: World, desk: Desk) -> Chan
     world = replace(world, partnerships=[*world.partnerships, p])
     change = _started(world, me, used, desk)
     return replace(change, partnerships=(p,), requests=(used,))
+
+
+def _still_eligible(me: Person, partner: str, skill: str, world: World, cap: int) -> bool:
+    """Whether `partner` may still partner her: the rule of the suggestions, asked about this
+    one person only (the directory and partnerships may have changed since the mail)."""
+    found = prog.candidates(
+        me.email, skill, world.people, world.partnerships, cap, limit=1, offerers=(partner,)
+    )
+    return bool(found)
 
 
 def _started(world: World, me: Person, req: Request, desk: Desk, again: bool = False) -> Change:

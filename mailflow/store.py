@@ -5,7 +5,9 @@ Layout under data_dir/db/ (every file is in TinyDB's JSON format, `{table: {doc_
   skills on offer (skill -> how many offer it). Its size grows with the program, not with
   the directory.
 - people/XX.json: the directory, in 256 shards by a hash of the address (XX = crc32 % 256 in
-  hex), with each manager's count of reports in her own shard (`managed`). A question about
+  hex), with each manager's count of reports in her own shard (`managed`), and who offers a
+  skill in the skill's shard (`offerers`, one document per person and skill, keyed
+  "EMAIL SKILL"). A question about
   one person reads one shard, the eligibility walk up a reporting line reads one shard per
   manager, and a change to one person rewrites one shard (and her manager's): an admin
   action costs the same in a directory of 100 people as in one of 100,000.
@@ -259,6 +261,7 @@ _KINDS = {
     "bouncing": "bouncing address",
     "offered": "offered skill",
     "managed": "manager",
+    "offerers": "offer",
     "weeks": "week",
     "reports": "report",
     "inbound": "inbound",
@@ -272,6 +275,7 @@ _KEYS = {
     "bouncing": "email",
     "offered": "skill",
     "managed": "email",
+    "offerers": "key",
     "weeks": "key",
     "reports": "message_id",
     "inbound": "message_id",
@@ -339,6 +343,11 @@ class _View:
             raise RuntimeError("write outside a transaction")
         if self._table(name).delete(key):
             self.changed = True
+
+
+def _offerer(email: str, skill: str) -> dict[str, str]:
+    # An address has no space, so "EMAIL SKILL" is unique and splits back at the first one.
+    return {"key": f"{email} {skill}", "email": email, "skill": skill}
 
 
 class Directory(Mapping[str, Person]):
@@ -413,9 +422,45 @@ class Directory(Mapping[str, Person]):
         else:
             view._delete("managed", manager)
 
+    def offerers(self, skill: str) -> list[str]:
+        """The addresses of everyone who offers `skill` (normalised), from the index in the
+        skill's shard: one file, however large the directory."""
+        docs = self._view(shard_name(skill))._docs("offerers")
+        return sorted(d["email"] for d in docs if d.get("skill") == skill)
+
+    def count_offers(self, email: str, skills: Iterable[str], delta: int) -> None:
+        """`email` starts (+1) or stops (-1) offering each of `skills`."""
+        for skill in skills:
+            view = self._view(shard_name(skill))
+            if delta > 0:
+                view._put("offerers", _offerer(email, skill))
+            else:
+                view._delete("offerers", _offerer(email, skill)["key"])
+
     def changed(self) -> list[tuple[Path, dict[str, dict[str, Any]]]]:
         """(path, data) of each shard this transaction changed."""
         return [(v.path, v._data) for v in self._views.values() if v.changed]
+
+
+class OfferIndex(Mapping[str, list[str]]):
+    """skill -> the addresses of everyone who offers it, each skill read from its own shard
+    when asked (`skills`: the skills on offer, from core.json's index)."""
+
+    def __init__(self, directory: Directory, skills: Iterable[str]) -> None:
+        self._directory = directory
+        self._skills = sorted(set(skills))
+
+    def __getitem__(self, skill: str) -> list[str]:
+        found = self._directory.offerers(skill)
+        if not found:
+            raise KeyError(skill)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._skills)
+
+    def __len__(self) -> int:
+        return len(self._skills)
 
 
 class CoreView(_View):
@@ -440,6 +485,8 @@ class CoreView(_View):
         before = set(old.offers) if old is not None else set()
         self._count_offers(before - set(person.offers), -1)
         self._count_offers(set(person.offers) - before, +1)
+        self.directory.count_offers(person.email, before - set(person.offers), -1)
+        self.directory.count_offers(person.email, set(person.offers) - before, +1)
         if old is None or old.manager != person.manager:
             self.directory.count_report(old.manager if old else None, -1)
             self.directory.count_report(person.manager, +1)
@@ -458,6 +505,7 @@ class CoreView(_View):
         if old is None or not self.directory.remove(email):
             return False
         self._count_offers(old.offers, -1)
+        self.directory.count_offers(email, old.offers, -1)
         self.directory.count_report(old.manager, -1)
         self._delete("bouncing", email)
         return True
@@ -644,7 +692,8 @@ def _split_people(
     raw: dict[str, Any], core_path: Path
 ) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
     """An old core.json's people table as shard files by name (people, and the count of
-    reports of each manager in her shard), and core.json's indexes (bouncing, offered)."""
+    reports of each manager and the offerers of each skill in their shards), and core.json's
+    indexes (bouncing, offered)."""
     people = _Table(raw, "email", core_path)  # checks every document has an address
     shards: dict[str, dict[str, dict[str, Any]]] = {}
     bouncing: dict[str, Any] = {}
@@ -660,6 +709,9 @@ def _split_people(
         for skill in set(offers) if isinstance(offers, list) else ():
             if isinstance(skill, str):
                 offered[skill] = offered.get(skill, 0) + 1
+                shard = shards.setdefault(shard_name(skill), {"people": {}})
+                table = shard.setdefault("offerers", {})
+                table[str(len(table) + 1)] = _offerer(doc["email"], skill)
         if isinstance(doc.get("manager"), str) and doc["manager"]:
             reports[doc["manager"]] = reports.get(doc["manager"], 0) + 1
     for manager, n in reports.items():
@@ -1032,6 +1084,11 @@ class Store:
         """People (a Directory) and partnerships (id order, objects shared per version)."""
         people, partnerships = self._core_maps()
         return Roster(people, dict(partnerships))
+
+    def offer_index(self, skills: Iterable[str]) -> OfferIndex:
+        """skill -> who offers it, over the shards as stored now (`skills`: the skills on
+        offer, e.g. `CoreView.offered()` of the caller's transaction)."""
+        return OfferIndex(Directory(self, False), skills)
 
     def people_map(self) -> Mapping[str, Person]:
         """email -> Person, read shard by shard (parsed shards cached per file version)."""

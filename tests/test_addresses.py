@@ -250,7 +250,7 @@ def test_an_import_names_the_bad_row_of_a_manager_spelled_the_other_way() -> Non
     )
     rows, problems = read_csv(text)
     assert problems == []
-    changes, problems = import_rows(rows, {}, "Europe/Berlin", update=False)
+    changes, problems = import_rows(rows, {}, set(), "Europe/Berlin", update=False)
     assert any(p.startswith("2: ") for p in problems)
     assert "3: manager boss@bücher.example is on bad line 2" in problems
 

@@ -16,12 +16,12 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 LAST = re.compile(r"^(\w+): ours [\d,]+/s, raw [\d,]+/s, ratio \d+\.\d\d$")
 
 
-def run_bench(name: str, *args: str) -> list[str]:
+def run_bench(name: str, *args: str, timeout: float = 110) -> list[str]:
     proc = subprocess.run(
         [sys.executable, str(BENCH / f"{name}.py"), *args],
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.strip().splitlines()
@@ -69,3 +69,24 @@ def test_web_bench_runs() -> None:
         r"ratio [\d.]+ \(dashboard\), [\d.]+ \(list\)$",
         lines[-1],
     ), lines
+
+
+@pytest.mark.timeout(300)
+def test_admin_bench_runs() -> None:
+    # ~25 cold CLI processes: a minute on a busy machine, hence the longer bound.
+    lines = run_bench(
+        "admin", "--sizes", "20,40", "--runs", "1", "--partnerships", "1", timeout=290
+    )
+    ratios = [x for x in lines if " people / 20 people time ratio " in x]
+    assert len(ratios) == 9, lines  # every admin action, people remove included
+    assert all(re.search(r"cpu ratio [\d.]+, RSS \d+ MB, read [\d.]+ MB", x) for x in ratios)
+
+
+@pytest.mark.timeout(300)
+def test_serve_rss_bench_runs() -> None:
+    lines = run_bench(
+        "serve_rss", "--people", "120", "--partnerships", "3", "--replies", "2", "--idle", "0",
+        "--tick-seconds", "1", "--digest-minutes", "0", timeout=290,
+    )  # fmt: skip
+    assert "sent: 3 checkin, 2 digest, 6 intro" in lines[-2], lines
+    assert re.match(r"^serve_rss: peak \d+ MB, steady \d+ MB$", lines[-1]), lines

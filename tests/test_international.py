@@ -354,10 +354,15 @@ def test_one_failing_partnership_never_stops_a_tick(
     relay.wait_for(4)
     relay.clear()
     # A record edited by hand: a name with a line break can never be a header.
-    core = tmp_path / "data" / "db" / "core.json"
-    text = core.read_text(encoding="utf-8")
+    shards = [
+        path
+        for path in (tmp_path / "data" / "db" / "people").glob("*.json")
+        if '"Ada"' in path.read_text(encoding="utf-8")
+    ]
+    assert len(shards) == 1
+    text = shards[0].read_text(encoding="utf-8")
     assert text.count('"Ada"') == 1
-    core.write_text(text.replace('"Ada"', '"Ada\\r\\nBcc: x@evil.example"'), encoding="utf-8")
+    shards[0].write_text(text.replace('"Ada"', '"Ada\\r\\nBcc: x@evil.example"'), encoding="utf-8")
 
     proc = run(config, "tick", "--now", MONDAY, now=MONDAY)
     assert proc.returncode == 1

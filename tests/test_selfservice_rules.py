@@ -65,3 +65,59 @@ def test_an_old_self_service_mail_acts_no_more_and_is_dropped_later() -> None:
     assert "more than 8 weeks old" in change.letters[0].ctx["problems"][0]
     assert selfservice.expired(world, late) == []
     assert selfservice.expired(world, AT + timedelta(weeks=17)) == [1]
+
+
+class Counting(dict[str, Person]):
+    """A directory that counts lookups and refuses to be read whole (as the store's shards)."""
+
+    def __init__(self, people: dict[str, Person]) -> None:
+        super().__init__(people)
+        self.lookups = 0
+
+    def get(self, key: str, default: Person | None = None) -> Person | None:  # type: ignore[override]
+        self.lookups += 1
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Person:
+        self.lookups += 1
+        return super().__getitem__(key)
+
+    def values(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the whole directory was read")
+
+
+def test_with_the_stores_index_a_mail_reads_the_offerers_not_the_directory() -> None:
+    """The same suggestions and the same batch view with the index as without it, and with
+    it a `partner for` mail looks up a handful of people among thousands."""
+    people = {ADA.email: ADA}
+    for i in range(2000):
+        offers = ("sql",) if i % 100 == 0 else ("writing",)
+        email = f"p{i:04}@example.com"
+        people[email] = Person(email, f"P {i}", f"D{i % 7}", None, "UTC", offers)
+    offerers = {
+        skill: sorted(e for e, p in people.items() if skill in p.offers)
+        for skill in ("sql", "writing")
+    }
+    plain = selfservice.World(dict(people), [], [], 1, 1)
+    directory = Counting(people)
+    indexed = selfservice.World(directory, [], [], 1, 1, frozenset(offerers), offerers)
+
+    desk = Desk(SVC, AT, "<find@x>", "S1")
+    mail = program("partner for SQL", "<find@x>")
+    want = selfservice.handle(mail, plain, desk)
+    got = selfservice.handle(mail, indexed, desk)
+    assert got.requests == want.requests and len(got.requests[0].candidates) == 3
+    assert [letter.key for letter in got.letters] == [letter.key for letter in want.letters]
+    assert directory.lookups < 40  # her, three suggestions, their reporting lines
+
+    # A change in the batch (a new offerer) is seen by the next message, as without index.
+    newcomer = Person("aaa@example.com", "A", "D9", None, "UTC", ("sql", "go"))
+    change = selfservice.Change(people=(newcomer,))
+    plain, indexed = selfservice.applied(plain, change), selfservice.applied(indexed, change)
+    assert indexed.skills() == plain.skills() == {"sql", "writing", "go"}
+    assert indexed.offering("sql") == ["aaa@example.com", *offerers["sql"]]
+    mail = program("partner for sql", "<find2@x>")
+    desk = Desk(SVC, AT, "<find2@x>", "S2")
+    want, got = selfservice.handle(mail, plain, desk), selfservice.handle(mail, indexed, desk)
+    assert got.requests == want.requests
+    assert got.requests[0].candidates[0] == "aaa@example.com"

@@ -148,28 +148,40 @@ def test_staged_files_without_a_journal_are_discarded(tmp_path: Path) -> None:
     assert Store(tmp_path / "data").core().person("a@example.com") is not None
 
 
-def _indexes(data_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
-    """The offered-skills index of core.json and the managers' counts of the shards."""
+Indexes = tuple[dict[str, int], dict[str, int], dict[str, list[str]]]
+
+
+def _indexes(data_dir: Path) -> Indexes:
+    """The offered-skills index of core.json, the managers' counts of the shards and who
+    offers each skill (kept in the skill's shard)."""
     core = json.loads((data_dir / "db" / "core.json").read_text())
     offered = {d["skill"]: d["count"] for d in core.get("offered", {}).values()}
     managed: dict[str, int] = {}
+    offerers: dict[str, list[str]] = {}
     for shard in (data_dir / "db" / "people").glob("*.json"):
-        for d in json.loads(shard.read_text()).get("managed", {}).values():
+        data = json.loads(shard.read_text())
+        for d in data.get("managed", {}).values():
             assert shard.name == shard_name(d["email"])  # in the manager's own shard
             managed[d["email"]] = d["count"]
-    return offered, managed
+        for d in data.get("offerers", {}).values():
+            assert shard.name == shard_name(d["skill"])  # in the skill's own shard
+            assert d["key"] == f"{d['email']} {d['skill']}"
+            offerers.setdefault(d["skill"], []).append(d["email"])
+    return offered, managed, {k: sorted(v) for k, v in offerers.items()}
 
 
-def _recounted(mf: Mailflow) -> tuple[dict[str, int], dict[str, int]]:
+def _recounted(mf: Mailflow) -> Indexes:
     """The same counts from everyone, as `people list` shows them."""
     offered: dict[str, int] = {}
     managed: dict[str, int] = {}
+    offerers: dict[str, list[str]] = {}
     for p in json.loads(mf.ok("people", "list", "--json").out):
         for skill in p["offers"]:
             offered[skill] = offered.get(skill, 0) + 1
+            offerers.setdefault(skill, []).append(p["email"])
         if p["manager"]:
             managed[p["manager"]] = managed.get(p["manager"], 0) + 1
-    return offered, managed
+    return offered, managed, {k: sorted(v) for k, v in offerers.items()}
 
 
 def test_the_indexes_of_offers_and_managers_follow_every_change(
@@ -183,7 +195,7 @@ def test_the_indexes_of_offers_and_managers_follow_every_change(
     del people
 
     # The migration builds both indexes.
-    assert _indexes(mf.data_dir) == ({}, {})  # (not yet moved)
+    assert _indexes(mf.data_dir) == ({}, {}, {})  # (not yet moved)
     mf.ok("people", "list")
     assert _indexes(mf.data_dir) == _recounted(mf)
     assert _indexes(mf.data_dir)[0] == {"public speaking": 1, "sql": 1}
@@ -209,8 +221,9 @@ def test_the_indexes_of_offers_and_managers_follow_every_change(
     for who in ("p4", "p10", "p11"):
         mf.ok("people", "update", f"{who}@example.com", "--manager", "p1@example.com")
     mf.ok("people", "update", "p3@example.com", "--no-offers")
-    offered, managed = _indexes(mf.data_dir)
-    assert (offered, managed) == _recounted(mf)
+    offered, managed, _ = _indexes(mf.data_dir)
+    assert (offered, managed) == _recounted(mf)[:2]
+    assert _indexes(mf.data_dir) == _recounted(mf)
     assert offered == {"writing well": 1} and "p3@example.com" not in managed
     mf.ok("people", "remove", "p3@example.com")
     assert _indexes(mf.data_dir) == _recounted(mf)
@@ -223,6 +236,7 @@ def test_the_indexes_of_offers_and_managers_follow_every_change(
         "z1@example.com,Z,D9,p5@example.com,writing well;sql\n"
     )
     mf.ok("people", "import", str(csv), "--update")
-    offered, managed = _indexes(mf.data_dir)
-    assert (offered, managed) == _recounted(mf)
+    offered, managed, _ = _indexes(mf.data_dir)
+    assert (offered, managed) == _recounted(mf)[:2]
+    assert _indexes(mf.data_dir) == _recounted(mf)
     assert offered == {"writing well": 2, "sql": 2}
