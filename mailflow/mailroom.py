@@ -133,6 +133,9 @@ class Mailroom:
         self.svc = svc
         self.sender = svc.from_address  # the From address (its display name: svc.from_name)
         self.domain = svc.domain  # of our Message-IDs
+        # Body lines already encoded (quoted-printable), by their bytes: the lines of a
+        # template that do not depend on the person are encoded once, not once per message.
+        self._qp_memo: dict[bytes, str] = {}
 
     def hold(self, letter: Letter, now: datetime) -> datetime | None:
         """When a letter may go out at the earliest: the end of its reader's quiet hours if
@@ -167,6 +170,7 @@ class Mailroom:
             message_id=mid,
             date=held or now,  # the moment it is sent: a held mail is not dated 01:00
             reply_to=letter.reply_to,
+            qp_memo=self._qp_memo,
         )
         path = self.outbox.write_bytes(letter.key, letter.period, data, sync=False)
         outgoing = Outgoing(
