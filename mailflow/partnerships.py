@@ -32,6 +32,7 @@ from mailflow.people import (
     DomainError,
     check_text,
     eligibility_problems,
+    header_problem,
     normalize_email,
     normalize_skill,
 )
@@ -256,20 +257,9 @@ def read_import_csv(text: str, delimiter: str = ",") -> tuple[list[ImportGroup],
     A group's shared fields must agree: a later row may leave one empty, not change it.
     """
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
-    expected = ",".join(IMPORT_COLUMNS)
-    if not header:
-        return [], [f"1: empty file (expected a header: {expected})"]
-    missing = [c for c in _REQUIRED if c not in header]
-    unknown = [c for c in header if c not in IMPORT_COLUMNS]
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append("missing column(s) " + ", ".join(missing))
-        if unknown:
-            parts.append("unknown column(s) " + ", ".join(unknown))
-        return [], [f"1: {'; '.join(parts)} (expected: {expected})"]
-    reader.fieldnames = header
+    problem = header_problem(reader, IMPORT_COLUMNS, _REQUIRED)
+    if problem is not None:
+        return [], [problem]
     groups: dict[tuple[str, str], tuple[list[int], dict[str, str], list[str]]] = {}
     problems: list[str] = []
     try:

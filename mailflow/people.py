@@ -227,22 +227,35 @@ class CsvRow:
     fields: dict[str, str]
 
 
+def header_problem(
+    reader: csv.DictReader[str], columns: Sequence[str], required: Sequence[str]
+) -> str | None:
+    """The problem of a CSV file's header line as "1: message" (None when it has every
+    `required` column and no column outside `columns`). The reader's field names become
+    the header's, stripped and lower-cased, so any spelling of a column name is read."""
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    expected = ",".join(columns)
+    if not header:
+        return f"1: empty file (expected a header: {expected})"
+    missing = [c for c in required if c not in header]
+    unknown = [c for c in header if c not in columns]
+    parts = []
+    if missing:
+        parts.append("missing column(s) " + ", ".join(missing))
+    if unknown:
+        parts.append("unknown column(s) " + ", ".join(unknown))
+    if parts:
+        return f"1: {'; '.join(parts)} (expected: {expected})"
+    reader.fieldnames = header
+    return None
+
+
 def read_csv(text: str, delimiter: str = ",") -> tuple[list[CsvRow], list[str]]:
     """Rows of a people CSV (header required) and any structural problems as 'LINE: msg'."""
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = [h.strip().lower() for h in (reader.fieldnames or [])]
-    if not header:
-        return [], ["1: empty file (expected a header: " + ",".join(CSV_COLUMNS) + ")"]
-    missing = [c for c in ("email", "name", "department") if c not in header]
-    unknown = [c for c in header if c not in CSV_COLUMNS]
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append("missing column(s) " + ", ".join(missing))
-        if unknown:
-            parts.append("unknown column(s) " + ", ".join(unknown))
-        return [], [f"1: {'; '.join(parts)} (expected: {','.join(CSV_COLUMNS)})"]
-    reader.fieldnames = header
+    problem = header_problem(reader, CSV_COLUMNS, ("email", "name", "department"))
+    if problem is not None:
+        return [], [problem]
     rows: list[CsvRow] = []
     problems: list[str] = []
     try:
