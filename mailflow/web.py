@@ -194,6 +194,12 @@ class SiteBase:
             return None  # taken off [web] admins since: the session ends with the restart
         return found
 
+    def missing(self, request: Request, session: Session | None, message: str) -> HTMLResponse:
+        """The 404 page: what was not found, and the way back to the dashboard."""
+        return self.page(
+            request, "refused.html", 404, session=session, title="Not found", message=message
+        )
+
     def page(
         self,
         request: Request,
@@ -272,14 +278,7 @@ class SiteBase:
             try:
                 return await handler(request, session)
             except NotFoundError as exc:  # an id that names nothing: 404, not a bad request
-                return self.page(
-                    request,
-                    "refused.html",
-                    404,
-                    session=session,
-                    title="Not found",
-                    message=f"{str(exc)[:1].upper()}{str(exc)[1:]}.",
-                )
+                return self.missing(request, session, f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
             except MailflowError as exc:
                 return self.page(
                     request,
@@ -301,14 +300,7 @@ class SiteBase:
         )
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
-        return self.page(
-            request,
-            "refused.html",
-            404,
-            session=self.session(request),
-            title="Not found",
-            message="There is no such page.",
-        )
+        return self.missing(request, self.session(request), "There is no such page.")
 
 
 class SignInPages(SiteBase):
@@ -534,14 +526,7 @@ class ProgramPages(SiteBase):
     async def partnership_confirm(self, request: Request, session: Session) -> Response:
         pid, action = _pid(request), request.path_params["action"]
         if action not in PARTNERSHIP_ACTIONS:
-            return self.page(
-                request,
-                "refused.html",
-                404,
-                session=session,
-                title="Not found",
-                message="No such action.",
-            )
+            return self.missing(request, session, "No such action.")
         view = await run_in_threadpool(self.desk.partnership_view, pid, self.clock())
         return self.page(
             request,
@@ -568,14 +553,7 @@ class ProgramPages(SiteBase):
             "consent-declined": lambda: a.record_consent(pid, False, now, who),
         }
         if action not in calls:
-            return self.page(
-                request,
-                "refused.html",
-                404,
-                session=session,
-                title="Not found",
-                message="No such action.",
-            )
+            return self.missing(request, session, "No such action.")
         # (resend-intro and consent deliver their mail themselves, as on the command line)
         message = await run_in_threadpool(calls[action])
         return self.redirect(request, f"/partnerships/{pid}", message)
@@ -759,14 +737,7 @@ class TemplatePages(SiteBase):
         versions = await run_in_threadpool(self.desk.template_versions, name)
         version = next((v for v in versions if v.n == n), None)
         if version is None:
-            return self.page(
-                request,
-                "refused.html",
-                404,
-                session=session,
-                title="Not found",
-                message=f"{name} has no version {n}.",
-            )
+            return self.missing(request, session, f"{name} has no version {n}.")
         return self.page(
             request, "confirm_rollback.html", session=session, name=name, version=version
         )
