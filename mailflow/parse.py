@@ -128,7 +128,8 @@ def fold_typography(text: str) -> str:
     the same position in the original. Used for matching only; the member's text is kept as
     she wrote it.
     """
-    return text.translate(_FOLD_TABLE)
+    # Every character the table folds is non-ASCII, and most lines are plain ASCII.
+    return text if text.isascii() else text.translate(_FOLD_TABLE)
 
 
 @dataclass(frozen=True)
@@ -322,7 +323,8 @@ def _decode_header_value(value: object) -> str:
         return ""
     raw = str(value)
     try:
-        text = str(make_header(decode_header(raw)))
+        # Without "=?" there is no encoded word, and decode_header + make_header give `raw`.
+        text = str(make_header(decode_header(raw))) if "=?" in raw else raw
     except Exception:
         text = raw
     if _SURROGATE_RUN_RE.search(text):
@@ -547,6 +549,14 @@ _QUOTE_RE = re.compile(r"^[ \t]{0,8}(>|&gt;|\|\s)")
 
 
 def _is_quote_line(line: str) -> bool:
+    # _QUOTE_RE by its first character: most lines are decided without the pattern.
+    if not line:
+        return False
+    first = line[0]
+    if first == ">":
+        return True
+    if first not in " \t&|":
+        return False
     return bool(_QUOTE_RE.match(line))
 
 
@@ -716,7 +726,8 @@ def _prev_nonblank(lines: list[str], i: int) -> str:
 
 def _quote_content(line: str) -> str:
     """A quoted line without its quote prefix(es)."""
-    return _QUOTE_PREFIX_RE.sub("", line, count=1).strip()
+    m = _QUOTE_PREFIX_RE.match(line)
+    return (line[m.end() :] if m else line).strip()
 
 
 _QUOTE_PREFIX_RE = re.compile(r"^(?:[ \t]{0,8}(?:>|&gt;|\|(?=\s|$)))+")
