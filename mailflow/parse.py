@@ -222,6 +222,30 @@ _DETECT_CANDIDATES = (
 _SURROGATE_RUN_RE = re.compile("[\udc80-\udcff]+")
 
 
+# Characters outside ASCII that a case-insensitive pattern matches to an ASCII letter
+# (Python's re folds dotless i, long s, the Kelvin sign and dotted capital I that way).
+_ASCII_CASE_TWINS = str.maketrans({"\u0131": "i", "\u017f": "s", "\u212a": "k", "\u0130": "i"})
+
+
+def _ascii_words(words: tuple[str, ...]) -> tuple[str, ...]:
+    """The lower-case ASCII forms of ``words`` that ASCII text can match case-insensitively."""
+    forms = (w.lower().translate(_ASCII_CASE_TWINS) for w in words)
+    return tuple(dict.fromkeys(w for w in forms if w.isascii()))
+
+
+def _ascii_lacks(text: str, words: tuple[str, ...]) -> bool:
+    """True if ``text`` is ASCII and holds none of ``words`` (from :func:`_ascii_words`) in any
+    case, so a case-insensitive pattern that needs one of them cannot match it.
+
+    A cheap test before a pattern with many alternatives, which costs ~0.1 us per character
+    of every line it is tried on; text beyond ASCII is always left to the pattern.
+    """
+    if not text.isascii():
+        return False
+    low = text.lower()
+    return not any(w in low for w in words)
+
+
 def _codec_name(name: str) -> str:
     try:
         return codecs.lookup(name).name
@@ -474,11 +498,23 @@ _ATTR_VERB_ADDR_RE = re.compile(
     r".{0,300}[@>\d].{0,100}[:：]\s*$",
     re.IGNORECASE,
 )
-_VERB_ANY_RE = re.compile(
-    r"\b(wrote|schrieb|skrev|schreef|escribió|escreveu|écrit|scritto|napisał|napsal|написал"
-    r"|kirjoitti|írta|yazdı|pisze|escribió|escreveu|ha scritto|geschreven|от)\b",
-    re.IGNORECASE,
-)
+_VERB_ANY = (
+    "wrote", "schrieb", "skrev", "schreef", "escribió", "escreveu", "écrit", "scritto", "napisał",
+    "napsal", "написал", "kirjoitti", "írta", "yazdı", "pisze", "escribió", "escreveu",
+    "ha scritto", "geschreven", "от",
+)  # fmt: skip
+_VERB_ANY_RE = re.compile(r"\b(" + "|".join(_VERB_ANY) + r")\b", re.IGNORECASE)
+_VERB_ANY_ASCII = _ascii_words(_VERB_ANY)
+
+
+def _has_verb(text: str) -> bool:
+    """``_VERB_ANY_RE.search(text)``, ruling most lines out without the pattern."""
+    return not _ascii_lacks(text, _VERB_ANY_ASCII) and bool(_VERB_ANY_RE.search(text))
+
+
+def _has_email(text: str) -> bool:
+    return "@" in text and bool(_EMAIL_RE.search(text))
+
 # "2014-10-17 11:28 GMT+03:00 Bob <bob@example.com>:" and similar date-first forms.
 _DATE_ATTR_RE = re.compile(
     r"^\s*\d{1,4}[-./]\d{1,2}[-./]\d{1,4}\b[^\n]{0,200}[@<][^\n]{0,200}>?\s*[:：]?\s*$"
@@ -572,7 +608,7 @@ def _attribution_span(lines: list[str], i: int) -> int:
     # Only a line that itself looks like the start of an attribution may be joined with the
     # lines below it; otherwise a sentence of the reply would be swallowed with it.
     can_wrap = (
-        intro or first.endswith("<") or bool(_VERB_ANY_RE.search(first) or _EMAIL_RE.search(first))
+        intro or first.endswith("<") or (_has_verb(first) or _has_email(first))
     )
     for step in range(6 if can_wrap else 1):
         if step:
@@ -609,7 +645,7 @@ def _attribution_span(lines: list[str], i: int) -> int:
         verb_then_name = (
             intro
             and joined.endswith((":", "："))
-            and bool(_VERB_ANY_RE.search(joined))
+            and _has_verb(joined)
             and bool(_HAS_DATE_OR_ADDR_RE.search(joined))
         )
         # Both patterns are anchored at the end: the first can only match in the last few
@@ -641,7 +677,8 @@ def _next_is_quote(lines: list[str], j: int) -> bool:
 
 def _header_block_at(lines: list[str], i: int) -> bool:
     """True if a From:-style header block (From + at least one more field) starts at ``i``."""
-    if not _FIELD_RE.match(lines[i]):
+    first = lines[i]
+    if (":" not in first and "：" not in first) or not _FIELD_RE.match(first):
         return False
     fields = 0
     has_from = False
@@ -726,6 +763,12 @@ def _prev_nonblank(lines: list[str], i: int) -> str:
 
 def _quote_content(line: str) -> str:
     """A quoted line without its quote prefix(es)."""
+    rest = line.lstrip(">")
+    if len(rest) != len(line):
+        # Only ">"s in front: done unless another prefix (" > ", "&gt;", "|") follows.
+        after = rest.lstrip(" \t")
+        if not after or after[0] not in ">&|":
+            return rest.strip()
     m = _QUOTE_PREFIX_RE.match(line)
     return (line[m.end() :] if m else line).strip()
 
@@ -780,32 +823,43 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
     pending: tuple[str, str] | None = None
     after_quote = False  # only blank lines since the last quote line or attribution
     last_quote_at: int | None = None  # len(out) when the last quote block ended
+    quoted = [_is_quote_line(x) for x in lines]
+    # A quoted check-in comes back once per round of replies: its lines' labels, once.
+    labels: dict[str, tuple[str, str] | None | bool] = {}
     while i < n:
         line = lines[i]
         if skip_blanks and not line.strip():
             i += 1
             continue
         skip_blanks = False
-        prev_quote = i > 0 and _is_quote_line(lines[i - 1])
-        if _is_quote_line(line):
+        prev_quote = i > 0 and quoted[i - 1]
+        if quoted[i]:
             if first_quote_at is None:
                 first_quote_at = len(out)
             after_quote = True
             last_quote_at = len(out)
-            content = _quote_content(line)
-            if content:
-                found = _label_key(content)
-                if found:
-                    question, question_tail = found, 0  # type: ignore[assignment]
-                elif found is False:
-                    question = None
-                else:
-                    question_tail += 1
-                    if question_tail > 2:
+            # The whole quote block (blank lines inside it included) in one go.
+            while True:
+                content = _quote_content(lines[i])
+                if content:
+                    if content in labels:
+                        found = labels[content]
+                    else:
+                        found = labels[content] = _label_key(content)
+                    if found:
+                        question, question_tail = found, 0  # type: ignore[assignment]
+                    elif found is False:
                         question = None
+                    else:
+                        question_tail += 1
+                        if question_tail > 2:
+                            question = None
+                i += 1
+                while i < n and not lines[i].strip():
+                    i += 1
+                if i >= n or not quoted[i]:
+                    break
             pending = question
-            i += 1
-            skip_blanks = True
             continue
         stripped = line.strip()
         if after_quote and stripped in _SIG_DELIMS:
@@ -832,8 +886,7 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
             continue
         span = _attribution_span(lines, i)
         if span:
-            rest = lines[i + span :]
-            if not any(_is_quote_line(x) for x in rest[:400]):
+            if not any(quoted[i + span : i + span + 400]):
                 history_cut = True
                 break
             if first_quote_at is None:
@@ -994,6 +1047,10 @@ _APP_FOOTER_RE = re.compile(
 )
 
 
+# Every alternative of _APP_FOOTER_RE names one of these (or is written in another script).
+_APP_FOOTER_WORDS = _ascii_words(("windows", "android", "ios", "iphone", "ipad", "mac", "outlook"))
+
+
 def _is_app_footer(line: str) -> bool:
     """A phone or mail-app footer line ("Sent from my iPhone", "Get Outlook for Android")."""
     if len(line) > 300:
@@ -1002,7 +1059,9 @@ def _is_app_footer(line: str) -> bool:
     plain = " ".join(plain.replace("<>", " ").split())
     if len(plain) > 120:
         return False
-    return bool(_MOBILE_RE.match(plain) or _APP_FOOTER_RE.match(plain))
+    if _MOBILE_RE.match(plain):
+        return True
+    return not _ascii_lacks(plain, _APP_FOOTER_WORDS) and bool(_APP_FOOTER_RE.match(plain))
 
 
 _SIGNOFF_RE = re.compile(
@@ -1174,12 +1233,11 @@ def _normalise(body: str) -> list[str]:
     body = body[:MAX_BODY_CHARS].replace("\r\n", "\n").replace("\r", "\n")
     body = body.lstrip("\ufeff")
     lines = body.split("\n")[:MAX_LINES]
-    out = []
-    for line in lines:
-        line = line[:MAX_LINE_CHARS].rstrip()
-        # Gmail's invisible tracking mark or zero-width characters alone make an empty line.
-        out.append("" if not line.strip(_INVISIBLE) else line)
-    return out
+    # Gmail's invisible tracking mark or zero-width characters alone make an empty line.
+    return [
+        line if line.strip(_INVISIBLE) else ""
+        for line in (x[:MAX_LINE_CHARS].rstrip() for x in lines)
+    ]
 
 
 _INVISIBLE = "\u1427\u200b\u200c\u200d\ufeff \t\u00a0"
