@@ -64,7 +64,9 @@ def per_message_us(fn: Callable[[bytes], object], messages: Sequence[bytes], rep
 
 def sets(n: int) -> dict[str, list[bytes]]:
     now = datetime(2026, 12, 2, 10, 0, tzinfo=c.UTC_TZ)
-    out = {"bench replies": [c.reply_message(i, 1 + i % 1000, "2026-W49", now)[2] for i in range(n)]}
+    out = {
+        "bench replies": [c.reply_message(i, 1 + i % 1000, "2026-W49", now)[2] for i in range(n)]
+    }
     corpus = SHARED / "corpus"
     if corpus.is_dir():
         out["corpus"] = [p.read_bytes() for p in sorted(corpus.rglob("*.eml"))]
@@ -89,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         raw_us = per_message_us(raw_read, messages, args.repeat)
         ours_us = per_message_us(ours, messages, args.repeat)
         ratio = raw_us / ours_us if ours_us > 0 else 0.0
-        print(f"parse {name}: ours {ours_us:,.0f} us/reply, raw {raw_us:,.0f} us/reply, "
-              f"ratio {ratio:.2f}")
+        print(
+            f"parse {name}: ours {ours_us:,.0f} us/reply, raw {raw_us:,.0f} us/reply, "
+            f"ratio {ratio:.2f}"
+        )
     return 0
 
 

@@ -243,7 +243,10 @@ def _ascii_lacks(text: str, words: tuple[str, ...]) -> bool:
     if not text.isascii():
         return False
     low = text.lower()
-    return not any(w in low for w in words)
+    for word in words:  # noqa: SIM110 -- a generator in all() costs more than the test
+        if word in low:
+            return False
+    return True
 
 
 def _codec_name(name: str) -> str:
@@ -515,6 +518,7 @@ def _has_verb(text: str) -> bool:
 def _has_email(text: str) -> bool:
     return "@" in text and bool(_EMAIL_RE.search(text))
 
+
 # "2014-10-17 11:28 GMT+03:00 Bob <bob@example.com>:" and similar date-first forms.
 _DATE_ATTR_RE = re.compile(
     r"^\s*\d{1,4}[-./]\d{1,2}[-./]\d{1,4}\b[^\n]{0,200}[@<][^\n]{0,200}>?\s*[:：]?\s*$"
@@ -607,9 +611,10 @@ def _attribution_span(lines: list[str], i: int) -> int:
     intro = bool(_ATTR_START_RE.match(first) or _DATE_START_RE.match(first))
     # Only a line that itself looks like the start of an attribution may be joined with the
     # lines below it; otherwise a sentence of the reply would be swallowed with it.
-    can_wrap = (
-        intro or first.endswith("<") or (_has_verb(first) or _has_email(first))
-    )
+    can_wrap = intro or first.endswith("<") or (_has_verb(first) or _has_email(first))
+    # The three date-first patterns need a digit (or 在) before any letter; every `joined`
+    # starts with `first`, so a line starting with a letter rules them all out.
+    dated = not first[0].isalpha() or first[0] == "在"
     for step in range(6 if can_wrap else 1):
         if step:
             j = i + consumed
@@ -627,16 +632,19 @@ def _attribution_span(lines: list[str], i: int) -> int:
             # a quoted-printable soft break left in a text body ("w=" / "rote:")
             joined = joined[:-1] + nxt if joined.endswith("=") else joined + " " + nxt
             consumed = j - i + 1
-        if _DATE_ATTR_RE.match(joined) and (
-            joined.endswith((":", "：")) or _next_is_quote(lines, i + consumed)
+        if (
+            dated
+            and _DATE_ATTR_RE.match(joined)
+            and (joined.endswith((":", "：")) or _next_is_quote(lines, i + consumed))
         ):
             return consumed
-        if _CJK_DATE_ATTR_RE.match(joined) or (
+        if (dated and _CJK_DATE_ATTR_RE.match(joined)) or (
             joined.endswith(">:") and "@" in joined and _next_is_quote(lines, i + consumed)
         ):
             return consumed
         if (
             step == 0
+            and dated
             and _GMAIL_DATE_RE.match(joined)
             and len(joined) < 200
             and joined.count("<") == joined.count(">")
@@ -723,13 +731,15 @@ def _cut_index(lines: list[str]) -> int:
             continue
         if _is_quote_line(line):
             continue
-        if _FORWARD_RE.match(stripped):
+        if stripped.endswith(_FORWARD_ENDS) and _FORWARD_RE.match(stripped):
             # A forwarded message is the member's content, not history: skip its header block.
             skip_until = _block_end(lines, i + 1)
             continue
-        if _ORIGINAL_MESSAGE_RE.match(stripped):
+        # Both patterns start with a rule character.
+        ruled = stripped[0] in "-=_*"
+        if ruled and _ORIGINAL_MESSAGE_RE.match(stripped):
             return i
-        if _RULE_RE.match(stripped):
+        if ruled and _RULE_RE.match(stripped):
             k = i + 1
             while k < len(lines) and not lines[k].strip():
                 k += 1
@@ -1047,6 +1057,20 @@ _APP_FOOTER_RE = re.compile(
 )
 
 
+# Every alternative of _MOBILE_RE that ASCII text can match starts with one of these.
+_MOBILE_WORDS = _ascii_words(
+    (
+        "sent",
+        "sendt",
+        "get",
+        "enviado",
+        "von meinem",
+        "gesendet",
+        "inviato",
+        "verzonden",
+        "verstuurd",
+    )
+)
 # Every alternative of _APP_FOOTER_RE names one of these (or is written in another script).
 _APP_FOOTER_WORDS = _ascii_words(("windows", "android", "ios", "iphone", "ipad", "mac", "outlook"))
 
@@ -1059,7 +1083,7 @@ def _is_app_footer(line: str) -> bool:
     plain = " ".join(plain.replace("<>", " ").split())
     if len(plain) > 120:
         return False
-    if _MOBILE_RE.match(plain):
+    if not _ascii_lacks(plain, _MOBILE_WORDS) and _MOBILE_RE.match(plain):
         return True
     return not _ascii_lacks(plain, _APP_FOOTER_WORDS) and bool(_APP_FOOTER_RE.match(plain))
 
@@ -1103,14 +1127,20 @@ def _strip_signature(lines: list[str]) -> list[str]:
             break
         # A dash rule followed by a few short lines (name, title, phone) is a signature too.
         if (
-            _DASH_RULE_RE.match(stripped)
+            stripped.startswith("-")
+            and _DASH_RULE_RE.match(stripped)
             and _has_content_before(lines, i)
             and _tail_is_short(lines, i + 1, len(lines), 12, 80)
         ):
             lines = lines[:i]
             break
         # An underscore rule after some text starts a signature or mailing-list footer.
-        if i and _UNDERSCORE_RULE_RE.match(stripped) and _has_content_before(lines, i):
+        if (
+            i
+            and stripped.startswith("_")
+            and _UNDERSCORE_RULE_RE.match(stripped)
+            and _has_content_before(lines, i)
+        ):
             lines = lines[:i]
             break
     # Mobile/app footers and sign-off blocks in the last paragraph(s).
