@@ -48,7 +48,7 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses
 
-from mailflow.classify import classify
+from mailflow.classify import Headers, classify, first_headers
 from mailflow.htmltext import HR_LINE, html_to_text
 from mailflow.tokens import REPLY_MARKER
 
@@ -1838,15 +1838,18 @@ def _from_address(value: str) -> str | None:
     return None
 
 
-def _safe_header(msg: Message, name: str) -> str:
+def _safe_header(msg: Message, name: str, heads: Headers) -> str:
+    """Header ``name`` decoded (``heads`` from :func:`first_headers`), or ""."""
     try:
-        lower = name.lower()
-        raw = next((v for k, v in msg.raw_items() if k.lower() == lower), None)
+        found = heads.get(name.lower())
+        if found is None:
+            return ""
+        key, raw = found
         if isinstance(raw, str) and _SURROGATE_RUN_RE.search(raw):
             # Raw 8-bit bytes in a header (compat32 would turn them into U+FFFD): decoded like
             # a body without a label, then any encoded words in it as usual.
             return _decode_header_value(_decode_bytes(raw.encode("utf-8", "surrogateescape"), None))
-        value = msg.get(name)
+        value = msg.policy.header_fetch_parse(key, raw)  # = msg.get(name)
     except Exception:
         return ""
     return _decode_header_value(value) if value is not None else ""
@@ -1871,19 +1874,20 @@ def parse_message(raw: bytes) -> ParsedMessage:
             raw = str(raw).encode("utf-8", "replace")
         raw = bytes(raw[:MAX_RAW_BYTES])
         msg = email.message_from_bytes(raw, policy=email_policy.compat32)
-        subject = _safe_header(msg, "Subject")
-        from_raw = _safe_header(msg, "From")
+        heads = first_headers(msg)
+        subject = _safe_header(msg, "Subject", heads)
+        from_raw = _safe_header(msg, "From", heads)
         from_addr = _from_address(from_raw)
-        message_id = _msgid(_safe_header(msg, "Message-ID"))
-        in_reply_to = _msgid(_safe_header(msg, "In-Reply-To"))
-        references = tuple(_MSGID_RE.findall(_safe_header(msg, "References")))[:100]
+        message_id = _msgid(_safe_header(msg, "Message-ID", heads))
+        in_reply_to = _msgid(_safe_header(msg, "In-Reply-To", heads))
+        references = tuple(_MSGID_RE.findall(_safe_header(msg, "References", heads)))[:100]
         forward = bool(_FORWARD_SUBJECT_RE.match(subject))
         try:
             body = _body_text(msg, forward)
         except Exception:
             body = ""
         try:
-            kind, detail, bounced = classify(msg, subject, from_addr, body)
+            kind, detail, bounced = classify(msg, subject, from_addr, body, heads)
         except Exception:
             kind, detail, bounced = "reply", "reply", ()
         text = extract_reply_text(body, forward=forward)
