@@ -1824,7 +1824,20 @@ def _msgid(value: str) -> str | None:
     return m.group(0) if m else value[:500]
 
 
+# "Ana Member <ana@example.com>" or "ana@example.com" with nothing the address parser could
+# read differently (atoms only, single dots and spaces): its address without the parser.
+_PLAIN_FROM_RE = re.compile(
+    r"(?:[A-Za-z0-9]+(?: [A-Za-z0-9]+)* ?<([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
+    r"|([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*))"
+)
+
+
 def _from_address(value: str) -> str | None:
+    plain = _PLAIN_FROM_RE.fullmatch(value)
+    if plain:
+        local, _, domain = (plain.group(1) or plain.group(2)).rpartition("@")
+        return f"{local}@{domain.lower()}"
     try:
         pairs = getaddresses([value])
     except Exception:
