@@ -793,9 +793,20 @@ _SIG_DELIMS = frozenset({"--", "-- ", "\u2014", "__", "\\--", "\\-\\-", "\\-- "}
 _COMMAND_LIKE_RE = re.compile(r"^[-•*>\s]*(pause|unpause|resume|goal|stop|confirm|skill)\b", re.I)
 
 
+_LABEL_MAX_CHARS = 40
+
+
 def _label_key(text: str) -> tuple[str, str] | None | bool:
     """(key, label) for a ``Done:``-style label line; False for another ``Word:`` line; None."""
-    if ":" not in text and "：" not in text:
+    colon = text.find(":")
+    wide = text.find("：")
+    if colon < 0 and wide < 0:
+        return None
+    colon = wide if colon < 0 else colon if wide < 0 else min(colon, wide)
+    # _LABEL_LINE_RE matches up to the first colon (nothing before it can be one), where at
+    # most a bullet or number, three marks, a label and three marks stand: 40 non-space
+    # characters. Folding keeps every character's space-ness.
+    if colon > _LABEL_MAX_CHARS and len("".join(text[:colon].split())) > _LABEL_MAX_CHARS:
         return None
     m = _LABEL_LINE_RE.match(fold_typography(text[:MAX_LINE_CHARS]))
     if not m:
@@ -1079,7 +1090,9 @@ def _is_app_footer(line: str) -> bool:
     """A phone or mail-app footer line ("Sent from my iPhone", "Get Outlook for Android")."""
     if len(line) > 300:
         return False
-    plain = _FOOTER_LINK_RE.sub("", fold_typography(line))
+    plain = fold_typography(line)
+    if "<" in plain or "[" in plain or "(" in plain:  # every link form is bracketed
+        plain = _FOOTER_LINK_RE.sub("", plain)
     plain = " ".join(plain.replace("<>", " ").split())
     if len(plain) > 120:
         return False
@@ -1105,6 +1118,7 @@ _SIGNOFF_RE = re.compile(
 _UNDERSCORE_RULE_RE = re.compile(r"^_{4,}$")
 _DASH_RULE_RE = re.compile(r"^-{2,40}$")
 _DASH_NAME_RE = re.compile(r"^(-|--\s?|\\--\s?|—\s?|–\s?|~|/{1,2})\w[\w .'-]{0,40}$")
+_DASH_NAME_FIRST = "-\\—–~/"  # the characters _DASH_NAME_RE can start with
 
 
 def _strip_signature(lines: list[str]) -> list[str]:
@@ -1182,7 +1196,11 @@ def _strip_signature(lines: list[str]) -> list[str]:
                 and not (_THANKS_RE.match(stripped) and _count_nonblank(lines, j + 1, end) == 1)
             )
             # "-Abhishek", "—Ryan", "/John" as the very last line.
-            dash_name = bool(_DASH_NAME_RE.match(stripped)) and j == _last_nonblank(lines, end)
+            dash_name = (
+                stripped[0] in _DASH_NAME_FIRST
+                and bool(_DASH_NAME_RE.match(stripped))
+                and j == _last_nonblank(lines, end)
+            )
             if (signoff or dash_name) and j > 0 and _has_content_before(lines, j):
                 end = j
                 changed = True
@@ -1215,7 +1233,18 @@ def _strip_contact_block(lines: list[str]) -> list[str]:
 
 def _is_signoff(line: str) -> bool:
     # Bilingual closings are common: "Viele Grüße / Best regards".
-    return all(_SIGNOFF_RE.match(part) for part in line.split(" / ", 2))
+    return all(_is_signoff_part(part) for part in line.split(" / ", 2))
+
+
+# Non-space characters a closing can have: its longest word or phrase (25 characters, spaces
+# included; "mit freundlichen gruessen") and a "," or "!". A longer line is no closing.
+_SIGNOFF_MAX_CHARS = 26
+
+
+def _is_signoff_part(part: str) -> bool:
+    if len(part) > _SIGNOFF_MAX_CHARS and len("".join(part.split())) > _SIGNOFF_MAX_CHARS:
+        return False
+    return bool(_SIGNOFF_RE.match(part))
 
 
 _THANKS_RE = re.compile(
