@@ -820,6 +820,35 @@ def _label_key(text: str) -> tuple[str, str] | None | bool:
     return key, m.group(1).strip().strip("*_").strip()
 
 
+def _block_question(
+    lines: list[str], block: list[int], question: tuple[str, str] | None, tail: int
+) -> tuple[tuple[str, str] | None, int]:
+    """The quoted question (and the question lines since its label) after a quote block.
+
+    Read line by line, a ``Done:``-style label line starts a question, another ``Word:`` line
+    ends it, and so does a third line of other text after the label. So only the block's last
+    lines decide: walking back from its end, the first label line decides if at most two
+    other lines follow it, and three other lines end any question. (The tail count only
+    matters while there is a question.) ``block``: the indexes of the block's quoted lines.
+    """
+    others = 0
+    for k in reversed(block):
+        content = _quote_content(lines[k])
+        if not content:
+            continue
+        found = _label_key(content)
+        if found:
+            return found, others  # type: ignore[return-value]
+        if found is False:
+            return None, tail
+        others += 1
+        if others > 2:
+            return None, tail
+    # No label line in the block: the question before it goes on, if it is still short.
+    tail += others
+    return (question if tail <= 2 else None), tail
+
+
 def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
     """Drop attribution lines and ``>`` blocks; keep what the sender wrote around them.
 
@@ -845,8 +874,6 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
     after_quote = False  # only blank lines since the last quote line or attribution
     last_quote_at: int | None = None  # len(out) when the last quote block ended
     quoted = [_is_quote_line(x) for x in lines]
-    # A quoted check-in comes back once per round of replies: its lines' labels, once.
-    labels: dict[str, tuple[str, str] | None | bool] = {}
     while i < n:
         line = lines[i]
         if skip_blanks and not line.strip():
@@ -859,27 +886,14 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
                 first_quote_at = len(out)
             after_quote = True
             last_quote_at = len(out)
-            # The whole quote block (blank lines inside it included) in one go.
-            while True:
-                content = _quote_content(lines[i])
-                if content:
-                    if content in labels:
-                        found = labels[content]
-                    else:
-                        found = labels[content] = _label_key(content)
-                    if found:
-                        question, question_tail = found, 0  # type: ignore[assignment]
-                    elif found is False:
-                        question = None
-                    else:
-                        question_tail += 1
-                        if question_tail > 2:
-                            question = None
+            # The whole quote block (blank lines inside it skipped) in one go.
+            block = [i]
+            i += 1
+            while i < n and (quoted[i] or not lines[i].strip()):
+                if quoted[i]:
+                    block.append(i)
                 i += 1
-                while i < n and not lines[i].strip():
-                    i += 1
-                if i >= n or not quoted[i]:
-                    break
+            question, question_tail = _block_question(lines, block, question, question_tail)
             pending = question
             continue
         stripped = line.strip()
