@@ -401,7 +401,10 @@ def _part_body(part: Message) -> str:
         return payload if isinstance(payload, str) else ""
     text = _decode_bytes(data[: MAX_BODY_CHARS * 4], part.get_content_charset())
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if part.get_content_type() == "text/plain":
+    ctype_header = part.get("content-type")
+    # get_param parses the whole header again; without the word there is no such parameter.
+    maybe_flowed = not isinstance(ctype_header, str) or "format" in ctype_header.lower()
+    if maybe_flowed and part.get_content_type() == "text/plain":
         fmt = str(part.get_param("format") or "").lower()
         if fmt == "flowed":
             delsp = str(part.get_param("delsp") or "").lower() == "yes"
@@ -1352,6 +1355,8 @@ def _apply_marker(lines: list[str]) -> list[str]:
     client quotes by indenting (s-nail's default prefix is a tab), i.e. the marker and the lines
     after it share an indent; then that indented block is the quote and is marked as one.
     """
+    if "reply above" not in "\n".join(lines).lower():  # one test for the whole text
+        return lines
     for i, line in enumerate(lines):
         if "reply above" not in line.lower() or not _MARKER_RE.search(fold_typography(line)):
             continue
