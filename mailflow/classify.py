@@ -199,9 +199,23 @@ _ADDR_RE = re.compile(
 )
 
 
-def _header(msg: Message, name: str) -> str:
+Headers = dict[str, tuple[str, object]]
+
+
+def first_headers(msg: Message) -> Headers:
+    """Each header's first occurrence (name as written, raw value) by lower-case name: what
+    ``msg.get`` finds, read in one pass over the header instead of one pass per name."""
+    first: Headers = {}
+    for k, v in msg.raw_items():
+        first.setdefault(k.lower(), (k, v))
+    return first
+
+
+def _header(msg: Message, name: str, heads: Headers) -> str:
+    """``msg.get(name)`` as a stripped string ("" when absent), looked up in ``heads``."""
     try:
-        value = msg.get(name)
+        found = heads.get(name.lower())
+        value = None if found is None else msg.policy.header_fetch_parse(*found)
     except Exception:
         return ""
     if value is None:
@@ -319,9 +333,17 @@ def _is_daemon(from_header: str, from_addr: str | None) -> bool:
 
 
 def classify(
-    msg: Message, subject: str, from_addr: str | None, body_text: str
+    msg: Message,
+    subject: str,
+    from_addr: str | None,
+    body_text: str,
+    heads: Headers | None = None,
 ) -> tuple[str, str, tuple[str, ...]]:
-    """Return ``(kind, detail, bounced_recipients)`` for a parsed message (see module doc)."""
+    """Return ``(kind, detail, bounced_recipients)`` for a parsed message (see module doc).
+
+    ``heads``: :func:`first_headers` of ``msg`` when the caller has it already."""
+    if heads is None:
+        heads = first_headers(msg)
     ctype = msg.get_content_type()
     report_type = (
         str(msg.get_param("report-type") or "").lower() if ctype == "multipart/report" else ""
@@ -329,7 +351,7 @@ def classify(
     parts = _iter_parts(msg)
     part_types = {p.get_content_type() for p in parts}
     body = body_text[:_SCAN_CHARS]
-    from_header = _header(msg, "From")
+    from_header = _header(msg, "From", heads)
     exclude = {from_addr.lower()} if from_addr else set()
 
     if (
@@ -339,7 +361,7 @@ def classify(
         return "auto_reply", "read-receipt", ()
     if report_type == "feedback-report" or "message/feedback-report" in part_types:
         return "auto_reply", "abuse-report", ()
-    if _header(msg, "X-Arf-Feedback-Type") or _header(msg, "Feedback-Type"):
+    if _header(msg, "X-Arf-Feedback-Type", heads) or _header(msg, "Feedback-Type", heads):
         return "auto_reply", "abuse-report", ()
     if re.match(r"\s*(complaint about message from|abuse report|spam report)", subject, re.I):
         return "auto_reply", "abuse-report", ()
@@ -373,11 +395,11 @@ def classify(
             return "auto_reply", "dsn-delayed", ()
         return "bounce", "dsn", rcpts
 
-    auto_submitted = _header(msg, "Auto-Submitted").lower()
-    return_path = _header(msg, "Return-Path")
+    auto_submitted = _header(msg, "Auto-Submitted", heads).lower()
+    return_path = _header(msg, "Return-Path", heads)
     null_sender = return_path.replace(" ", "") in ("<>", "") and bool(return_path)
     daemon = _is_daemon(from_header, from_addr)
-    x_failed = _header(msg, "X-Failed-Recipients")
+    x_failed = _header(msg, "X-Failed-Recipients", heads)
 
     bounce_subject = bool(_BOUNCE_SUBJECT_RE.search(subject))
     mta = ""
@@ -412,11 +434,11 @@ def classify(
     if auto_submitted and not auto_submitted.startswith("no"):
         return "auto_reply", f"auto-submitted: {auto_submitted.split(';')[0].strip()}", ()
     for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-Auto-Reply"):
-        if _header(msg, name):
+        if _header(msg, name, heads):
             return "auto_reply", name.lower(), ()
-    if _header(msg, "X-Apple-Action").lower() == "vacation":
+    if _header(msg, "X-Apple-Action", heads).lower() == "vacation":
         return "auto_reply", "x-apple-action: vacation", ()
-    precedence = _header(msg, "Precedence").lower()
+    precedence = _header(msg, "Precedence", heads).lower()
     if precedence in ("auto_reply", "bulk", "junk", "list"):
         return "auto_reply", f"precedence: {precedence}", ()
     if _OOO_SUBJECT_RE.match(subject):

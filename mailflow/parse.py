@@ -48,7 +48,7 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses
 
-from mailflow.classify import classify
+from mailflow.classify import Headers, classify, first_headers
 from mailflow.htmltext import HR_LINE, html_to_text
 from mailflow.tokens import REPLY_MARKER
 
@@ -128,7 +128,8 @@ def fold_typography(text: str) -> str:
     the same position in the original. Used for matching only; the member's text is kept as
     she wrote it.
     """
-    return text.translate(_FOLD_TABLE)
+    # Every character the table folds is non-ASCII, and most lines are plain ASCII.
+    return text if text.isascii() else text.translate(_FOLD_TABLE)
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,33 @@ _DETECT_CANDIDATES = (
     "cp949",
 )
 _SURROGATE_RUN_RE = re.compile("[\udc80-\udcff]+")
+
+
+# Characters outside ASCII that a case-insensitive pattern matches to an ASCII letter
+# (Python's re folds dotless i, long s, the Kelvin sign and dotted capital I that way).
+_ASCII_CASE_TWINS = str.maketrans({"\u0131": "i", "\u017f": "s", "\u212a": "k", "\u0130": "i"})
+
+
+def _ascii_words(words: tuple[str, ...]) -> tuple[str, ...]:
+    """The lower-case ASCII forms of ``words`` that ASCII text can match case-insensitively."""
+    forms = (w.lower().translate(_ASCII_CASE_TWINS) for w in words)
+    return tuple(dict.fromkeys(w for w in forms if w.isascii()))
+
+
+def _ascii_lacks(text: str, words: tuple[str, ...]) -> bool:
+    """True if ``text`` is ASCII and holds none of ``words`` (from :func:`_ascii_words`) in any
+    case, so a case-insensitive pattern that needs one of them cannot match it.
+
+    A cheap test before a pattern with many alternatives, which costs ~0.1 us per character
+    of every line it is tried on; text beyond ASCII is always left to the pattern.
+    """
+    if not text.isascii():
+        return False
+    low = text.lower()
+    for word in words:  # noqa: SIM110 -- a generator in all() costs more than the test
+        if word in low:
+            return False
+    return True
 
 
 def _codec_name(name: str) -> str:
@@ -322,7 +350,8 @@ def _decode_header_value(value: object) -> str:
         return ""
     raw = str(value)
     try:
-        text = str(make_header(decode_header(raw)))
+        # Without "=?" there is no encoded word, and decode_header + make_header give `raw`.
+        text = str(make_header(decode_header(raw))) if "=?" in raw else raw
     except Exception:
         text = raw
     if _SURROGATE_RUN_RE.search(text):
@@ -372,7 +401,10 @@ def _part_body(part: Message) -> str:
         return payload if isinstance(payload, str) else ""
     text = _decode_bytes(data[: MAX_BODY_CHARS * 4], part.get_content_charset())
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if part.get_content_type() == "text/plain":
+    ctype_header = part.get("content-type")
+    # get_param parses the whole header again; without the word there is no such parameter.
+    maybe_flowed = not isinstance(ctype_header, str) or "format" in ctype_header.lower()
+    if maybe_flowed and part.get_content_type() == "text/plain":
         fmt = str(part.get_param("format") or "").lower()
         if fmt == "flowed":
             delsp = str(part.get_param("delsp") or "").lower() == "yes"
@@ -472,11 +504,24 @@ _ATTR_VERB_ADDR_RE = re.compile(
     r".{0,300}[@>\d].{0,100}[:：]\s*$",
     re.IGNORECASE,
 )
-_VERB_ANY_RE = re.compile(
-    r"\b(wrote|schrieb|skrev|schreef|escribió|escreveu|écrit|scritto|napisał|napsal|написал"
-    r"|kirjoitti|írta|yazdı|pisze|escribió|escreveu|ha scritto|geschreven|от)\b",
-    re.IGNORECASE,
-)
+_VERB_ANY = (
+    "wrote", "schrieb", "skrev", "schreef", "escribió", "escreveu", "écrit", "scritto", "napisał",
+    "napsal", "написал", "kirjoitti", "írta", "yazdı", "pisze", "escribió", "escreveu",
+    "ha scritto", "geschreven", "от",
+)  # fmt: skip
+_VERB_ANY_RE = re.compile(r"\b(" + "|".join(_VERB_ANY) + r")\b", re.IGNORECASE)
+_VERB_ANY_ASCII = _ascii_words(_VERB_ANY)
+
+
+def _has_verb(text: str) -> bool:
+    """``_VERB_ANY_RE.search(text)``, ruling most lines out without the pattern."""
+    return not _ascii_lacks(text, _VERB_ANY_ASCII) and bool(_VERB_ANY_RE.search(text))
+
+
+def _has_email(text: str) -> bool:
+    return "@" in text and bool(_EMAIL_RE.search(text))
+
+
 # "2014-10-17 11:28 GMT+03:00 Bob <bob@example.com>:" and similar date-first forms.
 _DATE_ATTR_RE = re.compile(
     r"^\s*\d{1,4}[-./]\d{1,2}[-./]\d{1,4}\b[^\n]{0,200}[@<][^\n]{0,200}>?\s*[:：]?\s*$"
@@ -547,6 +592,14 @@ _QUOTE_RE = re.compile(r"^[ \t]{0,8}(>|&gt;|\|\s)")
 
 
 def _is_quote_line(line: str) -> bool:
+    # _QUOTE_RE by its first character: most lines are decided without the pattern.
+    if not line:
+        return False
+    first = line[0]
+    if first == ">":
+        return True
+    if first not in " \t&|":
+        return False
     return bool(_QUOTE_RE.match(line))
 
 
@@ -561,9 +614,10 @@ def _attribution_span(lines: list[str], i: int) -> int:
     intro = bool(_ATTR_START_RE.match(first) or _DATE_START_RE.match(first))
     # Only a line that itself looks like the start of an attribution may be joined with the
     # lines below it; otherwise a sentence of the reply would be swallowed with it.
-    can_wrap = (
-        intro or first.endswith("<") or bool(_VERB_ANY_RE.search(first) or _EMAIL_RE.search(first))
-    )
+    can_wrap = intro or first.endswith("<") or (_has_verb(first) or _has_email(first))
+    # The three date-first patterns need a digit (or 在) before any letter; every `joined`
+    # starts with `first`, so a line starting with a letter rules them all out.
+    dated = not first[0].isalpha() or first[0] == "在"
     for step in range(6 if can_wrap else 1):
         if step:
             j = i + consumed
@@ -581,16 +635,19 @@ def _attribution_span(lines: list[str], i: int) -> int:
             # a quoted-printable soft break left in a text body ("w=" / "rote:")
             joined = joined[:-1] + nxt if joined.endswith("=") else joined + " " + nxt
             consumed = j - i + 1
-        if _DATE_ATTR_RE.match(joined) and (
-            joined.endswith((":", "：")) or _next_is_quote(lines, i + consumed)
+        if (
+            dated
+            and _DATE_ATTR_RE.match(joined)
+            and (joined.endswith((":", "：")) or _next_is_quote(lines, i + consumed))
         ):
             return consumed
-        if _CJK_DATE_ATTR_RE.match(joined) or (
+        if (dated and _CJK_DATE_ATTR_RE.match(joined)) or (
             joined.endswith(">:") and "@" in joined and _next_is_quote(lines, i + consumed)
         ):
             return consumed
         if (
             step == 0
+            and dated
             and _GMAIL_DATE_RE.match(joined)
             and len(joined) < 200
             and joined.count("<") == joined.count(">")
@@ -599,7 +656,7 @@ def _attribution_span(lines: list[str], i: int) -> int:
         verb_then_name = (
             intro
             and joined.endswith((":", "："))
-            and bool(_VERB_ANY_RE.search(joined))
+            and _has_verb(joined)
             and bool(_HAS_DATE_OR_ADDR_RE.search(joined))
         )
         # Both patterns are anchored at the end: the first can only match in the last few
@@ -631,7 +688,8 @@ def _next_is_quote(lines: list[str], j: int) -> bool:
 
 def _header_block_at(lines: list[str], i: int) -> bool:
     """True if a From:-style header block (From + at least one more field) starts at ``i``."""
-    if not _FIELD_RE.match(lines[i]):
+    first = lines[i]
+    if (":" not in first and "：" not in first) or not _FIELD_RE.match(first):
         return False
     fields = 0
     has_from = False
@@ -676,13 +734,15 @@ def _cut_index(lines: list[str]) -> int:
             continue
         if _is_quote_line(line):
             continue
-        if _FORWARD_RE.match(stripped):
+        if stripped.endswith(_FORWARD_ENDS) and _FORWARD_RE.match(stripped):
             # A forwarded message is the member's content, not history: skip its header block.
             skip_until = _block_end(lines, i + 1)
             continue
-        if _ORIGINAL_MESSAGE_RE.match(stripped):
+        # Both patterns start with a rule character.
+        ruled = stripped[0] in "-=_*"
+        if ruled and _ORIGINAL_MESSAGE_RE.match(stripped):
             return i
-        if _RULE_RE.match(stripped):
+        if ruled and _RULE_RE.match(stripped):
             k = i + 1
             while k < len(lines) and not lines[k].strip():
                 k += 1
@@ -716,7 +776,14 @@ def _prev_nonblank(lines: list[str], i: int) -> str:
 
 def _quote_content(line: str) -> str:
     """A quoted line without its quote prefix(es)."""
-    return _QUOTE_PREFIX_RE.sub("", line, count=1).strip()
+    rest = line.lstrip(">")
+    if len(rest) != len(line):
+        # Only ">"s in front: done unless another prefix (" > ", "&gt;", "|") follows.
+        after = rest.lstrip(" \t")
+        if not after or after[0] not in ">&|":
+            return rest.strip()
+    m = _QUOTE_PREFIX_RE.match(line)
+    return (line[m.end() :] if m else line).strip()
 
 
 _QUOTE_PREFIX_RE = re.compile(r"^(?:[ \t]{0,8}(?:>|&gt;|\|(?=\s|$)))+")
@@ -729,9 +796,20 @@ _SIG_DELIMS = frozenset({"--", "-- ", "\u2014", "__", "\\--", "\\-\\-", "\\-- "}
 _COMMAND_LIKE_RE = re.compile(r"^[-•*>\s]*(pause|unpause|resume|goal|stop|confirm|skill)\b", re.I)
 
 
+_LABEL_MAX_CHARS = 40
+
+
 def _label_key(text: str) -> tuple[str, str] | None | bool:
     """(key, label) for a ``Done:``-style label line; False for another ``Word:`` line; None."""
-    if ":" not in text and "：" not in text:
+    colon = text.find(":")
+    wide = text.find("：")
+    if colon < 0 and wide < 0:
+        return None
+    colon = wide if colon < 0 else colon if wide < 0 else min(colon, wide)
+    # _LABEL_LINE_RE matches up to the first colon (nothing before it can be one), where at
+    # most a bullet or number, three marks, a label and three marks stand: 40 non-space
+    # characters. Folding keeps every character's space-ness.
+    if colon > _LABEL_MAX_CHARS and len("".join(text[:colon].split())) > _LABEL_MAX_CHARS:
         return None
     m = _LABEL_LINE_RE.match(fold_typography(text[:MAX_LINE_CHARS]))
     if not m:
@@ -743,6 +821,35 @@ def _label_key(text: str) -> tuple[str, str] | None | bool:
     if key is None:
         return False
     return key, m.group(1).strip().strip("*_").strip()
+
+
+def _block_question(
+    lines: list[str], block: list[int], question: tuple[str, str] | None, tail: int
+) -> tuple[tuple[str, str] | None, int]:
+    """The quoted question (and the question lines since its label) after a quote block.
+
+    Read line by line, a ``Done:``-style label line starts a question, another ``Word:`` line
+    ends it, and so does a third line of other text after the label. So only the block's last
+    lines decide: walking back from its end, the first label line decides if at most two
+    other lines follow it, and three other lines end any question. (The tail count only
+    matters while there is a question.) ``block``: the indexes of the block's quoted lines.
+    """
+    others = 0
+    for k in reversed(block):
+        content = _quote_content(lines[k])
+        if not content:
+            continue
+        found = _label_key(content)
+        if found:
+            return found, others  # type: ignore[return-value]
+        if found is False:
+            return None, tail
+        others += 1
+        if others > 2:
+            return None, tail
+    # No label line in the block: the question before it goes on, if it is still short.
+    tail += others
+    return (question if tail <= 2 else None), tail
 
 
 def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
@@ -769,32 +876,28 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
     pending: tuple[str, str] | None = None
     after_quote = False  # only blank lines since the last quote line or attribution
     last_quote_at: int | None = None  # len(out) when the last quote block ended
+    quoted = [_is_quote_line(x) for x in lines]
     while i < n:
         line = lines[i]
         if skip_blanks and not line.strip():
             i += 1
             continue
         skip_blanks = False
-        prev_quote = i > 0 and _is_quote_line(lines[i - 1])
-        if _is_quote_line(line):
+        prev_quote = i > 0 and quoted[i - 1]
+        if quoted[i]:
             if first_quote_at is None:
                 first_quote_at = len(out)
             after_quote = True
             last_quote_at = len(out)
-            content = _quote_content(line)
-            if content:
-                found = _label_key(content)
-                if found:
-                    question, question_tail = found, 0  # type: ignore[assignment]
-                elif found is False:
-                    question = None
-                else:
-                    question_tail += 1
-                    if question_tail > 2:
-                        question = None
-            pending = question
+            # The whole quote block (blank lines inside it skipped) in one go.
+            block = [i]
             i += 1
-            skip_blanks = True
+            while i < n and (quoted[i] or not lines[i].strip()):
+                if quoted[i]:
+                    block.append(i)
+                i += 1
+            question, question_tail = _block_question(lines, block, question, question_tail)
+            pending = question
             continue
         stripped = line.strip()
         if after_quote and stripped in _SIG_DELIMS:
@@ -821,8 +924,7 @@ def _strip_quotes(lines: list[str], history_cut: bool) -> list[str]:
             continue
         span = _attribution_span(lines, i)
         if span:
-            rest = lines[i + span :]
-            if not any(_is_quote_line(x) for x in rest[:400]):
+            if not any(quoted[i + span : i + span + 400]):
                 history_cut = True
                 break
             if first_quote_at is None:
@@ -983,15 +1085,37 @@ _APP_FOOTER_RE = re.compile(
 )
 
 
+# Every alternative of _MOBILE_RE that ASCII text can match starts with one of these.
+_MOBILE_WORDS = _ascii_words(
+    (
+        "sent",
+        "sendt",
+        "get",
+        "enviado",
+        "von meinem",
+        "gesendet",
+        "inviato",
+        "verzonden",
+        "verstuurd",
+    )
+)
+# Every alternative of _APP_FOOTER_RE names one of these (or is written in another script).
+_APP_FOOTER_WORDS = _ascii_words(("windows", "android", "ios", "iphone", "ipad", "mac", "outlook"))
+
+
 def _is_app_footer(line: str) -> bool:
     """A phone or mail-app footer line ("Sent from my iPhone", "Get Outlook for Android")."""
     if len(line) > 300:
         return False
-    plain = _FOOTER_LINK_RE.sub("", fold_typography(line))
+    plain = fold_typography(line)
+    if "<" in plain or "[" in plain or "(" in plain:  # every link form is bracketed
+        plain = _FOOTER_LINK_RE.sub("", plain)
     plain = " ".join(plain.replace("<>", " ").split())
     if len(plain) > 120:
         return False
-    return bool(_MOBILE_RE.match(plain) or _APP_FOOTER_RE.match(plain))
+    if not _ascii_lacks(plain, _MOBILE_WORDS) and _MOBILE_RE.match(plain):
+        return True
+    return not _ascii_lacks(plain, _APP_FOOTER_WORDS) and bool(_APP_FOOTER_RE.match(plain))
 
 
 _SIGNOFF_RE = re.compile(
@@ -1011,6 +1135,7 @@ _SIGNOFF_RE = re.compile(
 _UNDERSCORE_RULE_RE = re.compile(r"^_{4,}$")
 _DASH_RULE_RE = re.compile(r"^-{2,40}$")
 _DASH_NAME_RE = re.compile(r"^(-|--\s?|\\--\s?|—\s?|–\s?|~|/{1,2})\w[\w .'-]{0,40}$")
+_DASH_NAME_FIRST = "-\\—–~/"  # the characters _DASH_NAME_RE can start with
 
 
 def _strip_signature(lines: list[str]) -> list[str]:
@@ -1033,14 +1158,20 @@ def _strip_signature(lines: list[str]) -> list[str]:
             break
         # A dash rule followed by a few short lines (name, title, phone) is a signature too.
         if (
-            _DASH_RULE_RE.match(stripped)
+            stripped.startswith("-")
+            and _DASH_RULE_RE.match(stripped)
             and _has_content_before(lines, i)
             and _tail_is_short(lines, i + 1, len(lines), 12, 80)
         ):
             lines = lines[:i]
             break
         # An underscore rule after some text starts a signature or mailing-list footer.
-        if i and _UNDERSCORE_RULE_RE.match(stripped) and _has_content_before(lines, i):
+        if (
+            i
+            and stripped.startswith("_")
+            and _UNDERSCORE_RULE_RE.match(stripped)
+            and _has_content_before(lines, i)
+        ):
             lines = lines[:i]
             break
     # Mobile/app footers and sign-off blocks in the last paragraph(s).
@@ -1082,7 +1213,11 @@ def _strip_signature(lines: list[str]) -> list[str]:
                 and not (_THANKS_RE.match(stripped) and _count_nonblank(lines, j + 1, end) == 1)
             )
             # "-Abhishek", "—Ryan", "/John" as the very last line.
-            dash_name = bool(_DASH_NAME_RE.match(stripped)) and j == _last_nonblank(lines, end)
+            dash_name = (
+                stripped[0] in _DASH_NAME_FIRST
+                and bool(_DASH_NAME_RE.match(stripped))
+                and j == _last_nonblank(lines, end)
+            )
             if (signoff or dash_name) and j > 0 and _has_content_before(lines, j):
                 end = j
                 changed = True
@@ -1115,7 +1250,18 @@ def _strip_contact_block(lines: list[str]) -> list[str]:
 
 def _is_signoff(line: str) -> bool:
     # Bilingual closings are common: "Viele Grüße / Best regards".
-    return all(_SIGNOFF_RE.match(part) for part in line.split(" / ", 2))
+    return all(_is_signoff_part(part) for part in line.split(" / ", 2))
+
+
+# Non-space characters a closing can have: its longest word or phrase (25 characters, spaces
+# included; "mit freundlichen gruessen") and a "," or "!". A longer line is no closing.
+_SIGNOFF_MAX_CHARS = 26
+
+
+def _is_signoff_part(part: str) -> bool:
+    if len(part) > _SIGNOFF_MAX_CHARS and len("".join(part.split())) > _SIGNOFF_MAX_CHARS:
+        return False
+    return bool(_SIGNOFF_RE.match(part))
 
 
 _THANKS_RE = re.compile(
@@ -1163,12 +1309,11 @@ def _normalise(body: str) -> list[str]:
     body = body[:MAX_BODY_CHARS].replace("\r\n", "\n").replace("\r", "\n")
     body = body.lstrip("\ufeff")
     lines = body.split("\n")[:MAX_LINES]
-    out = []
-    for line in lines:
-        line = line[:MAX_LINE_CHARS].rstrip()
-        # Gmail's invisible tracking mark or zero-width characters alone make an empty line.
-        out.append("" if not line.strip(_INVISIBLE) else line)
-    return out
+    # Gmail's invisible tracking mark or zero-width characters alone make an empty line.
+    return [
+        line if line.strip(_INVISIBLE) else ""
+        for line in (x[:MAX_LINE_CHARS].rstrip() for x in lines)
+    ]
 
 
 _INVISIBLE = "\u1427\u200b\u200c\u200d\ufeff \t\u00a0"
@@ -1210,6 +1355,8 @@ def _apply_marker(lines: list[str]) -> list[str]:
     client quotes by indenting (s-nail's default prefix is a tab), i.e. the marker and the lines
     after it share an indent; then that indented block is the quote and is marked as one.
     """
+    if "reply above" not in "\n".join(lines).lower():  # one test for the whole text
+        return lines
     for i, line in enumerate(lines):
         if "reply above" not in line.lower() or not _MARKER_RE.search(fold_typography(line)):
             continue
@@ -1725,7 +1872,20 @@ def _msgid(value: str) -> str | None:
     return m.group(0) if m else value[:500]
 
 
+# "Ana Member <ana@example.com>" or "ana@example.com" with nothing the address parser could
+# read differently (atoms only, single dots and spaces): its address without the parser.
+_PLAIN_FROM_RE = re.compile(
+    r"(?:[A-Za-z0-9]+(?: [A-Za-z0-9]+)* ?<([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
+    r"|([A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*))"
+)
+
+
 def _from_address(value: str) -> str | None:
+    plain = _PLAIN_FROM_RE.fullmatch(value)
+    if plain:
+        local, _, domain = (plain.group(1) or plain.group(2)).rpartition("@")
+        return f"{local}@{domain.lower()}"
     try:
         pairs = getaddresses([value])
     except Exception:
@@ -1739,15 +1899,18 @@ def _from_address(value: str) -> str | None:
     return None
 
 
-def _safe_header(msg: Message, name: str) -> str:
+def _safe_header(msg: Message, name: str, heads: Headers) -> str:
+    """Header ``name`` decoded (``heads`` from :func:`first_headers`), or ""."""
     try:
-        lower = name.lower()
-        raw = next((v for k, v in msg.raw_items() if k.lower() == lower), None)
+        found = heads.get(name.lower())
+        if found is None:
+            return ""
+        key, raw = found
         if isinstance(raw, str) and _SURROGATE_RUN_RE.search(raw):
             # Raw 8-bit bytes in a header (compat32 would turn them into U+FFFD): decoded like
             # a body without a label, then any encoded words in it as usual.
             return _decode_header_value(_decode_bytes(raw.encode("utf-8", "surrogateescape"), None))
-        value = msg.get(name)
+        value = msg.policy.header_fetch_parse(key, raw)  # = msg.get(name)
     except Exception:
         return ""
     return _decode_header_value(value) if value is not None else ""
@@ -1772,19 +1935,20 @@ def parse_message(raw: bytes) -> ParsedMessage:
             raw = str(raw).encode("utf-8", "replace")
         raw = bytes(raw[:MAX_RAW_BYTES])
         msg = email.message_from_bytes(raw, policy=email_policy.compat32)
-        subject = _safe_header(msg, "Subject")
-        from_raw = _safe_header(msg, "From")
+        heads = first_headers(msg)
+        subject = _safe_header(msg, "Subject", heads)
+        from_raw = _safe_header(msg, "From", heads)
         from_addr = _from_address(from_raw)
-        message_id = _msgid(_safe_header(msg, "Message-ID"))
-        in_reply_to = _msgid(_safe_header(msg, "In-Reply-To"))
-        references = tuple(_MSGID_RE.findall(_safe_header(msg, "References")))[:100]
+        message_id = _msgid(_safe_header(msg, "Message-ID", heads))
+        in_reply_to = _msgid(_safe_header(msg, "In-Reply-To", heads))
+        references = tuple(_MSGID_RE.findall(_safe_header(msg, "References", heads)))[:100]
         forward = bool(_FORWARD_SUBJECT_RE.match(subject))
         try:
             body = _body_text(msg, forward)
         except Exception:
             body = ""
         try:
-            kind, detail, bounced = classify(msg, subject, from_addr, body)
+            kind, detail, bounced = classify(msg, subject, from_addr, body, heads)
         except Exception:
             kind, detail, bounced = "reply", "reply", ()
         text = extract_reply_text(body, forward=forward)

@@ -35,6 +35,14 @@ def test_ingest_bench_runs() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_parse_bench_runs() -> None:
+    lines = run_bench("parse", "--n", "20", "--repeat", "1")
+    m = LAST.match(lines[-1])
+    assert m and m.group(1) == "parse", lines
+    assert lines[0].startswith("parse bench replies: ours "), lines
+
+
+@pytest.mark.timeout(120)
 def test_fanout_bench_runs() -> None:
     lines = run_bench("fanout", "--n", "30")
     m = LAST.match(lines[-1])
