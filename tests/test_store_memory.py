@@ -4,6 +4,7 @@ changed is read again, for the people of the program and for anyone else."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -119,3 +120,23 @@ def test_a_person_removed_by_another_process_is_gone(tmp_path: Path) -> None:
         assert core.remove_person("p1@example.com")
     assert "p1@example.com" not in serve.people_map()
     assert "p0@example.com" in serve.people_map()
+
+
+def test_a_rewritten_file_is_byte_for_byte_json_dumps(tmp_path: Path) -> None:
+    """The serialised-fragment cache (kept as bytes) writes what json.dumps writes, as the
+    tables change under it: documents replaced, added, deleted, tables added and dropped."""
+    store = Store(tmp_path)
+    store.init()
+    path = store.week_path("2026-W10")
+    for round_ in range(6):
+        with store.week_tx("2026-W10") as w:
+            for i in range(round_ * 3):
+                w._put("inbound", {"message_id": f"<{i}@x>", "text": f'é€ 😀 "{round_}"'})
+            if round_ % 2:
+                w._delete("inbound", "<0@x>")
+            w._put("weeks", {"key": f"{round_}:2026-W10", "n": round_})
+        raw = path.read_bytes()
+        assert (
+            raw == json.dumps(json.loads(raw), ensure_ascii=False, separators=(",", ":")).encode()
+        )
+        assert json.loads(raw)["weeks"]["1"]["n"] == 0
