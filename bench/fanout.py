@@ -14,6 +14,7 @@ Last line on stdout: ``fanout: ours X/s, raw Y/s, ratio Z``.
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import smtplib
 import sys
@@ -38,7 +39,7 @@ def measure(n: int, profile: Path | None) -> tuple[float, float]:
         now = c.now_in_period()
         c.progress(f"populating {n} partnerships with their check-in due")
         pop = c.populate(data, n, now, checkins_done=False)
-        with c.sink(port):
+        with c.sink(port) as sink:
             app = build(load(config_path, {"MAILFLOW_SECRET": c.SECRET}))
             c.progress("tick: render, record and send every check-in")
             profiler = None
@@ -47,9 +48,11 @@ def measure(n: int, profile: Path | None) -> tuple[float, float]:
 
                 profiler = Profiler()
                 profiler.start()
+            cpu_started, sink_started = _cpu(), c.cpu_seconds(sink.pid)
             started = time.perf_counter()
             report = app.tick(now)
             elapsed = time.perf_counter() - started
+            cpu, sink_cpu = _cpu() - cpu_started, c.cpu_seconds(sink.pid) - sink_started
             if profiler is not None:
                 profiler.stop()
                 profile.write_text(profiler.output_html())
@@ -60,20 +63,36 @@ def measure(n: int, profile: Path | None) -> tuple[float, float]:
                 tail = "; ".join(report.lines[-3:])
                 raise RuntimeError(f"expected {n} check-ins sent, found {sent} ({tail})")
             c.progress(f"ours: {n} check-ins sent in {elapsed:.2f} s")
+            # CPU per message depends far less on the machine's load than the rates do.
+            c.progress(
+                f"cpu per message: ours {1000 * cpu / n:.2f} ms (both threads), "
+                f"sink {1000 * sink_cpu / n:.2f} ms"
+            )
             messages = [
                 (o.to, (data / o.path).read_bytes()) for o in sorted(outgoing, key=lambda o: o.key)
             ]
             sender = app.svc.keys.bounce_address
             c.progress(f"raw: smtplib, one connection, {n} pre-built messages")
+            raw_cpu, sink_started = _cpu(), c.cpu_seconds(sink.pid)
             raw_started = time.perf_counter()
             with smtplib.SMTP("127.0.0.1", port, local_hostname=c.DOMAIN, timeout=60) as smtp:
                 for to, data_bytes in messages:
                     smtp.sendmail(sender, [to], data_bytes)
             raw_elapsed = time.perf_counter() - raw_started
+            raw_cpu, sink_cpu = _cpu() - raw_cpu, c.cpu_seconds(sink.pid) - sink_started
             c.progress(f"raw: {n} sent in {raw_elapsed:.2f} s")
+            c.progress(
+                f"cpu per message: raw client {1000 * raw_cpu / n:.2f} ms, "
+                f"sink {1000 * sink_cpu / n:.2f} ms"
+            )
         return n / elapsed, n / raw_elapsed
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:

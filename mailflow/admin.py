@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 from mailflow import actions, letters, status
 from mailflow import partnerships as pships
-from mailflow.errors import DomainError
+from mailflow.errors import DomainError, NotFoundError
 from mailflow.mailroom import Mailroom, TickReport
 from mailflow.models import CONSENT_ACCEPTED, CONSENT_DECLINED, ENDED, Partnership
 from mailflow.people import normalize_email, removal_problems
@@ -117,7 +117,7 @@ def end(store: Store, pid: int, now: datetime) -> Partnership:
 def _get(core: CoreView, pid: int) -> Partnership:
     p = core.partnership(pid)
     if p is None:
-        raise DomainError(f"no partnership {pid}")
+        raise NotFoundError(f"no partnership {pid}")
     return p
 
 

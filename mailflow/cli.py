@@ -43,6 +43,7 @@ from mailflow.people import (
     read_csv,
 )
 from mailflow.store import Store
+from mailflow.wording import count
 
 PROGRESS_BAR_ROWS = 500
 
@@ -310,16 +311,7 @@ def people_import(app: App, file: Path, update: bool) -> None:
     byte order mark, Windows-1252, ';' between columns) are read as such, with a note.
     With --update, known people take the file's values; unchanged rows are skipped.
     """
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        fail(f"{file}: cannot read: {exc.strerror}")
-    try:
-        text, delimiter, notes = decode_csv(data)
-    except MailflowError as exc:
-        fail(f"{file}: {exc}")
-    for note in notes:
-        click.echo(f"note: {file}: {note}", err=True)
+    text, delimiter = _read_csv_file(file, CSV_COLUMNS)
     rows, problems = read_csv(text, delimiter)
     items = (
         click.progressbar(
@@ -337,7 +329,7 @@ def people_import(app: App, file: Path, update: bool) -> None:
         if problems:
             for problem in problems:
                 click.echo(f"error: {file}:{problem}", err=True)
-            fail(f"{file}: {len(problems)} problem(s); nothing imported")
+            fail(f"{file}: {count(len(problems), 'problem')}; nothing imported")
         if not changes:
             fail(f"{file}: no rows to import (expected columns: {','.join(CSV_COLUMNS)})")
         counts = {kind: 0 for kind in ("added", "updated", "unchanged")}
@@ -348,8 +340,25 @@ def people_import(app: App, file: Path, update: bool) -> None:
     if update:
         click.echo(", ".join(f"{kind} {n}" for kind, n in counts.items()))
     else:
-        click.echo(f"imported {counts['added']} people")
+        click.echo(f"imported {count(counts['added'], 'person')}")
     _warn_undeliverable(app, [c.person for c in changes if c.kind != "unchanged"])
+
+
+def _read_csv_file(file: Path, columns: Sequence[str]) -> tuple[str, str]:
+    """A CSV file's text and delimiter as spreadsheets save it (UTF-8 with or without a byte
+    order mark, Windows-1252, UTF-16; `,` `;` or tab), with a `note:` for each guess; the
+    one reader of `people import` and `partnerships import`."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        fail(f"{file}: cannot read: {exc.strerror}")
+    try:
+        text, delimiter, notes = decode_csv(data, columns)
+    except MailflowError as exc:
+        fail(f"{file}: {exc}")
+    for note in notes:
+        click.echo(f"note: {file}: {note}", err=True)
+    return text, delimiter
 
 
 def _warn_undeliverable(app: App, people: Sequence[Person]) -> None:
@@ -500,13 +509,8 @@ def partnerships_import(app: App, file: Path) -> None:
     line number and none is created. Introductions go out with the next tick (serve), through
     the outbox like any other mail.
     """
-    try:
-        text = file.read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        fail(f"{file}: cannot read: {exc.strerror}")
-    except UnicodeDecodeError:
-        fail(f"{file}: not UTF-8 text")
-    groups, problems = pships.read_import_csv(text)
+    text, delimiter = _read_csv_file(file, pships.IMPORT_COLUMNS)
+    groups, problems = pships.read_import_csv(text, delimiter)
     now = app.now()
     created: list[Partnership] = []
     items = (
@@ -545,15 +549,16 @@ def partnerships_import(app: App, file: Path) -> None:
             problems.sort(key=lambda s: int(s.split(":", 1)[0]))
             for problem in problems:
                 click.echo(f"error: {file}:{problem}", err=True)
-            fail(f"{file}: {len(problems)} problem(s); nothing imported")
+            fail(f"{file}: {count(len(problems), 'problem')}; nothing imported")
         if not created:
             fail(f"{file}: no rows to import (expected columns: {','.join(pships.IMPORT_COLUMNS)})")
         for p in created:
             core.put_partnership(p)
     goals = sum(len(p.goals) for p in created)
     click.echo(
-        f"imported {len(created)} partnerships ({goals} goals), ids {created[0].id}-"
-        f"{created[-1].id}; introductions go out with the next tick"
+        f"imported {count(len(created), 'partnership')} ({count(goals, 'goal')}), "
+        + (f"id {created[0].id}" if len(created) == 1 else f"ids {created[0].id}-{created[-1].id}")
+        + "; introductions go out with the next tick"
     )
 
 
@@ -617,7 +622,9 @@ def partnerships_show(app: App, pid: str, as_json: bool) -> None:
         state = (
             "done"
             if g.done_on
-            else (f"{left} days left" if left >= 0 else f"overdue by {-left} days")
+            else (
+                f"{count(left, 'day')} left" if left >= 0 else f"overdue by {count(-left, 'day')}"
+            )
         )
         click.echo(f"  {g.n}. {g.due}  {g.text}  ({state})")
     click.echo(f"why: {p.why}")
@@ -730,17 +737,25 @@ def templates_check(app: App) -> None:
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
-        fail(f"{len(problems)} template problem(s)")
+        fail(count(len(problems), "template problem"))
     click.echo("templates ok")
 
 
 @templates.command("preview")
 @click.argument("name")
-@click.option("--setback", is_flag=True, help="The setback variant (digest).")
+@click.option("--setback", is_flag=True, help="The setback variant (digest only).")
 @click.option("--variant", default=None, help="Another sample variant, e.g. 'partner'.")
 @pass_app
 def templates_preview(app: App, name: str, setback: bool, variant: str | None) -> None:
     """Print the rendered text version of template NAME."""
+    from mailflow.samples import SETBACK_TEMPLATES, sample_variants
+
+    if setback and name not in SETBACK_TEMPLATES:
+        own = "setback" in sample_variants(name)  # (an unknown name says so first)
+        raise click.UsageError(
+            f"--setback applies only to {', '.join(SETBACK_TEMPLATES)}, not {name}"
+            + (" (its setback sample: --variant setback)" if own else "")
+        )
     rendered = _templates(app).preview(name, setback=setback, variant=variant)
     click.echo(f"Subject: {rendered.subject}\n")
     click.echo(rendered.text.rstrip("\n"))
@@ -1055,7 +1070,7 @@ def status(app: App, as_json: bool, now_text: str | None) -> None:
     )
     held, lc = data["held"], app.config.listener
     click.echo(
-        f"held (waiting or quarantined): {held['messages']} message(s), "
+        f"held (waiting or quarantined): {count(held['messages'], 'message')}, "
         f"{held['bytes'] / 1048576:.1f} MB (quotas: {lc.quarantine_max_per_sender} per sender, "
         f"{lc.quarantine_max_mb} MB in all; over them the listener answers 452)"
     )

@@ -52,7 +52,16 @@ __all__ = ["PARTS", "SHIPPED_DIR", "TEMPLATE_NAMES", "Rendered", "TemplateError"
 PARTS: tuple[str, ...] = ("subject", "txt", "html")
 """The three files of one template: ``NAME.subject.j2``, ``NAME.txt.j2``, ``NAME.html.j2``."""
 
-SHIPPED_DIR: Path = Path(__file__).resolve().parent.parent / "templates"
+
+def _shipped_dir() -> Path:
+    """templates/ at the repository root (a checkout, `pip install -e`), else the copy an
+    installed wheel carries as the data package `mailflow/mail_templates/`."""
+    here = Path(__file__).resolve().parent
+    installed = here / "mail_templates"
+    return installed if installed.is_dir() else here.parent / "templates"
+
+
+SHIPPED_DIR: Path = _shipped_dir()
 """The shipped templates: ``templates/`` next to the ``mailflow`` package directory.
 
 mailflow is installed in editable (development) mode from its repository, so the package
@@ -149,6 +158,9 @@ class _TemplateSet:
                 files[name] = _Source(path, text)
         self.files = files
         self.env = _new_environment(files)
+        # Compiled templates by file name: the environment's own cache takes a lock and an
+        # up-to-date check per look-up, three times per mail of a fan-out.
+        self._compiled: dict[str, jinja2.Template] = {}
 
     def path_of(self, filename: str) -> str:
         source = self.files.get(filename)
@@ -161,7 +173,9 @@ class _TemplateSet:
         if filename not in self.files:
             raise TemplateError("template not found", self.path_of(filename))
         try:
-            template = self.env.get_template(filename)
+            template = self._compiled.get(filename)
+            if template is None:
+                template = self._compiled[filename] = self.env.get_template(filename)
             return render_within_budget(template, context)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(exc.message or "syntax error", exc.filename, exc.lineno) from exc
@@ -475,6 +489,7 @@ RENDER_STEPS = 1_000_000
 RENDER_CHARS = 2_000_000
 _CHECK_TIME_EVERY = 1024  # steps between clock reads (a read costs more than a step)
 _BATCH = 32  # output pieces joined at a time before the size is checked
+_DICT_ATTRIBUTES = frozenset(dir({}))  # what getattr finds on a dict before its keys
 _LOOP = "_mf_loop"
 _SIZED = "_mf_sized"
 
@@ -612,6 +627,17 @@ class BudgetedEnvironment(SandboxedEnvironment):
         tree = _Rewrite().visit(source)
         tree.set_environment(self)
         return super()._generate(tree, name, filename, defer_init)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # `goal.text` on a plain dict: the sandbox tries the attribute first and takes the
+        # item after an AttributeError, which costs more than the rest of the lookup. A key
+        # that is not a dict attribute reads the same directly (same value, same undefined).
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         _step()

@@ -576,13 +576,49 @@ _RULES: tuple[tuple[str, Check], ...] = (
 )
 
 
-def _validate(cfg: Config) -> None:
-    """Value checks that go beyond types, in `_RULES` order; the first broken one raises
-    ConfigError("KEY: why")."""
+# Every port we listen on: two of them equal would make the second bind fail at start (or,
+# for `mailflow web` next to `serve`, later), so the pair is refused up front.
+_LISTENING_PORTS = ("listener.port", "web.port")
+
+
+def _same_ports(cfg: Config) -> list[str]:
+    """One problem per pair of listening ports that are equal, naming both keys."""
+    ports = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in
+             _LISTENING_PORTS}  # fmt: skip
+    keys = list(ports)
+    return [
+        f"{a} and {b}: both are {ports[a]}; each service needs its own port"
+        for i, a in enumerate(keys)
+        for b in keys[i + 1 :]
+        if ports[a] == ports[b]
+    ]
+
+
+def _problems(cfg: Config, reported: set[str]) -> list[str]:
+    """Value checks that go beyond types, in `_RULES` order, as "KEY: why" (one per key; a
+    key already reported, e.g. for its type, is not checked again)."""
+    problems = []
     for key, check in _RULES:
+        if key in reported:
+            continue
         why = check(cfg)
         if why is not None:
-            raise ConfigError(f"{key}: {why}")
+            problems.append(f"{key}: {why}")
+            reported.add(key)
+    return problems + _same_ports(cfg)
+
+
+def _raise_all(problems: list[str]) -> None:
+    """ConfigError naming every problem, on one line (the CLI's one `error:` line)."""
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems in the configuration: " + "; ".join(problems))
+
+
+def _unknown(name: str, known: Any) -> str:
+    """` (did you mean "X"?)` for a misspelt section or key, else ""."""
+    return hints.did_you_mean(hints.name(name, known))
 
 
 def from_mapping(
@@ -597,19 +633,31 @@ def from_mapping(
     by environment variable; only those variables are kept, in `Config.secrets`.
     """
     sections: dict[str, Any] = {}
+    problems: list[str] = []  # every one is reported, not just the first
+    reported: set[str] = set()
     for name, raw in data.items():
         if name not in _SECTIONS:
-            raise ConfigError(f"{name}: unknown section (known: {', '.join(_SECTIONS)})")
+            problems.append(
+                f"{name}: unknown section{_unknown(name, _SECTIONS)} "
+                f"(known: {', '.join(_SECTIONS)})"
+            )
+            continue
         if not isinstance(raw, dict):
-            raise ConfigError(f"{name}: expected a table, got {_describe(raw)}")
+            problems.append(f"{name}: expected a table, got {_describe(raw)}")
+            continue
         cls = _SECTIONS[name]
         defaults = cls()
         values: dict[str, Any] = {}
         for key, value in raw.items():
             dotted = f"{name}.{key}"
             if key not in cls.__dataclass_fields__:
-                raise ConfigError(f"{dotted}: unknown key")
-            values[key] = _coerce(dotted, value, getattr(defaults, key))
+                problems.append(f"{dotted}: unknown key{_unknown(key, cls.__dataclass_fields__)}")
+                continue
+            try:
+                values[key] = _coerce(dotted, value, getattr(defaults, key))
+            except ConfigError as exc:
+                problems.append(str(exc))
+                reported.add(dotted)
         sections[name] = cls(**values)
     cfg = Config(**sections)
     if base_dir is not None:
@@ -623,7 +671,7 @@ def from_mapping(
         cfg = _replace(cfg, "web", admins=admins)
     if cfg.web.public_url.endswith("/"):
         cfg = _replace(cfg, "web", public_url=cfg.web.public_url.rstrip("/"))
-    _validate(cfg)
+    _raise_all(problems + _problems(cfg, reported))
     if environ:
         names = (cfg.service.secret_env, cfg.relay.password_env, cfg.listener.auth_password_env)
         cfg = replace(cfg, secrets={n: environ[n] for n in names if environ.get(n)})

@@ -24,6 +24,11 @@ class DomainError(MailflowError):
     """Input that breaks a rule of the program (unknown person, bad date, same line, ...)."""
 
 
+class NotFoundError(DomainError):
+    """An id that names nothing (no such partnership, no such quarantined message): the admin
+    site answers 404 for it, the command line exits 1 like any DomainError."""
+
+
 class StoreError(MailflowError):
     """The data directory cannot be read or written, or holds a record of the wrong shape."""
 

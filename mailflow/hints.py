@@ -130,6 +130,13 @@ def skill(value: str, known: Iterable[str]) -> str | None:
     return found[0]
 
 
+def name(value: str, known: Iterable[str]) -> str | None:
+    """The known name `value` is a small typo of (`shedule` for `schedule`, `prot` for
+    `port`), if one is close enough."""
+    close = difflib.get_close_matches(value.strip().lower(), list(known), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def did_you_mean(guess: str | None) -> str:
     """` (did you mean "X"?)`, or "" without a guess: to end an error message."""
     return f' (did you mean "{guess}"?)' if guess else ""

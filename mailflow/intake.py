@@ -49,6 +49,7 @@ from mailflow.schedule import current_period, report_period, utc_week
 from mailflow.spool import Spool, SpoolEntry
 from mailflow.store import Store, WeekView, fsync_dir
 from mailflow.triage import Decision, Forward, Quarantine, Record, Reply
+from mailflow.wording import count
 
 log = logging.getLogger("mailflow")
 
@@ -137,7 +138,7 @@ class Intake:
                     # Writing the batch's letters or records met a full disk (or a lock, a
                     # broken file): all of it stays in the spool, and nothing is lost.
                     log.warning("ingest stopped; the spool keeps its mail: %s", exc)
-                    report.error(f"{len(entries)} message(s) wait in the spool: {exc}")
+                    report.error(f"{_waiting(len(entries))} in the spool: {exc}")
                     break
                 if waiting or len(entries) < limit:
                     break  # what waits is tried again by the next ingest, not in a loop here
@@ -381,8 +382,7 @@ class Intake:
         if waiting:
             reasons = sorted({d.reason for _, d in fates if isinstance(d, Wait)})
             out.error(
-                f"{len(waiting)} message(s) wait in the spool for the next ingest: "
-                + "; ".join(reasons)
+                f"{_waiting(len(waiting))} in the spool for the next ingest: " + "; ".join(reasons)
             )
         for entry, d in fates:
             if isinstance(d, Wait):
@@ -512,3 +512,8 @@ def _programs(
             out.add(line)
         prepared.extend(intake.mailroom.prepare(letter, desk.at) for letter in change.letters)
     return prepared
+
+
+def _waiting(n: int) -> str:
+    """ "1 message waits", "2 messages wait"."""
+    return f"{count(n, 'message')} {'waits' if n == 1 else 'wait'}"

@@ -31,6 +31,7 @@ from mailflow.models import (
     ENDED,
     PAUSED,
     Partnership,
+    PeriodSummary,
     Report,
     Roster,
     Week,
@@ -58,6 +59,7 @@ ROLES = ("member", "partner")
 Periods = tuple[Period | None, Period | None, Period | None]  # current, previous, upcoming
 States = dict[str, dict[int, PeriodState]]  # period label -> partnership id -> state
 Updates = dict[int, dict[str, Any]]  # partnership id -> changes written after the run
+Summaries = dict[str, dict[int, PeriodSummary]]  # period label -> strips' input, once per run
 
 
 class Jobs:
@@ -108,13 +110,14 @@ class Jobs:
             core = self.store.core()
             roster = Roster(core.directory, {p.id: p for p in core.partnerships()})
             updates: Updates = {}
+            summaries: Summaries = {}
             prepared: list[Prepared] = []
             plans: list[tuple[Partnership, Periods]] = []
             for p in roster.partnerships.values():
                 if p.status == ENDED or not roster.has_both(p):
                     continue
                 try:
-                    prepared.extend(self._life_cycle(p, roster, now, updates))
+                    prepared.extend(self._life_cycle(p, roster, now, updates, summaries))
                 except Exception as exc:  # noqa: BLE001 - one bad partnership must not stop others
                     _log_failure(exc, "life-cycle job failed for partnership %s", p.id)
                     out.error(f"partnership {p.id}: {exc}")
@@ -127,9 +130,13 @@ class Jobs:
                     # Only the jobs of a period whose file cannot be read wait (what it sent
                     # is unknown: nothing rather than twice), and no closing without it.
                     known = _without(periods, broken)
-                    prepared.extend(self._due(p, known, roster, views, states, now, None, out))
+                    prepared.extend(
+                        self._due(p, known, roster, views, states, now, None, out, summaries)
+                    )
                     continue
-                prepared.extend(self._due(p, periods, roster, views, states, now, updates, out))
+                prepared.extend(
+                    self._due(p, periods, roster, views, states, now, updates, out, summaries)
+                )
                 if len(prepared) >= COMMIT_CHUNK:
                     self.mailroom.commit(prepared, out)
                     prepared = []
@@ -186,12 +193,14 @@ class Jobs:
     def _tz(self, p: Partnership, roster: Roster) -> ZoneInfo:
         return ZoneInfo(roster.people[p.member].timezone)
 
-    def _strip(self, p: Partnership, tz: str, now: datetime) -> tuple[dict[str, str], ...]:
-        return status.strip(self.store, p, ZoneInfo(tz), self.svc.settings, now)
+    def _strip(
+        self, p: Partnership, tz: str, now: datetime, summaries: Summaries | None = None
+    ) -> tuple[dict[str, str], ...]:
+        return status.strip(self.store, p, ZoneInfo(tz), self.svc.settings, now, summaries)
 
-    def _pair(self, p: Partnership, roster: Roster, now: datetime) -> Pair:
+    def _pair(self, p: Partnership, roster: Roster, now: datetime, summaries: Summaries) -> Pair:
         member, partner = roster.people[p.member], roster.people[p.partner]
-        return Pair(p, member, partner, self._strip(p, member.timezone, now))
+        return Pair(p, member, partner, self._strip(p, member.timezone, now, summaries))
 
     def _prepare(self, items: Iterable[Letter | None], now: datetime) -> list[Prepared]:
         return [self.mailroom.prepare(letter, now) for letter in items if letter]
@@ -203,7 +212,12 @@ class Jobs:
         return cur, prev, upcoming_period(p, tz, s, now, cur)
 
     def _life_cycle(
-        self, p: Partnership, roster: Roster, now: datetime, updates: Updates
+        self,
+        p: Partnership,
+        roster: Roster,
+        now: datetime,
+        updates: Updates,
+        summaries: Summaries,
     ) -> list[Prepared]:
         """Introductions, a consent nobody gave, and a dated pause that has lapsed.
 
@@ -217,7 +231,7 @@ class Jobs:
         if p.approval:
             return items  # asked by self-service: nothing goes out before an admin approves
         if p.introduced_at is None:
-            pair = self._pair(p, roster, now)
+            pair = self._pair(p, roster, now, summaries)
             items.extend(self._prepare([letters.intro(pair, r, self.svc, now) for r in ROLES], now))
             updates.setdefault(p.id, {})["introduced_at"] = now
         since = p.introduced_at or p.created_at
@@ -242,6 +256,7 @@ class Jobs:
         now: datetime,
         updates: Updates | None,
         out: TickReport,
+        summaries: Summaries,
     ) -> list[Prepared]:
         """The prepared mail of every job due for one partnership, or its closing (not when
         `updates` is None: a period it needs to know of could not be read)."""
@@ -259,7 +274,7 @@ class Jobs:
             # Any digest still owed goes out first, and a last week still open runs to its
             # deadline; the summary follows at a later tick.
             try:
-                return self._closing(p, roster, now, reason, updates)
+                return self._closing(p, roster, now, reason, updates, summaries)
             except Exception as exc:  # noqa: BLE001
                 _log_failure(exc, "closing failed for partnership %s", p.id)
                 out.error(f"closing partnership {p.id}: {exc}")
@@ -269,7 +284,7 @@ class Jobs:
         for job in jobs:
             period = next(x for x in periods if x and x.label == job.period)
             try:
-                pair = pair or self._pair(p, roster, now)
+                pair = pair or self._pair(p, roster, now, summaries)
                 letter = self._job_letter(job, pair, period, views[period.label], now)
                 prepared.append(self.mailroom.prepare(letter, now))
             except Exception as exc:  # noqa: BLE001 - one bad job must not stop others
@@ -294,14 +309,20 @@ class Jobs:
         return letters.digest(pair, period, view.week(pid), view.reports(pid), svc, now)
 
     def _closing(
-        self, p: Partnership, roster: Roster, now: datetime, reason: str, updates: Updates
+        self,
+        p: Partnership,
+        roster: Roster,
+        now: datetime,
+        reason: str,
+        updates: Updates,
+        summaries: Summaries,
     ) -> list[Prepared]:
         """Both people get a closing summary (once the partner had accepted); it ends."""
         items: list[Prepared] = []
         if p.consent == CONSENT_ACCEPTED:
-            pair = self._pair(p, roster, now)
-            summaries = [letters.summary(pair, role, reason, self.svc, now) for role in ROLES]
-            items = self._prepare(summaries, now)
+            pair = self._pair(p, roster, now, summaries)
+            closings = [letters.summary(pair, role, reason, self.svc, now) for role in ROLES]
+            items = self._prepare(closings, now)
         updates.setdefault(p.id, {}).update(
             status=ENDED, ended_at=now, paused_until=None, end_reason=f"completed: {reason}"
         )

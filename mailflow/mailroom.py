@@ -40,6 +40,7 @@ from mailflow.outbox import FlushResult, Outbox
 from mailflow.schedule import quiet_until, utc_week
 from mailflow.store import Problem, Store, WeekView
 from mailflow.tokens import letter_message_id
+from mailflow.wording import count
 
 log = logging.getLogger("mailflow")
 
@@ -132,6 +133,9 @@ class Mailroom:
         self.svc = svc
         self.sender = svc.from_address  # the From address (its display name: svc.from_name)
         self.domain = svc.domain  # of our Message-IDs
+        # Body lines already encoded (quoted-printable), by their bytes: the lines of a
+        # template that do not depend on the person are encoded once, not once per message.
+        self._qp_memo: dict[bytes, str] = {}
 
     def hold(self, letter: Letter, now: datetime) -> datetime | None:
         """When a letter may go out at the earliest: the end of its reader's quiet hours if
@@ -166,6 +170,7 @@ class Mailroom:
             message_id=mid,
             date=held or now,  # the moment it is sent: a held mail is not dated 01:00
             reply_to=letter.reply_to,
+            qp_memo=self._qp_memo,
         )
         path = self.outbox.write_bytes(letter.key, letter.period, data, sync=False)
         outgoing = Outgoing(
@@ -345,9 +350,11 @@ def flush_lines(result: FlushResult) -> list[str]:
     """What a delivery did, as report lines: sent, deferred, each failure."""
     lines = []
     if result.sent:
-        lines.append(f"sent {result.sent} message(s)")
+        lines.append(f"sent {count(result.sent, 'message')}")
     if result.deferred:
-        lines.append(f"deferred {result.deferred} message(s) (relay unavailable; will retry)")
+        lines.append(
+            f"deferred {count(result.deferred, 'message')} (relay unavailable; will retry)"
+        )
     for key, error in result.failures:
         lines.append(f"failed {key}: {error}")
     return lines

@@ -285,6 +285,12 @@ _PLAIN_ADDR = re.compile(
 )
 
 
+def plain_address(addr_spec: str) -> bool:
+    """True for a plain ASCII dot-atom address (`local@domain`): no quoting, no display
+    name, nothing a parser could read two ways."""
+    return _PLAIN_ADDR.match(addr_spec) is not None
+
+
 _UTF8_LOCAL = re.compile(
     r"^(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+(?:\.(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+)*$"
 )
@@ -322,11 +328,13 @@ def _header_lines(
     reply_to: str | None = None,
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
+    check: bool = True,
 ) -> list[str]:
     """Our header lines, folded, in order: the one source for both message paths.
 
     Every value is checked (control characters refused) and written by the functions above, never
-    folded by the email package (see py: CVE-2024-6923).
+    folded by the email package (see py: CVE-2024-6923). `check=False` leaves the check of the
+    whole block to a caller that checks it with more lines after these (`message_bytes`).
     """
     if date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("Date: a timezone-aware datetime is required")
@@ -350,7 +358,8 @@ def _header_lines(
         "X-Auto-Response-Suppress: All",
         "MIME-Version: 1.0",
     ]
-    check_header_block("\r\n".join(lines) + "\r\n", [_name(line) for line in lines])
+    if check:
+        check_header_block("\r\n".join(lines) + "\r\n", [_name(line) for line in lines])
     return lines
 
 
@@ -409,10 +418,30 @@ _PART_HEAD = (
 )
 
 
-def _qp_body(text: str) -> str:
+QP_MEMO_LINES = 4096  # a memo of encoded lines is emptied when it holds this many
+
+
+def _qp_body(text: str, memo: dict[bytes, str] | None = None) -> str:
     # Exactly what EmailMessage.set_content(cte="quoted-printable") stores (see
     # email.contentmanager._encode_text), with the generator's CRLF line ends.
     lines = text.encode("utf-8").splitlines()
+    if memo is not None and lines:
+        # Quoted-printable encodes each line on its own (the body's line breaks stay hard
+        # breaks), so a line is encoded once per memo: a fan-out's template lines that do
+        # not depend on the person (most of the HTML) are encoded for the first message only.
+        out = []
+        for line in lines:
+            encoded = memo.get(line)
+            if encoded is None:
+                if len(memo) >= QP_MEMO_LINES:
+                    memo.clear()
+                encoded = memo[line] = _qp_lines([line])
+            out.append(encoded)
+        return "".join(out)
+    return _qp_lines(lines)
+
+
+def _qp_lines(lines: list[bytes]) -> str:
     data = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), 78)
     parts = _NEWLINES.split(data)
     if not parts[-1]:
@@ -436,6 +465,7 @@ def message_bytes(
     reply_to: str | None = None,
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
+    qp_memo: dict[bytes, str] | None = None,
 ) -> bytes:
     """The wire bytes (CRLF) of :func:`build_message`'s message, the same checks and output.
 
@@ -443,6 +473,8 @@ def message_bytes(
     than rendering the templates: the bytes are written directly, from the same header lines
     (:func:`_header_lines`) and in the form the email package writes the body. The whole
     header section is checked once more as it goes out (exactly our headers, nothing else).
+    `qp_memo` (line -> its encoded form), kept by the caller across messages, makes the body
+    lines that repeat from message to message cost one look-up each.
     """
     lines = _header_lines(
         rendered,
@@ -455,9 +487,14 @@ def message_bytes(
         reply_to=reply_to,
         in_reply_to=in_reply_to,
         references=references,
+        check=False,  # the whole header section is checked below, Content-Type included
     )
-    text = _PART_HEAD.format(subtype="plain") + "\r\n" + _qp_body(rendered.text)
-    html = _PART_HEAD.format(subtype="html") + "MIME-Version: 1.0\r\n\r\n" + _qp_body(rendered.html)
+    text = _PART_HEAD.format(subtype="plain") + "\r\n" + _qp_body(rendered.text, qp_memo)
+    html = (
+        _PART_HEAD.format(subtype="html")
+        + "MIME-Version: 1.0\r\n\r\n"
+        + _qp_body(rendered.html, qp_memo)
+    )
     boundary = _boundary(text + "\r\n" + html)
     head = "\r\n".join(lines) + (
         f'\r\nContent-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'

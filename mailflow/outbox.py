@@ -82,7 +82,7 @@ from mailflow.addresses import SMTPUTF8_NEEDED, ascii_form
 from mailflow.config import RelayConfig
 from mailflow.disk import REAL, Disk
 from mailflow.errors import CorruptFileError, one_line
-from mailflow.mime import downgrade, needs_smtputf8
+from mailflow.mime import downgrade, needs_smtputf8, plain_address
 from mailflow.models import FAILED, QUEUED, SENT, Outgoing, from_iso, to_iso
 from mailflow.store import Store, fsync_dir
 
@@ -534,6 +534,11 @@ class Outbox:
         """As write_message, for a message already in its wire form (CRLF line ends)."""
         path = self.message_path(key, period)
         self._ensure_dir(path.parent)
+        if not sync and not path.exists() and _create_new(path, data, self.disk):
+            # A fan-out's usual case, the file is new: created at once, without reading it
+            # first (a file that exists is compared first, so the same bytes write nothing).
+            self._unsynced = True
+            return path.relative_to(self.data_dir).as_posix()
         try:
             same = path.read_bytes() == data
         except FileNotFoundError:
@@ -908,10 +913,10 @@ class _RelayLink:
                 options.append("BODY=8BITMIME")
             if conn.does_esmtp and conn.has_extn("size"):
                 options.append(f"SIZE={len(data)}")
-            code, resp = conn.mail(sender, options)
+            code, resp = _mail(conn, sender, options)
             if code == 250:
                 stage = "rcpt"
-                code, resp = conn.rcpt(rcpt)
+                code, resp = _rcpt(conn, rcpt)
             if code in (250, 251):
                 stage = "data"
                 code, resp = conn.data(data)
@@ -928,6 +933,25 @@ class _RelayLink:
         except smtplib.SMTPException as exc:
             return _LOST, _describe(exc)
         return _SENT, ""
+
+
+def _mail(conn: smtplib.SMTP, sender: str, options: list[str]) -> tuple[int, bytes]:
+    """`conn.mail(sender, options)`: the same command. smtplib quotes every address with
+    the email package's address parser, a third of a fan-out sender's time per message;
+    a plain address is its own quoted form (`<local@domain>`)."""
+    if "SMTPUTF8" in options or not plain_address(sender):
+        return conn.mail(sender, options)
+    extra = " " + " ".join(options) if options and conn.does_esmtp else ""
+    conn.putcmd("mail", f"FROM:<{sender}>{extra}")
+    return conn.getreply()
+
+
+def _rcpt(conn: smtplib.SMTP, rcpt: str) -> tuple[int, bytes]:
+    """`conn.rcpt(rcpt)`, without the parse for a plain address (see `_mail`)."""
+    if not plain_address(rcpt):
+        return conn.rcpt(rcpt)
+    conn.putcmd("rcpt", f"TO:<{rcpt}>")
+    return conn.getreply()
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,8 @@ def new_partnership(
     Check-ins start only once the partner has accepted (by replying to the introduction),
     unless an admin records the consent up front with `accepted`. A goal due before the
     member's today, or a start before it, is a typo far more often than history: refused
-    unless `allow_past` (today is `now`'s date in her zone).
+    unless `allow_past` (today is `now`'s date in her zone). With `allow_past`, no `start` and
+    every goal already due, the partnership starts on its earliest goal's due date.
     """
     for who, addr in (("member", member), ("partner", partner)):
         if addr not in people:
@@ -105,12 +106,18 @@ def new_partnership(
     day, checkin_time = _checkin_choice(checkin_day, checkin_time)
     zone = people[member].timezone
     local_today = now.astimezone(ZoneInfo(zone)).date()
-    start_date = parse_date(start, "start") if start else local_today
     latest = max(g.due for g in parsed)
+    if start:
+        start_date = parse_date(start, "start")
+    elif allow_past and latest < local_today:
+        # Migrating a partnership that already ran: it started no later than its first goal.
+        start_date = min(g.due for g in parsed)
+    else:
+        start_date = local_today
+    if not allow_past:  # first: "pass --allow-past" is the likelier fix than the start
+        _refuse_past(parsed, start_date, local_today, zone)
     if latest < start_date:
         raise DomainError(f"goal: every due date is before the start ({start_date})")
-    if not allow_past:
-        _refuse_past(parsed, start_date, local_today, zone)
     return Partnership(
         id=pid,
         member=member,
@@ -243,12 +250,12 @@ class ImportGroup:
     goals: tuple[str, ...]  # "YYYY-MM-DD TEXT", in file order
 
 
-def read_import_csv(text: str) -> tuple[list[ImportGroup], list[str]]:
+def read_import_csv(text: str, delimiter: str = ",") -> tuple[list[ImportGroup], list[str]]:
     """Rows of a partnerships CSV grouped by (member, skill), and problems as 'LINE: msg'.
 
     A group's shared fields must agree: a later row may leave one empty, not change it.
     """
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     expected = ",".join(IMPORT_COLUMNS)
     if not header:

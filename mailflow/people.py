@@ -280,8 +280,9 @@ def offer_directory(
 EXCEL_UTF8 = 'save it from Excel as "CSV UTF-8 (Comma delimited)" and import that file'
 
 
-def decode_csv(data: bytes) -> tuple[str, str, list[str]]:
-    """A CSV file's text, its delimiter and notes on what was guessed.
+def decode_csv(data: bytes, columns: Sequence[str] = CSV_COLUMNS) -> tuple[str, str, list[str]]:
+    """A CSV file's text, its delimiter and notes on what was guessed (`columns`: the header's
+    known names; both `people import` and `partnerships import` read their files here).
 
     UTF-8 (with or without Excel's byte order mark) is read as it is. UTF-16 with a byte
     order mark (Excel's "Unicode Text", tab-separated) is read too. Other bytes are read as
@@ -310,7 +311,7 @@ def decode_csv(data: bytes) -> tuple[str, str, list[str]]:
                 "not UTF-8: read as Windows-1252 (cp1252), as Excel saves "
                 '"CSV (Comma delimited)"; check the names, or ' + EXCEL_UTF8
             )
-    delimiter = _delimiter(text.lstrip("\ufeff").split("\n", 1)[0])
+    delimiter = _delimiter(text.lstrip("\ufeff").split("\n", 1)[0], columns)
     if delimiter != ",":
         name = "tab" if delimiter == "\t" else f'"{delimiter}"'
         notes.append(f"columns are separated by {name}, not commas: read that way")
@@ -327,9 +328,9 @@ def _looks_like(data: bytes) -> str:
     return best.encoding if best is not None else "binary data"
 
 
-def _delimiter(header: str) -> str:
+def _delimiter(header: str, columns: Sequence[str]) -> str:
     def known(sep: str) -> int:
-        return sum(1 for c in header.split(sep) if c.strip().strip('"').lower() in CSV_COLUMNS)
+        return sum(1 for c in header.split(sep) if c.strip().strip('"').lower() in columns)
 
     best = max((",", ";", "\t"), key=lambda sep: (known(sep), sep == ","))
     return best if known(best) else ","

@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 
 from mailflow import actions, letters
 from mailflow.addresses import canonical
-from mailflow.errors import DomainError, SpoolError
+from mailflow.errors import DomainError, NotFoundError, SpoolError
 from mailflow.intake import Duplicate, Intake, Wait
 from mailflow.mailroom import TickReport
 from mailflow.models import Report
@@ -214,7 +214,7 @@ def _present(spool: Spool, qid: str) -> None:
     except ValueError:  # not an id at all ("../x", "")
         known = False
     if not known:
-        raise DomainError(f"no quarantined message {qid!r} (see 'mailflow quarantine list')")
+        raise NotFoundError(f"no quarantined message {qid!r} (see 'mailflow quarantine list')")
     outcome = spool.sidecar(qid).outcome
     if outcome:
         verb, _, rest = outcome.partition(": ")

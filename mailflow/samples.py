@@ -169,6 +169,9 @@ _SAMPLE_VARIANTS: dict[str, tuple[str, ...]] = {
 }
 """The named sample variants of the newer templates; the first is the default."""
 
+SETBACK_TEMPLATES = ("digest",)
+"""The templates whose sample `setback` changes (`templates preview NAME --setback`)."""
+
 
 def _pair(p: Partnership, now: datetime, weeks: dict[str, PeriodSummary] | None = None) -> Pair:
     """Partnership 7 with its people and its strip at `now` (`weeks` overrides WEEKS)."""

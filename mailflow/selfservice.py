@@ -39,6 +39,7 @@ from mailflow.models import OFFER, SUGGEST, WAITING, Partnership, Person, Reques
 from mailflow.people import normalize_skill
 from mailflow.tokens import hash16
 from mailflow.triage import Program
+from mailflow.wording import count
 
 OPEN, APPROVAL, OFF = "open", "approval", "off"
 REQUEST_WEEKS = 8  # a self-service mail older than this is answered no more (as old check-ins)
@@ -310,7 +311,7 @@ def _find(
             else (
                 f'Nobody who offers "{skill}" can partner you now (other department, other '
                 "reporting line, not already your partner, below the program's limit of "
-                f"{svc.max_per_partner} partnerships)."
+                f"{count(svc.max_per_partner, 'partnership')})."
             )
         )
         answer = Answer(key, topic, skill=skill, nobody=f"{why} Please ask {admin}.")

@@ -36,15 +36,30 @@ NOTHING_YET = PeriodSummary()  # a partnership the period file has no record of
 
 
 def strip(
-    store: Store, p: Partnership, tz: ZoneInfo, settings: Settings, now: datetime
+    store: Store,
+    p: Partnership,
+    tz: ZoneInfo,
+    settings: Settings,
+    now: datetime,
+    summaries: dict[str, dict[int, PeriodSummary]] | None = None,
 ) -> tuple[dict[str, str], ...]:
-    """The partnership's week-by-week strip at `now` (see `letters.history`)."""
+    """The partnership's week-by-week strip at `now` (see `letters.history`).
+
+    `summaries` (period -> summary), when given, is filled and reused: a tick asks for the
+    same few periods once per partnership, and a look at each file's version costs more
+    than the rest of a strip."""
     window = letters.history_window(p, tz, settings, now)
     if window is None:
         return ()
     weeks = {}
     for label in window.labels:
-        info = store.period_summary(label).get(p.id)
+        if summaries is None:
+            summary = store.period_summary(label)
+        else:
+            summary = summaries.get(label)
+            if summary is None:
+                summary = summaries[label] = store.period_summary(label)
+        info = summary.get(p.id)
         if info is not None:
             weeks[label] = info
     return letters.history(window, weeks)

@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mailflow.addresses import canonical
 from mailflow.clock import Clock
 from mailflow.config import Config
-from mailflow.errors import MailflowError, StartupError
+from mailflow.errors import MailflowError, NotFoundError, StartupError
 from mailflow.webadmin import (
     PAGE_SIZE,
     PART_LABELS,
@@ -58,6 +58,7 @@ from mailflow.webadmin import (
     WeekPoint,
 )
 from mailflow.webauth import Auth, LinkRefused, RateLimit, Session, derive_key, new_anonymous_id
+from mailflow.wording import count
 
 log = logging.getLogger("mailflow.web")
 
@@ -270,6 +271,15 @@ class SiteBase:
                 return self.to_signin(request)
             try:
                 return await handler(request, session)
+            except NotFoundError as exc:  # an id that names nothing: 404, not a bad request
+                return self.page(
+                    request,
+                    "refused.html",
+                    404,
+                    session=session,
+                    title="Not found",
+                    message=f"{str(exc)[:1].upper()}{str(exc)[1:]}.",
+                )
             except MailflowError as exc:
                 return self.page(
                     request,
@@ -351,7 +361,8 @@ class SignInPages(SiteBase):
                 429,
                 binding=binding,
                 title="Too many attempts",
-                message=f"Too many sign-in attempts. Try again in {int(wait // 60) + 1} minutes.",
+                message="Too many sign-in attempts. Try again in "
+                f"{count(int(wait // 60) + 1, 'minute')}.",
             )
             response.headers["Retry-After"] = str(int(wait) + 1)
             return response

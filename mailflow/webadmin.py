@@ -44,6 +44,7 @@ from mailflow.store import Store
 from mailflow.webadmin_numbers import PAGE_SIZE, NumbersDesk, Snapshot, WeekPoint
 from mailflow.webadmin_quarantine import QuarantineDesk
 from mailflow.webadmin_templates import PART_LABELS, TemplateDesk, TryResult
+from mailflow.wording import count
 
 __all__ = [
     "PAGE_SIZE",
@@ -135,9 +136,9 @@ class WebAdmin(NumbersDesk, TemplateDesk, QuarantineDesk):
             if g.done_on:
                 state = f"achieved {g.done_on.isoformat()}"
             elif left < 0:
-                state = f"overdue by {-left} days"
+                state = f"overdue by {count(-left, 'day')}"
             else:
-                state = f"{left} days left"
+                state = f"{count(left, 'day')} left"
             goals.append(
                 {
                     "n": g.n,

@@ -51,7 +51,7 @@ def test_reimporting_an_updated_export_adds_updates_and_skips(mf: Mailflow) -> N
     assert mf.ok("people", "import", first).out == "imported 3 people\n"
     err = mf.bad("people", "import", first, lines=None)
     assert "error: " + first + ":3: ann@example.com already exists (pass --update" in err
-    assert err.splitlines()[-1] == f"error: {first}: 3 problem(s); nothing imported"
+    assert err.splitlines()[-1] == f"error: {first}: 3 problems; nothing imported"
 
     # Next month's export: Ann moved to Ops and offers SQL too, Dee joined, Boss and Cy as before.
     updated = EXPORT.replace(
@@ -85,7 +85,7 @@ def test_excel_utf8_with_bom_and_semicolons_imports_with_a_note(mf: Mailflow) ->
         "\ufeffemail;name;department;offers\nzoe@example.com;Zoë Ødegaard;Sales;public speaking\n"
     )
     result = mf.ok("people", "import", write(mf, "excel.csv", text.encode()))
-    assert result.out == "imported 1 people\n"
+    assert result.out == "imported 1 person\n"
     assert 'columns are separated by ";", not commas: read that way' in result.err
     assert people(mf)["zoe@example.com"]["name"] == "Zoë Ødegaard"
 
@@ -100,7 +100,7 @@ def test_rows_of_empty_cells_are_blank_lines(mf: Mailflow) -> None:
 def test_excel_windows_1252_imports_with_a_note_naming_the_encoding(mf: Mailflow) -> None:
     text = "email;name;department\nzoe@example.com;Zoë Ødegaard – Sales;Sales\n"
     result = mf.ok("people", "import", write(mf, "win.csv", text.encode("cp1252")))
-    assert result.out == "imported 1 people\n"
+    assert result.out == "imported 1 person\n"
     assert "not UTF-8: read as Windows-1252 (cp1252)" in result.err
     assert "CSV UTF-8 (Comma delimited)" in result.err
     assert people(mf)["zoe@example.com"]["name"] == "Zoë Ødegaard – Sales"
@@ -109,7 +109,7 @@ def test_excel_windows_1252_imports_with_a_note_naming_the_encoding(mf: Mailflow
 def test_excel_unicode_text_imports(mf: Mailflow) -> None:
     text = "email\tname\tdepartment\r\nzoe@example.com\tZoë\tSales\r\n"
     result = mf.ok("people", "import", write(mf, "u16.txt", text.encode("utf-16")))
-    assert result.out == "imported 1 people\n"
+    assert result.out == "imported 1 person\n"
     assert "UTF-16" in result.err and "separated by tab" in result.err
 
 
@@ -118,6 +118,38 @@ def test_bytes_that_are_no_text_encoding_are_refused_with_what_to_do(mf: Mailflo
     err = mf.bad("people", "import", path)
     assert err.startswith(f"error: {path}: not UTF-8 text, nor Windows-1252 (it looks like ")
     assert 'save it from Excel as "CSV UTF-8 (Comma delimited)"' in err
+
+
+@pytest.mark.parametrize(
+    ("encoding", "sep", "note"),
+    [
+        ("utf-8-sig", ";", 'columns are separated by ";", not commas'),
+        ("cp1252", ",", "not UTF-8: read as Windows-1252 (cp1252)"),
+        ("utf-16", "\t", "read as UTF-16"),
+    ],
+)
+def test_partnerships_import_reads_excel_files_as_people_import_does(
+    pair: Mailflow, encoding: str, sep: str, note: str
+) -> None:
+    """One reader for both imports: the same files Excel saves, with the same notes."""
+    due = TODAY + timedelta(days=20)
+    rows = [
+        ["member", "partner", "skill", "goal_due", "goal", "why", "saddle"],
+        ["ann@example.com", "bob@example.com", "public speaking", str(due), "Café talk – 5 min",
+         "Zoë's team", "Allez"],
+    ]  # fmt: skip
+    text = "\r\n".join(sep.join(row) for row in rows) + "\r\n"
+    result = pair.ok("partnerships", "import", write(pair, "pairs.csv", text.encode(encoding)))
+    assert result.out.startswith("imported 1 partnership (1 goal), id 1;"), result
+    assert f"note: {pair.tmp_path / 'pairs.csv'}: {note}" in result.err
+    shown = json.loads(pair.ok("partnerships", "show", "1", "--json").out)
+    assert shown["goals"][0]["text"] == "Café talk – 5 min" and shown["why"] == "Zoë's team"
+
+
+def test_partnerships_import_refuses_bytes_that_are_no_text(pair: Mailflow) -> None:
+    path = write(pair, "odd.csv", b"member,partner,skill\n\x81\x8d\x8f\x90\x9d,A,B\n")
+    err = pair.bad("partnerships", "import", path)
+    assert err.startswith(f"error: {path}: not UTF-8 text, nor Windows-1252 (it looks like ")
 
 
 # -- did you mean --------------------------------------------------------------------------------
@@ -225,6 +257,22 @@ def test_past_goals_and_starts_are_refused_unless_allowed(pair: Mailflow) -> Non
     pair.ok(*partnership_args("--goal", f"{TODAY} Outline", skill="sql"))
 
 
+def test_allow_past_with_only_past_goals_starts_at_the_first_goal(pair: Mailflow) -> None:
+    """Migrating a finished partnership: no --start, every goal already due."""
+    first, last = TODAY - timedelta(days=60), TODAY - timedelta(days=10)
+    args = ["partnerships", "add", "--member", "ann@example.com", "--partner", "bob@example.com",
+            "--skill", "public speaking", "--goal", f"{last} Give the talk",
+            "--goal", f"{first} Outline", "--why", "w", "--saddle", "s"]  # fmt: skip
+    assert "pass --allow-past" in pair.bad(*args)
+    assert pair.ok(*args, "--allow-past").last_line == "1"
+    shown = json.loads(pair.ok("partnerships", "show", "1", "--json").out)
+    assert shown["start"] == str(first)
+    # An explicit --start after every goal is still refused, with or without --allow-past.
+    late = ["--start", str(TODAY - timedelta(days=5)), "--allow-past"]
+    err = pair.bad(*[a if a != "public speaking" else "sql" for a in args], *late)
+    assert "every due date is before the start" in err
+
+
 # -- list and show -------------------------------------------------------------------------------
 
 
@@ -254,3 +302,27 @@ def test_list_shows_consent_and_show_the_effective_checkin(pair: Mailflow) -> No
     )
     second = pair.ok("partnerships", "show", "2").out
     assert "check-in: Friday 07:30 UTC (the member's time)" in second
+
+
+# -- skills: lower case, matched in any case -----------------------------------------------------
+
+
+def test_skills_are_kept_in_lower_case_and_matched_in_any_case(pair: Mailflow) -> None:
+    pair.add_person("cy@example.com", "Legal", "--offers", "Data  SCIENCE")
+    assert people(pair)["cy@example.com"]["offers"] == ["data science"]
+    assert "cy@example.com" in pair.ok("people", "list", "--offers", "DATA science").out
+    suggested = pair.ok("partners", "suggest", "--member", "ann@example.com",
+                        "--skill", "Data Science").out  # fmt: skip
+    assert "cy@example.com" in suggested
+    assert pair.ok(*partnership_args(skill="Public SPEAKING")).last_line == "1"
+    csv = write(
+        pair,
+        "pairs.csv",
+        b"member,partner,skill,goal_due,goal,why,saddle\n"
+        + f"ann@example.com,cy@example.com,DATA SCIENCE,{TODAY},Model,w,s\n".encode(),
+    )
+    pair.ok("partnerships", "import", csv)
+    listed = json.loads(pair.ok("partnerships", "list", "--json").out)
+    assert [p["skill"] for p in listed] == ["public speaking", "data science"]
+    # One partnership per (member, skill) holds across spellings.
+    assert "already has partnership 1" in pair.bad(*partnership_args(skill="PUBLIC speaking"))

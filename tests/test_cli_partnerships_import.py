@@ -111,7 +111,7 @@ def test_import_is_all_or_nothing_and_names_every_bad_line(
         )
         err = mf.bad("partnerships", "import", str(csv), lines=None)
         lines = err.splitlines()
-        assert lines[-1] == f"error: {csv}: 9 problem(s); nothing imported"
+        assert lines[-1] == f"error: {csv}: 9 problems; nothing imported"
         expect = {
             3: "department",
             4: "same reporting line",

@@ -320,7 +320,7 @@ def test_import_a_good_file_imports_everyone(mf: Mailflow) -> None:
 def test_import_accepts_a_bom_columns_in_any_order_and_missing_optional_ones(mf: Mailflow) -> None:
     path = mf.tmp_path / "bom.csv"
     path.write_bytes("\ufeffDepartment, Name ,EMAIL\nSales,Ann,ann@example.com\n".encode())
-    assert mf.ok("people", "import", str(path)).out == "imported 1 people\n"
+    assert mf.ok("people", "import", str(path)).out == "imported 1 person\n"
     assert "ann@example.com" in emails(mf)
 
 
@@ -339,7 +339,7 @@ def test_import_reports_every_bad_row_and_imports_none(mf: Mailflow) -> None:
     lines = err.splitlines()
     assert lines[0].startswith(f"error: {path}:3: email: ")
     assert lines[1].startswith(f"error: {path}:5: timezone: ")
-    assert lines[2] == f"error: {path}: 2 problem(s); nothing imported"
+    assert lines[2] == f"error: {path}: 2 problems; nothing imported"
     assert emails(mf) == ["boss@example.com"]
 
 
@@ -477,7 +477,7 @@ def test_import_a_large_bad_file_reports_both_rows(mf: Mailflow) -> None:
     assert result.code == 1
     errors = [line for line in result.err.splitlines() if line.startswith("error:")]
     assert [e.split(":")[2] for e in errors[:2]] == ["103", "903"]
-    assert errors[2].endswith("2 problem(s); nothing imported")
+    assert errors[2].endswith("2 problems; nothing imported")
     assert mf.core_bytes() == before
 
 

@@ -316,7 +316,7 @@ def test_release_counts_it_runs_no_command_and_sends_the_digest(desk: Desk) -> N
     before = len(desk.relay.messages)
     out = desk.cli.ok("quarantine", "release", qid).out
     assert out.startswith(f"released {qid}\nnot run (sent from ada@home.example): goal 1 done\n")
-    assert "queued digest to grace@example.com" in out and "sent 3 message(s)" in out
+    assert "queued digest to grace@example.com" in out and "sent 3 messages" in out
     assert "partnership 1: asked ada@example.com to confirm: goal 1 done" in out
     shown = desk.show()
     [report] = shown["reports"]

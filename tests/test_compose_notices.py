@@ -497,3 +497,17 @@ def test_check_warns_of_an_override_file_no_template_reads(
         f"warning: {own / 'chekin.txt.j2'}: replaces no template, so it is not used"
         ' (did you mean "checkin.txt.j2"?)\n'
     )
+
+
+def test_cli_preview_refuses_setback_where_it_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--setback` shapes only the digest's sample: elsewhere it is a usage error, not ignored."""
+    mailflow = Mailflow(tmp_path, capsys)
+    err = mailflow.bad("templates", "preview", "checkin", "--setback", code=2)
+    assert err.startswith("error: --setback applies only to digest, not checkin (see "), err
+    ack = mailflow.bad("templates", "preview", "checkin_ack", "--setback", code=2)
+    assert "(its setback sample: --variant setback)" in ack
+    assert "SETBACK" in mailflow.ok("templates", "preview", "digest", "--setback").out
+    own = mailflow.ok("templates", "preview", "checkin_ack", "--variant", "setback")
+    assert "Setback" in own.out

@@ -400,3 +400,38 @@ def test_relay_smtputf8_is_auto_always_or_never(tmp_path: Path, bad: str) -> Non
     path.write_text(f"[relay]\nsmtputf8 = {bad}\n")
     with pytest.raises(ConfigError, match="relay.smtputf8"):
         config.load(path)
+
+
+def test_two_listening_ports_alike_are_one_problem_naming_both(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, "[listener]\nport = 8025\n"))  # web.port's default
+    assert str(info.value) == (
+        "listener.port and web.port: both are 8025; each service needs its own port"
+    )
+    with pytest.raises(ConfigError, match="listener.port and web.port: both are 2600"):
+        load(write(tmp_path, "[listener]\nport = 2600\n[web]\nport = 2600\nenabled = false\n"))
+    load(write(tmp_path, "[listener]\nport = 2600\n[web]\nport = 2601\n"))  # apart: fine
+
+
+def test_every_problem_is_named_on_one_line_with_did_you_mean(tmp_path: Path) -> None:
+    toml = (
+        '[shedule]\ncheckin_day = "monday"\n'
+        '[listener]\nprot = 25\nmax_message_bytes = "x"\n'
+        "[relay]\nport = 0\n"
+    )
+    write(tmp_path, toml, "bad.toml")
+    result = run_console("--config", "bad.toml", "people", "list", cwd=tmp_path)
+    assert result.code == 1
+    assert result.out == ""
+    assert result.err.count("\n") == 1 and result.err.startswith("error: 4 problems in the ")
+    for part in (
+        'shedule: unknown section (did you mean "schedule"?)',
+        'listener.prot: unknown key (did you mean "port"?)',
+        'listener.max_message_bytes: expected an integer, got "x"',
+        "relay.port: expected 1-65535, got 0",
+    ):
+        assert part in result.err, result.err
+    # A key far from every known one gets no guess.
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, "[web]\nxyzzy = 1\n"))
+    assert str(info.value) == "web.xyzzy: unknown key"

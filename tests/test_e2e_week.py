@@ -419,7 +419,7 @@ def test_relay_down_then_up_nothing_lost_or_doubled(
     )
     relay.down()
     out = ok(config, "tick", "--now", "2026-11-30T09:00:00+00:00")
-    assert "deferred 2 message(s)" in out
+    assert "deferred 2 messages" in out
     status = json.loads(ok(config, "status", "--json", "--now", "2026-11-30T09:00:00+00:00"))
     assert status["outgoing_queued"] == 2
     relay.up()
@@ -427,7 +427,7 @@ def test_relay_down_then_up_nothing_lost_or_doubled(
     out = ok(config, "tick", "--now", "2026-11-30T09:00:10+00:00")
     assert relay.messages == []
     out = ok(config, "tick", "--now", "2026-11-30T09:30:00+00:00")
-    assert "sent 2 message(s)" in out
+    assert "sent 2 messages" in out
     got = sorted(m.rcpt_tos[0] for m in relay.wait_for(2))
     assert got == ["ada@example.com", "linus@example.com"]
     ok(config, "tick", "--now", "2026-11-30T10:30:00+00:00")

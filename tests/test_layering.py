@@ -21,7 +21,7 @@ PACKAGE = Path(mailflow.__file__).resolve().parent
 # Lowest first. A module may import from its own layer and the ones before it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # no domain knowledge
-    ("errors", "clock", "addresses", "tokens", "mime", "htmltext", "classify", "hints"),
+    ("errors", "clock", "addresses", "tokens", "mime", "htmltext", "classify", "hints", "wording"),
     ("config", "models"),  # settings and the domain's data
     (
         "people",

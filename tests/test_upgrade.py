@@ -27,6 +27,7 @@ import pytest
 from smtp_recorder import RecordingSMTPServer
 
 from mailflow.app import App
+from mailflow.wording import count
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "upgrade"
 SCENARIO = json.loads((FIXTURE / "scenario.json").read_text())
@@ -131,7 +132,7 @@ def test_tick_at_the_same_instant_sends_nothing_twice(upgraded: Upgraded) -> Non
     assert upgraded.relay.messages == []
     # The relay outage's messages go out once, when their retry is due; nothing else does.
     lines = upgraded.app.tick(END + timedelta(minutes=2)).lines
-    assert lines == [f"sent {len(SCENARIO['queued'])} message(s)"]
+    assert lines == [f"sent {count(len(SCENARIO['queued']), 'message')}"]
     got = upgraded.relay.wait_for(len(SCENARIO["queued"]))
     assert sorted(str(m.message["Message-ID"]).strip().split(".")[0] for m in got) == [
         "<digest2",
