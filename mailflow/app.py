@@ -269,9 +269,9 @@ def _serve(
 
 
 def _give_back_memory() -> None:
-    """Hand the memory a tick freed, and what the store released, back to the system
-    (glibc's malloc_trim; elsewhere a no-op): a tick builds and drops tens of MB of records
-    and letters, and without this the freed heap stays in `serve`'s RSS."""
+    """Hand the memory a tick freed back to the system (glibc's malloc_trim; elsewhere a
+    no-op): a tick builds and drops tens of MB of records and letters, and without this the
+    freed heap stays in `serve`'s RSS until the next tick reuses it."""
     gc.collect()
     with suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -297,7 +297,6 @@ def _schedule(
             # Logged by the store as it found them; taken so that a file still broken at
             # the next tick is logged again (and a repaired one no longer is).
             app.store.take_problems()
-            app.store.release()
             _give_back_memory()
         except Exception:  # noqa: BLE001 - a failed tick is retried at the next one
             log.exception("tick failed; will retry")

@@ -1063,7 +1063,7 @@ class Store:
         self._cache[path] = entry
         while len(self._cache) > 1 and (
             len(self._cache) > CACHE_FILES
-            or sum(c.stamp[2] for c in list(self._cache.values())) > CACHE_BYTES
+            or sum(c.stamp[2] for c in self._cache.values()) > CACHE_BYTES
         ):
             self._cache.pop(next(iter(self._cache)))
 
@@ -1098,18 +1098,6 @@ class Store:
         AtomicJSONStorage(path, self.disk).write(data, frag[1].dumps(data))
         st = path.stat()
         self._remember(path, _Cached((st.st_ino, st.st_mtime_ns, st.st_size), data))
-
-    def release(self) -> None:
-        """Drop what is kept of the period files (parsed, and their serialised documents):
-        `serve` calls it after a tick, so an idle `serve` does not hold the week under way
-        (30+ MB at 5,000 partnerships). The next reader parses the file again (~0.1 s for
-        7 MB) and the next writer serialises it whole once. core.json, the program's people
-        and the period summaries stay: every ingest batch needs them."""
-        self._fragments = None
-        for path in list(self._cache):
-            if path != self.core_path:
-                with self._guard(path):
-                    self._cache.pop(path, None)
 
     # -- public -----------------------------------------------------------------------------
 
