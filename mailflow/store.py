@@ -415,7 +415,7 @@ class Directory(Mapping[str, Person]):
         10,000 people holds 10,000 Person objects, not the 50,000-person directory."""
         stamp = self._stamps.get(name)
         if stamp is None:
-            stamp = self._stamps[name] = self._store._shard_stamp(self._store.people_dir / name)
+            stamp = self._stamps[name] = _stamp_of(self._store.people_dir / name)
         if self._wanted is None:
             self._wanted = self._store._program_emails()
         return self._store._program.person(self._store, name, stamp, email, self._wanted)
@@ -910,6 +910,59 @@ _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.\d+\.\d+\.tmp$")
 _Tables = dict[str, dict[str, Any]]
 
 
+def _stamp_of(path: Path) -> tuple[int, int, int] | None:
+    """A file's version as the caches compare it (inode, mtime, size); None: no file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class _ShardCache:
+    """Parsed shards, least recently used first, at most SHARD_CACHE_BYTES of JSON; a file
+    whose version changed is read again. Shared by the store's threads."""
+
+    def __init__(self) -> None:
+        self.entries: dict[Path, _Cached] = {}
+        self._lock = threading.Lock()
+
+    def load(
+        self, path: Path, disk: Disk, note: Callable[[Problem], None]
+    ) -> tuple[tuple[int, int, int] | None, _Tables]:
+        stamp = _stamp_of(path)
+        if stamp is None:
+            return None, {}
+        with self._lock:
+            cached = self.entries.pop(path, None)
+            if cached is not None and cached.stamp == stamp:
+                self.entries[path] = cached  # now the most recently used
+                return stamp, cached.data
+        try:
+            data = AtomicJSONStorage(path, disk).read() or {}
+        except CorruptFileError as exc:
+            note(Problem(path, str(exc).removeprefix(f"{path}: "), error=True))
+            raise
+        with self._lock:
+            self.entries.pop(path, None)
+            self.entries[path] = _Cached(stamp, data)
+            total = sum(c.stamp[2] for c in self.entries.values())
+            while len(self.entries) > 1 and total > SHARD_CACHE_BYTES:
+                total -= self.entries.pop(next(iter(self.entries))).stamp[2]
+        return stamp, data
+
+
+def _program_by_shard(core: _Tables) -> dict[str, frozenset[str]]:
+    """Shard name -> the members and partners named in core.json who live in it."""
+    by_shard: dict[str, set[str]] = {}
+    for doc in core.get("partnerships", {}).values():
+        for field in ("member", "partner"):
+            email = doc.get(field) if isinstance(doc, dict) else None
+            if isinstance(email, str):
+                by_shard.setdefault(shard_name(email), set()).add(email)
+    return {name: frozenset(emails) for name, emails in by_shard.items()}
+
+
 class _Program:
     """The program's people (every member and partner in core.json) as Person objects, per
     version of their shard: whom `serve` asks about at every tick and ingest batch.
@@ -977,8 +1030,7 @@ class Store:
         self._guards_lock = threading.Lock()
         self._fragments: tuple[Path, _Fragments] | None = None
         # Parsed shards by file version, least recently used first (bounded: SHARD_CACHE_BYTES).
-        self._shards: dict[Path, _Cached] = {}
-        self._shards_lock = threading.Lock()
+        self._shards = _ShardCache()
         # The program's people as objects, per shard version: what serve asks about.
         self._program = _Program()
         self._core_emails: tuple[_Tables, dict[str, frozenset[str]]] | None = None
@@ -1125,36 +1177,9 @@ class Store:
             return []
         return sorted(p.name for p in self.people_dir.iterdir() if _SHARD_FILE.match(p.name))
 
-    def _shard_stamp(self, path: Path) -> tuple[int, int, int] | None:
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
     def _load_shard(self, path: Path) -> tuple[tuple[int, int, int] | None, _Tables]:
-        """(version, parsed content) of a shard as it is now. The most recently used parsed
-        shards are kept, up to SHARD_CACHE_BYTES of JSON; a changed file is read again."""
-        stamp = self._shard_stamp(path)
-        if stamp is None:
-            return None, {}
-        with self._shards_lock:
-            cached = self._shards.pop(path, None)
-            if cached is not None and cached.stamp == stamp:
-                self._shards[path] = cached  # now the most recently used
-                return stamp, cached.data
-        try:
-            data = AtomicJSONStorage(path, self.disk).read() or {}
-        except CorruptFileError as exc:
-            self._note(Problem(path, str(exc).removeprefix(f"{path}: "), error=True))
-            raise
-        with self._shards_lock:
-            self._shards.pop(path, None)
-            self._shards[path] = _Cached(stamp, data)
-            total = sum(c.stamp[2] for c in self._shards.values())
-            while len(self._shards) > 1 and total > SHARD_CACHE_BYTES:
-                total -= self._shards.pop(next(iter(self._shards))).stamp[2]
-        return stamp, data
+        """(version, parsed content) of a shard as it is now (see `_ShardCache`)."""
+        return self._shards.load(path, self.disk, self._note)
 
     def _program_emails(self) -> Mapping[str, frozenset[str]]:
         """Shard name -> the addresses of the program's people in it (every member and
@@ -1163,14 +1188,7 @@ class Store:
         with self._guard(self.core_path):
             hit = self._core_emails
             if hit is None or hit[0] is not data:
-                by_shard: dict[str, set[str]] = {}
-                for doc in data.get("partnerships", {}).values():
-                    for field in ("member", "partner"):
-                        email = doc.get(field) if isinstance(doc, dict) else None
-                        if isinstance(email, str):
-                            by_shard.setdefault(shard_name(email), set()).add(email)
-                frozen = {name: frozenset(emails) for name, emails in by_shard.items()}
-                hit = self._core_emails = (data, frozen)
+                hit = self._core_emails = (data, _program_by_shard(data))
             return hit[1]
 
     def _core_data(self) -> dict[str, dict[str, Any]]:

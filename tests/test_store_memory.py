@@ -52,9 +52,9 @@ def test_the_cache_of_parsed_shards_stays_within_its_byte_bound(
     # A lookup of everyone (not the program's people: none here) goes through the cache.
     for i in range(600):
         assert everyone[f"p{i}@example.com"].name == f"Person {i}"
-    cached = sum(c.stamp[2] for c in fresh._shards.values())
+    cached = sum(c.stamp[2] for c in fresh._shards.entries.values())
     assert 0 < cached <= 8 * largest
-    assert len(fresh._shards) < len(list(store.people_dir.glob("*.json")))
+    assert len(fresh._shards.entries) < len(list(store.people_dir.glob("*.json")))
     # The Directory itself kept no parsed shard for those lookups.
     assert everyone._views == {}  # type: ignore[attr-defined]
 
