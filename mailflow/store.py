@@ -87,6 +87,10 @@ CACHE_BYTES = 16 * 1024 * 1024
 _PERIOD_FILE = re.compile(r"^(\d{4}-W\d{2})\.json$")
 # The directory's shards: fixed forever (a different count would need a migration).
 PEOPLE_SHARDS = 256
+# Parsed shards kept for lookups (most recently used first out last), at most this many bytes
+# of JSON: parsed, a shard takes ~4x its size, and `serve` must not hold the whole directory
+# (50,000 people are 10 MB of JSON, 37 MB parsed). Re-parsing one 40 KB shard takes ~0.5 ms.
+SHARD_CACHE_BYTES = 1024 * 1024
 _SHARD_FILE = re.compile(r"^[0-9a-f]{2}\.json$")
 
 
@@ -160,16 +164,21 @@ class _Fragments:
     A period file grows to thousands of documents, and a batch changes a few of them; a
     transaction copies the tables but shares the documents, and a put replaces a document
     rather than editing it. So a document that is the very object we serialised last time
-    has the same JSON, and a rewrite serialises only what changed (a table where nothing
-    changed is not even walked in Python). The output is byte for byte what
-    json.dumps(data, ensure_ascii=False, separators=(",", ":")) gives.
+    has the same JSON, and a rewrite serialises only what changed. The output is byte for
+    byte what json.dumps(data, ensure_ascii=False, separators=(",", ":")) gives, encoded.
+
+    Memory (`serve` keeps this for the period under way): each document's UTF-8 once, as
+    bytes, and no copy of a whole table; a rewrite joins the pieces once into the payload
+    (a join of strings, then of tables, then an encode made four copies of a 7 MB file).
     """
 
     def __init__(self) -> None:
-        # table -> (doc ids, docs, {doc_id: (doc, '"id":{json}')}, the table's JSON)
-        self.tables: dict[str, tuple[list[str], list[Any], dict[str, tuple[Any, str]], str]] = {}
+        # table -> (doc ids, docs, {doc_id: (doc, b'"id":{json}')}, its pieces with commas)
+        self.tables: dict[
+            str, tuple[list[str], list[Any], dict[str, tuple[Any, bytes]], list[bytes]]
+        ] = {}
 
-    def _table(self, name: str, table: dict[str, Any]) -> str:
+    def _table(self, name: str, table: dict[str, Any]) -> list[bytes]:
         ids, docs = list(table), list(table.values())
         old = self.tables.get(name)
         if (
@@ -180,23 +189,31 @@ class _Fragments:
         ):
             return old[3]
         cached = old[2] if old is not None else {}
-        fresh: dict[str, tuple[Any, str]] = {}
-        parts: list[str] = []
+        fresh: dict[str, tuple[Any, bytes]] = {}
+        pieces: list[bytes] = []
         for doc_id, doc in zip(ids, docs, strict=True):
             hit = cached.get(doc_id)
             if hit is None or hit[0] is not doc:
-                hit = (doc, f"{_dumps(doc_id)}:{_dumps(doc)}")
+                hit = (doc, f"{_dumps(doc_id)}:{_dumps(doc)}".encode())
             fresh[doc_id] = hit
-            parts.append(hit[1])
-        text = "{" + ",".join(parts) + "}"
-        self.tables[name] = (ids, docs, fresh, text)
-        return text
+            if pieces:
+                pieces.append(b",")
+            pieces.append(hit[1])
+        self.tables[name] = (ids, docs, fresh, pieces)
+        return pieces
 
     def dumps(self, data: dict[str, dict[str, Any]]) -> bytes:
-        out = [f"{_dumps(name)}:{self._table(name, table)}" for name, table in data.items()]
+        out: list[bytes] = [b"{"]
+        for name, table in data.items():
+            if len(out) > 1:
+                out.append(b",")
+            out.append(f"{_dumps(name)}:{{".encode())
+            out.extend(self._table(name, table))
+            out.append(b"}")
+        out.append(b"}")
         for name in set(self.tables) - set(data):
             del self.tables[name]
-        return ("{" + ",".join(out) + "}").encode()
+        return b"".join(out)
 
 
 def fsync_dir(path: Path) -> None:
@@ -361,12 +378,16 @@ class Directory(Mapping[str, Person]):
         self._writable = writable
         self._views: dict[str, _View] = {}
         self._people: dict[str, Person | None] = {}
+        # Read-only lookups: each shard's version as first seen by this Directory (one stat
+        # per shard), and the addresses of the program's people (asked once).
+        self._stamps: dict[str, tuple[int, int, int] | None] = {}
+        self._wanted: Mapping[str, frozenset[str]] | None = None
 
     def _view(self, name: str) -> _View:
         view = self._views.get(name)
         if view is None:
             path = self._store.people_dir / name
-            data = self._store._load_shard(path)
+            data = self._store._load_shard(path)[1]
             if self._writable:
                 data = {table: dict(docs) for table, docs in data.items()}
             view = self._views[name] = _View(data, self._writable, path)
@@ -376,13 +397,28 @@ class Directory(Mapping[str, Person]):
         try:
             person = self._people[email]
         except KeyError:
-            view = self._view(shard_name(email))
-            doc = view._table("people").get(email)
-            person = None if doc is None else view._obj("people", doc, Person.from_doc)
+            name = shard_name(email)
+            if self._writable or name in self._views:
+                view = self._view(name)
+                doc = view._table("people").get(email)
+                person = None if doc is None else view._obj("people", doc, Person.from_doc)
+            else:
+                person = self._lookup(name, email)
             self._people[email] = person
         if person is None:
             raise KeyError(email)
         return person
+
+    def _lookup(self, name: str, email: str) -> Person | None:
+        """A read-only lookup through the store's people of the program (see `_Program`):
+        no parsed shard is kept by this Directory, so a tick that asks for the program's
+        10,000 people holds 10,000 Person objects, not the 50,000-person directory."""
+        stamp = self._stamps.get(name)
+        if stamp is None:
+            stamp = self._stamps[name] = _stamp_of(self._store.people_dir / name)
+        if self._wanted is None:
+            self._wanted = self._store._program_emails()
+        return self._store._program.person(self._store, name, stamp, email, self._wanted)
 
     def __contains__(self, email: object) -> bool:
         return isinstance(email, str) and self.get(email) is not None
@@ -871,6 +907,114 @@ class _Cached:
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.\d+\.\d+\.tmp$")
 
 
+_Tables = dict[str, dict[str, Any]]
+
+
+def _stamp_of(path: Path) -> tuple[int, int, int] | None:
+    """A file's version as the caches compare it (inode, mtime, size); None: no file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class _ShardCache:
+    """Parsed shards, least recently used first, at most SHARD_CACHE_BYTES of JSON; a file
+    whose version changed is read again. Shared by the store's threads."""
+
+    def __init__(self) -> None:
+        self.entries: dict[Path, _Cached] = {}
+        self._lock = threading.Lock()
+
+    def load(
+        self, path: Path, disk: Disk, note: Callable[[Problem], None]
+    ) -> tuple[tuple[int, int, int] | None, _Tables]:
+        stamp = _stamp_of(path)
+        if stamp is None:
+            return None, {}
+        with self._lock:
+            cached = self.entries.pop(path, None)
+            if cached is not None and cached.stamp == stamp:
+                self.entries[path] = cached  # now the most recently used
+                return stamp, cached.data
+        try:
+            data = AtomicJSONStorage(path, disk).read() or {}
+        except CorruptFileError as exc:
+            note(Problem(path, str(exc).removeprefix(f"{path}: "), error=True))
+            raise
+        with self._lock:
+            self.entries.pop(path, None)
+            self.entries[path] = _Cached(stamp, data)
+            total = sum(c.stamp[2] for c in self.entries.values())
+            while len(self.entries) > 1 and total > SHARD_CACHE_BYTES:
+                total -= self.entries.pop(next(iter(self.entries))).stamp[2]
+        return stamp, data
+
+
+def _program_by_shard(core: _Tables) -> dict[str, frozenset[str]]:
+    """Shard name -> the members and partners named in core.json who live in it."""
+    by_shard: dict[str, set[str]] = {}
+    for doc in core.get("partnerships", {}).values():
+        for field in ("member", "partner"):
+            email = doc.get(field) if isinstance(doc, dict) else None
+            if isinstance(email, str):
+                by_shard.setdefault(shard_name(email), set()).add(email)
+    return {name: frozenset(emails) for name, emails in by_shard.items()}
+
+
+class _Program:
+    """The program's people (every member and partner in core.json) as Person objects, per
+    version of their shard: whom `serve` asks about at every tick and ingest batch.
+
+    Reading a shard for one of them converts all of them in that shard, so a tick that asks
+    for 10,000 people spread over all 256 shards reads each shard once and keeps 10,000
+    objects, not the whole parsed directory. Anyone else is looked up in the store's bounded
+    cache of parsed shards and not kept here: the size follows the program, not the directory.
+    A shard that changed on disk (a CLI command while `serve` runs) has a new stamp, so its
+    people are read again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shards: dict[str, tuple[tuple[int, int, int] | None, dict[str, Person | None]]] = {}
+
+    def person(
+        self,
+        store: Store,
+        name: str,
+        stamp: tuple[int, int, int] | None,
+        email: str,
+        wanted: Mapping[str, frozenset[str]],
+    ) -> Person | None:
+        mine = wanted.get(name, frozenset())
+        with self._lock:
+            entry = self._shards.get(name)
+            if entry is not None and entry[0] == stamp and email in entry[1]:
+                return entry[1][email]
+        path = store.people_dir / name
+        stamp, data = store._load_shard(path)
+        view = _View(data, False, path)
+        table = view._table("people")
+        doc = table.get(email)
+        person = None if doc is None else view._obj("people", doc, Person.from_doc)
+        if email not in mine:
+            return person
+        found: dict[str, Person | None] = {email: person}
+        for other in mine - {email}:
+            doc = table.get(other)
+            # A malformed record is named when someone asks for that person.
+            with suppress(CorruptFileError):
+                found[other] = None if doc is None else view._obj("people", doc, Person.from_doc)
+        with self._lock:
+            entry = self._shards.get(name)
+            if entry is not None and entry[0] == stamp:
+                entry[1].update(found)
+            else:
+                self._shards[name] = (stamp, found)
+        return person
+
+
 class Store:
     """Handle on one data directory. Safe across threads and processes."""
 
@@ -885,8 +1029,11 @@ class Store:
         self._guards: dict[Path, threading.RLock] = {}
         self._guards_lock = threading.Lock()
         self._fragments: tuple[Path, _Fragments] | None = None
-        # Parsed shards by file version: serve asks about the same people again and again.
-        self._shards: dict[Path, _Cached] = {}
+        # Parsed shards by file version, least recently used first (bounded: SHARD_CACHE_BYTES).
+        self._shards = _ShardCache()
+        # The program's people as objects, per shard version: what serve asks about.
+        self._program = _Program()
+        self._core_emails: tuple[_Tables, dict[str, frozenset[str]]] | None = None
         self._journal = _Journal(self.db_dir, disk)
         self._core_objects: tuple[dict[str, dict[str, Any]], dict[int, Partnership]] | None = None
 
@@ -1030,22 +1177,19 @@ class Store:
             return []
         return sorted(p.name for p in self.people_dir.iterdir() if _SHARD_FILE.match(p.name))
 
-    def _load_shard(self, path: Path) -> dict[str, dict[str, Any]]:
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return {}
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = self._shards.get(path)
-        if cached is not None and cached.stamp == stamp:
-            return cached.data
-        try:
-            data = AtomicJSONStorage(path, self.disk).read() or {}
-        except CorruptFileError as exc:
-            self._note(Problem(path, str(exc).removeprefix(f"{path}: "), error=True))
-            raise
-        self._shards[path] = _Cached(stamp, data)
-        return data
+    def _load_shard(self, path: Path) -> tuple[tuple[int, int, int] | None, _Tables]:
+        """(version, parsed content) of a shard as it is now (see `_ShardCache`)."""
+        return self._shards.load(path, self.disk, self._note)
+
+    def _program_emails(self) -> Mapping[str, frozenset[str]]:
+        """Shard name -> the addresses of the program's people in it (every member and
+        partner named in core.json), computed once per version of core.json."""
+        data = self._core_data()
+        with self._guard(self.core_path):
+            hit = self._core_emails
+            if hit is None or hit[0] is not data:
+                hit = self._core_emails = (data, _program_by_shard(data))
+            return hit[1]
 
     def _core_data(self) -> dict[str, dict[str, Any]]:
         """core.json as it is now, after any unfinished commit or migration is settled."""
