@@ -95,6 +95,16 @@ def approve(store: Store, pid: int) -> Partnership:
     return _update(store, pid, change)
 
 
+def _not_waiting(p: Partnership) -> None:
+    """DomainError while `p` waits for an admin's approval: nobody has been introduced yet,
+    so an introduction sent again or a consent recorded would go round the approval."""
+    if p.approval:
+        raise DomainError(
+            f"partnership {p.id} waits for an admin's approval; nobody was introduced yet "
+            f"(mailflow partnerships approve {p.id})"
+        )
+
+
 def partner_load_warning(store: Store, p: Partnership, cap: int) -> str:
     """ "warning: ..." when `p`'s partner now carries more than `cap` partnerships ("" else):
     an admin may go past the program's limit, but should know it."""
@@ -155,6 +165,7 @@ def resend_intro(mailroom: Mailroom, pid: int, now: datetime, to: str = "partner
     p = _get(core, pid)
     if p.status == ENDED:
         raise DomainError(f"partnership {pid} has ended; nothing to introduce")
+    _not_waiting(p)
     pair = _pair(mailroom, core, p, now)
     roles = ROLES if to == "both" else (to,)
     out = TickReport()
@@ -184,6 +195,7 @@ def record_consent(
         p = _get(core, pid)
         if p.status == ENDED:
             raise DomainError(f"partnership {pid} has ended")
+        _not_waiting(p)
         if p.consent == wanted:
             raise DomainError(f"partnership {pid}: the partner's consent is already {wanted}")
         pair = _pair(mailroom, core, p, now)

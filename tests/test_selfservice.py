@@ -252,6 +252,11 @@ def test_with_approval_the_admin_approves_before_the_introductions(world: MailWo
     world.tick(world.now + timedelta(days=8))  # nor at later ticks, nor a consent notice
     assert not world.mail_to(EVE) and not world.mail_to(ADMIN, "no answer")
     assert world.status()["awaiting_approval"] == [1]
+    # Nobody is introduced yet: a resend or a recorded consent would go round the approval.
+    for command in (("resend-intro", "1"), ("consent", "1", "--accepted")):
+        err = world.cli("partnerships", *command, code=1)
+        assert "waits for an admin's approval" in err and "partnerships approve 1" in err
+    assert not world.mail_to(EVE) and world.show(1)["consent"] == "pending"
 
     out = world.cli("partnerships", "approve", "1")
     assert "partnership 1 approved" in out

@@ -313,6 +313,11 @@ def test_approve_a_partnership_asked_for_by_email(tmp_path: Path) -> None:
         client.sign_in()
         page = client.get(f"/partnerships/{pid}").body
         assert "waits for an admin's approval" in page and f"/partnerships/{pid}/approve" in page
+        # Nobody is introduced yet: no resend, no recorded consent to go round the approval.
+        assert "/resend-intro" not in page and "/consent-accepted" not in page
+        dashboard = client.get("/").body
+        assert 'data-status="awaiting_approval">1<' in dashboard
+        assert f'Awaiting your approval: <a href="/partnerships/{pid}">' in dashboard
         confirm = client.get(f"/partnerships/{pid}/approve")
         assert confirm.status == 200 and "asked for this partnership by email" in confirm.body
         done = client.post(f"/partnerships/{pid}/approve", {"csrf": confirm.csrf()})
